@@ -1,0 +1,122 @@
+"""Turn a training checkpoint into a shipped model: safetensors + card + entropy tables.
+
+``python -m codec.export CHECKPOINT --name NAME --model-id N --data TRAIN_DIR``
+
+The entropy tables are measured here, on the training images (never on Kodak), by running
+the real coding path (nearest-codeword search on every stage) over whole images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from codec.entropy import smoothed_counts, table_entropy_bits
+from codec.weights import ENTROPY_TENSOR
+from models.autoencoder import VQAutoencoder
+from models.config import ModelConfig
+from models.data import list_images, load_rgb
+
+
+def measure_tables(model: VQAutoencoder, folder: Path, max_images: int, max_side: int) -> tuple[np.ndarray, int]:
+    """Raw symbol counts (stages, alphabet) over up to ``max_images`` training images."""
+    stages, alphabet = model.num_stages, model.quantizer.alphabet_sizes[0]
+    counts = np.zeros((stages, alphabet), dtype=np.int64)
+    paths = list_images(folder)
+    rng = np.random.default_rng(0)
+    if len(paths) > max_images:
+        paths = [paths[i] for i in sorted(rng.choice(len(paths), max_images, replace=False))]
+    for path in paths:
+        x = load_rgb(path, max_side).unsqueeze(0).float() / 255.0
+        indices, _ = model.encode_indices(x)
+        for m in range(stages):
+            counts[m] += np.bincount(indices[m].numpy(), minlength=alphabet)
+    return counts, len(paths)
+
+
+def training_record(checkpoint: dict, run_dir: Path) -> dict:
+    record = {
+        "steps": int(checkpoint["step"]),
+        "wall_time_s": round(float(checkpoint["elapsed_s"]), 1),
+        "device": checkpoint.get("device", "unknown"),
+        "images_seen": int(checkpoint["images_seen"]),
+        "images_per_s": round(checkpoint["images_seen"] / max(float(checkpoint["elapsed_s"]), 1e-9), 1),
+    }
+    log = run_dir / "train_log.jsonl"
+    if log.exists():
+        lines = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        if lines:
+            record["final_train_psnr_db"] = round(lines[-1]["psnr"], 2)
+            record["final_perplexity"] = lines[-1].get("perplexity")
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m codec.export", description=__doc__.splitlines()[0])
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("--name", required=True)
+    p.add_argument("--model-id", type=int, required=True)
+    p.add_argument("--data", type=Path, required=True, help="training images for the entropy tables")
+    p.add_argument("--table-images", type=int, default=300)
+    p.add_argument("--max-side", type=int, default=512)
+    p.add_argument("--first-quality", type=int, default=1, help="quality number of the first stage prefix")
+    p.add_argument("--train-command", default="", help="the command that trained it, for the card")
+    p.add_argument("--train-data", default="", help="what it was trained on, for the card")
+    p.add_argument("--out", type=Path, default=Path("weights"))
+    args = p.parse_args(argv)
+
+    checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+    config = ModelConfig.from_dict(checkpoint["config"])
+    model = VQAutoencoder(config)
+    model.load_state_dict(checkpoint["model"])
+    model.eval()
+    torch.set_grad_enabled(False)
+
+    raw, images = measure_tables(model, args.data, args.table_images, args.max_side)
+    tables = smoothed_counts(raw)
+    tensors = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()}
+    tensors[ENTROPY_TENSOR] = torch.from_numpy(tables)
+    args.out.mkdir(parents=True, exist_ok=True)
+    weights_path = args.out / f"{args.name}.safetensors"
+    save_file(tensors, str(weights_path), metadata={"config": json.dumps(config.to_dict()),
+                                                   "model_id": str(args.model_id)})
+    sha = hashlib.sha256(weights_path.read_bytes()).hexdigest()
+    bits = table_entropy_bits(tables)
+    card = {
+        "name": args.name,
+        "model_id": args.model_id,
+        "file": weights_path.name,
+        "sha256": sha,
+        "bytes": weights_path.stat().st_size,
+        "config": config.to_dict(),
+        "quantizer": config.quantizer,
+        "training": {"data": args.train_data, "command": args.train_command,
+                     **training_record(checkpoint, args.checkpoint.parent),
+                     "torch": torch.__version__, "python": platform.python_version()},
+        "entropy_tables": {
+            "measured_on": f"{images} images of {args.data} (long side ≤ {args.max_side}), coding path, all stages",
+            "smoothing": "+1 on every count",
+            "bits_per_symbol": [round(float(b), 4) for b in bits],
+            "counts": tables.tolist(),
+        },
+        "rate_points": [
+            {"quality": args.first_quality + s - 1, "stages": s, "kodak_bpp": None, "kodak_psnr": None}
+            for s in range(1, model.num_stages + 1)
+        ],
+    }
+    (args.out / f"{args.name}.json").write_text(json.dumps(card, indent=1) + "\n")
+    print(f"wrote {weights_path} ({weights_path.stat().st_size:,} bytes, sha256 {sha[:16]}…); "
+          f"table bits/symbol {np.round(bits, 2).tolist()}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,161 @@
+"""Encode and decode: the small Python API the CLI wraps.
+
+>>> data = encode("photo.png", quality=4)      # bytes of a .dvq file
+>>> image = decode(data)                        # PIL.Image, same size and mode as the input
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from codec import bitstream, entropy
+from codec.errors import CorruptBitstreamError, UnsupportedVersionError, WeightsError
+from codec.image_io import SourceImage, alpha_from_bytes, alpha_to_bytes, read_image, restore_image
+from codec.metrics import bits_per_pixel, psnr
+from codec.weights import LoadedModel, card_for_model_id, load_model, resolve_quality
+
+CHANNELS_TO_MODE = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
+MODE_TO_CHANNELS = {mode: n for n, mode in CHANNELS_TO_MODE.items()}
+
+
+def resolve_device(device: str) -> str:
+    """'auto' → cuda when available; an explicit 'cuda' without a GPU is a usage error."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was requested but no CUDA device is available")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {device!r} (auto, cpu or cuda)")
+    return device
+
+
+def _to_tensor(rgb: np.ndarray, device: str) -> torch.Tensor:
+    return torch.from_numpy(np.array(rgb, dtype=np.uint8, order="C", copy=True)).to(device).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+
+
+def _to_uint8(x: torch.Tensor) -> np.ndarray:
+    # Round on the CPU in float32 so that the last step is the same on every device.
+    return x[0].permute(1, 2, 0).float().cpu().mul(255.0).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def _as_source(image: Image.Image | bytes | str | Path | SourceImage) -> SourceImage:
+    if isinstance(image, SourceImage):
+        return image
+    if isinstance(image, Image.Image):
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")  # one reader for every input keeps mode handling identical
+        return read_image(buf.getvalue(), "image")
+    if isinstance(image, (str, Path)):
+        return read_image(Path(image).read_bytes(), str(image))
+    return read_image(bytes(image), "input")
+
+
+def encode_source(source: SourceImage, quality: int | None = None, device: str = "auto") -> bytes:
+    point = resolve_quality(quality)
+    loaded = load_model(point.model_id, resolve_device(device))
+    model = loaded.model
+    height, width = source.rgb.shape[:2]
+    x = _to_tensor(source.rgb, next(model.parameters()).device.type)
+    indices, (grid_h, grid_w) = model.encode_indices(x, point.stages)
+    payload = entropy.encode_indices(indices.cpu().numpy(), loaded.tables)
+    alpha = alpha_to_bytes(source.alpha) if source.alpha is not None else b""
+    flags = (bitstream.FLAG_ALPHA if source.alpha is not None else 0)
+    flags |= bitstream.FLAG_FROM_16BIT if source.bit_depth == 16 else 0
+    flags |= bitstream.FLAG_FROM_PALETTE if source.from_palette else 0
+    header = bitstream.Header(
+        model_id=loaded.card.model_id, quality=point.quality, weights_id=loaded.card.weights_id,
+        coder_id=bitstream.CODER_CONSTRICTION_RANGE, table_precision=entropy.TABLE_PRECISION,
+        width=width, height=height, channels=MODE_TO_CHANNELS[source.mode], bit_depth=source.bit_depth,
+        flags=flags, latent_h=grid_h, latent_w=grid_w, stages=point.stages,
+    )
+    return bitstream.pack(bitstream.Container(header, payload, alpha))
+
+
+def encode(image: Image.Image | bytes | str | Path, quality: int | None = None, device: str = "auto") -> bytes:
+    """Compress an image (PIL image, encoded image bytes, or a path) to .dvq bytes."""
+    return encode_source(_as_source(image), quality, device)
+
+
+@dataclass
+class Decoded:
+    image: Image.Image
+    indices: np.ndarray  # (stages, latent_h·latent_w)
+    header: bitstream.Header
+
+
+def _model_for(header: bitstream.Header, device: str) -> LoadedModel:
+    if header.coder_id != bitstream.CODER_CONSTRICTION_RANGE or header.table_precision != entropy.TABLE_PRECISION:
+        raise UnsupportedVersionError(f"entropy coder {header.coder_id}/{header.table_precision} bits is not supported")
+    card = card_for_model_id(header.model_id)
+    if card.weights_id != header.weights_id:
+        raise WeightsError(f"file was made with weights {header.weights_id.hex()} but model {header.model_id} "
+                           f"installed here is {card.weights_id.hex()}; refusing to decode with other weights")
+    return load_model(header.model_id, resolve_device(device))
+
+
+def decode_detailed(data: bytes, device: str = "auto") -> Decoded:
+    container = bitstream.unpack(data)
+    header = container.header
+    loaded = _model_for(header, device)
+    model = loaded.model
+    stride = model.stride
+    if (header.latent_h, header.latent_w) != (math.ceil(header.height / stride), math.ceil(header.width / stride)):
+        raise CorruptBitstreamError(f"latent grid {header.latent_h}×{header.latent_w} does not fit a "
+                                    f"{header.width}×{header.height} image")
+    if header.stages > model.num_stages:
+        raise CorruptBitstreamError(f"file declares {header.stages} stages; the model has {model.num_stages}")
+    count = header.latent_h * header.latent_w
+    indices = entropy.decode_indices(container.payload, loaded.tables, header.stages, count)
+    alpha = alpha_from_bytes(container.alpha, header.width, header.height) if container.alpha else None
+    device_type = next(model.parameters()).device.type
+    x_hat = model.decode_indices(torch.from_numpy(indices).to(device_type), (header.latent_h, header.latent_w),
+                                 header.height, header.width)
+    image = restore_image(_to_uint8(x_hat), alpha, CHANNELS_TO_MODE[header.channels])
+    return Decoded(image, indices, header)
+
+
+def decode(data: bytes, device: str = "auto") -> Image.Image:
+    """Decompress .dvq bytes to a PIL image of the original size and mode."""
+    return decode_detailed(data, device).image
+
+
+def color_planes(image: Image.Image) -> np.ndarray:
+    """The planes PSNR is measured on: gray for L/LA, RGB otherwise (alpha is lossless)."""
+    if image.mode in ("L", "LA"):
+        return np.asarray(image.convert("L"))
+    return np.asarray(image.convert("RGB"))
+
+
+def source_planes(source: SourceImage) -> np.ndarray:
+    return source.rgb[..., 0] if source.mode in ("L", "LA") else source.rgb
+
+
+@dataclass
+class EncodeReport:
+    data: bytes
+    width: int
+    height: int
+    bpp: float
+    psnr: float
+    quality: int
+    decoded: Image.Image
+    notices: list[str] = field(default_factory=list)
+
+
+def encode_with_report(image: Image.Image | bytes | str | Path | SourceImage, quality: int | None = None,
+                       device: str = "auto") -> EncodeReport:
+    """Encode, then decode the produced bytes to report the PSNR the file really delivers."""
+    source = _as_source(image)
+    data = encode_source(source, quality, device)
+    decoded = decode_detailed(data, device)
+    height, width = source.rgb.shape[:2]
+    return EncodeReport(data, width, height, bits_per_pixel(len(data), width, height),
+                        psnr(source_planes(source), color_planes(decoded.image)), decoded.header.quality,
+                        decoded.image, list(source.notices))

@@ -1,0 +1,155 @@
+"""The model zoo: finding, verifying and loading shipped weights and their cards.
+
+Each model is ``weights/<name>.safetensors`` (tensors + the entropy tables) beside
+``weights/<name>.json`` (its card). Weights are verified against the card's sha256 before
+use; the first 8 bytes of that hash are the weights id written into every file, so a
+file is never decoded with weights other than the ones that made it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+
+from codec.errors import WeightsError
+from models.autoencoder import VQAutoencoder
+from models.config import ModelConfig
+
+ENTROPY_TENSOR = "entropy_counts"
+WEIGHTS_DIR_ENV = "DIVEQ_WEIGHTS_DIR"
+
+
+def weights_dir() -> Path:
+    """The shipped weights folder (works from a checkout, an editable install and a wheel).
+
+    ``DIVEQ_WEIGHTS_DIR`` points elsewhere, e.g. at freshly exported models.
+    """
+    override = os.environ.get(WEIGHTS_DIR_ENV)
+    if override:
+        return Path(override)
+    return Path(str(resources.files("weights")))
+
+
+@dataclass(frozen=True)
+class RatePoint:
+    quality: int
+    model_name: str
+    model_id: int
+    stages: int
+    kodak_bpp: float | None
+    kodak_psnr: float | None
+
+
+@dataclass(frozen=True)
+class Card:
+    name: str
+    model_id: int
+    file: str
+    sha256: str
+    data: dict[str, Any]
+
+    @property
+    def weights_id(self) -> bytes:
+        return bytes.fromhex(self.sha256)[:8]
+
+
+def _read_card(path: Path) -> Card:
+    try:
+        data = json.loads(path.read_text())
+        return Card(data["name"], int(data["model_id"]), data["file"], data["sha256"], data)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise WeightsError(f"model card {path.name} is unreadable ({exc})") from None
+
+
+def list_cards() -> list[Card]:
+    folder = weights_dir()
+    if not folder.is_dir():
+        raise WeightsError(f"weights folder {folder} is missing")
+    return sorted((_read_card(p) for p in folder.glob("*.json")), key=lambda c: c.model_id)
+
+
+def rate_points() -> list[RatePoint]:
+    points = []
+    for card in list_cards():
+        for rp in card.data.get("rate_points", []):
+            points.append(RatePoint(int(rp["quality"]), card.name, card.model_id, int(rp["stages"]),
+                                    rp.get("kodak_bpp"), rp.get("kodak_psnr")))
+    return sorted(points, key=lambda p: p.quality)
+
+
+def resolve_quality(quality: int | None) -> RatePoint:
+    """The rate point for ``-q``; None picks the middle of the zoo."""
+    points = rate_points()
+    if not points:
+        raise WeightsError(f"no models found in {weights_dir()}")
+    if quality is None:
+        return points[(len(points) - 1) // 2]
+    for point in points:
+        if point.quality == quality:
+            return point
+    # An unknown quality is a usage error (exit 2), not a missing-weights one.
+    raise ValueError(f"quality {quality} is not available; choose from {[p.quality for p in points]}")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    card: Card
+    model: VQAutoencoder
+    tables: np.ndarray  # smoothed integer counts (stages, alphabet)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def card_for_model_id(model_id: int) -> Card:
+    for card in list_cards():
+        if card.model_id == model_id:
+            return card
+    raise WeightsError(f"this file needs model {model_id}, which is not installed (have: "
+                       f"{[c.model_id for c in list_cards()]})")
+
+
+@lru_cache(maxsize=4)
+def _load(model_id: int, device: str, folder: str) -> LoadedModel:
+    card = card_for_model_id(model_id)
+    path = Path(folder) / card.file
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} is missing")
+    if _sha256(path) != card.sha256:
+        raise WeightsError(f"weights file {path.name} does not match the sha256 in its card")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            config = ModelConfig.from_dict(json.loads(fh.metadata()["config"]))
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+        tables = tensors.pop(ENTROPY_TENSOR).numpy().astype(np.int64)
+        model = VQAutoencoder(config)
+        model.load_state_dict(tensors)
+    except WeightsError:
+        raise
+    except Exception as exc:
+        raise WeightsError(f"weights file {path.name} cannot be loaded ({exc})") from None
+    if tables.shape != (model.num_stages, model.quantizer.alphabet_sizes[0]) or (tables < 1).any():
+        raise WeightsError(f"entropy tables in {path.name} do not fit the model")
+    model.eval().to(device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return LoadedModel(card, model, tables)
+
+
+def load_model(model_id: int, device: str = "cpu") -> LoadedModel:
+    return _load(model_id, device, str(weights_dir()))

@@ -1,0 +1,158 @@
+"""The VQ-VAE: analysis transform → quantizer → synthesis transform.
+
+Transforms are small on purpose (the codec must run a Kodak image in well under a
+second on two CPU cores): strided convolutions with simplified GDN (Johnston et al.
+2018: y = x / (β + γ|x|)), which decorrelates features at a fraction of the cost of
+stacked residual blocks, and sub-pixel upsampling (no checkerboard artefacts).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.config import ModelConfig
+from models.diveq import DiVeQ, DiVeQDetach
+from models.quantizer import Quantizer, QuantizerOutput
+from models.residual import ResidualDiVeQ
+from models.sf_diveq import SFDiVeQ, SFDiVeQDetach
+
+
+class SimplifiedGDN(nn.Module):
+    """y = x / (β + γ * |x|) over channels (inverse: multiply), with β, γ kept positive."""
+
+    def __init__(self, channels: int, inverse: bool = False) -> None:
+        super().__init__()
+        self.inverse = inverse
+        self.beta = nn.Parameter(torch.ones(channels))
+        self.gamma = nn.Parameter(0.1 * torch.eye(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        beta = self.beta.abs() + 1e-4
+        gamma = self.gamma.abs().view(*self.gamma.shape, 1, 1)
+        norm = F.conv2d(x.abs(), gamma.to(x.dtype), beta.to(x.dtype))
+        return x * norm if self.inverse else x / norm
+
+
+class Upsample(nn.Module):
+    """3×3 convolution to 4× channels, then pixel shuffle (×2)."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout * 4, 3, padding=1)
+        self.shuffle = nn.PixelShuffle(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.shuffle(self.conv(x))
+
+
+def analysis_transform(config: ModelConfig) -> nn.Sequential:
+    n = config.channels
+    layers: list[nn.Module] = [nn.Conv2d(3, n, 5, stride=2, padding=2), SimplifiedGDN(n)]
+    for _ in range(config.downsamplings - 1):
+        layers += [nn.Conv2d(n, n, 3, stride=2, padding=1), SimplifiedGDN(n)]
+    layers.append(nn.Conv2d(n, config.latent_dim, 3, padding=1))
+    return nn.Sequential(*layers)
+
+
+def synthesis_transform(config: ModelConfig) -> nn.Sequential:
+    n = config.channels
+    layers: list[nn.Module] = [nn.Conv2d(config.latent_dim, n, 3, padding=1), SimplifiedGDN(n, inverse=True)]
+    for _ in range(config.downsamplings - 1):
+        layers += [Upsample(n, n), SimplifiedGDN(n, inverse=True)]
+    layers.append(Upsample(n, 3))
+    return nn.Sequential(*layers)
+
+
+def build_quantizer(config: ModelConfig) -> Quantizer:
+    if config.quantizer == "diveq":
+        if config.num_stages == 1:
+            return DiVeQ(config.num_codes, config.latent_dim, noise_std=config.noise_std)
+        return ResidualDiVeQ(config.num_stages, config.num_codes, config.latent_dim, noise_std=config.noise_std)
+    if config.quantizer == "diveq-detach":
+        if config.num_stages == 1:
+            return DiVeQDetach(config.num_codes, config.latent_dim)
+        return ResidualDiVeQ(config.num_stages, config.num_codes, config.latent_dim, noise_std=0.0)
+    if config.quantizer == "sf-diveq":
+        return SFDiVeQ(config.num_codes, config.latent_dim, noise_std=config.noise_std, t_bits=config.sf_t_bits)
+    if config.quantizer == "sf-diveq-detach":
+        return SFDiVeQDetach(config.num_codes, config.latent_dim, t_bits=config.sf_t_bits)
+    raise ValueError(f"unknown quantizer {config.quantizer!r}")
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Replicate-pad the bottom/right edges so H and W are multiples of ``multiple``.
+
+    Replicating the edge (rather than zeros) avoids spending bits on an artificial
+    black border whose ringing would leak into the visible image near the crop line.
+    """
+    h, w = x.shape[-2:]
+    pad_h, pad_w = (-h) % multiple, (-w) % multiple
+    if pad_h == 0 and pad_w == 0:
+        return x
+    # 'replicate' needs at least one pixel; it handles pads larger than the image.
+    return F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+
+
+def crop_to(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    return x[..., :height, :width]
+
+
+class VQAutoencoder(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.analysis = analysis_transform(config)
+        self.quantizer = build_quantizer(config)
+        self.synthesis = synthesis_transform(config)
+
+    @property
+    def stride(self) -> int:
+        return self.config.stride
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.quantizer.alphabet_sizes)
+
+    @staticmethod
+    def to_vectors(latent: torch.Tensor) -> torch.Tensor:
+        """(B, D, h, w) → (B·h·w, D), row-major over (b, y, x)."""
+        return latent.permute(0, 2, 3, 1).reshape(-1, latent.shape[1])
+
+    @staticmethod
+    def to_latent(vectors: torch.Tensor, batch: int, height: int, width: int) -> torch.Tensor:
+        return vectors.reshape(batch, height, width, -1).permute(0, 3, 1, 2)
+
+    def forward(self, x: torch.Tensor, active_stages: torch.Tensor | None = None,
+                quantize: bool = True) -> tuple[torch.Tensor, QuantizerOutput | None]:
+        """Training path on images already a multiple of the stride, values in [0, 1].
+
+        ``quantize=False`` runs the plain autoencoder (the warm-up before codebook init).
+        """
+        latent = self.analysis(x)
+        if not quantize:
+            return self.synthesis(latent), None
+        b, _, h, w = latent.shape
+        vectors = self.to_vectors(latent)
+        if active_stages is not None and isinstance(self.quantizer, ResidualDiVeQ):
+            per_vector = active_stages.repeat_interleave(h * w)
+            out = self.quantizer(vectors, per_vector)
+        else:
+            out = self.quantizer(vectors)
+        x_hat = self.synthesis(self.to_latent(out.z_q, b, h, w))
+        return x_hat, out
+
+    @torch.no_grad()
+    def encode_indices(self, x: torch.Tensor, num_stages: int | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Coding path: image (1, 3, H, W) in [0, 1] → indices (S, h·w) and the grid (h, w)."""
+        latent = self.analysis(pad_to_multiple(x, self.stride)).float()
+        _, _, h, w = latent.shape
+        return self.quantizer.indices(self.to_vectors(latent), num_stages), (h, w)
+
+    @torch.no_grad()
+    def decode_indices(self, indices: torch.Tensor, grid: tuple[int, int], height: int, width: int) -> torch.Tensor:
+        """Coding path: indices (S, h·w) → image (1, 3, height, width), clamped to [0, 1]."""
+        vectors = self.quantizer.lookup(indices)
+        x_hat = self.synthesis(self.to_latent(vectors, 1, grid[0], grid[1]))
+        return crop_to(x_hat, height, width).clamp(0.0, 1.0)

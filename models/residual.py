@@ -1,0 +1,111 @@
+"""Residual DiVeQ: stage m quantizes what stages < m left over; one reparameterisation."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from models.codebook import CodebookCare, init_from_samples, nearest_codeword, perplexity
+from models.quantizer import Quantizer, QuantizerOutput, directional_reparam
+
+
+class ResidualDiVeQ(Quantizer):
+    """``num_stages`` codebooks of ``num_codes`` words; ẑ = Σ_m C_m[k_m].
+
+    A prefix of the stages is itself a valid, coarser code, which is what makes one
+    weights file serve several rate points. Training it that way is quantizer dropout:
+    ``forward(z, active_stages)`` reparameterises each row towards the sum of only its
+    first ``active_stages[row]`` stages.
+    """
+
+    def __init__(
+        self,
+        num_stages: int,
+        num_codes: int,
+        embedding_dim: int,
+        noise_std: float = 1e-3,
+        replace_interval: int = 100,
+        replace_threshold: float = 0.01,
+    ) -> None:
+        super().__init__()
+        self.num_stages = num_stages
+        self.num_codes = num_codes
+        self.embedding_dim = embedding_dim
+        self.noise_std = noise_std
+        bound = 1.0 / num_codes
+        self.codebooks = nn.Parameter(torch.empty(num_stages, num_codes, embedding_dim).uniform_(-bound, bound))
+        self.cares = [CodebookCare(num_codes, replace_interval, replace_threshold) for _ in range(num_stages)]
+
+    @property
+    def alphabet_sizes(self) -> list[int]:
+        return [self.num_codes] * self.num_stages
+
+    def _stage_sums(self, z: torch.Tensor, num_stages: int, observe: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Indices (S, N) and cumulative reconstructions (S, N, D) of the first S stages."""
+        remainder = z
+        total = torch.zeros_like(z)
+        all_idx, sums = [], []
+        for m in range(num_stages):
+            idx = nearest_codeword(remainder, self.codebooks[m])
+            if observe:
+                self.cares[m].observe(remainder, idx)
+            chosen = self.codebooks[m][idx].to(z.dtype)
+            total = total + chosen
+            remainder = remainder - chosen.detach()
+            all_idx.append(idx)
+            sums.append(total)
+        return torch.stack(all_idx), torch.stack(sums)
+
+    def forward(self, z: torch.Tensor, active_stages: torch.Tensor | None = None) -> QuantizerOutput:
+        idx, sums = self._stage_sums(z, self.num_stages, observe=self.training)
+        if active_stages is None:
+            target = sums[-1]
+        else:
+            pick = (active_stages.long() - 1).clamp(0, self.num_stages - 1)
+            target = sums[pick, torch.arange(z.shape[0], device=z.device)]
+        z_q = directional_reparam(z, target, self.noise_std if self.training else 0.0)
+        return QuantizerOutput(z_q, idx, [perplexity(row, self.num_codes) for row in idx])
+
+    @torch.no_grad()
+    def indices(self, z: torch.Tensor, num_stages: int | None = None) -> torch.Tensor:
+        stages = self.num_stages if num_stages is None else num_stages
+        if not 1 <= stages <= self.num_stages:
+            raise ValueError(f"num_stages must be in 1..{self.num_stages}, got {stages}")
+        idx, _ = self._stage_sums(z.float(), stages, observe=False)
+        return idx
+
+    @torch.no_grad()
+    def lookup(self, indices: torch.Tensor) -> torch.Tensor:
+        stages = indices.shape[0]
+        if not 1 <= stages <= self.num_stages:
+            raise ValueError(f"expected 1..{self.num_stages} index rows, got {stages}")
+        books = self.codebooks.detach().float()
+        out = books[0][indices[0]]
+        for m in range(1, stages):
+            out = out + books[m][indices[m]]
+        return out
+
+    @torch.no_grad()
+    def init_from_data(self, z: torch.Tensor) -> None:
+        """Seed stage m from the residuals that stages < m leave on these samples."""
+        remainder = z.detach().float()
+        for m in range(self.num_stages):
+            init_from_samples(self.codebooks[m], remainder)
+            idx = nearest_codeword(remainder, self.codebooks[m])
+            remainder = remainder - self.codebooks[m][idx].float()
+
+    def care_step(self, optimizer: torch.optim.Optimizer | None) -> int:
+        replaced = 0
+        for m, care in enumerate(self.cares):
+            if not care.due():
+                continue
+            rows = care.replace_dead(self.codebooks[m])
+            if rows.numel():
+                replaced += int(rows.numel())
+                if optimizer is not None:
+                    state = optimizer.state.get(self.codebooks)
+                    for key in ("exp_avg", "exp_avg_sq"):
+                        if state and key in state:
+                            state[key][m, rows.to(self.codebooks.device)] = 0.0
+        return replaced
+

@@ -1,0 +1,232 @@
+"""Train a DiVeQ VQ autoencoder: ``python -m models.train --data DIR --out DIR``.
+
+Seeded, time-boxed (``--time-budget``), resumable (``--resume``), with a checkpoint every
+``--checkpoint-every`` seconds so a killed run still leaves something usable. Runs on CPU
+or CUDA (bf16 autocast, channels_last, data held on the GPU) and under
+``torchrun --nproc_per_node N`` (DDP; gloo on CPU, nccl on CUDA).
+
+The residual quantizer is trained with quantizer dropout: each crop in a batch is
+reconstructed from a random prefix of the stages, so one weights file serves every rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from models.autoencoder import VQAutoencoder
+from models.config import QUANTIZERS, ModelConfig
+from models.data import CropSampler
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m models.train", description=__doc__.splitlines()[0])
+    p.add_argument("--data", required=True, help="folder of training images (searched recursively)")
+    p.add_argument("--out", required=True, help="folder for checkpoint.pt and train_log.jsonl")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--quantizer", choices=QUANTIZERS, default="diveq")
+    p.add_argument("--stages", type=int, default=8)
+    p.add_argument("--codes", type=int, default=256)
+    p.add_argument("--channels", type=int, default=64)
+    p.add_argument("--latent-dim", type=int, default=64)
+    p.add_argument("--downsamplings", type=int, default=3)
+    p.add_argument("--noise-std", type=float, default=1e-3)
+    p.add_argument("--steps", type=int, default=100_000, help="total optimiser steps (schedule length)")
+    p.add_argument("--time-budget", type=float, default=float("inf"), help="seconds; stop cleanly and save")
+    p.add_argument("--batch", type=int, default=16, help="crops per step and process")
+    p.add_argument("--crop", type=int, default=128)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--warmup-steps", type=int, default=300, help="steps without quantization before codebook init")
+    p.add_argument("--max-side", type=int, default=512, help="downscale training images to this long side")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--checkpoint-every", type=float, default=300.0, help="seconds between checkpoints")
+    return p.parse_args(argv)
+
+
+def learning_rate(step: int, total: int, base: float) -> float:
+    """Linear warm-up over 200 steps, then cosine decay to 5 % of the base rate."""
+    if step < 200:
+        return base * (step + 1) / 200
+    progress = min(1.0, (step - 200) / max(1, total - 200))
+    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def psnr_from_mse(mse: float) -> float:
+    return 10 * math.log10(1.0 / max(mse, 1e-12))
+
+
+def save_checkpoint(path: Path, model: VQAutoencoder, optimizer: torch.optim.Optimizer, step: int,
+                    elapsed: float, images_seen: int, generator: torch.Generator, device: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(
+        {
+            "config": model.config.to_dict(),
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "step": step,
+            "elapsed_s": elapsed,
+            "images_seen": images_seen,
+            "generator": generator.get_state(),
+            "device": device,
+        },
+        tmp,
+    )
+    tmp.replace(path)
+
+
+def setup_distributed(device: str) -> tuple[int, int]:
+    """(rank, world size); starts a process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    dist.init_process_group(backend="nccl" if device == "cuda" else "gloo")
+    if device == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return dist.get_rank(), world
+
+
+def sync_quantizer(model: VQAutoencoder, optimizer: torch.optim.Optimizer, world: int) -> None:
+    """Codebook init and dead-code replacement mutate weights (and reset Adam rows) outside
+    the optimiser, on rank 0 only; its codebooks and their Adam moments are made everyone's
+    so the replicas stay identical."""
+    if world == 1:
+        return
+    for param in model.quantizer.parameters():
+        dist.broadcast(param.data, src=0)
+        for moment in optimizer.state.get(param, {}).values():
+            if torch.is_tensor(moment) and moment.dim() > 0:
+                dist.broadcast(moment, src=0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
+    rank, world = setup_distributed(device)
+    torch.manual_seed(args.seed)
+    generator = torch.Generator().manual_seed(args.seed + 1000 * rank)  # each rank sees other crops
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / "checkpoint.pt"
+
+    config = ModelConfig(channels=args.channels, latent_dim=args.latent_dim, downsamplings=args.downsamplings,
+                         quantizer=args.quantizer, num_stages=args.stages, num_codes=args.codes,
+                         noise_std=args.noise_std)
+    if config.quantizer.startswith("sf-"):
+        config = replace(config, num_stages=1)
+    step, elapsed_before, images_seen = 0, 0.0, 0
+    state = None
+    if args.resume and ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        config = ModelConfig.from_dict(state["config"])
+    model = VQAutoencoder(config).to(device)
+    if device == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, elapsed_before, images_seen = state["step"], state["elapsed_s"], state["images_seen"]
+        if rank == 0:
+            generator.set_state(state["generator"])
+        print(f"resumed at step {step}", file=sys.stderr)
+    # The codebooks sit idle during warm-up, hence find_unused_parameters.
+    trainer = DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
+
+    sampler = CropSampler.from_folder(args.data, args.crop, generator, max_side=args.max_side, device=device)
+    if rank == 0:
+        print(f"{len(sampler.images)} training images, device {device}, {world} process(es), "
+              f"config {config.to_dict()}", file=sys.stderr)
+    residual_stages = model.num_stages if config.quantizer in ("diveq", "diveq-detach") and config.num_stages > 1 else 0
+
+    log = (out / "train_log.jsonl").open("a") if rank == 0 else None
+    start = time.monotonic()
+    last_ckpt = start
+    window_mse, window_n, window_t = 0.0, 0, time.monotonic()
+    model.train()
+    while step < args.steps:
+        # Every rank must take the same decision to stop, or DDP would hang.
+        stop = torch.tensor(float(time.monotonic() - start >= args.time_budget))
+        if world > 1:
+            dist.all_reduce(stop, op=dist.ReduceOp.MAX)
+        if stop.item():
+            break
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, args.steps, args.lr)
+        x = sampler.batch(args.batch)
+        if device == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        quantize = step >= args.warmup_steps
+        if step == args.warmup_steps:
+            # Warm-up trains a plain autoencoder so the codebooks are seeded from latents
+            # that already mean something, not from a random encoder.
+            with torch.no_grad():
+                model.quantizer.init_from_data(model.to_vectors(model.analysis(x)).float())
+            sync_quantizer(model, optimizer, world)
+        active = None
+        if quantize and residual_stages:
+            active = torch.randint(1, residual_stages + 1, (x.shape[0],), generator=generator).to(device)
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
+            x_hat, q = trainer(x, active, quantize)
+            loss = torch.mean((x_hat.float() - x.float()) ** 2)
+        if not torch.isfinite(loss):
+            print(f"non-finite loss at step {step}; stopping", file=sys.stderr)
+            return 1
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        replaced = model.quantizer.care_step(optimizer) if quantize and rank == 0 else 0
+        if world > 1 and quantize:
+            flag = torch.tensor(float(replaced))
+            dist.broadcast(flag, src=0)
+            if flag.item():
+                sync_quantizer(model, optimizer, world)
+        step += 1
+        images_seen += x.shape[0] * world
+        window_mse += loss.item()
+        window_n += 1
+        if rank == 0 and step % args.log_every == 0:
+            now = time.monotonic()
+            record = {
+                "step": step,
+                "elapsed_s": round(elapsed_before + now - start, 1),
+                "loss": window_mse / window_n,
+                "psnr": psnr_from_mse(window_mse / window_n),
+                "perplexity": [round(p, 1) for p in q.perplexities] if q is not None else [],
+                "replaced": replaced,
+                "images_per_s": round(window_n * x.shape[0] * world / max(now - window_t, 1e-9), 1),
+                "lr": optimizer.param_groups[0]["lr"],
+            }
+            print(json.dumps(record), file=sys.stderr, flush=True)
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            window_mse, window_n, window_t = 0.0, 0, now
+        if rank == 0 and time.monotonic() - last_ckpt > args.checkpoint_every:
+            save_checkpoint(ckpt_path, model, optimizer, step, elapsed_before + time.monotonic() - start,
+                            images_seen, generator, device)
+            last_ckpt = time.monotonic()
+    if rank == 0:
+        save_checkpoint(ckpt_path, model, optimizer, step, elapsed_before + time.monotonic() - start,
+                        images_seen, generator, device)
+        print(f"saved {ckpt_path} at step {step}", file=sys.stderr)
+    if world > 1:
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,35 @@
+"""Shared fixtures: the repo's sample images and a copy of the shipped zoo for tampering."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO / "samples"
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture
+def parrots_path() -> Path:
+    return SAMPLES / "parrots.png"
+
+
+@pytest.fixture
+def lighthouse_path() -> Path:
+    return SAMPLES / "lighthouse.png"
+
+
+@pytest.fixture
+def weights_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private copy of weights/ that a test may damage; the codec is pointed at it."""
+    from codec import weights
+
+    target = tmp_path / "weights"
+    shutil.copytree(weights.weights_dir(), target, ignore=shutil.ignore_patterns("__pycache__", "*.py"))
+    monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(target))
+    weights._load.cache_clear()
+    yield target
+    weights._load.cache_clear()

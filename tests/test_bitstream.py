@@ -1,0 +1,299 @@
+"""The .dvq container: round trips, golden layout, and every refusal of a damaged or hostile file."""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+import tracemalloc
+import zlib
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from codec.bitstream import (
+    CODER_CONSTRICTION_RANGE, FLAG_ALPHA, FLAG_FROM_16BIT, FLAG_FROM_PALETTE, HEADER_SIZE, MAGIC,
+    TRAILER_SIZE, Container, Header, pack, peek_header, unpack,
+)
+from codec.errors import BitstreamError, CorruptBitstreamError, UnsupportedVersionError
+from codec.limits import MAX_PIXELS, MAX_SIDE
+
+# The layout written out independently of codec/bitstream.py: name -> (offset, struct code).
+FIELDS = {
+    "magic": (0, "4s"), "version": (4, "B"), "flags": (5, "B"), "model_id": (6, "H"), "quality": (8, "B"),
+    "weights_id": (9, "8s"), "coder_id": (17, "B"), "table_precision": (18, "B"), "width": (19, "I"),
+    "height": (23, "I"), "channels": (27, "B"), "bit_depth": (28, "B"), "latent_h": (29, "H"),
+    "latent_w": (31, "H"), "stages": (33, "B"), "payload_len": (34, "I"), "alpha_len": (38, "I"),
+}
+
+RGBA = Header(model_id=0x0102, quality=5, weights_id=bytes.fromhex("0011223344556677"),
+              coder_id=CODER_CONSTRICTION_RANGE, table_precision=16, width=640, height=480, channels=4,
+              bit_depth=16, flags=FLAG_ALPHA | FLAG_FROM_16BIT, latent_h=30, latent_w=40, stages=2)
+RGBA_FILE = pack(Container(RGBA, bytes.fromhex("deadbeef01020304"), bytes.fromhex("aabbccdd")))
+RGB = dataclasses.replace(RGBA, channels=3, bit_depth=8, flags=FLAG_FROM_PALETTE)
+RGB_FILE = pack(Container(RGB, bytes.fromhex("deadbeef01020304"), b""))
+FILES = {"rgba": RGBA_FILE, "rgb": RGB_FILE}
+
+GOLDEN_HEX = (
+    "89445651"  # 0 magic
+    "01"  # 4 version
+    "03"  # 5 flags: alpha | from 16-bit
+    "0201"  # 6 model_id 0x0102
+    "05"  # 8 quality
+    "0011223344556677"  # 9 weights_id
+    "01"  # 17 coder_id
+    "10"  # 18 table_precision 16
+    "80020000"  # 19 width 640
+    "e0010000"  # 23 height 480
+    "04"  # 27 channels
+    "10"  # 28 bit_depth 16
+    "1e00"  # 29 latent_h 30
+    "2800"  # 31 latent_w 40
+    "02"  # 33 stages
+    "08000000"  # 34 payload_len
+    "04000000"  # 38 alpha_len
+    "deadbeef01020304"  # 42 payload
+    "aabbccdd"  # 50 alpha
+    "4f629295"  # 54 CRC32 of bytes 0..53
+)
+
+
+def _edit(data: bytes, **fields: int | bytes) -> bytes:
+    """`data` with header fields rewritten and the CRC recomputed, so the check behind the CRC is reached."""
+    body = bytearray(data[:-TRAILER_SIZE])
+    for name, value in fields.items():
+        offset, code = FIELDS[name]
+        struct.pack_into("<" + code, body, offset, value)
+    return bytes(body) + struct.pack("<I", zlib.crc32(body))
+
+
+def _refused(data: bytes, kind: type[BitstreamError], match: str) -> None:
+    """unpack and peek_header both refuse `data` with exactly `kind` and a one-line message."""
+    for parse in (unpack, peek_header):
+        with pytest.raises(BitstreamError) as info:
+            parse(data)
+        assert type(info.value) is kind
+        assert match in str(info.value)
+        assert "\n" not in str(info.value)
+
+
+@st.composite
+def containers(draw: st.DrawFn) -> Container:
+    channels = draw(st.sampled_from([1, 2, 3, 4]))
+    alpha = channels in (2, 4)
+    width = draw(st.integers(1, MAX_SIDE))
+    header = Header(
+        model_id=draw(st.integers(0, 0xFFFF)), quality=draw(st.integers(1, 255)),
+        weights_id=draw(st.binary(min_size=8, max_size=8)), coder_id=CODER_CONSTRICTION_RANGE,
+        table_precision=draw(st.integers(1, 32)), width=width,
+        height=draw(st.integers(1, min(MAX_SIDE, MAX_PIXELS // width))), channels=channels,
+        bit_depth=draw(st.sampled_from([8, 16])),
+        flags=(FLAG_ALPHA if alpha else 0) | draw(st.sampled_from([0, FLAG_FROM_16BIT, FLAG_FROM_PALETTE, 6])),
+        latent_h=draw(st.integers(1, 0xFFFF)), latent_w=draw(st.integers(1, 0xFFFF)),
+        stages=draw(st.integers(1, 255)),
+    )
+    payload = draw(st.binary(min_size=1, max_size=64).map(lambda b: b * 4))
+    return Container(header, payload, draw(st.binary(min_size=1, max_size=64)) if alpha else b"")
+
+
+@settings(max_examples=200, deadline=None)
+@given(containers())
+def test_round_trip(container: Container) -> None:
+    data = pack(container)
+    assert len(data) == HEADER_SIZE + len(container.payload) + len(container.alpha) + TRAILER_SIZE
+    assert unpack(data) == container
+    assert peek_header(data) == container.header
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=80))
+def test_arbitrary_bytes_raise_only_bitstream_errors(data: bytes) -> None:
+    try:
+        unpack(data)
+    except BitstreamError:
+        pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=29, max_size=29))
+def test_arbitrary_header_fields_behind_a_valid_crc(fields: bytes) -> None:
+    """Bytes 5..33 (all but magic, version and lengths), resealed: parsed as written, or refused as corrupt."""
+    body = RGBA_FILE[:5] + fields + RGBA_FILE[34:-TRAILER_SIZE]
+    data = body + struct.pack("<I", zlib.crc32(body))
+    try:
+        container = unpack(data)
+    except CorruptBitstreamError as error:
+        assert str(error).startswith("invalid header: ")
+    else:
+        assert pack(container) == data
+
+
+def test_golden_layout() -> None:
+    """Any change here changes every file on disk: bump the format version with it."""
+    assert RGBA_FILE.hex() == GOLDEN_HEX
+    assert int.from_bytes(RGBA_FILE[-4:], "little") == zlib.crc32(RGBA_FILE[:-4])
+    assert unpack(bytes.fromhex(GOLDEN_HEX)) == Container(RGBA, bytes.fromhex("deadbeef01020304"),
+                                                          bytes.fromhex("aabbccdd"))
+
+
+def test_peek_header_agrees_with_unpack() -> None:
+    for data in (RGBA_FILE, RGB_FILE):
+        assert peek_header(data) == unpack(data).header
+
+
+def test_edit_helper_keeps_a_valid_file_valid() -> None:
+    """Guards the refusal tests below: an edit to an equally valid value must still parse."""
+    assert unpack(_edit(RGBA_FILE, quality=9)).header == dataclasses.replace(RGBA, quality=9)
+
+
+@pytest.mark.parametrize("data", [
+    pytest.param(b"\x89PNG\r\n\x1a\n" + bytes(60), id="png"),
+    pytest.param(b"\x89PNG", id="short-not-a-magic-prefix"),
+    pytest.param(b"x", id="one-byte"),
+    pytest.param(MAGIC[:3] + b"!" + RGBA_FILE[4:], id="last-magic-byte"),
+    pytest.param(b"\xc2\x89DVQ" + RGBA_FILE[4:], id="utf8-text-transfer"),
+])
+def test_bad_magic(data: bytes) -> None:
+    _refused(data, BitstreamError, "not a diveq-codec file (bad magic)")
+
+
+@pytest.mark.parametrize("size", [0, 1, 2, 3, 4, 20, 45])
+def test_too_short_for_a_header(size: int) -> None:
+    """A prefix of the magic is a cut-off .dvq file, not a different kind of file."""
+    _refused(RGBA_FILE[:size], CorruptBitstreamError, f"truncated: {size} bytes, a .dvq file has at least 46")
+
+
+@pytest.mark.parametrize("version", [0, 2, 255])
+def test_bad_version(version: int) -> None:
+    _refused(_edit(RGBA_FILE, version=version), UnsupportedVersionError,
+             f"format version {version} is not supported by this build (reads 1)")
+
+
+def test_version_is_checked_before_length_and_crc() -> None:
+    """A newer file may be laid out differently: its version is the only thing worth reporting."""
+    newer = bytearray(RGBA_FILE + b"more")
+    newer[4] = 2
+    _refused(bytes(newer), UnsupportedVersionError, "format version 2")
+
+
+def test_truncation_declared_by_header() -> None:
+    _refused(RGBA_FILE[:-1], CorruptBitstreamError, f"truncated: {len(RGBA_FILE) - 1} bytes, the header declares 58")
+
+
+def test_trailing_bytes() -> None:
+    _refused(RGBA_FILE + b"\x00\x00", CorruptBitstreamError, "2 trailing bytes")
+
+
+def test_crc_mismatch() -> None:
+    damaged = bytearray(RGBA_FILE)
+    damaged[45] ^= 0xFF  # inside the payload
+    _refused(bytes(damaged), CorruptBitstreamError, "checksum mismatch")
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_every_truncation_is_refused(name: str) -> None:
+    data = FILES[name]
+    for size in range(len(data)):
+        with pytest.raises(BitstreamError):
+            unpack(data[:size])
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_every_single_bit_flip_is_refused(name: str) -> None:
+    """CRC32 catches every single-bit error; magic, version and lengths are caught before it."""
+    data = FILES[name]
+    for bit in range(len(data) * 8):
+        damaged = bytearray(data)
+        damaged[bit // 8] ^= 1 << (bit % 8)
+        with pytest.raises(BitstreamError):
+            unpack(bytes(damaged))
+
+
+# Each edit leaves the total length unchanged and the CRC valid, so only the field check can refuse it.
+FIELD_REFUSALS = [
+    ("rgba", {"flags": FLAG_ALPHA | 8}, "unknown flag bits 0x08"),
+    ("rgba", {"flags": 0xFF}, "unknown flag bits 0xf8"),
+    ("rgba", {"coder_id": 0}, "unknown entropy coder id 0"),
+    ("rgba", {"coder_id": 2}, "unknown entropy coder id 2"),
+    ("rgba", {"table_precision": 0}, "table precision of 0 bits"),
+    ("rgba", {"table_precision": 33}, "table precision of 33 bits"),
+    ("rgba", {"channels": 0}, "0 channels"),
+    ("rgba", {"channels": 5}, "5 channels"),
+    ("rgba", {"bit_depth": 0}, "bit depth 0"),
+    ("rgba", {"bit_depth": 12}, "bit depth 12"),
+    ("rgba", {"channels": 3}, "alpha flag is set for a 3-channel image"),
+    ("rgba", {"channels": 1}, "alpha flag is set for a 1-channel image"),
+    ("rgba", {"flags": FLAG_FROM_16BIT}, "alpha flag is clear for a 4-channel image"),
+    ("rgb", {"channels": 2}, "alpha flag is clear for a 2-channel image"),
+    ("rgba", {"payload_len": 12, "alpha_len": 0}, "alpha flag is set but the alpha plane is empty"),
+    ("rgb", {"payload_len": 4, "alpha_len": 4}, "alpha plane of 4 bytes without the alpha flag"),
+    ("rgba", {"payload_len": 0, "alpha_len": 12}, "payload length 0 is not a positive multiple of 4"),
+    ("rgba", {"payload_len": 6, "alpha_len": 6}, "payload length 6 is not a positive multiple of 4"),
+    ("rgba", {"stages": 0}, "zero coded stages"),
+    ("rgba", {"quality": 0}, "quality 0"),
+    ("rgba", {"latent_h": 0}, "latent grid 0×40 is empty"),
+    ("rgba", {"latent_w": 0}, "latent grid 30×0 is empty"),
+    ("rgba", {"width": 0}, "image size 0×480 is empty"),
+    ("rgba", {"height": 0}, "image size 640×0 is empty"),
+    ("rgba", {"width": MAX_SIDE + 1}, "side limit"),
+    ("rgba", {"width": 20_000, "height": 20_000}, "pixel limit"),
+]
+
+
+@pytest.mark.parametrize(("name", "fields", "match"), FIELD_REFUSALS, ids=[m for _, _, m in FIELD_REFUSALS])
+def test_field_refusals(name: str, fields: dict[str, int], match: str) -> None:
+    data = _edit(FILES[name], **fields)
+    _refused(data, CorruptBitstreamError, match)
+    with pytest.raises(CorruptBitstreamError, match="^invalid header: "):
+        unpack(data)
+
+
+def test_giant_declared_image_is_refused_without_allocating() -> None:
+    data = _edit(RGBA_FILE, width=100_000, height=100_000)
+    tracemalloc.start()
+    try:
+        _refused(data, CorruptBitstreamError, "100000×100000")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 100_000
+
+
+def test_giant_declared_length_is_refused_without_allocating() -> None:
+    data = _edit(RGBA_FILE, payload_len=0xFFFF_FFFC, alpha_len=0xFFFF_FFFF)
+    tracemalloc.start()
+    try:
+        _refused(data, CorruptBitstreamError, "truncated: 58 bytes")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 100_000
+
+
+PACK_REFUSALS = [
+    ({"weights_id": b"short"}, "weights_id"),
+    ({"model_id": 0x10000}, "model_id"),
+    ({"width": -1}, "width"),
+    ({"stages": 256}, "stages"),
+    ({"channels": 5}, "5 channels"),
+    ({"channels": 3}, "alpha flag"),
+    ({"quality": 0}, "quality 0"),
+    ({"width": 100_000, "height": 100_000}, "side limit"),
+]
+
+
+@pytest.mark.parametrize(("change", "match"), PACK_REFUSALS, ids=[m for _, m in PACK_REFUSALS])
+def test_pack_refuses_invalid_headers(change: dict[str, object], match: str) -> None:
+    header = dataclasses.replace(RGBA, **change)
+    with pytest.raises(ValueError, match=match):
+        pack(Container(header, b"\x00" * 8, b"\x01"))
+
+
+@pytest.mark.parametrize(("payload", "alpha", "match"), [
+    (b"", b"\x01", "payload length 0"),
+    (b"\x00" * 5, b"\x01", "payload length 5"),
+    (b"\x00" * 8, b"", "alpha plane is empty"),
+], ids=["empty-payload", "odd-payload", "no-alpha"])
+def test_pack_refuses_inconsistent_lengths(payload: bytes, alpha: bytes, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        pack(Container(RGBA, payload, alpha))

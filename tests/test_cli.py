@@ -1,0 +1,140 @@
+"""The CLI through typer's runner: outputs, refusals, JSON, stdin/stdout and exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from codec.cli import app
+from codec.metrics import psnr
+
+runner = CliRunner()
+
+
+def run(*args: str, input: bytes | None = None):
+    return runner.invoke(app, list(args), input=input)
+
+
+@pytest.fixture
+def encoded(tmp_path: Path, parrots_path: Path) -> Path:
+    out = tmp_path / "p.dvq"
+    assert run("encode", str(parrots_path), str(out)).exit_code == 0
+    return out
+
+
+def test_encode_json_reports_whole_file_bpp_and_true_psnr(tmp_path: Path, parrots_path: Path) -> None:
+    out, png = tmp_path / "p.dvq", tmp_path / "p.png"
+    result = run("encode", str(parrots_path), str(out), "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    w, h = Image.open(parrots_path).size
+    assert report["bpp"] == pytest.approx(out.stat().st_size * 8 / (w * h), rel=1e-12)
+    assert run("decode", str(out), str(png)).exit_code == 0
+    decoded = np.asarray(Image.open(png))
+    assert report["psnr"] == pytest.approx(psnr(np.asarray(Image.open(parrots_path).convert("RGB")), decoded), abs=0.01)
+
+
+def test_decode_with_reference_reports_psnr(tmp_path: Path, encoded: Path, parrots_path: Path) -> None:
+    result = run("decode", str(encoded), str(tmp_path / "o.png"), "--reference", str(parrots_path), "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["psnr"] > 15 and report["width"] == 256 and report["mode"] == "RGB"
+
+
+def test_refuses_to_overwrite_without_force(tmp_path: Path, parrots_path: Path) -> None:
+    out = tmp_path / "p.dvq"
+    out.write_bytes(b"precious")
+    result = run("encode", str(parrots_path), str(out))
+    assert result.exit_code == 6
+    assert out.read_bytes() == b"precious"
+    assert run("encode", str(parrots_path), str(out), "--force").exit_code == 0
+    assert out.read_bytes()[:4] == b"\x89DVQ"
+
+
+def test_encode_never_overwrites_its_input(tmp_path: Path, parrots_path: Path) -> None:
+    src = tmp_path / "in.png"
+    src.write_bytes(parrots_path.read_bytes())
+    assert run("encode", str(src), str(src), "--force").exit_code == 6
+    assert src.read_bytes() == parrots_path.read_bytes()
+
+
+def test_stdin_and_stdout(parrots_path: Path, tmp_path: Path) -> None:
+    result = run("encode", "-", "-", input=parrots_path.read_bytes())
+    assert result.exit_code == 0, result.stderr
+    data = result.stdout_bytes
+    assert data[:4] == b"\x89DVQ"
+    decoded = run("decode", "-", "-", input=data)
+    assert decoded.exit_code == 0
+    png = tmp_path / "x.png"
+    png.write_bytes(decoded.stdout_bytes)
+    assert Image.open(png).size == (256, 192)
+
+
+def test_json_with_stdout_output_is_a_usage_error(parrots_path: Path) -> None:
+    assert run("encode", str(parrots_path), "-", "--json").exit_code == 2
+
+
+def test_info_needs_no_model(encoded: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("DIVEQ_WEIGHTS_DIR", str(tmp_path / "nowhere"))
+    result = run("info", str(encoded), "--json")
+    assert result.exit_code == 0, result.output
+    header = json.loads(result.stdout)
+    assert header["width"] == 256 and header["height"] == 192 and header["bytes"] == encoded.stat().st_size
+
+
+def test_models_json_lists_rate_points() -> None:
+    result = run("models", "--json")
+    assert result.exit_code == 0
+    rows = json.loads(result.stdout)
+    assert rows and all({"quality", "bpp", "psnr"} <= set(r) for r in rows)
+
+
+@pytest.mark.parametrize("position", [0, 5, 20, 45, -40, -1])
+def test_flipped_byte_is_a_bitstream_error(tmp_path: Path, encoded: Path, position: int) -> None:
+    data = bytearray(encoded.read_bytes())
+    data[position] ^= 0x5A
+    bad = tmp_path / "bad.dvq"
+    bad.write_bytes(bytes(data))
+    result = run("decode", str(bad), str(tmp_path / "o.png"))
+    assert result.exit_code == 3
+    assert "Traceback" not in result.output and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_truncated_file_is_a_bitstream_error(tmp_path: Path, encoded: Path) -> None:
+    bad = tmp_path / "cut.dvq"
+    bad.write_bytes(encoded.read_bytes()[:-10])
+    assert run("decode", str(bad), str(tmp_path / "o.png")).exit_code == 3
+    assert run("info", str(bad)).exit_code == 3
+
+
+def test_unreadable_inputs(tmp_path: Path) -> None:
+    assert run("encode", str(tmp_path / "missing.png"), str(tmp_path / "o.dvq")).exit_code == 5
+    text = tmp_path / "t.png"
+    text.write_text("not an image")
+    result = run("encode", str(text), str(tmp_path / "o.dvq"))
+    assert result.exit_code == 5 and "Traceback" not in result.output
+    assert not (tmp_path / "o.dvq").exists()
+
+
+def test_unwritable_output(tmp_path: Path, parrots_path: Path) -> None:
+    assert run("encode", str(parrots_path), str(tmp_path / "no" / "such" / "dir.dvq")).exit_code == 6
+
+
+def test_missing_weights_exit_code(tmp_path: Path, encoded: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from codec import weights
+    monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(tmp_path / "empty"))
+    weights._load.cache_clear()
+    assert run("decode", str(encoded), str(tmp_path / "o.png")).exit_code == 4
+    weights._load.cache_clear()
+
+
+def test_bad_quality_and_usage(tmp_path: Path, parrots_path: Path) -> None:
+    assert run("encode", str(parrots_path), str(tmp_path / "o.dvq"), "-q", "999").exit_code == 2
+    assert run("encode").exit_code == 2
+    assert run("encode", str(parrots_path), str(tmp_path / "o.dvq"), "--device", "tpu").exit_code == 2

@@ -1,0 +1,143 @@
+"""The real encode → bytes → decode path on the repo's samples with the shipped model."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from codec import bitstream
+from codec.errors import BitstreamError, WeightsError
+from codec.metrics import bits_per_pixel, psnr
+from codec.pipeline import decode, decode_detailed, encode, encode_with_report
+from codec.weights import rate_points
+
+
+@pytest.fixture(scope="module")
+def qualities() -> list[int]:
+    return [p.quality for p in rate_points()]
+
+
+def test_zoo_is_not_empty(qualities: list[int]) -> None:
+    assert len(qualities) >= 1
+
+
+def test_round_trip_size_mode_and_quality(parrots_path: Path, qualities: list[int]) -> None:
+    source = Image.open(parrots_path)
+    data = encode(parrots_path, quality=qualities[-1])
+    out = decode(data)
+    assert out.size == source.size and out.mode == "RGB"
+    # The top rate point of a trained model is far better than a flat image.
+    flat = np.full_like(np.asarray(source), np.asarray(source).mean(axis=(0, 1)).astype(np.uint8))
+    assert psnr(np.asarray(source), np.asarray(out)) > psnr(np.asarray(source), flat) + 5
+
+
+def test_odd_size_is_padded_and_cropped(lighthouse_path: Path) -> None:
+    out = decode(encode(lighthouse_path))
+    assert out.size == Image.open(lighthouse_path).size
+
+
+def test_bytes_identical_across_runs_and_indices_survive(parrots_path: Path) -> None:
+    first, second = encode(parrots_path), encode(parrots_path)
+    assert first == second
+    from codec.weights import load_model
+    from codec.pipeline import resolve_device
+    header = bitstream.unpack(first).header
+    model = load_model(header.model_id, "cpu").model
+    x = torch.from_numpy(np.asarray(Image.open(parrots_path).convert("RGB")).copy()).permute(2, 0, 1)[None].float() / 255
+    expected, _ = model.encode_indices(x, header.stages)
+    assert np.array_equal(decode_detailed(first).indices, expected.numpy())
+
+
+def test_more_stages_cost_more_and_look_better(parrots_path: Path, qualities: list[int]) -> None:
+    if len(qualities) < 2:
+        pytest.skip("one rate point only")
+    low = encode_with_report(parrots_path, qualities[0], "cpu")
+    high = encode_with_report(parrots_path, qualities[-1], "cpu")
+    assert high.bpp > low.bpp and high.psnr > low.psnr
+
+
+def test_report_is_the_truth(parrots_path: Path) -> None:
+    report = encode_with_report(parrots_path, device="cpu")
+    source = np.asarray(Image.open(parrots_path).convert("RGB"))
+    assert report.bpp == bits_per_pixel(len(report.data), source.shape[1], source.shape[0])
+    assert report.psnr == pytest.approx(psnr(source, np.asarray(decode(report.data))), abs=0.01)
+
+
+def test_grayscale_comes_back_grayscale(parrots_path: Path) -> None:
+    gray = Image.open(parrots_path).convert("L")
+    out = decode(encode(gray))
+    assert out.mode == "L" and out.size == gray.size
+
+
+def test_alpha_is_preserved_exactly(parrots_path: Path) -> None:
+    rgba = Image.open(parrots_path).convert("RGBA")
+    alpha = np.random.default_rng(0).integers(0, 256, size=rgba.size[::-1], dtype=np.uint8)
+    rgba.putalpha(Image.fromarray(alpha))
+    out = decode(encode(rgba))
+    assert out.mode == "RGBA"
+    assert np.array_equal(np.asarray(out)[..., 3], alpha)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 9), (13, 1), (17, 23)])
+def test_tiny_images(size: tuple[int, int]) -> None:
+    img = Image.fromarray(np.random.default_rng(1).integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8))
+    assert decode(encode(img)).size == size
+
+
+def test_weights_mismatch_is_refused(parrots_path: Path, weights_copy: Path) -> None:
+    data = encode(parrots_path)
+    container = bitstream.unpack(data)
+    other = bitstream.Header(**{**container.header.__dict__, "weights_id": b"\x00" * 8})
+    with pytest.raises(WeightsError):
+        decode(bitstream.pack(bitstream.Container(other, container.payload, container.alpha)))
+
+
+def test_tampered_weights_file_is_refused(parrots_path: Path, weights_copy: Path) -> None:
+    weights_file = next(weights_copy.glob("*.safetensors"))
+    blob = bytearray(weights_file.read_bytes())
+    blob[-1] ^= 0xFF
+    weights_file.write_bytes(bytes(blob))
+    with pytest.raises(WeightsError, match="sha256"):
+        encode(parrots_path)
+
+
+def test_missing_model_is_refused(parrots_path: Path, weights_copy: Path) -> None:
+    data = encode(parrots_path)
+    for card in weights_copy.glob("*.json"):
+        card.unlink()
+    with pytest.raises(WeightsError):
+        decode(data)
+
+
+def test_unknown_model_id_is_refused(parrots_path: Path) -> None:
+    container = bitstream.unpack(encode(parrots_path))
+    other = bitstream.Header(**{**container.header.__dict__, "model_id": 999})
+    with pytest.raises(WeightsError):
+        decode(bitstream.pack(bitstream.Container(other, container.payload, container.alpha)))
+
+
+def test_inconsistent_latent_grid_is_refused(parrots_path: Path) -> None:
+    container = bitstream.unpack(encode(parrots_path))
+    other = bitstream.Header(**{**container.header.__dict__, "latent_w": container.header.latent_w + 1})
+    with pytest.raises(BitstreamError):
+        decode(bitstream.pack(bitstream.Container(other, container.payload, container.alpha)))
+
+
+def test_header_counts_in_bpp(parrots_path: Path) -> None:
+    data = encode(parrots_path)
+    container = bitstream.unpack(data)
+    assert len(data) == bitstream.HEADER_SIZE + len(container.payload) + len(container.alpha) + bitstream.TRAILER_SIZE
+
+
+def test_cards_carry_the_required_fields() -> None:
+    from codec.weights import list_cards
+    for card in list_cards():
+        for key in ("config", "sha256", "entropy_tables", "training", "rate_points"):
+            assert key in card.data
+        assert len(card.data["entropy_tables"]["counts"]) == len(card.data["rate_points"])
