@@ -1,0 +1,590 @@
+"""The evaluation engine behind ``diveq-codec eval``: our codec and the classical anchors
+on the same images, measured the same way, with CompressAI-compatible results.
+
+Every number comes from real files: our codec goes through ``encode_source`` → bytes →
+``decode_detailed`` (the same path as ``diveq-codec encode``/``decode``), the anchors
+through Pillow into bytes and back. bpp = bytes × 8 / pixels with every header byte
+counted; PSNR-RGB is measured on the 8-bit decoded image and averaged over images (per
+image, then the mean, as the published Kodak curves are); MS-SSIM likewise.
+
+OUTDIR holds:
+
+* ``per_image.csv``: one row per (codec, quality, image), appended and flushed as soon as
+  it is measured. Re-running with the same OUTDIR skips the rows already there, so an
+  interrupted run resumes where it stopped. ``eval_meta.json`` records which weights and
+  which image files the rows belong to; a re-run with other weights or other images of
+  the same name is refused rather than mixed in.
+* ``<codec>.json``: one per codec in CompressAI's results schema, computed from the CSV.
+* ``rd.png``: PSNR-RGB and MS-SSIM (dB) against bpp for ours, the anchors and the
+  published curves of ``--published``.
+* ``bd_rate.md`` / ``bd_rate.json``: Bjøntegaard delta rate of ours against each anchor
+  and published curve, "n/a" where the PSNR ranges do not overlap.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from codec.anchors import Anchor, Measurement, measure, measure_decoded
+from codec.bdrate import bd_rate, psnr_overlap, why_not
+from codec.errors import InputError, OutputError
+from codec.msssim import ms_ssim_db
+
+OURS = "diveq"
+OURS_NAME = "DiVeQ"
+CSV_NAME = "per_image.csv"
+META_NAME = "eval_meta.json"
+PLOT_NAME = "rd.png"
+CSV_FIELDS = ["codec", "quality", "image", "width", "height", "bytes", "bpp", "psnr_rgb", "ms_ssim_rgb",
+              "encode_s", "decode_s"]
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm"}
+
+
+# --------------------------------------------------------------------------- options
+
+def parse_qualities(spec: str | None) -> list[int] | None:
+    """``-q``: "all" (None) or a comma list of integers such as "1,3,5"."""
+    if spec is None or spec.strip().lower() in ("", "all"):
+        return None
+    out: list[int] = []
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            value = int(part)
+        except ValueError:
+            raise ValueError(f"-q expects 'all' or a list of integers like 1,3,5, got {spec!r}") from None
+        if value not in out:
+            out.append(value)
+    if not out:
+        raise ValueError(f"-q expects 'all' or a list of integers like 1,3,5, got {spec!r}")
+    return out
+
+
+def list_images(folder: Path, limit: int | None = None) -> list[Path]:
+    """Image files directly in ``folder`` (by extension), sorted by name, at most ``limit``."""
+    if not folder.exists():
+        raise InputError(f"{folder}: no such directory")
+    if not folder.is_dir():
+        raise InputError(f"{folder} is not a directory")
+    paths = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise InputError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
+    return paths[:limit] if limit is not None else paths
+
+
+@dataclass
+class EvalOptions:
+    data_dir: Path
+    out_dir: Path
+    qualities: list[int] | None = None  # None: every rate point of the zoo
+    anchors: list[Anchor] = field(default_factory=list)
+    published_dir: Path | None = None
+    device: str = "auto"
+    limit: int | None = None
+
+
+# --------------------------------------------------------------------------- the CSV
+
+def _parse_row(row: dict[str, Any]) -> dict[str, Any] | None:
+    try:
+        return {
+            "codec": str(row["codec"]), "quality": int(row["quality"]), "image": str(row["image"]),
+            "width": int(row["width"]), "height": int(row["height"]), "bytes": int(row["bytes"]),
+            "bpp": float(row["bpp"]), "psnr_rgb": float(row["psnr_rgb"]),
+            "ms_ssim_rgb": float(row["ms_ssim_rgb"]), "encode_s": float(row["encode_s"]),
+            "decode_s": float(row["decode_s"]),
+        }
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+class ResultsCSV:
+    """The per-image CSV: read back on start (repairing a torn last line), appended per row."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows: list[dict[str, Any]] = []
+        if path.exists():
+            self._load()
+        else:
+            self._rewrite()
+        self.done = {(r["codec"], r["quality"], r["image"]) for r in self.rows}
+
+    def _load(self) -> None:
+        try:
+            raw = self.path.read_bytes()
+        except OSError as exc:
+            raise OutputError(f"cannot read {self.path}: {exc.strerror or exc}") from None
+        torn = bool(raw) and not raw.endswith(b"\n")
+        text = raw.decode("utf-8", errors="replace")
+        if torn:  # a kill in the middle of a row: drop the partial row
+            text = text[: text.rfind("\n") + 1]
+        reader = csv.DictReader(io.StringIO(text))
+        if text and reader.fieldnames != CSV_FIELDS:
+            raise OutputError(f"{self.path} is not an eval CSV of this version (columns {reader.fieldnames}); "
+                              f"choose another -o")
+        parsed = [_parse_row(r) for r in reader]
+        self.rows = [r for r in parsed if r is not None]
+        if torn or len(self.rows) != len(parsed) or not text:
+            self._rewrite()
+
+    def _rewrite(self) -> None:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, CSV_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        from codec.fileio import write_output
+
+        write_output(str(self.path), buf.getvalue().encode(), True)
+
+    def append(self, row: dict[str, Any]) -> None:
+        buf = io.StringIO()
+        csv.DictWriter(buf, CSV_FIELDS, lineterminator="\n").writerow(row)
+        try:
+            with self.path.open("a", encoding="utf-8", newline="") as fh:
+                fh.write(buf.getvalue())
+                fh.flush()
+        except OSError as exc:
+            raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}") from None
+        self.rows.append(row)
+        self.done.add((row["codec"], row["quality"], row["image"]))
+
+
+def _row(codec: str, quality: int, image: str, width: int, height: int, m: Measurement) -> dict[str, Any]:
+    return {"codec": codec, "quality": quality, "image": image, "width": width, "height": height,
+            "bytes": m.num_bytes, "bpp": m.bpp, "psnr_rgb": m.psnr, "ms_ssim_rgb": m.ms_ssim,
+            "encode_s": m.encode_s, "decode_s": m.decode_s}
+
+
+# --------------------------------------------------------------------------- curves
+
+@dataclass
+class Curve:
+    key: str
+    name: str
+    kind: str  # "ours", "local" (measured here) or "published"
+    bpp: list[float]
+    psnr: list[float]
+    ms_ssim: list[float] | None = None
+    source: str = ""
+
+
+def summarize(rows: Iterable[dict[str, Any]], codec: str, images: Sequence[str]) -> dict[str, list[Any]] | None:
+    """Per-quality means over ``images`` (only qualities measured on all of them), by bpp."""
+    wanted = set(images)
+    by_quality: dict[int, dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        if r["codec"] == codec and r["image"] in wanted:
+            by_quality.setdefault(r["quality"], {})[r["image"]] = r
+    points = []
+    for quality, per_image in by_quality.items():
+        if len(per_image) != len(wanted):
+            continue
+        rs = list(per_image.values())
+
+        def mean(key: str) -> float:
+            return float(np.mean([r[key] for r in rs]))
+
+        points.append({"quality": quality, "bpp": mean("bpp"), "psnr-rgb": mean("psnr_rgb"),
+                       "ms-ssim-rgb": mean("ms_ssim_rgb"), "encoding_time": mean("encode_s"),
+                       "decoding_time": mean("decode_s")})
+    if not points:
+        return None
+    points.sort(key=lambda p: (p["bpp"], p["quality"]))
+    return {k: [p[k] for p in points] for k in points[0]}
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
+def results_json(name: str, description: str, summary: dict[str, list[Any]], meta: dict[str, Any]) -> dict[str, Any]:
+    """CompressAI's results schema (non-finite values, e.g. NaN MS-SSIM, become null)."""
+    results = {k: summary[k] for k in ("bpp", "psnr-rgb", "ms-ssim-rgb", "encoding_time", "decoding_time")}
+    return _finite_or_none({"name": name, "description": description, "results": results,
+                            "meta": {"quality": summary["quality"], **meta}})
+
+
+def _floats(values: Any) -> list[float] | None:
+    if not isinstance(values, list) or not values:
+        return None
+    try:
+        return [math.nan if v is None else float(v) for v in values]
+    except (TypeError, ValueError):
+        return None
+
+
+def load_published(folder: Path) -> tuple[list[Curve], list[str]]:
+    """Published curves from ``folder``/*.json: CompressAI's results schema, or the
+    ``{codec: {"bpp": [...], "psnr": [...]}}`` schema of deepmind-c3-baselines.json."""
+    if not folder.is_dir():
+        raise InputError(f"--published {folder}: no such directory")
+    curves: list[Curve] = []
+    notes: list[str] = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            notes.append(f"published {path.name} skipped: unreadable ({exc})")
+            continue
+        found = 0
+        if isinstance(data, dict) and isinstance(data.get("results"), dict):
+            res = data["results"]
+            bpp = _floats(res.get("bpp"))
+            psnr = _floats(res.get("psnr-rgb", res.get("psnr")))
+            if bpp and psnr and len(bpp) == len(psnr):
+                msssim = _floats(res.get("ms-ssim-rgb", res.get("ms-ssim")))
+                curves.append(Curve(path.stem, str(data.get("name") or path.stem), "published", bpp, psnr,
+                                    msssim if msssim and len(msssim) == len(bpp) else None, path.name))
+                found = 1
+        elif isinstance(data, dict):
+            for codec, entry in data.items():
+                if not isinstance(entry, dict):
+                    continue
+                bpp, psnr = _floats(entry.get("bpp")), _floats(entry.get("psnr"))
+                if bpp and psnr and len(bpp) == len(psnr):
+                    curves.append(Curve(f"{path.stem}:{codec}", str(codec), "published", bpp, psnr, None, path.name))
+                    found += 1
+        if not found:
+            notes.append(f"published {path.name} skipped: no bpp/PSNR curve in a known schema")
+    return curves, notes
+
+
+# --------------------------------------------------------------------------- BD-rate
+
+def bd_table(ours: Curve, references: Sequence[Curve]) -> list[dict[str, Any]]:
+    rows = []
+    for ref in references:
+        reason = why_not(ref.bpp, ref.psnr, ours.bpp, ours.psnr)
+        value = None if reason else bd_rate(ref.bpp, ref.psnr, ours.bpp, ours.psnr)
+        if value is not None and not math.isfinite(value):
+            value, reason = None, "fit failed"
+        overlap = psnr_overlap(ref.psnr, ours.psnr)
+        rows.append({"reference": ref.name, "key": ref.key, "kind": ref.kind, "source": ref.source,
+                     "bd_rate_percent": value, "psnr_overlap_db": list(overlap) if overlap else None,
+                     "note": reason})
+    return rows
+
+
+def bd_markdown(test_name: str, rows: Sequence[dict[str, Any]]) -> str:
+    lines = [f"BD-rate of {test_name} against each reference (PSNR-RGB; Bjøntegaard cubic fit over the "
+             "shared PSNR range; negative = fewer bits for the same PSNR)", "",
+             "| reference | source | BD-rate | PSNR overlap (dB) |", "| --- | --- | ---: | --- |"]
+    for r in rows:
+        value = f"{r['bd_rate_percent']:+.1f} %" if r["bd_rate_percent"] is not None else "n/a"
+        overlap = (f"{r['psnr_overlap_db'][0]:.2f}–{r['psnr_overlap_db'][1]:.2f}"
+                   if r["psnr_overlap_db"] else "none")
+        source = "measured here" if r["kind"] == "local" else f"published ({r['source']})"
+        lines.append(f"| {r['reference']} | {source} | {value} | {overlap} |")
+    return "\n".join(lines) + "\n"
+
+
+def psnr_gap(local: Curve, published: Curve) -> dict[str, Any] | None:
+    """Local minus published PSNR at the local points' bpp (published curve interpolated
+    linearly in log bpp, only inside its bpp range): mean and largest absolute gap."""
+    pb = np.asarray(published.bpp, dtype=np.float64)
+    pp = np.asarray(published.psnr, dtype=np.float64)
+    keep = np.isfinite(pb) & np.isfinite(pp) & (pb > 0)
+    pb, pp = pb[keep], pp[keep]
+    order = np.argsort(pb)
+    pb, pp = pb[order], pp[order]
+    gaps = []
+    for b, p in zip(local.bpp, local.psnr):
+        if pb.size >= 2 and pb[0] <= b <= pb[-1] and math.isfinite(p):
+            gaps.append(p - float(np.interp(np.log(b), np.log(pb), pp)))
+    if not gaps:
+        return None
+    return {"local": local.name, "published": published.source, "points": len(gaps),
+            "mean_gap_db": float(np.mean(gaps)), "max_abs_gap_db": float(np.max(np.abs(gaps)))}
+
+
+# --------------------------------------------------------------------------- plot
+
+def plot_rd(path: Path, curves: Sequence[Curve], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ours = [c for c in curves if c.kind == "ours"]
+    top = max((max(c.bpp) for c in ours), default=1.0)
+    xmax = max(1.0, 1.6 * top)
+    fig, axes = plt.subplots(1, 2, figsize=(15, 6.5))
+    panels = (("psnr", "PSNR-RGB (dB)"), ("ms_ssim", "MS-SSIM-RGB (dB)"))
+    for ax, (metric, label) in zip(axes, panels):
+        lows, highs = [], []
+        for i, c in enumerate(curves):
+            ys = c.psnr if metric == "psnr" else ([ms_ssim_db(v) for v in c.ms_ssim] if c.ms_ssim else None)
+            if ys is None:
+                continue
+            pts = sorted((b, y) for b, y in zip(c.bpp, ys) if math.isfinite(b) and math.isfinite(y))
+            if not pts:
+                continue
+            xs, vs = zip(*pts)
+            style: dict[str, Any]
+            if c.kind == "ours":
+                style = {"color": "black", "linewidth": 2.5, "marker": "o", "markersize": 5, "zorder": 10}
+            elif c.kind == "local":
+                style = {"linewidth": 1.6, "marker": ".", "markersize": 6}
+            else:
+                style = {"linewidth": 1.0, "linestyle": "--", "alpha": 0.75}
+            tag = {"ours": "", "local": " (measured here)", "published": " (published)"}[c.kind]
+            ax.plot(xs, vs, label=f"{c.name}{tag}", **style)
+            visible = [v for x, v in pts if x <= xmax]
+            if visible:
+                lows.append(min(visible))
+                highs.append(max(visible))
+        ax.set_xlim(0, xmax)
+        if lows:
+            ax.set_ylim(min(lows) - 0.5, max(highs) + 0.5)
+        ax.set_xlabel("bits per pixel (whole file)")
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize=7, frameon=False)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0, 0.8, 0.96))
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    _write(path, buf.getvalue())
+
+
+# --------------------------------------------------------------------------- running
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("diveq-codec")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
+def _write(path: Path, data: bytes) -> None:
+    from codec.fileio import write_output
+
+    write_output(str(path), data, True)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    _write(path, (json.dumps(_finite_or_none(obj), indent=1) + "\n").encode())
+
+
+class Progress:
+    """One counter line on stderr (redrawn with \\r on a terminal, every 10 % otherwise)."""
+
+    def __init__(self, total: int, stream: TextIO | None = None) -> None:
+        self.total, self.count, self.start = max(total, 1), 0, time.monotonic()
+        self.stream = stream or sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.measured = 0
+        self._last_decile = -1
+
+    def step(self, label: str, measured: bool) -> None:
+        self.count += 1
+        self.measured += int(measured)
+        elapsed = time.monotonic() - self.start
+        rate = elapsed / self.measured if self.measured else 0.0
+        eta = rate * (self.total - self.count)
+        text = (f"eval [{self.count:>{len(str(self.total))}}/{self.total}] {100 * self.count / self.total:5.1f}% "
+                f"{label}  elapsed {elapsed:5.0f}s  eta {eta:5.0f}s")
+        if self.tty:
+            self.stream.write("\r" + text.ljust(100))
+        else:
+            decile = 10 * self.count // self.total
+            if decile == self._last_decile:
+                return
+            self._last_decile = decile
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _image_key(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def _check_meta(out_dir: Path, meta_now: dict[str, Any]) -> dict[str, Any]:
+    """Refuse to mix rows of other weights or other image files; return the merged meta."""
+    path = out_dir / META_NAME
+    old: dict[str, Any] = {}
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError):
+            raise OutputError(f"{path} is unreadable; choose another -o") from None
+    for section in ("weights", "images"):
+        before = old.get(section, {})
+        for key, value in meta_now.get(section, {}).items():
+            if key in before and before[key] != value:
+                what = f"weights of model {key}" if section == "weights" else f"image {key}"
+                raise OutputError(f"{out_dir} holds results for other {what} ({before[key]} vs {value} now); "
+                                  f"choose another -o or remove it")
+    merged = {**old, **{k: v for k, v in meta_now.items() if not isinstance(v, dict)}}
+    for section in ("weights", "images"):
+        merged[section] = {**old.get(section, {}), **meta_now.get(section, {})}
+    return merged
+
+
+@dataclass
+class EvalResult:
+    curves: list[Curve]
+    bd_rows: list[dict[str, Any]]
+    anchor_checks: list[dict[str, Any]]
+    measured: int
+    skipped: int
+    files: list[Path]
+
+
+def run_eval(opts: EvalOptions, say: Callable[[str], None] | None = None,
+             progress_stream: TextIO | None = None) -> EvalResult:
+    """Measure, write the CSV incrementally, then summaries, plot and BD-rate table."""
+    from codec.fileio import read_input
+    from codec.image_io import read_image
+    from codec.pipeline import decode_detailed, encode_source, resolve_device
+    from codec.weights import load_model, rate_points, resolve_quality
+    import PIL
+
+    say = say or (lambda message: print(message, file=sys.stderr))
+    device = resolve_device(opts.device)
+    points = [resolve_quality(q) for q in opts.qualities] if opts.qualities else rate_points()
+    if not points:
+        resolve_quality(None)  # raises the WeightsError that says where models were looked for
+    points = sorted(points, key=lambda p: p.quality)
+    paths = list_images(opts.data_dir, opts.limit)
+    published, notes = load_published(opts.published_dir) if opts.published_dir else ([], [])
+    for note in notes:
+        say(f"diveq-codec: note: {note}")
+
+    try:
+        opts.out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create {opts.out_dir}: {exc.strerror or exc}") from None
+    if not opts.out_dir.is_dir():
+        raise OutputError(f"{opts.out_dir} is not a directory")
+
+    loaded = {p.model_id: load_model(p.model_id, device) for p in points}
+    images = {_image_key(p, opts.data_dir): p for p in paths}
+    hashes = {}
+    for key, path in images.items():
+        hashes[key] = hashlib.sha256(read_input(str(path))).hexdigest()[:16]
+    meta = _check_meta(opts.out_dir, {
+        "weights": {str(mid): lm.card.weights_id.hex() for mid, lm in loaded.items()},
+        "images": hashes,
+    })
+    _write_json(opts.out_dir / META_NAME, meta)
+    table = ResultsCSV(opts.out_dir / CSV_NAME)
+
+    jobs_per_image = [(OURS, p.quality) for p in points] + [(a.key, q) for a in opts.anchors for q in a.qualities]
+    progress = Progress(len(jobs_per_image) * len(images), progress_stream)
+    anchors = {a.key: a for a in opts.anchors}
+    measured = skipped = 0
+    warmed = False
+    try:
+        for key, path in images.items():
+            todo = [(c, q) for c, q in jobs_per_image if (c, q, key) not in table.done]
+            if not todo:
+                for c, q in jobs_per_image:
+                    skipped += 1
+                    progress.step(f"{c} q={q} {key}", False)
+                continue
+            source = read_image(read_input(str(path)), str(path))
+            for notice in source.notices:
+                say(f"diveq-codec: note: {key}: {notice}")
+            rgb = source.rgb
+            height, width = rgb.shape[:2]
+            for codec_key, quality in jobs_per_image:
+                if (codec_key, quality, key) in table.done:
+                    skipped += 1
+                    progress.step(f"{codec_key} q={quality} {key}", False)
+                    continue
+                if codec_key == OURS:
+                    if not warmed:  # first use pays for lazy initialisation: keep it out of the timings
+                        decode_detailed(encode_source(source, quality, device), device)
+                        warmed = True
+                    start = time.perf_counter()
+                    data = encode_source(source, quality, device)
+                    encoded = time.perf_counter()
+                    decoded = decode_detailed(data, device).image
+                    done = time.perf_counter()
+                    m = measure_decoded(rgb, data, decoded, encoded - start, done - encoded)
+                else:
+                    m = measure(anchors[codec_key], rgb, quality)
+                table.append(_row(codec_key, quality, key, width, height, m))
+                measured += 1
+                progress.step(f"{codec_key} q={quality} {key}", True)
+    except KeyboardInterrupt:
+        progress.close()
+        say(f"diveq-codec: {len(table.rows)} rows kept in {table.path}; run the same command again to resume")
+        raise
+    progress.close()
+
+    # ---- summaries, from the CSV
+    names = list(images)
+    curves: list[Curve] = []
+    files: list[Path] = [table.path]
+    model_names = sorted({p.model_name for p in points})
+    common = {"images": len(names), "dataset": str(opts.data_dir), "device": device}
+    ours_summary = summarize(table.rows, OURS, names)
+    if ours_summary is None:  # cannot happen after a complete run
+        raise OutputError(f"no complete rate point for {OURS} in {table.path}")
+    ours_desc = (f"diveq-codec {_version()}, model(s) {', '.join(model_names)}, real .dvq files "
+                 f"(header included), decoded on {device}")
+    summaries = [(OURS, OURS_NAME, ours_desc, ours_summary, "ours")]
+    for anchor in opts.anchors:
+        s = summarize(table.rows, anchor.key, names)
+        if s is not None:
+            summaries.append((anchor.key, anchor.name, f"{anchor.description}, Pillow {PIL.__version__}", s, "local"))
+    for key, name, desc, s, kind in summaries:
+        path = opts.out_dir / f"{key}.json"
+        _write_json(path, results_json(name, desc, s, common))
+        files.append(path)
+        curves.append(Curve(key, name, kind, s["bpp"], s["psnr-rgb"], s["ms-ssim-rgb"], path.name))
+    ours = curves[0]
+    locals_ = curves[1:]
+
+    bd_rows = bd_table(ours, locals_ + published)
+    checks = []
+    for local in locals_:
+        for pub in published:
+            if pub.name.lower() == local.name.lower():
+                gap = psnr_gap(local, pub)
+                if gap:
+                    checks.append(gap)
+    _write_json(opts.out_dir / "bd_rate.json", {
+        "test": OURS_NAME, "metric": "psnr-rgb", "rate": "bpp",
+        "method": "Bjøntegaard (VCEG-M33) cubic fit of log rate vs PSNR over the shared PSNR range",
+        "rows": bd_rows, "anchor_checks": checks})
+    _write(opts.out_dir / "bd_rate.md", bd_markdown(OURS_NAME, bd_rows).encode())
+    files += [opts.out_dir / "bd_rate.json", opts.out_dir / "bd_rate.md"]
+
+    plot_rd(opts.out_dir / PLOT_NAME, curves + published,
+            f"{OURS_NAME} vs anchors on {opts.data_dir.name} ({len(names)} images)")
+    files.append(opts.out_dir / PLOT_NAME)
+    return EvalResult(curves, bd_rows, checks, measured, skipped, files)
