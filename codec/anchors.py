@@ -6,9 +6,10 @@ MS-SSIM, and the encode/decode wall time.
 
 Sweeps (the "quality" of a row is the codec's own parameter):
 
-* ``jpeg``: Pillow JPEG, quality 1…95, Pillow defaults otherwise (4:2:0, baseline,
-  standard tables). Quality 5…95 in steps of 5 is the published CompressAI sweep; 1–3
-  extend it below 0.25 bpp, where low-rate learned codecs live.
+* ``jpeg``: Pillow JPEG, quality 1 and 5…95 in steps of 5 (the published CompressAI
+  sweep), Pillow defaults otherwise (4:2:0, baseline, standard tables). Quality 1 adds
+  the lowest rate JPEG reaches (qualities 1–3 clip every table entry at 255 and give
+  nearly the same file).
 * ``webp``: Pillow lossy WebP, quality 0…95 (method 4, the default).
 * ``jpeg2000``: Pillow/OpenJPEG, ``irreversible=True`` (9/7 wavelet), ``mct=1`` (colour
   transform; without it PSNR is ~3.7 dB worse), ``quality_mode="rates"`` with one layer
@@ -71,7 +72,7 @@ def _avif(image: Image.Image, buf: io.BytesIO, q: int) -> None:
 ANCHORS: dict[str, Anchor] = {
     a.key: a
     for a in (
-        Anchor("jpeg", "JPEG", "JPEG via Pillow (libjpeg), 4:2:0, quality sweep", (1, 2, 3, *range(5, 100, 5)),
+        Anchor("jpeg", "JPEG", "JPEG via Pillow (libjpeg), 4:2:0, quality sweep", (1, *range(5, 100, 5)),
                "jpg", _jpeg),
         Anchor("webp", "WebP", "lossy WebP via Pillow (libwebp), quality sweep", tuple(range(0, 100, 5)),
                "webp", _webp),

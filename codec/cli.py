@@ -210,6 +210,16 @@ def models(json_flag: bool = typer.Option(False, "--json", help="print as JSON")
     _guarded(run)
 
 
+def _register_evaluation_commands() -> None:
+    from codec.cli_eval import bench_command, eval_command
+
+    app.command("eval")(eval_command)
+    app.command("bench")(bench_command)
+
+
+_register_evaluation_commands()
+
+
 def main() -> None:
     app()
 

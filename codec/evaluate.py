@@ -235,9 +235,26 @@ def _floats(values: Any) -> list[float] | None:
         return None
 
 
-def load_published(folder: Path) -> tuple[list[Curve], list[str]]:
-    """Published curves from ``folder``/*.json: CompressAI's results schema, or the
-    ``{codec: {"bpp": [...], "psnr": [...]}}`` schema of deepmind-c3-baselines.json."""
+def _curve_dicts(obj: Any, trail: tuple[str, ...]) -> Iterable[tuple[tuple[str, ...], dict[str, Any]]]:
+    """Every dict holding a "bpp" list, with the keys leading to it (at most 4 levels deep)."""
+    if not isinstance(obj, dict) or len(trail) > 4:
+        return
+    if isinstance(obj.get("bpp"), list):
+        yield trail, obj
+        return
+    for key, value in obj.items():
+        if isinstance(value, dict):
+            yield from _curve_dicts(value, (*trail, str(key)))
+
+
+def load_published(folder: Path, dataset: str | None = None) -> tuple[list[Curve], list[str]]:
+    """Published curves from ``folder``/*.json: CompressAI's results schema, the
+    ``{codec: {"bpp": [...], "psnr": [...]}}`` schema of deepmind-c3-baselines.json, or any
+    nesting of such dicts (e.g. ``results.kodak.large`` in paper-tcm2023_mse.json).
+
+    When a file's curves are grouped by dataset and one group is named ``dataset`` (the
+    evaluated folder's name, e.g. "kodak"), only that group is kept.
+    """
     if not folder.is_dir():
         raise InputError(f"--published {folder}: no such directory")
     curves: list[Curve] = []
@@ -249,23 +266,24 @@ def load_published(folder: Path) -> tuple[list[Curve], list[str]]:
             notes.append(f"published {path.name} skipped: unreadable ({exc})")
             continue
         found = 0
-        if isinstance(data, dict) and isinstance(data.get("results"), dict):
-            res = data["results"]
-            bpp = _floats(res.get("bpp"))
-            psnr = _floats(res.get("psnr-rgb", res.get("psnr")))
-            if bpp and psnr and len(bpp) == len(psnr):
-                msssim = _floats(res.get("ms-ssim-rgb", res.get("ms-ssim")))
-                curves.append(Curve(path.stem, str(data.get("name") or path.stem), "published", bpp, psnr,
-                                    msssim if msssim and len(msssim) == len(bpp) else None, path.name))
-                found = 1
-        elif isinstance(data, dict):
-            for codec, entry in data.items():
-                if not isinstance(entry, dict):
-                    continue
-                bpp, psnr = _floats(entry.get("bpp")), _floats(entry.get("psnr"))
-                if bpp and psnr and len(bpp) == len(psnr):
-                    curves.append(Curve(f"{path.stem}:{codec}", str(codec), "published", bpp, psnr, None, path.name))
-                    found += 1
+        entries = list(_curve_dicts(data, ()))
+        if dataset and any(dataset.lower() in (t.lower() for t in trail) for trail, _ in entries):
+            entries = [(trail, e) for trail, e in entries if dataset.lower() in (t.lower() for t in trail)]
+        title = data.get("name") if isinstance(data, dict) and isinstance(data.get("name"), str) else None
+        for trail, entry in entries:
+            bpp = _floats(entry.get("bpp"))
+            psnr = _floats(entry.get("psnr-rgb", entry.get("psnr")))
+            if not (bpp and psnr and len(bpp) == len(psnr)):
+                continue
+            msssim = _floats(entry.get("ms-ssim-rgb", entry.get("ms-ssim")))
+            where = [t for t in trail if t != "results"]
+            if title:
+                name = f"{title} [{'/'.join(where)}]" if where else title
+            else:
+                name = "/".join(where) or path.stem
+            curves.append(Curve(":".join([path.stem, *where]), name, "published", bpp, psnr,
+                                msssim if msssim and len(msssim) == len(bpp) else None, path.name))
+            found += 1
         if not found:
             notes.append(f"published {path.name} skipped: no bpp/PSNR curve in a known schema")
     return curves, notes
@@ -327,10 +345,18 @@ def plot_rd(path: Path, curves: Sequence[Curve], title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    seen: set[str] = set()
+    unique = []  # one curve per name (a CompressAI file, with MS-SSIM, before a copy in another file)
+    for c in sorted(curves, key=lambda c: (c.kind != "ours", c.kind != "local", c.ms_ssim is None)):
+        if c.name.lower() not in seen:
+            seen.add(c.name.lower())
+            unique.append(c)
+    curves = unique
     ours = [c for c in curves if c.kind == "ours"]
     top = max((max(c.bpp) for c in ours), default=1.0)
     xmax = max(1.0, 1.6 * top)
-    fig, axes = plt.subplots(1, 2, figsize=(15, 6.5))
+    palette = plt.get_cmap("tab20")
+    fig, axes = plt.subplots(1, 2, figsize=(16, 7))
     panels = (("psnr", "PSNR-RGB (dB)"), ("ms_ssim", "MS-SSIM-RGB (dB)"))
     for ax, (metric, label) in zip(axes, panels):
         lows, highs = [], []
@@ -346,9 +372,10 @@ def plot_rd(path: Path, curves: Sequence[Curve], title: str) -> None:
             if c.kind == "ours":
                 style = {"color": "black", "linewidth": 2.5, "marker": "o", "markersize": 5, "zorder": 10}
             elif c.kind == "local":
-                style = {"linewidth": 1.6, "marker": ".", "markersize": 6}
+                style = {"color": palette(i % 20), "linewidth": 1.6, "marker": ".", "markersize": 6}
             else:
-                style = {"linewidth": 1.0, "linestyle": "--", "alpha": 0.75}
+                style = {"color": palette(i % 20), "linewidth": 1.0, "alpha": 0.8,
+                         "linestyle": ("--", ":", "-.")[(i // 20) % 3]}
             tag = {"ours": "", "local": " (measured here)", "published": " (published)"}[c.kind]
             ax.plot(xs, vs, label=f"{c.name}{tag}", **style)
             visible = [v for x, v in pts if x <= xmax]
@@ -362,7 +389,7 @@ def plot_rd(path: Path, curves: Sequence[Curve], title: str) -> None:
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center right", fontsize=7, frameon=False)
+    fig.legend(handles, labels, loc="center right", fontsize=6.5, frameon=False)
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0, 0.8, 0.96))
     buf = io.BytesIO()
@@ -478,7 +505,7 @@ def run_eval(opts: EvalOptions, say: Callable[[str], None] | None = None,
         resolve_quality(None)  # raises the WeightsError that says where models were looked for
     points = sorted(points, key=lambda p: p.quality)
     paths = list_images(opts.data_dir, opts.limit)
-    published, notes = load_published(opts.published_dir) if opts.published_dir else ([], [])
+    published, notes = load_published(opts.published_dir, opts.data_dir.name) if opts.published_dir else ([], [])
     for note in notes:
         say(f"diveq-codec: note: {note}")
 

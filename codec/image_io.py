@@ -23,11 +23,11 @@ from codec.limits import check_dimensions
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 REDUCED_16 = "16-bit input reduced to 8 bits"
 
-# What Pillow raises on damaged or hostile input. Its plugins are not consistent, so the set is
-# wide, but it is only ever wrapped around Pillow calls: our own bugs still surface as bugs.
+# What Pillow raises on damaged or hostile input (found by fuzzing: its plugins are not
+# consistent). The set is wide, so it wraps only opening, decoding and mode conversion.
 _PILLOW_ERRORS: tuple[type[BaseException], ...] = (
-    OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, struct.error, zlib.error,
-    Image.DecompressionBombError, Image.DecompressionBombWarning,
+    OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError, NotImplementedError,
+    struct.error, zlib.error, Image.DecompressionBombError, Image.DecompressionBombWarning,
 )
 
 # Output formats by extension, with the options that keep each as faithful as the format allows.
