@@ -8,7 +8,7 @@ Sweeps (the "quality" of a row is the codec's own parameter):
 
 * ``jpeg``: Pillow JPEG, quality 1 and 5…95 in steps of 5 (the published CompressAI
   sweep), Pillow defaults otherwise (4:2:0, baseline, standard tables). Quality 1 adds
-  the lowest rate JPEG reaches (qualities 1–3 clip every table entry at 255 and give
+  the lowest rate JPEG reaches (qualities 1–3 clip nearly every table entry at 255 and give
   nearly the same file).
 * ``webp``: Pillow lossy WebP, quality 0…95 (method 4, the default).
 * ``jpeg2000``: Pillow/OpenJPEG, ``irreversible=True`` (9/7 wavelet), ``mct=1`` (colour

@@ -23,15 +23,16 @@ OUTDIR holds:
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import hashlib
 import io
 import json
 import math
-import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -47,6 +48,7 @@ OURS = "diveq"
 OURS_NAME = "DiVeQ"
 CSV_NAME = "per_image.csv"
 META_NAME = "eval_meta.json"
+LOCK_NAME = ".eval.lock"
 PLOT_NAME = "rd.png"
 CSV_FIELDS = ["codec", "quality", "image", "width", "height", "bytes", "bpp", "psnr_rgb", "ms_ssim_rgb",
               "encode_s", "decode_s"]
@@ -492,11 +494,8 @@ class EvalResult:
 def run_eval(opts: EvalOptions, say: Callable[[str], None] | None = None,
              progress_stream: TextIO | None = None) -> EvalResult:
     """Measure, write the CSV incrementally, then summaries, plot and BD-rate table."""
-    from codec.fileio import read_input
-    from codec.image_io import read_image
-    from codec.pipeline import decode_detailed, encode_source, resolve_device
-    from codec.weights import load_model, rate_points, resolve_quality
-    import PIL
+    from codec.pipeline import resolve_device
+    from codec.weights import rate_points, resolve_quality
 
     say = say or (lambda message: print(message, file=sys.stderr))
     device = resolve_device(opts.device)
@@ -515,6 +514,37 @@ def run_eval(opts: EvalOptions, say: Callable[[str], None] | None = None,
         raise OutputError(f"cannot create {opts.out_dir}: {exc.strerror or exc}") from None
     if not opts.out_dir.is_dir():
         raise OutputError(f"{opts.out_dir} is not a directory")
+
+    with _locked(opts.out_dir):
+        return _run_locked(opts, say, progress_stream, device, points, paths, published)
+
+
+@contextlib.contextmanager
+def _locked(out_dir: Path) -> Iterator[None]:
+    """One eval per OUTDIR at a time: two writers would append the same rows twice."""
+    try:
+        handle = (out_dir / LOCK_NAME).open("a")
+    except OSError as exc:
+        raise OutputError(f"cannot write in {out_dir}: {exc.strerror or exc}") from None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise OutputError(f"another eval is writing to {out_dir}; wait for it or choose another -o") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _run_locked(opts: EvalOptions, say: Callable[[str], None], progress_stream: TextIO | None, device: str,
+                points: list[Any], paths: list[Path], published: list[Curve]) -> EvalResult:
+    import PIL
+
+    from codec.fileio import read_input
+    from codec.image_io import read_image
+    from codec.pipeline import decode_detailed, encode_source
+    from codec.weights import load_model
 
     loaded = {p.model_id: load_model(p.model_id, device) for p in points}
     images = {_image_key(p, opts.data_dir): p for p in paths}

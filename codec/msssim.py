@@ -36,11 +36,15 @@ MIN_SIDE = (WIN_SIZE - 1) * 2 ** (len(WEIGHTS) - 1) + 1  # 161
 
 
 def _window() -> np.ndarray:
-    # Made in float32 as the package makes it, then widened: the results then agree with it
-    # (and with CompressAI's published MS-SSIM) to ~1e-15 instead of ~1e-6.
-    coords = np.arange(WIN_SIZE, dtype=np.float32) - np.float32(WIN_SIZE // 2)
-    g = np.exp(-(coords**2) / np.float32(2 * WIN_SIGMA**2))
-    return (g / g.sum()).astype(np.float64)
+    # Made in float32 with the package's own torch operations, then widened: the results then
+    # agree with it (and so with CompressAI's published MS-SSIM) to ~1e-15 instead of ~1e-6.
+    import torch
+
+    coords = torch.arange(WIN_SIZE, dtype=torch.float)
+    coords -= WIN_SIZE // 2
+    g = torch.exp(-(coords**2) / (2 * WIN_SIGMA**2))
+    g /= g.sum()
+    return g.numpy().astype(np.float64)
 
 
 _WIN = _window()

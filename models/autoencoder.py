@@ -145,14 +145,37 @@ class VQAutoencoder(nn.Module):
 
     @torch.no_grad()
     def encode_indices(self, x: torch.Tensor, num_stages: int | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Coding path: image (1, 3, H, W) in [0, 1] → indices (S, h·w) and the grid (h, w)."""
-        latent = self.analysis(pad_to_multiple(x, self.stride)).float()
+        """Coding path: image (1, 3, H, W) in [0, 1] → indices (S, h·w) and the grid (h, w).
+
+        A padded image larger than ``self.tile_size`` pixels (default
+        ``tiling.DEFAULT_TILE_SIZE``) in either direction is analysed in overlapping tiles
+        (see models/tiling.py): same indices, bounded memory.
+        """
+        from models import tiling  # local: keeps this change inside the method
+
+        tile_size = getattr(self, "tile_size", tiling.DEFAULT_TILE_SIZE)
+        height, width = x.shape[-2:]
+        padded_h, padded_w = -(-height // self.stride) * self.stride, -(-width // self.stride) * self.stride
+        if tiling.needs_tiling(padded_h, padded_w, tile_size):
+            latent = tiling.tiled_analysis(self.analysis, x, self.stride, tile_size).float()
+        else:
+            latent = self.analysis(pad_to_multiple(x, self.stride)).float()
         _, _, h, w = latent.shape
-        return self.quantizer.indices(self.to_vectors(latent), num_stages), (h, w)
+        return tiling.chunked_indices(self.quantizer, self.to_vectors(latent), num_stages), (h, w)
 
     @torch.no_grad()
     def decode_indices(self, indices: torch.Tensor, grid: tuple[int, int], height: int, width: int) -> torch.Tensor:
-        """Coding path: indices (S, h·w) → image (1, 3, height, width), clamped to [0, 1]."""
+        """Coding path: indices (S, h·w) → image (1, 3, height, width), clamped to [0, 1].
+
+        Synthesis runs in overlapping latent tiles when the image exceeds ``self.tile_size``.
+        """
+        from models import tiling
+
+        tile_size = getattr(self, "tile_size", tiling.DEFAULT_TILE_SIZE)
         vectors = self.quantizer.lookup(indices)
-        x_hat = self.synthesis(self.to_latent(vectors, 1, grid[0], grid[1]))
+        latent = self.to_latent(vectors, 1, grid[0], grid[1])
+        if tiling.needs_tiling(grid[0] * self.stride, grid[1] * self.stride, tile_size):
+            x_hat = tiling.tiled_synthesis(self.synthesis, latent, self.stride, tile_size, clamp=True)
+            return crop_to(x_hat, height, width)
+        x_hat = self.synthesis(latent)
         return crop_to(x_hat, height, width).clamp(0.0, 1.0)

@@ -338,6 +338,16 @@ def test_eval_refuses_results_of_other_weights(eval_run, tmp_path: Path) -> None
         meta_path.write_text(original)
 
 
+def test_eval_refuses_a_second_concurrent_run(eval_run) -> None:
+    import fcntl
+
+    out, args, _ = eval_run
+    with (out / ".eval.lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running eval holds it
+        result = CliRunner().invoke(_app(), args)
+    assert result.exit_code == 6 and "another eval" in result.stderr
+
+
 def test_eval_usage_errors(tiny_weights: Path, tmp_path: Path) -> None:
     app = _app()
     missing = CliRunner().invoke(app, ["eval", str(tmp_path / "nope"), "-o", str(tmp_path / "o")])

@@ -1,0 +1,188 @@
+"""Tiled analysis and synthesis: large images in bounded memory, without visible seams.
+
+A convolutional transform's output at one position depends only on the inputs within its
+receptive field. Cutting the input into tiles whose *margin* covers that field, running the
+transform on each tile and keeping only each tile's *core* therefore gives the same numbers
+as one pass over the whole image: every kept output saw exactly the inputs (and the same
+zero padding at the true image border) it would have seen untiled. The only possible
+difference is floating-point summation order inside the convolution kernels, which may
+depend on the tile's shape; tests measure it (indices identical, PSNR within 0.01 dB).
+
+The receptive field is computed from the modules themselves (:func:`reach`), so a change
+of architecture changes the margins with it; an unknown layer is refused, not guessed.
+
+Memory is what tiling is for: the untiled analysis of a 4000×3000 image holds several
+64-channel feature maps of 2000×1500 floats (0.8 GB each); a 512×512 tile holds 1/23 of one.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+DEFAULT_TILE_SIZE = 512  # pixels per side of a tile's core (64×64 latents at stride 8)
+QUANTIZE_CHUNK = 16_384  # latent vectors per quantizer call: bounds its (N, K) distance matrix
+
+# Layers that act on each position independently (no spatial extent), by class name, so that
+# this module needs no import of the model's own layer classes.
+_POINTWISE = {
+    "SimplifiedGDN", "GDN", "Identity", "ReLU", "LeakyReLU", "PReLU", "GELU", "SiLU", "Sigmoid", "Tanh",
+    "Hardtanh", "ELU", "Dropout", "Dropout2d",
+}
+
+
+def reach(module: nn.Module) -> tuple[float, float, float]:
+    """(left, right, jump) of a feed-forward stack of layers, in units of its input grid.
+
+    An output at index ``o`` (anchored at ``o·jump`` input units) depends on inputs no further
+    than ``left`` before and ``right`` after its anchor. Containers are walked through their
+    children in registration order, which must be their forward order (true of nn.Sequential
+    and of the codec's Upsample). Works for Conv2d (any kernel, stride, padding, dilation),
+    PixelShuffle and pointwise layers; anything else raises ValueError.
+    """
+    left = right = 0.0
+    jump = 1.0
+
+    def walk(m: nn.Module) -> None:
+        nonlocal left, right, jump
+        if isinstance(m, nn.Conv2d):
+            if m.kernel_size[0] != m.kernel_size[1] or m.stride[0] != m.stride[1] \
+                    or m.dilation[0] != m.dilation[1] or not isinstance(m.padding, tuple) \
+                    or m.padding[0] != m.padding[1]:
+                raise ValueError(f"tiling needs square convolutions, got {m}")
+            k, s, p, d = m.kernel_size[0], m.stride[0], m.padding[0], m.dilation[0]
+            # Output o reads inputs o·s − p + t·d for t in 0..k−1.
+            left += max(p, 0) * jump
+            right += max((k - 1) * d - p, 0) * jump
+            jump *= s
+        elif isinstance(m, nn.PixelShuffle):
+            r = m.upscale_factor
+            jump /= r
+            # Output q reads input cell ⌊q/r⌋, up to (r−1) output steps before q's anchor.
+            left += (r - 1) * jump
+        elif type(m).__name__ in _POINTWISE:
+            pass
+        elif isinstance(m, nn.Module) and any(True for _ in m.children()):
+            for child in m.children():
+                walk(child)
+        else:
+            raise ValueError(f"cannot tile over a {type(m).__name__} layer (unknown receptive field)")
+
+    walk(module)
+    return left, right, jump
+
+
+def analysis_margin(analysis: nn.Module, stride: int) -> int:
+    """Margin of an analysis tile, in latent cells: covers the receptive field in pixels."""
+    left, right, jump = reach(analysis)
+    if jump != stride:
+        raise ValueError(f"analysis transform has stride {jump}, the model says {stride}")
+    return math.ceil(max(left, right) / stride)
+
+
+def synthesis_margin(synthesis: nn.Module) -> int:
+    """Margin of a synthesis tile, in latent cells.
+
+    Pixel q (anchored at q·jump ∈ [c, c + 1) in latent cell c) depends on latents in
+    [q·jump − left, q·jump + right], i.e. on cells c − ⌈left⌉ … c + ⌈right⌉.
+    """
+    left, right, _ = reach(synthesis)
+    return math.ceil(max(left, right))
+
+
+def spans(length: int, core: int, margin: int) -> list[tuple[int, int, int, int]]:
+    """Tiles along one axis of ``length`` cells: (core_start, core_end, tile_start, tile_end).
+
+    Cores partition 0..length into near-equal parts of at most ``core`` cells (no sliver at the
+    end); each tile adds ``margin`` cells on both sides, clipped to the axis.
+    """
+    if length < 1 or core < 1 or margin < 0:
+        raise ValueError(f"bad tiling: length {length}, core {core}, margin {margin}")
+    count = math.ceil(length / core)
+    bounds = [round(i * length / count) for i in range(count + 1)]
+    return [(a, b, max(0, a - margin), min(length, b + margin)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def needs_tiling(height: int, width: int, tile_size: int) -> bool:
+    """Whether an image (padded size, pixels) is larger than one tile in either direction."""
+    return height > tile_size or width > tile_size
+
+
+def _cells(tile_size: int, stride: int) -> int:
+    if tile_size < stride:
+        raise ValueError(f"tile size {tile_size} is smaller than the stride {stride}")
+    return tile_size // stride
+
+
+def tiled_analysis(analysis: nn.Module, x: torch.Tensor, stride: int, tile_size: int = DEFAULT_TILE_SIZE,
+                   margin: int | None = None) -> torch.Tensor:
+    """analysis(pad(x)) computed tile by tile: x (1, C, H, W) unpadded → latent (1, D, ⌈H/s⌉, ⌈W/s⌉).
+
+    The image is replicate-padded to a multiple of the stride on its bottom/right edges,
+    per tile (the same values as padding the whole image first, without the full copy).
+    ``margin`` (latent cells) defaults to the transform's receptive field.
+    """
+    if x.dim() != 4 or x.shape[0] != 1:
+        raise ValueError(f"expected one image (1, C, H, W), got {tuple(x.shape)}")
+    margin = analysis_margin(analysis, stride) if margin is None else margin
+    height, width = x.shape[-2:]
+    grid_h, grid_w = math.ceil(height / stride), math.ceil(width / stride)
+    cells = _cells(tile_size, stride)
+    out: torch.Tensor | None = None
+    for cy0, cy1, ty0, ty1 in spans(grid_h, cells, margin):
+        for cx0, cx1, tx0, tx1 in spans(grid_w, cells, margin):
+            y0, y1 = ty0 * stride, min(ty1 * stride, height)
+            x0, x1 = tx0 * stride, min(tx1 * stride, width)
+            tile = x[..., y0:y1, x0:x1]
+            pad_h, pad_w = ty1 * stride - y1, tx1 * stride - x1
+            if pad_h or pad_w:
+                tile = F.pad(tile, (0, pad_w, 0, pad_h), mode="replicate")
+            latent = analysis(tile)
+            if out is None:
+                out = latent.new_empty((1, latent.shape[1], grid_h, grid_w))
+            out[..., cy0:cy1, cx0:cx1] = latent[..., cy0 - ty0:cy1 - ty0, cx0 - tx0:cx1 - tx0]
+            del latent, tile
+    assert out is not None
+    return out
+
+
+def tiled_synthesis(synthesis: nn.Module, latent: torch.Tensor, stride: int, tile_size: int = DEFAULT_TILE_SIZE,
+                    margin: int | None = None, clamp: bool = True) -> torch.Tensor:
+    """synthesis(latent) computed tile by tile: (1, D, h, w) → (1, C, h·s, w·s).
+
+    ``clamp`` clamps each tile to [0, 1] as it is written (elementwise, so identical to
+    clamping afterwards, without a second full-size copy).
+    """
+    if latent.dim() != 4 or latent.shape[0] != 1:
+        raise ValueError(f"expected one latent (1, D, h, w), got {tuple(latent.shape)}")
+    margin = synthesis_margin(synthesis) if margin is None else margin
+    grid_h, grid_w = latent.shape[-2:]
+    cells = _cells(tile_size, stride)
+    out: torch.Tensor | None = None
+    for cy0, cy1, ty0, ty1 in spans(grid_h, cells, margin):
+        for cx0, cx1, tx0, tx1 in spans(grid_w, cells, margin):
+            pixels = synthesis(latent[..., ty0:ty1, tx0:tx1])
+            if pixels.shape[-2:] != ((ty1 - ty0) * stride, (tx1 - tx0) * stride):
+                raise ValueError(f"synthesis of {ty1 - ty0}×{tx1 - tx0} latents gave {tuple(pixels.shape)}, "
+                                 f"not ×{stride}")
+            if out is None:
+                out = pixels.new_empty((1, pixels.shape[1], grid_h * stride, grid_w * stride))
+            core = pixels[..., (cy0 - ty0) * stride:(cy1 - ty0) * stride, (cx0 - tx0) * stride:(cx1 - tx0) * stride]
+            if clamp:
+                core = core.clamp(0.0, 1.0)
+            out[..., cy0 * stride:cy1 * stride, cx0 * stride:cx1 * stride] = core
+            del pixels, core
+    assert out is not None
+    return out
+
+
+def chunked_indices(quantizer: nn.Module, vectors: torch.Tensor, num_stages: int | None,
+                    chunk: int = QUANTIZE_CHUNK) -> torch.Tensor:
+    """quantizer.indices over rows in chunks: same result (rows are independent), bounded memory."""
+    if vectors.shape[0] <= chunk:
+        return quantizer.indices(vectors, num_stages)
+    parts = [quantizer.indices(vectors[i:i + chunk], num_stages) for i in range(0, vectors.shape[0], chunk)]
+    return torch.cat(parts, dim=1)
