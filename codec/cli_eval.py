@@ -39,7 +39,7 @@ def eval_command(
     quality: str = typer.Option("all", "-q", "--quality", help="our rate points: all, or a list like 1,3,5"),
     anchors: Optional[str] = typer.Option(
         None, "--anchors", help="classical codecs to run beside ours: a list of jpeg,webp,avif,jpeg2000, "
-        "or none [default: every one this Pillow supports]"),
+        "or none (default: every one this Pillow supports)"),
     published: Optional[Path] = typer.Option(
         None, "--published", help="folder of published results JSON (CompressAI schema) to plot and compare"),
     device: Device = typer.Option(Device.auto, "--device", help="where our model runs"),
@@ -49,8 +49,9 @@ def eval_command(
 ) -> None:
     """Rate–distortion of our codec and the classical anchors on a folder of images.
 
-    Writes per_image.csv, one CompressAI-style JSON per codec, rd.png and the BD-rate
-    table (bd_rate.md / .json, also printed). Safe to interrupt: run it again to resume.
+    Writes per_image.csv, one CompressAI-style JSON per codec, rd.png and the BD-rate table.
+
+    Safe to interrupt: run the same command again to resume.
     """
 
     def run() -> None:

@@ -5,7 +5,9 @@ Every number comes from real files: our codec goes through ``encode_source`` →
 ``decode_detailed`` (the same path as ``diveq-codec encode``/``decode``), the anchors
 through Pillow into bytes and back. bpp = bytes × 8 / pixels with every header byte
 counted; PSNR-RGB is measured on the 8-bit decoded image and averaged over images (per
-image, then the mean, as the published Kodak curves are); MS-SSIM likewise.
+image, then the mean, as the published Kodak curves are); MS-SSIM likewise. (An image
+with alpha: our file carries the alpha plane losslessly and its bytes count; the anchors
+code the RGB planes only. Kodak has none.)
 
 OUTDIR holds:
 

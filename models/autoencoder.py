@@ -134,12 +134,15 @@ class VQAutoencoder(nn.Module):
         if not quantize:
             return self.synthesis(latent), None
         b, _, h, w = latent.shape
-        vectors = self.to_vectors(latent)
-        if active_stages is not None and isinstance(self.quantizer, ResidualDiVeQ):
-            per_vector = active_stages.repeat_interleave(h * w)
-            out = self.quantizer(vectors, per_vector)
-        else:
-            out = self.quantizer(vectors)
+        # Quantize in float32 even under bf16 autocast: residual stages subtract ever smaller
+        # codewords, and bf16's 8-bit mantissa would drown the later stages in rounding.
+        vectors = self.to_vectors(latent).float()
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            if active_stages is not None and isinstance(self.quantizer, ResidualDiVeQ):
+                per_vector = active_stages.repeat_interleave(h * w)
+                out = self.quantizer(vectors, per_vector)
+            else:
+                out = self.quantizer(vectors)
         x_hat = self.synthesis(self.to_latent(out.z_q, b, h, w))
         return x_hat, out
 

@@ -14,7 +14,7 @@ only the *training* gradient differs:
   (decay 0.99, Laplace smoothing), not optimiser parameters (buffers).
 - ``RotationTrickQuantizer``: Fifty et al. 2024: ``z_q = sg(‖c‖/‖z‖ · R) z`` with R the
   rotation taking ẑ to ĉ, applied in closed form; codebook + commitment losses.
-- ``GumbelQuantizer``: straight-through Gumbel-softmax over logits −‖z − c_j‖², temperature
+- ``GumbelQuantizer``: straight-through Gumbel-softmax over logits −‖z − c_j‖²/τ, temperature
   set by the training loop (``set_temperature``); hard one-hot forward, soft gradient.
 - ``NSVQQuantizer``: Vali & Bäckström 2022: ``z_q = z + ‖z − c_k‖ · v/‖v‖``, v ~ N(0, I).
 
@@ -196,12 +196,17 @@ class RotationTrickQuantizer(_SingleCodebook):
 
 
 class GumbelQuantizer(_SingleCodebook):
-    """Straight-through Gumbel-softmax over distance logits −‖z − c_j‖².
+    """Straight-through Gumbel-softmax over distance logits ℓ_j = −‖z − c_j‖² / τ.
 
-    Training: y = softmax((−‖z − c‖² + g)/τ), g ~ Gumbel(0, 1); forward value is the
-    codeword of argmax y (a hard one-hot lookup), gradient that of y @ C, which reaches the
-    encoder and every codeword through the logits. No prior/KL term. Evaluation: the
-    nearest codeword. τ comes from ``set_temperature`` (the study anneals 1.0 → 0.1).
+    Training: y = softmax((ℓ + g)/τ), g ~ Gumbel(0, 1); the forward value is the codeword
+    of argmax y (a hard one-hot lookup), the gradient that of y @ C, which reaches the
+    encoder and every codeword through the logits. τ divides the distances as well as the
+    relaxation: with logits −‖z − c‖² alone, the hard sample argmax(ℓ + g) would not depend
+    on τ at all and, for latents whose codeword distances are small next to the unit-scale
+    Gumbel noise, stays a near-uniform draw however far τ is annealed; dividing the
+    distances by τ makes the sample approach the nearest codeword as τ → 0.1. No
+    prior/KL term. Evaluation: the nearest codeword. τ comes from ``set_temperature``
+    (the study anneals 1.0 → 0.1 exponentially).
     """
 
     def __init__(self, num_codes: int, embedding_dim: int, temperature: float = 1.0, **kwargs: float) -> None:
@@ -213,21 +218,24 @@ class GumbelQuantizer(_SingleCodebook):
             raise ValueError("temperature must be positive")
         self.temperature = float(t)
 
-    def forward(self, z: torch.Tensor) -> QuantizerOutput:
-        if not self.training:
-            idx = nearest_codeword(z, self.codebook)
-            self.aux_loss = torch.zeros((), device=z.device)
-            return self._output(self.codebook[idx].to(z.dtype), idx)
+    def logits(self, z: torch.Tensor) -> torch.Tensor:
         c = self.codebook.float()
         z32 = z.float()
-        logits = -((z32 * z32).sum(1, keepdim=True) - 2.0 * z32 @ c.t() + (c * c).sum(1))
-        soft = F.softmax((logits + _gumbel_like(logits)) / self.temperature, dim=1)
+        sq_dist = (z32 * z32).sum(1, keepdim=True) - 2.0 * z32 @ c.t() + (c * c).sum(1)
+        return -sq_dist / self.temperature
+
+    def forward(self, z: torch.Tensor) -> QuantizerOutput:
+        self.aux_loss = torch.zeros((), device=z.device)
+        if not self.training:
+            idx = nearest_codeword(z, self.codebook)
+            return self._output(self.codebook[idx].to(z.dtype), idx)
+        soft = F.softmax((self.logits(z) + _gumbel_like(z.new_empty(z.shape[0], self.num_codes, dtype=torch.float32)))
+                         / self.temperature, dim=1)
         idx = soft.detach().argmax(dim=1)
         hard = F.one_hot(idx, self.num_codes).to(soft.dtype)
         weights = hard + soft - soft.detach()
         self.care.observe(z, idx)
-        self.aux_loss = torch.zeros((), device=z.device)
-        return self._output((weights @ c).to(z.dtype), idx)
+        return self._output((weights @ self.codebook.float()).to(z.dtype), idx)
 
 
 def _gumbel_like(x: torch.Tensor) -> torch.Tensor:

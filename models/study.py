@@ -66,6 +66,7 @@ LABELS = {
     "residual-diveq": "Residual DiVeQ 2×16",
 }
 RESIDUAL_STAGES, RESIDUAL_CODES = 2, 16
+REFERENCE = "diveq"  # paired differences in the summary are taken against this quantizer
 
 
 def learning_rate(step: int, total: int, base: float, warmup: int) -> float:
@@ -356,8 +357,20 @@ def summarize(runs: list[dict]) -> list[dict]:
         row["final_train_psnr"] = stat([r["final_train_psnr"] for r, _ in items])
         row["alphabet_total"] = items[0][1]["alphabet_total"]
         row["bits_per_vector_fixed"] = items[0][1]["bits_per_vector_fixed"]
+        row["codewords_replaced"] = stat([r["codewords_replaced"] for r, _ in items])
         row["nan_runs"] = sum(1 for r, m in items if r["nan_step"] is not None or r["nonfinite_params"]
                               or m["nonfinite_kodak_values"])
+        # Paired with DiVeQ on the same seed (same transform init, same crops): the seed's
+        # own spread cancels, which is what the small differences here need.
+        reference = {r["seed"]: r["codings"][""] for r in runs if r["quantizer"] == REFERENCE}
+        paired = [(m, reference[r["seed"]]) for r, m in items if r["seed"] in reference]
+        if paired:
+            row["vs_diveq_same_seed"] = {
+                field: stat([m[field] - ref[field] for m, ref in paired])
+                for field in ("psnr", "ms_ssim", "bpp_entropy")
+            }
+            row["vs_diveq_same_seed"]["psnr_higher_seeds"] = sum(1 for m, ref in paired if m["psnr"] > ref["psnr"])
+            row["vs_diveq_same_seed"]["seeds"] = len(paired)
         rows.append(row)
     order = {q: i for i, q in enumerate(QUANTIZERS)}
     rows.sort(key=lambda r: (order[r["quantizer"]], r["variant"] != "c"))
@@ -369,13 +382,17 @@ def fmt(pair: tuple[float, float], digits: int) -> str:
 
 
 def table_markdown(rows: list[dict]) -> str:
-    head = ("| quantizer | bits/vector (fixed) | bpp fixed | bpp entropy-coded | PSNR-RGB (dB) | MS-SSIM "
+    head = ("| quantizer | bits/vector (fixed) | bpp fixed | bpp entropy-coded | PSNR-RGB (dB) "
+            "| ΔPSNR vs DiVeQ, same seed (dB) | MS-SSIM "
             "| Kodak perplexity | dead symbols on Kodak | train PSNR, last steps (dB) | s/step | NaN runs |")
-    lines = [head, "|" + " --- |" * 11]
+    lines = [head, "|" + " --- |" * 12]
     for r in rows:
+        delta = r.get("vs_diveq_same_seed")
+        delta_cell = (f"{fmt(delta['psnr'], 2)} ({delta['psnr_higher_seeds']}/{delta['seeds']} higher)"
+                      if delta and r["key"] != REFERENCE else "—")
         lines.append(
             f"| {r['label']} | {r['bits_per_vector_fixed']:.2f} | {r['bpp_fixed'][0]:.4f} "
-            f"| {fmt(r['bpp_entropy'], 4)} | {fmt(r['psnr'], 2)} | {fmt(r['ms_ssim'], 4)} "
+            f"| {fmt(r['bpp_entropy'], 4)} | {fmt(r['psnr'], 2)} | {delta_cell} | {fmt(r['ms_ssim'], 4)} "
             f"| {fmt(r['kodak_perplexity'], 1)} | {fmt(r['kodak_dead_symbols'], 1)} / {r['alphabet_total']} "
             f"| {fmt(r['final_train_psnr'], 2)} | {fmt(r['seconds_per_step'], 3)} | {r['nan_runs']} |"
         )
@@ -436,7 +453,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--replot", metavar="JSON", help="only redraw JSON's figure (next to it) and exit")
     p.add_argument("--quantizers", default="all", help=f"comma list from {','.join(QUANTIZERS)} or 'all'")
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--steps", type=int, default=250)
     p.add_argument("--warmup-steps", type=int, default=40, help="plain-autoencoder steps before codebook init")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--crop", type=int, default=64)

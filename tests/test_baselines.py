@@ -217,8 +217,11 @@ def test_gumbel_forward_is_a_one_hot_codeword_lookup() -> None:
     idx = q(z).indices[0]
     torch.manual_seed(8)
     u = torch.rand(N, K).clamp_(1e-10, 1.0 - 1e-7)
-    logits = -torch.cdist(z, q.codebook.detach()) ** 2 - torch.log(-torch.log(u))
+    logits = -torch.cdist(z, q.codebook.detach()) ** 2 / 0.5 - torch.log(-torch.log(u))
     assert (idx == logits.argmax(1)).float().mean() > 0.95  # ties only from float rounding
+    # τ divides the distances too: a cold sample is (almost always) the nearest codeword
+    q.set_temperature(1e-3)
+    assert (q(z).indices[0] == nearest_codeword(z, q.codebook)).float().mean() > 0.95
     with pytest.raises(ValueError):
         q.set_temperature(0.0)
 
