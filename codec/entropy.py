@@ -64,6 +64,14 @@ def decode_indices(payload: bytes, tables: np.ndarray, stages: int, count: int) 
         raise CorruptBitstreamError("entropy-coded payload length is not a whole number of 32-bit words")
     if not 1 <= stages <= tables.shape[0]:
         raise CorruptBitstreamError(f"file declares {stages} stages; the model has {tables.shape[0]}")
+    # Every symbol costs at least −log₂(p_max) bits of its stage's table. A payload too short
+    # to hold the declared symbols is refused here, before allocating for them: a tiny file
+    # declaring a huge image must not cost memory.
+    p_max = tables[:stages].max(axis=1) / tables[:stages].sum(axis=1)
+    min_bits = float(count * -np.log2(p_max).sum())
+    if len(payload) * 8 * 1.01 + 64 < min_bits:
+        raise CorruptBitstreamError(f"entropy-coded payload of {len(payload)} bytes is too short for "
+                                    f"{stages}×{count} symbols")
     words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
     decoder = stream.queue.RangeDecoder(words)
     out = np.empty((stages, count), dtype=np.int64)

@@ -78,9 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     model = VQAutoencoder(config)
     model.load_state_dict(checkpoint["model"])
     model.eval()
-    torch.set_grad_enabled(False)
-
-    raw, images = measure_tables(model, args.data, args.table_images, args.max_side)
+    with torch.no_grad():
+        raw, images = measure_tables(model, args.data, args.table_images, args.max_side)
     tables = smoothed_counts(raw)
     tensors = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()}
     tensors[ENTROPY_TENSOR] = torch.from_numpy(tables)

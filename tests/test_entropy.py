@@ -70,3 +70,9 @@ def test_too_many_stages_refused() -> None:
 def test_out_of_alphabet_symbol_is_a_programming_error() -> None:
     with pytest.raises(ValueError):
         encode_indices(np.array([[8]]), TABLES)
+
+
+def test_payload_too_short_for_the_declared_symbols_is_refused_before_decoding() -> None:
+    payload = encode_indices(np.zeros((2, 10), dtype=np.int64), TABLES)
+    with pytest.raises(CorruptBitstreamError, match="too short"):
+        decode_indices(payload, TABLES, 2, 10_000_000)
