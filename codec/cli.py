@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import math
 import sys
-from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import typer
 
 from codec import bitstream
+from codec.cli_options import Device
 from codec.errors import CodecError, InputError
 from codec.fileio import check_output, read_input, write_output
 from codec.image_io import encode_image_file, read_image
@@ -31,11 +31,6 @@ app = typer.Typer(
     help="DiVeQ neural image codec: encode images to .dvq files and back.",
 )
 
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
 
 
 def _say(message: str) -> None:

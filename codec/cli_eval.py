@@ -11,17 +11,12 @@ import resource
 import statistics
 import sys
 import time
-from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import typer
 
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
+from codec.cli_options import Device
 
 
 def _say(message: str) -> None:
@@ -56,7 +51,13 @@ def eval_command(
 
     def run() -> None:
         from codec.anchors import resolve_anchors
-        from codec.evaluate import EvalOptions, bd_markdown, parse_qualities, run_eval, OURS_NAME
+        from codec.evaluate import (
+            OURS_NAME,
+            EvalOptions,
+            bd_markdown,
+            parse_qualities,
+            run_eval,
+        )
 
         chosen, notes = resolve_anchors(anchors)
         for note in notes:

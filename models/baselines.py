@@ -29,10 +29,10 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from models.codebook import CodebookCare, init_from_samples, nearest_codeword, perplexity, reset_adam_rows
-from models.quantizer import Quantizer, QuantizerOutput
+from models.codebook import init_from_samples, nearest_codeword
+from models.quantizer import QuantizerOutput
+from models.single_codebook import SingleCodebookQuantizer
 
 
 def vq_losses(z: torch.Tensor, chosen: torch.Tensor, beta: float) -> torch.Tensor:
@@ -42,43 +42,13 @@ def vq_losses(z: torch.Tensor, chosen: torch.Tensor, beta: float) -> torch.Tenso
     return codebook_loss + beta * commitment
 
 
-class _SingleCodebook(Quantizer):
-    """One trainable codebook (K, D) with the shared coding path, init and codebook care."""
+class _SingleCodebook(SingleCodebookQuantizer):
+    """A single codebook whose training may add an auxiliary loss (0 unless set in forward)."""
 
     def __init__(self, num_codes: int, embedding_dim: int, replace_interval: int = 100,
                  replace_threshold: float = 0.01) -> None:
-        super().__init__()
-        self.num_codes = num_codes
-        self.embedding_dim = embedding_dim
-        self.codebook = nn.Parameter(torch.empty(num_codes, embedding_dim).uniform_(-1.0 / num_codes, 1.0 / num_codes))
-        self.care = CodebookCare(num_codes, replace_interval, replace_threshold)
+        super().__init__(num_codes, embedding_dim, replace_interval, replace_threshold)
         self.aux_loss = torch.zeros(())
-
-    @property
-    def alphabet_sizes(self) -> list[int]:
-        return [self.num_codes]
-
-    @torch.no_grad()
-    def indices(self, z: torch.Tensor, num_stages: int | None = None) -> torch.Tensor:
-        return nearest_codeword(z, self.codebook).unsqueeze(0)
-
-    @torch.no_grad()
-    def lookup(self, indices: torch.Tensor) -> torch.Tensor:
-        return self.codebook.detach().float()[indices[0]]
-
-    def init_from_data(self, z: torch.Tensor) -> None:
-        init_from_samples(self.codebook, z)
-
-    def care_step(self, optimizer: torch.optim.Optimizer | None) -> int:
-        if not self.care.due():
-            return 0
-        rows = self.care.replace_dead(self.codebook)
-        if optimizer is not None and rows.numel():
-            reset_adam_rows(optimizer, self.codebook, rows.to(self.codebook.device))
-        return int(rows.numel())
-
-    def _output(self, z_q: torch.Tensor, idx: torch.Tensor) -> QuantizerOutput:
-        return QuantizerOutput(z_q, idx.unsqueeze(0), [perplexity(idx, self.num_codes)])
 
 
 class STEQuantizer(_SingleCodebook):

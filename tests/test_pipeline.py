@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import json
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +44,6 @@ def test_bytes_identical_across_runs_and_indices_survive(parrots_path: Path) -> 
     first, second = encode(parrots_path), encode(parrots_path)
     assert first == second
     from codec.weights import load_model
-    from codec.pipeline import resolve_device
     header = bitstream.unpack(first).header
     model = load_model(header.model_id, "cpu").model
     x = torch.from_numpy(np.asarray(Image.open(parrots_path).convert("RGB")).copy()).permute(2, 0, 1)[None].float() / 255
