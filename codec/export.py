@@ -98,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         "config": config.to_dict(),
         "quantizer": config.quantizer,
         "training": {"data": args.train_data, "command": args.train_command,
-                     **training_record(checkpoint, args.checkpoint.parent),
-                     "torch": torch.__version__, "python": platform.python_version()},
+                     **training_record(checkpoint, args.checkpoint.parent)},
+        "exported_with": {"torch": torch.__version__, "python": platform.python_version()},
         "entropy_tables": {
             "measured_on": f"{images} images of {args.data} (long side ≤ {args.max_side}), coding path, all stages",
             "smoothing": "+1 on every count",
