@@ -31,6 +31,11 @@ def resolve_device(device: str) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was requested but no CUDA device is available")
+    if device == "cuda":
+        # TF32 convolutions round inputs to 10-bit mantissas: the encoder would pick other
+        # indices than a CPU for more latents than float32 noise alone explains.
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     if device not in ("cpu", "cuda"):
         raise ValueError(f"unknown device {device!r} (auto, cpu or cuda)")
     return device

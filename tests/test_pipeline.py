@@ -138,3 +138,12 @@ def test_cards_carry_the_required_fields() -> None:
         for key in ("config", "sha256", "entropy_tables", "training", "rate_points"):
             assert key in card.data
         assert len(card.data["entropy_tables"]["counts"]) == len(card.data["rate_points"])
+
+
+def test_package_level_api(parrots_path: Path) -> None:
+    import codec
+
+    data = codec.encode(parrots_path, quality=1)
+    assert codec.decode(data).size == (256, 192)
+    with pytest.raises(AttributeError):
+        codec.no_such_function  # noqa: B018
