@@ -1,0 +1,78 @@
+"""The training entry point: a few real steps on CPU, resume, and DDP with gloo."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from models.train import learning_rate
+
+TINY = ["--channels", "8", "--latent-dim", "8", "--stages", "2", "--codes", "16", "--crop", "32",
+        "--batch", "2", "--warmup-steps", "2", "--log-every", "2", "--threads", "1"]
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+def _train(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "models.train", *args], capture_output=True, text=True,
+                          timeout=120, env=env, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_trains_logs_and_resumes(image_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    first = _train("--data", str(image_folder), "--out", str(out), "--steps", "4", *TINY)
+    assert first.returncode == 0, first.stderr
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [2, 4]
+    assert all(np.isfinite(r["loss"]) and "images_per_s" in r and "perplexity" in r for r in log)
+    assert len(log[-1]["perplexity"]) == 2  # one per residual stage once quantizing
+    second = _train("--data", str(image_folder), "--out", str(out), "--steps", "6", "--resume", *TINY)
+    assert second.returncode == 0, second.stderr
+    assert "resumed at step 4" in second.stderr
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 6 and "optimizer" in state
+    assert "optimizer" not in torch.load(out / "model.pt", weights_only=True)
+
+
+def test_time_budget_stops_cleanly(image_folder: Path, tmp_path: Path) -> None:
+    result = _train("--data", str(image_folder), "--out", str(tmp_path / "r"), "--time-budget", "0", *TINY)
+    assert result.returncode == 0 and (tmp_path / "r" / "model.pt").exists()
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),
+                    reason="torchrun not installed")
+def test_ddp_two_cpu_processes_with_gloo(image_folder: Path, tmp_path: Path) -> None:
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [torchrun, "--nproc_per_node", "2", "--master_port", "29517", "-m", "models.train", "--data",
+         str(image_folder), "--out", str(out), "--steps", "6", *TINY],
+        capture_output=True, text=True, timeout=180, env=env, cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "2 process(es)" in result.stderr
+    assert torch.load(out / "model.pt", weights_only=True)["step"] == 6
+
+
+def test_schedule_ends_with_the_time_budget() -> None:
+    assert learning_rate(0, 1000, 1.0) == pytest.approx(1 / 200)
+    assert learning_rate(200, 1000, 1.0) == pytest.approx(1.0)
+    assert learning_rate(300, 10**6, 1.0, time_fraction=1.0) == pytest.approx(0.05)
+    assert learning_rate(10**6, 10**6, 1.0) == pytest.approx(0.05)
