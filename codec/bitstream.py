@@ -36,7 +36,7 @@ from codec.limits import check_dimensions
 
 MAGIC = b"\x89DVQ"  # non-ASCII first byte catches text-mode transfers, like PNG
 FORMAT_VERSION = 1
-CODER_CONSTRICTION_RANGE = 1  # constriction 0.5 range coder with categorical tables
+CODER_CONSTRICTION_RANGE = 1  # constriction 0.5 range coder, context-selected categorical tables
 FLAG_ALPHA = 1  # an alpha plane (zlib-deflated, lossless) follows the payload
 FLAG_FROM_16BIT = 2  # the source had 16 bits per sample and was reduced to 8
 FLAG_FROM_PALETTE = 4  # the source was a palette image

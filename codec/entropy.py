@@ -1,10 +1,17 @@
 """Entropy coding of codeword indices: the only module that imports constriction.
 
-Each stage has a static integer frequency table measured on the training set and stored
-inside the weights file. Both sides turn the same integers into the same float32
-probabilities (an exactly rounded division) and hand them to constriction, whose
-quantisation of those floats is integer arithmetic: the model is bit-identical on every
-machine, which is what lets a file encoded on a GPU decode on a CPU.
+Each stage has static integer frequency tables, measured on the training set and stored
+inside the weights file, one table per *context*:
+
+- stage 1: the index of the latent directly above (a row of its own for the top row),
+  since neighbouring blocks of an image tend to pick related codewords;
+- stage m > 1: the index that stage m − 1 chose at the same position.
+
+Both contexts are known to the decoder before it needs them (rows are decoded top to
+bottom, stages in order), and both sides turn the same integers into the same float32
+probabilities (an exactly rounded division) before constriction quantises them with
+integer arithmetic, so the model is bit-identical on every machine: a file encoded on a
+GPU decodes on a CPU.
 """
 
 from __future__ import annotations
@@ -18,43 +25,75 @@ from codec.errors import CorruptBitstreamError
 TABLE_PRECISION = 24
 
 
+def context_counts(indices: np.ndarray, width: int, alphabet: int) -> np.ndarray:
+    """Raw counts (stages, alphabet + 1, alphabet) of each symbol in its context, for one image."""
+    stages, _ = indices.shape
+    counts = np.zeros((stages, alphabet + 1, alphabet), dtype=np.int64)
+    for m in range(stages):
+        np.add.at(counts[m], (_contexts(indices, m, width, alphabet), indices[m]), 1)
+    return counts
+
+
 def smoothed_counts(raw_counts: np.ndarray) -> np.ndarray:
-    """+1 on every cell, so every codeword keeps a nonzero probability and stays encodable."""
+    """+1 on every cell, so every codeword keeps a nonzero probability in every context.
+
+    Context tables are (stages, alphabet + 1, alphabet); context-free ones (stages, alphabet).
+    """
     counts = np.asarray(raw_counts, dtype=np.int64)
-    if counts.ndim != 2 or counts.shape[1] < 2 or (counts < 0).any():
-        raise ValueError("frequency tables must be a (stages, alphabet≥2) array of non-negative counts")
-    return (counts + 1).astype(np.int64)
-
-
-def _model(counts: np.ndarray) -> stream.model.Categorical:
-    probabilities = (counts / counts.sum()).astype(np.float32)
-    return stream.model.Categorical(probabilities, perfect=False)
+    shaped = counts.ndim == 2 or (counts.ndim == 3 and counts.shape[1] == counts.shape[2] + 1)
+    if not shaped or counts.shape[-1] < 2 or (counts < 0).any():
+        raise ValueError("frequency tables must be (stages, [alphabet+1,] alphabet≥2) non-negative counts")
+    return counts + 1
 
 
 def table_entropy_bits(counts: np.ndarray) -> np.ndarray:
-    """Ideal code length per symbol of each stage's table, in bits (what the tables promise)."""
-    p = counts / counts.sum(axis=1, keepdims=True)
-    return -(p * np.log2(p)).sum(axis=1)
+    """Entropy per symbol of each stage's tables in bits (conditional, weighted by context use)."""
+    if counts.ndim == 2:
+        counts = counts[:, None, :]
+    p = counts / counts.sum(axis=2, keepdims=True)
+    weight = counts.sum(axis=2) / counts.sum(axis=(1, 2))[:, None]
+    return -(weight[..., None] * p * np.log2(p)).sum(axis=(1, 2))
 
 
-def encode_indices(indices: np.ndarray, tables: np.ndarray) -> bytes:
-    """Code the rows of ``indices`` (stages, n) in order, row m with table m.
+def _probabilities(tables: np.ndarray, stage: int) -> np.ndarray:
+    counts = tables[stage]
+    return (counts / counts.sum(axis=1, keepdims=True)).astype(np.float32)
 
-    ``tables`` holds smoothed integer counts (stages_total, alphabet); the first
-    ``indices.shape[0]`` rows are used.
+
+def _contexts(indices: np.ndarray, stage: int, width: int, alphabet: int) -> np.ndarray:
+    if stage > 0:
+        return indices[stage - 1]
+    above = np.full(indices.shape[1], alphabet, dtype=np.int64)
+    above[width:] = indices[0, :-width]
+    return above
+
+
+_MODEL = stream.model.Categorical(perfect=False)  # probabilities given per symbol
+
+
+def encode_indices(indices: np.ndarray, tables: np.ndarray, width: int) -> bytes:
+    """Code the rows of ``indices`` (stages, h·w, raster order) in order, each in its context.
+
+    ``tables`` holds smoothed integer counts (stages_total, alphabet + 1, alphabet); the
+    first ``indices.shape[0]`` stages are used. ``width`` is the latent grid's width.
     """
-    stages, _ = indices.shape
+    stages, count = indices.shape
+    alphabet = tables.shape[2]
     if stages > tables.shape[0]:
         raise ValueError(f"{stages} index rows but only {tables.shape[0]} tables")
-    if indices.size and (indices.min() < 0 or indices.max() >= tables.shape[1]):
+    if width < 1 or count % width:
+        raise ValueError(f"{count} symbols do not form rows of width {width}")
+    if indices.size and (indices.min() < 0 or indices.max() >= alphabet):
         raise ValueError("index outside the alphabet of the tables")
+    indices = np.asarray(indices, dtype=np.int64)
     encoder = stream.queue.RangeEncoder()
     for m in range(stages):
-        encoder.encode(np.ascontiguousarray(indices[m], dtype=np.int32), _model(tables[m]))
+        probabilities = _probabilities(tables, m)[_contexts(indices, m, width, alphabet)]
+        encoder.encode(np.ascontiguousarray(indices[m], dtype=np.int32), _MODEL, probabilities)
     return encoder.get_compressed().astype("<u4").tobytes()
 
 
-def decode_indices(payload: bytes, tables: np.ndarray, stages: int, count: int) -> np.ndarray:
+def decode_indices(payload: bytes, tables: np.ndarray, stages: int, count: int, width: int) -> np.ndarray:
     """Inverse of :func:`encode_indices` for exactly ``stages × count`` symbols.
 
     A range decoder reads garbage without complaint, so the container's CRC is the real
@@ -64,10 +103,13 @@ def decode_indices(payload: bytes, tables: np.ndarray, stages: int, count: int) 
         raise CorruptBitstreamError("entropy-coded payload length is not a whole number of 32-bit words")
     if not 1 <= stages <= tables.shape[0]:
         raise CorruptBitstreamError(f"file declares {stages} stages; the model has {tables.shape[0]}")
-    # Every symbol costs at least −log₂(p_max) bits of its stage's table. A payload too short
-    # to hold the declared symbols is refused here, before allocating for them: a tiny file
-    # declaring a huge image must not cost memory.
-    p_max = tables[:stages].max(axis=1) / tables[:stages].sum(axis=1)
+    if width < 1 or count % width:
+        raise CorruptBitstreamError(f"{count} symbols do not form rows of width {width}")
+    alphabet = tables.shape[2]
+    # Every symbol costs at least −log₂(p_max) bits of its stage's tables. A payload too
+    # short to hold the declared symbols is refused here, before allocating for them: a
+    # tiny file declaring a huge image must not cost memory.
+    p_max = np.array([_probabilities(tables, m).max() for m in range(stages)], dtype=np.float64)
     min_bits = float(count * -np.log2(p_max).sum())
     if len(payload) * 8 * 1.01 + 64 < min_bits:
         raise CorruptBitstreamError(f"entropy-coded payload of {len(payload)} bytes is too short for "
@@ -76,10 +118,27 @@ def decode_indices(payload: bytes, tables: np.ndarray, stages: int, count: int) 
     decoder = stream.queue.RangeDecoder(words)
     out = np.empty((stages, count), dtype=np.int64)
     try:
-        for m in range(stages):
-            out[m] = decoder.decode(_model(tables[m]), count)
+        first = _probabilities(tables, 0)
+        above = np.full(width, alphabet, dtype=np.int64)
+        for start in range(0, count, width):  # stage 1 row by row: each row's context is the one above
+            row = decoder.decode(_MODEL, first[above])
+            out[0, start : start + width] = row
+            above = row.astype(np.int64)
+        for m in range(1, stages):
+            out[m] = decoder.decode(_MODEL, _probabilities(tables, m)[out[m - 1]])
     except Exception as exc:  # constriction raises on streams it cannot parse at all
         raise CorruptBitstreamError(f"entropy-coded payload is damaged ({exc})") from None
     if not decoder.maybe_exhausted():
         raise CorruptBitstreamError("entropy-coded payload has data left after the last symbol")
     return out
+
+
+def encode_without_context(indices: np.ndarray, tables: np.ndarray) -> bytes:
+    """Zeroth-order coding, one (stages, alphabet) table per stage and no context: the rate
+    the quantizer study charges each quantizer, whose latents have no image layout there."""
+    encoder = stream.queue.RangeEncoder()
+    for m in range(indices.shape[0]):
+        probabilities = (tables[m] / tables[m].sum()).astype(np.float32)
+        encoder.encode(np.ascontiguousarray(indices[m], dtype=np.int32),
+                       stream.model.Categorical(probabilities, perfect=False))
+    return encoder.get_compressed().astype("<u4").tobytes()

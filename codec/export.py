@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from codec.entropy import smoothed_counts, table_entropy_bits
+from codec.entropy import context_counts, smoothed_counts, table_entropy_bits
 from codec.weights import ENTROPY_TENSOR
 from models.autoencoder import VQAutoencoder
 from models.config import ModelConfig
@@ -27,18 +27,17 @@ from models.data import list_images, load_rgb
 
 
 def measure_tables(model: VQAutoencoder, folder: Path, max_images: int, max_side: int) -> tuple[np.ndarray, int]:
-    """Raw symbol counts (stages, alphabet) over up to ``max_images`` training images."""
+    """Raw context counts (stages, alphabet + 1, alphabet) over up to ``max_images`` training images."""
     stages, alphabet = model.num_stages, model.quantizer.alphabet_sizes[0]
-    counts = np.zeros((stages, alphabet), dtype=np.int64)
+    counts = np.zeros((stages, alphabet + 1, alphabet), dtype=np.int64)
     paths = list_images(folder)
     rng = np.random.default_rng(0)
     if len(paths) > max_images:
         paths = [paths[i] for i in sorted(rng.choice(len(paths), max_images, replace=False))]
     for path in paths:
         x = load_rgb(path, max_side).unsqueeze(0).float() / 255.0
-        indices, _ = model.encode_indices(x)
-        for m in range(stages):
-            counts[m] += np.bincount(indices[m].numpy(), minlength=alphabet)
+        indices, (_, width) = model.encode_indices(x)
+        counts += context_counts(indices.numpy(), width, alphabet)
     return counts, len(paths)
 
 
@@ -102,9 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         "exported_with": {"torch": torch.__version__, "python": platform.python_version()},
         "entropy_tables": {
             "measured_on": f"{images} images of {args.data} (long side ≤ {args.max_side}), coding path, all stages",
+            "contexts": "stage 1: the index above (row 'alphabet' for the top row); stage m > 1: stage m-1's index at the same position",
             "smoothing": "+1 on every count",
             "bits_per_symbol": [round(float(b), 4) for b in bits],
-            "counts": tables.tolist(),
+            "tensor": f"{ENTROPY_TENSOR} in the weights file, int64, shape {list(tables.shape)}",
         },
         "rate_points": [
             {"quality": args.first_quality + s - 1, "stages": s, "kodak_bpp": None, "kodak_psnr": None}

@@ -69,7 +69,7 @@ def encode_source(source: SourceImage, quality: int | None = None, device: str =
     height, width = source.rgb.shape[:2]
     x = _to_tensor(source.rgb, next(model.parameters()).device.type)
     indices, (grid_h, grid_w) = model.encode_indices(x, point.stages)
-    payload = entropy.encode_indices(indices.cpu().numpy(), loaded.tables)
+    payload = entropy.encode_indices(indices.cpu().numpy(), loaded.tables, grid_w)
     alpha = alpha_to_bytes(source.alpha) if source.alpha is not None else b""
     flags = (bitstream.FLAG_ALPHA if source.alpha is not None else 0)
     flags |= bitstream.FLAG_FROM_16BIT if source.bit_depth == 16 else 0
@@ -117,7 +117,7 @@ def decode_detailed(data: bytes, device: str = "auto") -> Decoded:
     if header.stages > model.num_stages:
         raise CorruptBitstreamError(f"file declares {header.stages} stages; the model has {model.num_stages}")
     count = header.latent_h * header.latent_w
-    indices = entropy.decode_indices(container.payload, loaded.tables, header.stages, count)
+    indices = entropy.decode_indices(container.payload, loaded.tables, header.stages, count, header.latent_w)
     alpha = alpha_from_bytes(container.alpha, header.width, header.height) if container.alpha else None
     device_type = next(model.parameters()).device.type
     x_hat = model.decode_indices(torch.from_numpy(indices).to(device_type), (header.latent_h, header.latent_w),

@@ -142,7 +142,8 @@ def _load(model_id: int, device: str, folder: str) -> LoadedModel:
         raise
     except Exception as exc:
         raise WeightsError(f"weights file {path.name} cannot be loaded ({exc})") from None
-    if tables.shape != (model.num_stages, model.quantizer.alphabet_sizes[0]) or (tables < 1).any():
+    alphabet = model.quantizer.alphabet_sizes[0]
+    if tables.shape != (model.num_stages, alphabet + 1, alphabet) or (tables < 1).any():
         raise WeightsError(f"entropy tables in {path.name} do not fit the model")
     model.eval().to(device)
     for p in model.parameters():

@@ -37,7 +37,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from codec.entropy import encode_indices, smoothed_counts, table_entropy_bits
+from codec.entropy import encode_without_context, smoothed_counts, table_entropy_bits
 from codec.metrics import psnr
 from codec.msssim import ms_ssim
 from models.autoencoder import analysis_transform, crop_to, pad_to_multiple, synthesis_transform
@@ -224,7 +224,7 @@ def evaluate_kodak(model: StudyModel, coding: Coding, tables: np.ndarray,
         psnrs.append(psnr(ref, dec))
         msssims.append(ms_ssim(ref, dec))
         idx_np = idx.numpy().astype(np.int64)
-        payload = encode_indices(idx_np, tables)
+        payload = encode_without_context(idx_np, tables)
         ec_bpp.append(len(payload) * 8.0 / (height * width))
         raw_bpp.append(raw_bits_per_vector * h * w / (height * width))
         for m in range(stages):

@@ -1,4 +1,4 @@
-"""Entropy coder: round trips, golden bytes (format stability) and damage detection."""
+"""Entropy coder: round trips, golden bytes (format stability), contexts and damage detection."""
 
 from __future__ import annotations
 
@@ -7,72 +7,109 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from codec.entropy import decode_indices, encode_indices, smoothed_counts, table_entropy_bits
+from codec.entropy import (
+    context_counts,
+    decode_indices,
+    encode_indices,
+    encode_without_context,
+    smoothed_counts,
+    table_entropy_bits,
+)
 from codec.errors import CorruptBitstreamError
 
-TABLES = smoothed_counts(np.array([[50, 30, 10, 5, 3, 1, 0, 0], [1, 1, 1, 1, 1, 1, 1, 1]]))
+ALPHABET = 8
 
 
-def test_smoothing_keeps_every_symbol_encodable() -> None:
+def _tables(seed: int = 0, stages: int = 2) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    raw = rng.integers(0, 50, size=(stages, ALPHABET + 1, ALPHABET))
+    raw[:, :, 6:] = 0  # symbols never seen in training
+    return smoothed_counts(raw)
+
+
+TABLES = _tables()
+
+
+def test_smoothing_keeps_every_symbol_encodable_in_every_context() -> None:
     assert (TABLES >= 1).all()
-    symbols = np.array([[6, 7, 7, 6], [0, 1, 2, 3]])  # symbols with zero raw count
-    assert (decode_indices(encode_indices(symbols, TABLES), TABLES, 2, 4) == symbols).all()
+    symbols = np.array([[6, 7, 7, 6], [7, 6, 7, 7]])  # zero raw count in every context
+    assert (decode_indices(encode_indices(symbols, TABLES, 2), TABLES, 2, 4, 2) == symbols).all()
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.integers(1, 2), st.integers(1, 300), st.integers(0, 2**32 - 1))
-def test_round_trip(stages: int, count: int, seed: int) -> None:
+@given(st.integers(1, 2), st.integers(1, 12), st.integers(1, 12), st.integers(0, 2**32 - 1))
+def test_round_trip(stages: int, height: int, width: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
-    symbols = rng.integers(0, TABLES.shape[1], size=(stages, count))
-    payload = encode_indices(symbols, TABLES)
+    symbols = rng.integers(0, ALPHABET, size=(stages, height * width))
+    payload = encode_indices(symbols, TABLES, width)
     assert len(payload) % 4 == 0
-    assert (decode_indices(payload, TABLES, stages, count) == symbols).all()
+    assert (decode_indices(payload, TABLES, stages, height * width, width) == symbols).all()
 
 
 def test_golden_bytes() -> None:
     """Any change here changes every file on disk: bump the format version with it."""
     symbols = np.array([[0, 1, 0, 2, 0, 0, 3, 7, 0, 1], [5, 4, 3, 2, 1, 0, 7, 6, 5, 4]])
-    payload = encode_indices(symbols, TABLES)
-    assert payload.hex() == GOLDEN_HEX
+    assert encode_indices(symbols, TABLES, 5).hex() == GOLDEN_HEX
 
 
-GOLDEN_HEX = "93666f4785242fea"
+GOLDEN_HEX = "de6b040efb5921c700000000"
 
 
-def test_skewed_table_compresses() -> None:
+def test_context_counts_use_the_row_above_and_the_previous_stage() -> None:
+    symbols = np.array([[1, 2, 3, 4], [0, 0, 5, 5]])  # a 2×2 grid, two stages
+    counts = context_counts(symbols, 2, ALPHABET)
+    # stage 1: top row in the "no row above" context (index ALPHABET), then 3 under 1, 4 under 2
+    assert counts[0, ALPHABET, 1] == counts[0, ALPHABET, 2] == counts[0, 1, 3] == counts[0, 2, 4] == 1
+    # stage 2: each symbol in the context of stage 1's index at the same position
+    assert counts[1, 1, 0] == counts[1, 2, 0] == counts[1, 3, 5] == counts[1, 4, 5] == 1
+    assert counts.sum() == symbols.size
+
+
+def test_context_pays_off_on_correlated_rows() -> None:
     rng = np.random.default_rng(0)
-    p = TABLES[0] / TABLES[0].sum()
-    symbols = rng.choice(len(p), size=(1, 20000), p=p)
-    bits = len(encode_indices(symbols, TABLES)) * 8 / symbols.size
-    ideal = table_entropy_bits(TABLES)[0]
-    assert ideal < bits < ideal + 0.05  # within 0.05 bit/symbol of the table's entropy
-    assert bits < 3.0  # a uniform code would need 3 bits
+    width = 32
+    rows = [rng.integers(0, ALPHABET, width)]
+    for _ in range(63):  # each row mostly repeats the one above
+        rows.append(np.where(rng.random(width) < 0.9, rows[-1], rng.integers(0, ALPHABET, width)))
+    symbols = np.concatenate(rows)[None]
+    tables = smoothed_counts(context_counts(symbols, width, ALPHABET))
+    bits = len(encode_indices(symbols, tables, width)) * 8 / symbols.size
+    flat = smoothed_counts(context_counts(symbols, width, ALPHABET).sum(axis=1))
+    flat_bits = len(encode_without_context(symbols, flat)) * 8 / symbols.size
+    assert bits < 0.5 * flat_bits
+    assert table_entropy_bits(tables)[0] < table_entropy_bits(flat)[0]
 
 
 def test_unused_words_are_refused() -> None:
     symbols = np.zeros((1, 10), dtype=np.int64)
-    payload = encode_indices(symbols, TABLES) + b"\x12\x34\x56\x78" * 3
+    payload = encode_indices(symbols, TABLES, 5) + b"\x12\x34\x56\x78" * 3
     with pytest.raises(CorruptBitstreamError):
-        decode_indices(payload, TABLES, 1, 10)
+        decode_indices(payload, TABLES, 1, 10, 5)
 
 
 @pytest.mark.parametrize("payload", [b"", b"\x00\x01\x02"])
 def test_bad_lengths_are_refused(payload: bytes) -> None:
     with pytest.raises(CorruptBitstreamError):
-        decode_indices(payload, TABLES, 1, 10)
+        decode_indices(payload, TABLES, 1, 10, 5)
 
 
-def test_too_many_stages_refused() -> None:
+def test_too_many_stages_or_ragged_rows_refused() -> None:
     with pytest.raises(CorruptBitstreamError):
-        decode_indices(b"\x00" * 8, TABLES, 3, 10)
-
-
-def test_out_of_alphabet_symbol_is_a_programming_error() -> None:
-    with pytest.raises(ValueError):
-        encode_indices(np.array([[8]]), TABLES)
+        decode_indices(b"\x00" * 8, TABLES, 3, 10, 5)
+    with pytest.raises(CorruptBitstreamError):
+        decode_indices(b"\x00" * 8, TABLES, 1, 10, 3)
 
 
 def test_payload_too_short_for_the_declared_symbols_is_refused_before_decoding() -> None:
-    payload = encode_indices(np.zeros((2, 10), dtype=np.int64), TABLES)
+    payload = encode_indices(np.zeros((2, 10), dtype=np.int64), TABLES, 5)
     with pytest.raises(CorruptBitstreamError, match="too short"):
-        decode_indices(payload, TABLES, 2, 10_000_000)
+        decode_indices(payload, TABLES, 2, 10_000_000, 5)
+
+
+def test_programming_errors() -> None:
+    with pytest.raises(ValueError):
+        encode_indices(np.array([[ALPHABET]]), TABLES, 1)
+    with pytest.raises(ValueError):
+        encode_indices(np.zeros((1, 10), dtype=np.int64), TABLES, 3)
+    with pytest.raises(ValueError):
+        smoothed_counts(np.zeros((2, ALPHABET, ALPHABET)))

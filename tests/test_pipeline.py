@@ -137,7 +137,7 @@ def test_cards_carry_the_required_fields() -> None:
     for card in list_cards():
         for key in ("config", "sha256", "entropy_tables", "training", "rate_points"):
             assert key in card.data
-        assert len(card.data["entropy_tables"]["counts"]) == len(card.data["rate_points"])
+        assert len(card.data["entropy_tables"]["bits_per_symbol"]) == len(card.data["rate_points"])
 
 
 def test_package_level_api(parrots_path: Path) -> None:
