@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -216,6 +217,10 @@ _register_evaluation_commands()
 
 
 def main() -> None:
+    # Like cat or head: when the reader of stdout goes away (``| head``), end quietly by
+    # SIGPIPE instead of reporting a BrokenPipeError.
+    if hasattr(signal, "SIGPIPE"):
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     app()
 
 
