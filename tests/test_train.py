@@ -63,7 +63,7 @@ def test_ddp_two_cpu_processes_with_gloo(image_folder: Path, tmp_path: Path) -> 
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [torchrun, "--nproc_per_node", "2", "--master_port", "29517", "-m", "models.train", "--data",
+        [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "models.train", "--data",
          str(image_folder), "--out", str(out), "--steps", "6", *TINY],
         capture_output=True, text=True, timeout=180, env=env, cwd=Path(__file__).resolve().parents[1])
     assert result.returncode == 0, result.stderr[-2000:]
