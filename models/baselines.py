@@ -59,10 +59,7 @@ class STEQuantizer(_SingleCodebook):
         self.beta = beta
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
-        idx = nearest_codeword(z, self.codebook)
-        chosen = self.codebook[idx].to(z.dtype)
-        if self.training:
-            self.care.observe(z, idx)
+        idx, chosen = self._assign(z)
         self.aux_loss = vq_losses(z, chosen, self.beta)
         z_q = z + (chosen - z).detach()
         return self._output(z_q, idx)
@@ -92,11 +89,9 @@ class EMAQuantizer(_SingleCodebook):
         self.register_buffer("ema_sum", initial.clone())
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
-        idx = nearest_codeword(z, self.codebook)
-        chosen = self.codebook[idx].to(z.dtype)  # a copy: the update below cannot touch it
+        idx, chosen = self._assign(z)  # chosen is a copy: the update below cannot touch it
         self.aux_loss = self.beta * F.mse_loss(z.float(), chosen.float())
         if self.training:
-            self.care.observe(z, idx)
             self._ema_update(z.detach().float(), idx)
         z_q = z + (chosen - z).detach()
         return self._output(z_q, idx)
@@ -155,10 +150,7 @@ class RotationTrickQuantizer(_SingleCodebook):
         self.beta = beta
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
-        idx = nearest_codeword(z, self.codebook)
-        chosen = self.codebook[idx].to(z.dtype)
-        if self.training:
-            self.care.observe(z, idx)
+        idx, chosen = self._assign(z)
         self.aux_loss = vq_losses(z, chosen, self.beta)
         if not self.training:
             return self._output(chosen, idx)
@@ -221,12 +213,10 @@ class NSVQQuantizer(_SingleCodebook):
     """
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
-        idx = nearest_codeword(z, self.codebook)
-        chosen = self.codebook[idx].to(z.dtype)
+        idx, chosen = self._assign(z)
         self.aux_loss = torch.zeros((), device=z.device)
         if not self.training:
             return self._output(chosen, idx)
-        self.care.observe(z, idx)
         err = torch.linalg.vector_norm(z - chosen, dim=-1, keepdim=True)
         v = torch.randn_like(z)
         v = v / torch.linalg.vector_norm(v, dim=-1, keepdim=True).clamp_min(1e-12)

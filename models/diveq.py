@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from models.codebook import nearest_codeword
 from models.quantizer import QuantizerOutput, directional_reparam
 from models.single_codebook import SingleCodebookQuantizer
 
@@ -28,10 +27,8 @@ class DiVeQ(SingleCodebookQuantizer):
         self.noise_std = noise_std
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
-        idx = nearest_codeword(z, self.codebook)
-        if self.training:
-            self.care.observe(z, idx)
-        z_q = directional_reparam(z, self.codebook[idx].to(z.dtype), self.noise_std if self.training else 0.0)
+        idx, chosen = self._assign(z)
+        z_q = directional_reparam(z, chosen, self.noise_std if self.training else 0.0)
         return self._output(z_q, idx)
 
 

@@ -43,5 +43,12 @@ class SingleCodebookQuantizer(Quantizer):
             reset_adam_rows(optimizer, self.codebook, rows.to(self.codebook.device))
         return int(rows.numel())
 
+    def _assign(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Nearest codeword of each row (recorded for codebook care when training)."""
+        idx = nearest_codeword(z, self.codebook)
+        if self.training:
+            self.care.observe(z, idx)
+        return idx, self.codebook[idx].to(z.dtype)
+
     def _output(self, z_q: torch.Tensor, idx: torch.Tensor) -> QuantizerOutput:
         return QuantizerOutput(z_q, idx.unsqueeze(0), [perplexity(idx, self.num_codes)])

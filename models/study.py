@@ -40,7 +40,7 @@ from torch import nn
 from codec.entropy import encode_without_context, smoothed_counts, table_entropy_bits
 from codec.metrics import psnr
 from codec.msssim import ms_ssim
-from models.autoencoder import analysis_transform, crop_to, pad_to_multiple, synthesis_transform
+from models.autoencoder import VQAutoencoder, analysis_transform, crop_to, pad_to_multiple, synthesis_transform
 from models.baselines import (EMAQuantizer, GumbelQuantizer, NSVQQuantizer, RotationTrickQuantizer,
                               STEQuantizer, gumbel_temperature)
 from models.codebook import nearest_codeword
@@ -115,13 +115,8 @@ class StudyModel(nn.Module):
         self.synthesis = synthesis_transform(config)
         self.quantizer = quantizer
 
-    @staticmethod
-    def to_vectors(latent: torch.Tensor) -> torch.Tensor:
-        return latent.permute(0, 2, 3, 1).reshape(-1, latent.shape[1])
-
-    @staticmethod
-    def to_latent(vectors: torch.Tensor, batch: int, height: int, width: int) -> torch.Tensor:
-        return vectors.reshape(batch, height, width, -1).permute(0, 3, 1, 2)
+    to_vectors = staticmethod(VQAutoencoder.to_vectors)
+    to_latent = staticmethod(VQAutoencoder.to_latent)
 
     def forward(self, x: torch.Tensor, quantize: bool = True):
         latent = self.analysis(x)

@@ -37,13 +37,7 @@ SAMPLES = REPO / "samples"
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread in this process: fast on a shared 2-core machine (subprocesses choose their own)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def cli(*args: str, input: bytes | None = None):
