@@ -49,6 +49,9 @@ def training_record(checkpoint: dict, run_dir: Path) -> dict:
         "images_seen": int(checkpoint["images_seen"]),
         "images_per_s": round(checkpoint["images_seen"] / max(float(checkpoint["elapsed_s"]), 1e-9), 1),
     }
+    if "init_from" in checkpoint:
+        # A fine-tuning run: steps and time above are this run's; the start is named here.
+        record["initialised_from"] = checkpoint["init_from"]
     log = run_dir / "train_log.jsonl"
     if log.exists():
         lines = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]

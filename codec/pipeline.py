@@ -32,8 +32,8 @@ def resolve_device(device: str) -> str:
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was requested but no CUDA device is available")
     if device == "cuda":
-        # TF32 convolutions round inputs to 10-bit mantissas: the encoder would pick other
-        # indices than a CPU for more latents than float32 noise alone explains.
+        # TF32 rounds inputs to 10-bit mantissas; the decoder's pixels would drift further
+        # from a CPU decode than float32 noise (the encoder runs in float64 there anyway).
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
     if device not in ("cpu", "cuda"):
@@ -67,8 +67,13 @@ def encode_source(source: SourceImage, quality: int | None = None, device: str =
     loaded = load_model(point.model_id, resolve_device(device))
     model = loaded.model
     height, width = source.rgb.shape[:2]
-    x = _to_tensor(source.rgb, next(model.parameters()).device.type)
-    indices, (grid_h, grid_w) = model.encode_indices(x, point.stages)
+    device_type = next(model.parameters()).device.type
+    x = _to_tensor(source.rgb, device_type)
+    # On an accelerator the index choices are made in float64, so a file encoded there is
+    # the file a CPU would have written (see VQAutoencoder.encode_indices); a CPU keeps
+    # float32, twice as fast and, on every Kodak decision, the same choices.
+    search = torch.float32 if device_type == "cpu" else torch.float64
+    indices, (grid_h, grid_w) = model.encode_indices(x, point.stages, dtype=search)
     payload = entropy.encode_indices(indices.cpu().numpy(), loaded.tables, grid_w)
     alpha = alpha_to_bytes(source.alpha) if source.alpha is not None else b""
     flags = (bitstream.FLAG_ALPHA if source.alpha is not None else 0)

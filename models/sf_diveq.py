@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.codebook import perplexity
+from models.codebook import perplexity, search_dtype
 from models.quantizer import Quantizer, QuantizerOutput
 
 
@@ -69,11 +69,12 @@ class SFDiVeQ(Quantizer):
     @torch.no_grad()
     def indices(self, z: torch.Tensor, num_stages: int | None = None) -> torch.Tensor:
         """Nearest *representable* point: best (segment, level) over all segments."""
-        c = self.codebook.detach().float()
-        z32 = z.detach().float()
+        dtype = search_dtype(z)
+        c = self.codebook.detach().to(dtype)
+        zs = z.detach().to(dtype)
         start, step = c[:-1], c[1:] - c[:-1]  # (K-1, D)
         step_sq = (step * step).sum(1).clamp_min(1e-12)
-        t = ((z32 @ step.t()) - (start * step).sum(1)) / step_sq  # (N, K-1)
+        t = ((zs @ step.t()) - (start * step).sum(1)) / step_sq  # (N, K-1)
         level = torch.round(t.clamp(0, 1) * (self.levels - 1))
         t_q = level / (self.levels - 1)
         # ‖z − (a + t b)‖² − ‖z‖² = ‖a‖² + 2t aᵀb + t²‖b‖² − 2 zᵀa − 2t zᵀb
@@ -81,8 +82,8 @@ class SFDiVeQ(Quantizer):
             (start * start).sum(1)
             + 2 * t_q * (start * step).sum(1)
             + t_q * t_q * step_sq
-            - 2 * (z32 @ start.t())
-            - 2 * t_q * (z32 @ step.t())
+            - 2 * (zs @ start.t())
+            - 2 * t_q * (zs @ step.t())
         )
         seg = dist.argmin(dim=1)
         lvl = level.gather(1, seg.unsqueeze(1)).squeeze(1).long()

@@ -12,6 +12,7 @@ reconstructed from a random prefix of the stages, so one weights file serves eve
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -22,8 +23,10 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from safetensors import safe_open
 from torch.nn.parallel import DistributedDataParallel
 
+from codec.weights import ENTROPY_TENSOR
 from models.autoencoder import VQAutoencoder
 from models.config import QUANTIZERS, ModelConfig
 from models.data import CropSampler
@@ -34,6 +37,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", required=True, help="folder of training images (searched recursively)")
     p.add_argument("--out", required=True, help="folder for checkpoint.pt and train_log.jsonl")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--init", type=Path, default=None,
+                   help="fine-tune: start from these weights (model.pt / checkpoint.pt, or a shipped "
+                        ".safetensors); the model flags are then taken from it, warm-up is skipped")
     p.add_argument("--quantizer", choices=QUANTIZERS, default="diveq")
     p.add_argument("--stages", type=int, default=8)
     p.add_argument("--codes", type=int, default=256)
@@ -75,7 +81,8 @@ def psnr_from_mse(mse: float) -> float:
 
 
 def save_checkpoint(path: Path, model: VQAutoencoder, optimizer: torch.optim.Optimizer, step: int,
-                    elapsed: float, images_seen: int, generator: torch.Generator, device: str) -> None:
+                    elapsed: float, images_seen: int, generator: torch.Generator, device: str,
+                    init_from: dict | None) -> None:
     """Write ``checkpoint.pt`` (resumable) and ``model.pt`` (no optimiser state: a third of
     the size, enough for export and small enough to travel back from a lent GPU)."""
     record = {
@@ -87,11 +94,28 @@ def save_checkpoint(path: Path, model: VQAutoencoder, optimizer: torch.optim.Opt
         "generator": generator.get_state(),
         "device": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
     }
+    if init_from is not None:
+        record["init_from"] = init_from
     for target, content in ((path.with_name("model.pt"), record),
                             (path, {**record, "optimizer": optimizer.state_dict()})):
         tmp = target.with_suffix(".tmp")
         torch.save(content, tmp)
         tmp.replace(target)
+
+
+def load_initial_weights(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], dict]:
+    """(config, state dict, provenance) from a training checkpoint or a shipped safetensors file."""
+    if path.suffix == ".safetensors":
+        with safe_open(str(path), framework="pt") as fh:
+            config = ModelConfig.from_dict(json.loads(fh.metadata()["config"]))
+            # The entropy tables belong to the coder, not to the network being trained.
+            tensors = {k: fh.get_tensor(k) for k in fh.keys() if k != ENTROPY_TENSOR}
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        return config, tensors, {"path": str(path), "sha256": digest}
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    provenance = {"path": str(path), "steps": int(state["step"]), "wall_time_s": round(float(state["elapsed_s"]), 1),
+                  "images_seen": int(state["images_seen"]), "device": state.get("device", "unknown")}
+    return ModelConfig.from_dict(state["config"]), state["model"], provenance
 
 
 def setup_distributed(device: str) -> tuple[int, int]:
@@ -136,11 +160,17 @@ def main(argv: list[str] | None = None) -> int:
     if config.quantizer.startswith("sf-"):
         config = replace(config, num_stages=1)
     step, elapsed_before, images_seen = 0, 0.0, 0
-    state = None
+    state, initial, init_from = None, None, None
     if args.resume and ckpt_path.exists():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         config = ModelConfig.from_dict(state["config"])
+        init_from = state.get("init_from")
+    elif args.init is not None:
+        config, initial, init_from = load_initial_weights(args.init)
     model = VQAutoencoder(config).to(device)
+    if initial is not None:
+        model.load_state_dict(initial)
+        print(f"initialised from {args.init}", file=sys.stderr)
     if device == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
@@ -158,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     if rank == 0:
         print(f"{len(sampler.images)} training images, device {device}, {world} process(es), "
               f"config {config.to_dict()}", file=sys.stderr)
+    # A fine-tuned model already has trained codebooks: no plain-autoencoder warm-up.
+    warmup_steps = 0 if init_from is not None else args.warmup_steps
     residual_stages = model.num_stages if config.quantizer in ("diveq", "diveq-detach") and config.num_stages > 1 else 0
 
     log = (out / "train_log.jsonl").open("a") if rank == 0 else None
@@ -178,8 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         x = sampler.batch(args.batch)
         if device == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-        quantize = step >= args.warmup_steps
-        if step == args.warmup_steps:
+        quantize = step >= warmup_steps
+        if step == warmup_steps and init_from is None:
             # Warm-up trains a plain autoencoder so the codebooks are seeded from latents
             # that already mean something, not from a random encoder.
             with torch.no_grad():
@@ -225,11 +257,11 @@ def main(argv: list[str] | None = None) -> int:
             window_mse, window_n, window_t = 0.0, 0, now
         if rank == 0 and time.monotonic() - last_ckpt > args.checkpoint_every:
             save_checkpoint(ckpt_path, model, optimizer, step, elapsed_before + time.monotonic() - start,
-                            images_seen, generator, device)
+                            images_seen, generator, device, init_from)
             last_ckpt = time.monotonic()
     if rank == 0:
         save_checkpoint(ckpt_path, model, optimizer, step, elapsed_before + time.monotonic() - start,
-                        images_seen, generator, device)
+                        images_seen, generator, device, init_from)
         print(f"saved {ckpt_path} at step {step}", file=sys.stderr)
     if world > 1:
         dist.destroy_process_group()

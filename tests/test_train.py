@@ -76,3 +76,31 @@ def test_schedule_ends_with_the_time_budget() -> None:
     assert learning_rate(200, 1000, 1.0) == pytest.approx(1.0)
     assert learning_rate(300, 10**6, 1.0, time_fraction=1.0) == pytest.approx(0.05)
     assert learning_rate(10**6, 10**6, 1.0) == pytest.approx(0.05)
+
+
+def _export(checkpoint: Path, name: str, model_id: int, data: Path, out: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "codec.export", str(checkpoint), "--name", name, "--model-id",
+                           str(model_id), "--data", str(data), "--out", str(out)],
+                          capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_fine_tunes_from_a_checkpoint_and_from_shipped_weights(image_folder: Path, tmp_path: Path) -> None:
+    base = tmp_path / "base"
+    assert _train("--data", str(image_folder), "--out", str(base), "--steps", "4", *TINY).returncode == 0
+    export = _export(base / "model.pt", "tiny", 9, image_folder, tmp_path / "w")
+    assert export.returncode == 0, export.stderr
+    for source in (base / "model.pt", tmp_path / "w" / "tiny.safetensors"):
+        out = tmp_path / f"ft-{source.suffix[1:]}"
+        # --channels 4 must be ignored: the architecture comes from the initial weights.
+        result = _train("--data", str(image_folder), "--out", str(out), "--steps", "2", "--init", str(source),
+                        *TINY, "--channels", "4")
+        assert result.returncode == 0, result.stderr
+        log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+        assert len(log[0]["perplexity"]) == 2  # quantizing from the first step: no warm-up
+        state = torch.load(out / "model.pt", weights_only=True)
+        assert state["config"]["channels"] == 8 and state["init_from"]["path"] == str(source)
+    assert len(torch.load(tmp_path / "ft-safetensors" / "model.pt", weights_only=True)["init_from"]["sha256"]) == 64
+    # The exported card names where the fine-tuning started.
+    assert _export(tmp_path / "ft-pt" / "model.pt", "tiny-ft", 10, image_folder, tmp_path / "w").returncode == 0
+    card = json.loads((tmp_path / "w" / "tiny-ft.json").read_text())
+    assert card["training"]["steps"] == 2 and card["training"]["initialised_from"]["steps"] == 4
