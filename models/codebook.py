@@ -32,6 +32,30 @@ def nearest_codeword(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     return distances.argmin(dim=1)
 
 
+def nearest_codeword_with_gap(z: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``nearest_codeword`` plus each row's *decision gap*: its distance to the nearest wall
+    of its Voronoi cell, i.e. how far the row may move (in any direction) before the choice
+    can change.
+
+    The wall towards codeword j is the hyperplane halfway between c_j and the chosen c_b,
+    at distance (‖z − c_j‖² − ‖z − c_b‖²) / (2‖c_j − c_b‖); the nearest wall is not always
+    the runner-up's, so every j is checked.
+    """
+    dtype = search_dtype(z)
+    zs = z.detach().to(dtype)
+    cs = codebook.detach().to(dtype)
+    norms = (cs * cs).sum(dim=1)
+    distances = norms - 2.0 * (zs @ cs.t())  # ‖z − c‖² − ‖z‖²
+    best = distances.argmin(dim=1)
+    gram = cs @ cs.t()
+    # ‖c_j − c_b‖² for every j, from the Gram matrix: (N, K)
+    spread = (norms + norms[best].unsqueeze(1) - 2.0 * gram[best]).clamp_min(0).sqrt()
+    walls = (distances - distances.gather(1, best.unsqueeze(1))) / (2.0 * spread)
+    walls = torch.nan_to_num(walls, nan=0.0)  # 0/0: a duplicate of the chosen codeword, a tie
+    walls.scatter_(1, best.unsqueeze(1), float("inf"))  # no wall towards itself
+    return best, walls.min(dim=1).values
+
+
 def perplexity(indices: torch.Tensor, num_codes: int) -> float:
     """exp(entropy) of the empirical index distribution: the number of codes in effective use."""
     counts = torch.bincount(indices.flatten(), minlength=num_codes).float()

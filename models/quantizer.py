@@ -3,7 +3,8 @@
 Two paths, kept apart on purpose:
 - training: ``forward(z)`` returns a differentiable ``z_q`` plus what was chosen;
 - coding: ``indices(z)`` and ``lookup(indices)`` are pure functions of the weights
-  (no noise, no counters, float32 search), so encoder and decoder agree bit for bit.
+  (no noise, no counters; float32 search, float64 for float64 input), so encoder and
+  decoder agree bit for bit.
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ class Quantizer(nn.Module):
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def indices_and_gaps(self, z: torch.Tensor, num_stages: int | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``indices(z)`` and, per row, the smallest decision gap over its choices (how far the
+        row may move before any of them changes), or None where the quantizer cannot tell."""
+        return None
 
     def init_from_data(self, z: torch.Tensor) -> None:
         """Seed codebooks from encoder outputs (N, D); the default is to keep the init."""

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.codebook import CodebookCare, init_from_samples, nearest_codeword, perplexity, search_dtype
+from models.codebook import (CodebookCare, init_from_samples, nearest_codeword, nearest_codeword_with_gap,
+                             perplexity, search_dtype)
 from models.quantizer import Quantizer, QuantizerOutput, directional_reparam
 
 
@@ -66,13 +67,29 @@ class ResidualDiVeQ(Quantizer):
         z_q = directional_reparam(z, target, self.noise_std if self.training else 0.0)
         return QuantizerOutput(z_q, idx, [perplexity(row, self.num_codes) for row in idx])
 
-    @torch.no_grad()
-    def indices(self, z: torch.Tensor, num_stages: int | None = None) -> torch.Tensor:
+    def _checked_stages(self, num_stages: int | None) -> int:
         stages = self.num_stages if num_stages is None else num_stages
         if not 1 <= stages <= self.num_stages:
             raise ValueError(f"num_stages must be in 1..{self.num_stages}, got {stages}")
-        idx, _ = self._stage_sums(z.to(search_dtype(z)), stages, observe=False)
+        return stages
+
+    @torch.no_grad()
+    def indices(self, z: torch.Tensor, num_stages: int | None = None) -> torch.Tensor:
+        idx, _ = self._stage_sums(z.to(search_dtype(z)), self._checked_stages(num_stages), observe=False)
         return idx
+
+    @torch.no_grad()
+    def indices_and_gaps(self, z: torch.Tensor, num_stages: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        # Stage m's remainder is z minus exact codewords, so an error in z moves every
+        # stage's remainder by the same vector: the smallest gap over stages bounds them all.
+        remainder = z.detach().to(search_dtype(z))
+        all_idx, smallest = [], torch.full(z.shape[:1], float("inf"), dtype=remainder.dtype, device=z.device)
+        for m in range(self._checked_stages(num_stages)):
+            idx, gap = nearest_codeword_with_gap(remainder, self.codebooks[m])
+            remainder = remainder - self.codebooks[m][idx].to(remainder.dtype)
+            all_idx.append(idx)
+            smallest = torch.minimum(smallest, gap)
+        return torch.stack(all_idx), smallest
 
     @torch.no_grad()
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:

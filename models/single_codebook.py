@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.codebook import CodebookCare, init_from_samples, nearest_codeword, perplexity, reset_adam_rows
+from models.codebook import (CodebookCare, init_from_samples, nearest_codeword, nearest_codeword_with_gap,
+                             perplexity, reset_adam_rows)
 from models.quantizer import Quantizer, QuantizerOutput
 
 
@@ -27,6 +28,11 @@ class SingleCodebookQuantizer(Quantizer):
     @torch.no_grad()
     def indices(self, z: torch.Tensor, num_stages: int | None = None) -> torch.Tensor:
         return nearest_codeword(z, self.codebook).unsqueeze(0)
+
+    @torch.no_grad()
+    def indices_and_gaps(self, z: torch.Tensor, num_stages: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        idx, gap = nearest_codeword_with_gap(z, self.codebook)
+        return idx.unsqueeze(0), gap
 
     @torch.no_grad()
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:

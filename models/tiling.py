@@ -18,6 +18,8 @@ Memory is what tiling is for: the untiled analysis of a 4000×3000 image holds s
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -117,6 +119,19 @@ def _cells(tile_size: int, stride: int) -> int:
     return tile_size // stride
 
 
+def _pixel_tile(x: torch.Tensor, stride: int, ty0: int, ty1: int, tx0: int, tx1: int) -> torch.Tensor:
+    """The pixels under latent cells [ty0, ty1) × [tx0, tx1) of the unpadded image x,
+    replicate-padded on the bottom/right where the cells reach past the image (the same
+    values as padding the whole image to a multiple of the stride first)."""
+    height, width = x.shape[-2:]
+    y1, x1 = min(ty1 * stride, height), min(tx1 * stride, width)
+    tile = x[..., ty0 * stride:y1, tx0 * stride:x1]
+    pad_h, pad_w = ty1 * stride - y1, tx1 * stride - x1
+    if pad_h or pad_w:
+        tile = F.pad(tile, (0, pad_w, 0, pad_h), mode="replicate")
+    return tile
+
+
 def tiled_analysis(analysis: nn.Module, x: torch.Tensor, stride: int, tile_size: int = DEFAULT_TILE_SIZE,
                    margin: int | None = None) -> torch.Tensor:
     """analysis(pad(x)) computed tile by tile: x (1, C, H, W) unpadded → latent (1, D, ⌈H/s⌉, ⌈W/s⌉).
@@ -134,18 +149,43 @@ def tiled_analysis(analysis: nn.Module, x: torch.Tensor, stride: int, tile_size:
     out: torch.Tensor | None = None
     for cy0, cy1, ty0, ty1 in spans(grid_h, cells, margin):
         for cx0, cx1, tx0, tx1 in spans(grid_w, cells, margin):
-            y0, y1 = ty0 * stride, min(ty1 * stride, height)
-            x0, x1 = tx0 * stride, min(tx1 * stride, width)
-            tile = x[..., y0:y1, x0:x1]
-            pad_h, pad_w = ty1 * stride - y1, tx1 * stride - x1
-            if pad_h or pad_w:
-                tile = F.pad(tile, (0, pad_w, 0, pad_h), mode="replicate")
+            tile = _pixel_tile(x, stride, ty0, ty1, tx0, tx1)
             latent = analysis(tile)
             if out is None:
                 out = latent.new_empty((1, latent.shape[1], grid_h, grid_w))
             out[..., cy0:cy1, cx0:cx1] = latent[..., cy0 - ty0:cy1 - ty0, cx0 - tx0:cx1 - tx0]
             del latent, tile
     assert out is not None
+    return out
+
+
+def analysis_at(analysis: nn.Module, x: torch.Tensor, stride: int, cells: torch.Tensor,
+                margin: int | None = None) -> torch.Tensor:
+    """The latent vectors (len(cells), D) at latent cells (rows of (y, x)) of analysis(pad(x)).
+
+    Each is computed from its own tile: the cell plus ``margin`` cells around it, clipped to
+    the image as ``tiled_analysis`` clips, so it sees exactly the inputs and border padding
+    it sees in the whole image. Tiles of one shape (all but those at the border) run as one
+    batch.
+    """
+    margin = analysis_margin(analysis, stride) if margin is None else margin
+    dtype = next(analysis.parameters()).dtype  # tiles are cast one by one, not the whole image
+    grid_h, grid_w = math.ceil(x.shape[-2] / stride), math.ceil(x.shape[-1] / stride)
+    groups: dict[tuple[int, int, int, int], list[tuple[int, torch.Tensor]]] = {}
+    for row, (cy, cx) in enumerate(cells.tolist()):
+        ty0, ty1 = max(0, cy - margin), min(grid_h, cy + 1 + margin)
+        tx0, tx1 = max(0, cx - margin), min(grid_w, cx + 1 + margin)
+        # Same shape and same position of the cell inside the tile: one batch.
+        key = (ty1 - ty0, tx1 - tx0, cy - ty0, cx - tx0)
+        groups.setdefault(key, []).append((row, _pixel_tile(x, stride, ty0, ty1, tx0, tx1).to(dtype)))
+    out: torch.Tensor | None = None
+    for (_, _, oy, ox), members in groups.items():
+        latent = analysis(torch.cat([tile for _, tile in members]))[:, :, oy, ox]
+        if out is None:
+            out = latent.new_empty((len(cells), latent.shape[1]))
+        out[[row for row, _ in members]] = latent
+    if out is None:
+        raise ValueError("no cells given")
     return out
 
 
@@ -179,10 +219,21 @@ def tiled_synthesis(synthesis: nn.Module, latent: torch.Tensor, stride: int, til
     return out
 
 
+def _in_chunks(search: Callable[[torch.Tensor], Any], vectors: torch.Tensor, chunk: int) -> list[Any]:
+    return [search(vectors[i:i + chunk]) for i in range(0, max(vectors.shape[0], 1), chunk)]
+
+
 def chunked_indices(quantizer: nn.Module, vectors: torch.Tensor, num_stages: int | None,
                     chunk: int = QUANTIZE_CHUNK) -> torch.Tensor:
     """quantizer.indices over rows in chunks: same result (rows are independent), bounded memory."""
-    if vectors.shape[0] <= chunk:
-        return quantizer.indices(vectors, num_stages)
-    parts = [quantizer.indices(vectors[i:i + chunk], num_stages) for i in range(0, vectors.shape[0], chunk)]
-    return torch.cat(parts, dim=1)
+    parts = _in_chunks(lambda rows: quantizer.indices(rows, num_stages), vectors, chunk)
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
+def chunked_indices_and_gaps(quantizer: nn.Module, vectors: torch.Tensor, num_stages: int | None,
+                             chunk: int = QUANTIZE_CHUNK) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """quantizer.indices_and_gaps over rows in chunks (None where the quantizer has no gaps)."""
+    parts = _in_chunks(lambda rows: quantizer.indices_and_gaps(rows, num_stages), vectors, chunk)
+    if parts[0] is None:
+        return None
+    return torch.cat([i for i, _ in parts], dim=1), torch.cat([g for _, g in parts])

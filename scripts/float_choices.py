@@ -1,0 +1,51 @@
+"""Does the CPU's encoder choose the exact (float64) codewords?
+
+``python scripts/float_choices.py IMAGE_DIR [-q QUALITY]`` encodes every image's indices
+(all stages of the model behind QUALITY, default the middle one) three ways: plain float32
+search, the CPU coding path (float32, with latents near a decision boundary re-decided in
+float64) and the all-float64 path a GPU uses. It counts the decisions where each float32
+way differs from float64, and the share of latents the CPU path re-decided.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from codec.pipeline import _to_tensor
+from codec.weights import load_model, resolve_quality
+from models import autoencoder
+from models.data import list_images
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("-q", "--quality", type=int, default=None, help="picks the model (default: the middle one)")
+    args = parser.parse_args()
+    model = load_model(resolve_quality(args.quality).model_id, "cpu").model
+    decisions = plain_differ = coded_differ = redecided = latents = 0
+    for path in list_images(args.folder):
+        x = _to_tensor(np.asarray(Image.open(path).convert("RGB")), "cpu")
+        exact, _ = model.encode_indices(x, dtype=torch.float64)
+        coded, _ = model.encode_indices(x)
+        vectors = model.to_vectors(model.analyse(model.analysis, x))
+        plain, gaps = model.quantizer.indices_and_gaps(vectors)
+        redecided += int((gaps < autoencoder.EXACT_SEARCH_MARGIN * vectors.norm(dim=1)).sum())
+        latents += vectors.shape[0]
+        decisions += exact.numel()
+        plain_differ += int((plain != exact).sum())
+        coded_differ += int((coded != exact).sum())
+        print(f"{path.name}: plain float32 {int((plain != exact).sum())}, coding path "
+              f"{int((coded != exact).sum())} of {exact.numel()} differ", flush=True)
+    print(f"total over {decisions} decisions ({model.num_stages} stages): plain float32 search differs from "
+          f"float64 in {plain_differ}, the CPU coding path in {coded_differ}; it re-decided "
+          f"{redecided} of {latents} latents ({100 * redecided / max(latents, 1):.2f} %)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""The coding path chooses the exact (float64) codewords on every device.
+
+Decision gaps (models/codebook.py) say how far a latent may move before a choice changes;
+the CPU path re-decides in float64 whatever float32 rounding could have flipped, from a
+float64 analysis of just that latent's tile (models/tiling.analysis_at).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from models import autoencoder, tiling
+from models.autoencoder import VQAutoencoder, pad_to_multiple
+from models.codebook import nearest_codeword, nearest_codeword_with_gap
+from models.config import ModelConfig
+from models.residual import ResidualDiVeQ
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _random_directions(n: int, d: int, generator: torch.Generator) -> torch.Tensor:
+    v = torch.randn(n, d, generator=generator, dtype=torch.float64)
+    return v / torch.linalg.vector_norm(v, dim=1, keepdim=True)
+
+
+def test_gap_is_the_distance_to_the_nearest_cell_wall() -> None:
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(500, 6, generator=g, dtype=torch.float64)
+    books = torch.randn(17, 6, generator=g, dtype=torch.float64)
+    idx, gap = nearest_codeword_with_gap(z, books)
+    assert torch.equal(idx, nearest_codeword(z, books))
+    distances = torch.cdist(z, books) ** 2
+    chosen = books[idx]
+    walls = torch.stack([(distances[:, j] - distances.gather(1, idx[:, None]).squeeze(1))
+                         / (2 * torch.linalg.vector_norm(books[j] - chosen, dim=1)) for j in range(17)], dim=1)
+    walls[torch.arange(500), idx] = float("inf")
+    assert torch.allclose(gap, walls.min(dim=1).values, rtol=1e-9, atol=1e-12)
+    # Just past the nearest wall, straight through it, the choice changes.
+    through = books[walls.argmin(dim=1)] - chosen
+    through = through / torch.linalg.vector_norm(through, dim=1, keepdim=True)
+    assert (nearest_codeword(z + 1.001 * gap[:, None] * through, books) != idx).all()
+
+
+def test_no_move_shorter_than_the_residual_gap_changes_any_stage() -> None:
+    g = torch.Generator().manual_seed(1)
+    quantizer = ResidualDiVeQ(4, 16, 8).double()
+    with torch.no_grad():
+        quantizer.codebooks.normal_(generator=g)
+        quantizer.codebooks.mul_(torch.tensor([1.0, 0.5, 0.25, 0.125], dtype=torch.float64)[:, None, None])
+    z = torch.randn(400, 8, generator=g, dtype=torch.float64)
+    idx, gap = quantizer.indices_and_gaps(z)
+    assert torch.equal(idx, quantizer.indices(z))
+    for _ in range(20):
+        moved = z + 0.999 * gap[:, None] * _random_directions(400, 8, g)
+        assert torch.equal(quantizer.indices(moved), idx)
+
+
+@pytest.fixture(scope="module")
+def shipped() -> VQAutoencoder:
+    from codec.weights import load_model, resolve_quality
+
+    return load_model(resolve_quality(None).model_id, "cpu").model
+
+
+@pytest.mark.parametrize("size", [(37, 53), (8, 8), (5, 70)])
+def test_analysis_at_matches_the_whole_analysis(shipped: VQAutoencoder, size: tuple[int, int]) -> None:
+    x = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    analysis = copy.deepcopy(shipped.analysis).double()
+    whole = shipped.to_vectors(analysis(pad_to_multiple(x, shipped.stride)))
+    grid_h, grid_w = -(-size[0] // shipped.stride), -(-size[1] // shipped.stride)
+    cells = torch.cartesian_prod(torch.arange(grid_h), torch.arange(grid_w))
+    at = tiling.analysis_at(analysis, x, shipped.stride, cells)
+    assert torch.allclose(at, whole, rtol=0, atol=1e-12)
+
+
+def _lighthouse(samples: Path) -> torch.Tensor:
+    rgb = np.asarray(Image.open(samples / "lighthouse.png").convert("RGB"))
+    return torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float() / 255
+
+
+@pytest.mark.parametrize("margin", [autoencoder.EXACT_SEARCH_MARGIN, float("inf")])
+def test_cpu_path_gives_the_float64_indices(shipped: VQAutoencoder, margin: float,
+                                             monkeypatch: pytest.MonkeyPatch, lighthouse_path: Path) -> None:
+    """With the shipped margin, and with every latent re-decided (margin ∞: the refinement
+    itself must reproduce the float64 path exactly)."""
+    monkeypatch.setattr(autoencoder, "EXACT_SEARCH_MARGIN", margin)
+    x = _lighthouse(lighthouse_path.parent)
+    exact, grid = shipped.encode_indices(x, dtype=torch.float64)
+    fast, fast_grid = shipped.encode_indices(x)
+    assert grid == fast_grid and torch.equal(fast, exact)
+
+
+def test_quantizer_without_gaps_searches_in_float64() -> None:
+    torch.manual_seed(3)
+    model = VQAutoencoder(ModelConfig(channels=8, latent_dim=4, quantizer="sf-diveq", num_stages=1, num_codes=8)).eval()
+    x = torch.rand(1, 3, 19, 27)
+    assert model.quantizer.indices_and_gaps(torch.zeros(2, 4)) is None
+    assert torch.equal(model.encode_indices(x)[0], model.encode_indices(x, dtype=torch.float64)[0])
+
+
+def test_a_duplicated_codeword_is_a_tie_not_a_nan() -> None:
+    books = torch.tensor([[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]], dtype=torch.float64)
+    idx, gap = nearest_codeword_with_gap(torch.tensor([[0.9, 1.2], [0.1, 0.0]], dtype=torch.float64), books)
+    assert idx.tolist() == [1, 0]
+    assert gap[0] == 0 and gap[1] > 0 and not gap.isnan().any()
