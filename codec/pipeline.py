@@ -69,9 +69,9 @@ def encode_source(source: SourceImage, quality: int | None = None, device: str =
     height, width = source.rgb.shape[:2]
     device_type = next(model.parameters()).device.type
     x = _to_tensor(source.rgb, device_type)
-    # On an accelerator the index choices are made in float64, so a file encoded there is
-    # the file a CPU would have written (see VQAutoencoder.encode_indices); a CPU keeps
-    # float32, twice as fast and, on every Kodak decision, the same choices.
+    # Both give the exact choices, so a file is the same whichever device wrote it (see
+    # VQAutoencoder.encode_indices): float64 costs little on an accelerator; on a CPU, float32
+    # with the few near-boundary latents re-decided in float64 is nearly twice as fast.
     search = torch.float32 if device_type == "cpu" else torch.float64
     indices, (grid_h, grid_w) = model.encode_indices(x, point.stages, dtype=search)
     payload = entropy.encode_indices(indices.cpu().numpy(), loaded.tables, grid_w)

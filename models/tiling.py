@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 DEFAULT_TILE_SIZE = 512  # pixels per side of a tile's core (64×64 latents at stride 8)
+# Tiles per analysis call in analysis_at: bounds its activations (~0.5 MB per 40×40 float64 tile).
+TILES_PER_BATCH = 256
 QUANTIZE_CHUNK = 16_384  # latent vectors per quantizer call: bounds its (N, K) distance matrix
 
 # Layers that act on each position independently (no spatial extent), by class name, so that
@@ -180,10 +182,12 @@ def analysis_at(analysis: nn.Module, x: torch.Tensor, stride: int, cells: torch.
         groups.setdefault(key, []).append((row, _pixel_tile(x, stride, ty0, ty1, tx0, tx1).to(dtype)))
     out: torch.Tensor | None = None
     for (_, _, oy, ox), members in groups.items():
-        latent = analysis(torch.cat([tile for _, tile in members]))[:, :, oy, ox]
-        if out is None:
-            out = latent.new_empty((len(cells), latent.shape[1]))
-        out[[row for row, _ in members]] = latent
+        for start in range(0, len(members), TILES_PER_BATCH):
+            batch = members[start:start + TILES_PER_BATCH]
+            latent = analysis(torch.cat([tile for _, tile in batch]))[:, :, oy, ox]
+            if out is None:
+                out = latent.new_empty((len(cells), latent.shape[1]))
+            out[[row for row, _ in batch]] = latent
     if out is None:
         raise ValueError("no cells given")
     return out

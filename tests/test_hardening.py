@@ -420,9 +420,9 @@ def test_bytes_identical_across_threads_processes_and_cli(tmp_path: Path, determ
         assert cli_out.read_bytes() == api, path.name
 
 
-def test_float32_cpu_choices_are_the_float64_ones(determinism_inputs: list[Path]) -> None:
-    """The CPU encodes in float32, an accelerator in float64 (exact choices on any device):
-    for the two to write the same file, the CPU's float32 choices must be the exact ones."""
+def test_cpu_choices_are_the_float64_ones(determinism_inputs: list[Path]) -> None:
+    """An accelerator encodes in float64 (exact choices on any device), the CPU in float32
+    with near-boundary latents re-decided in float64: both must give the same indices."""
     from codec.pipeline import _to_tensor
     from codec.weights import load_model, resolve_quality
 
