@@ -41,7 +41,7 @@ def measure_tables(model: VQAutoencoder, folder: Path, max_images: int, max_side
     return counts, len(paths)
 
 
-def training_record(checkpoint: dict, run_dir: Path) -> dict:
+def training_record(checkpoint: dict, run_dir: Path, base_card: dict | None = None) -> dict:
     record = {
         "steps": int(checkpoint["step"]),
         "wall_time_s": round(float(checkpoint["elapsed_s"]), 1),
@@ -51,7 +51,14 @@ def training_record(checkpoint: dict, run_dir: Path) -> dict:
     }
     if "init_from" in checkpoint:
         # A fine-tuning run: steps and time above are this run's; the start is named here.
-        record["initialised_from"] = checkpoint["init_from"]
+        record["initialised_from"] = dict(checkpoint["init_from"])
+        if base_card is not None:
+            # The shipped model it started from, with that model's own training record.
+            started = checkpoint["init_from"].get("sha256")
+            if started != base_card["sha256"]:
+                raise SystemExit(f"--base-card is {base_card['name']} (sha256 {base_card['sha256'][:16]}…), but the "
+                                 f"run started from {checkpoint['init_from']['path']} (sha256 {str(started)[:16]}…)")
+            record["initialised_from"].update(name=base_card["name"], training=base_card["training"])
     log = run_dir / "train_log.jsonl"
     if log.exists():
         lines = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
@@ -72,10 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--first-quality", type=int, default=1, help="quality number of the first stage prefix")
     p.add_argument("--train-command", default="", help="the command that trained it, for the card")
     p.add_argument("--train-data", default="", help="what it was trained on, for the card")
+    p.add_argument("--base-card", type=Path, default=None,
+                   help="card of the shipped model a fine-tuning run started from (its training is recorded)")
     p.add_argument("--out", type=Path, default=Path("weights"))
     args = p.parse_args(argv)
 
     checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+    base_card = json.loads(args.base_card.read_text()) if args.base_card is not None else None
     config = ModelConfig.from_dict(checkpoint["config"])
     model = VQAutoencoder(config)
     model.load_state_dict(checkpoint["model"])
@@ -100,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": config.to_dict(),
         "quantizer": config.quantizer,
         "training": {"data": args.train_data, "command": args.train_command,
-                     **training_record(checkpoint, args.checkpoint.parent)},
+                     **training_record(checkpoint, args.checkpoint.parent, base_card)},
         "exported_with": {"torch": torch.__version__, "python": platform.python_version()},
         "entropy_tables": {
             "measured_on": f"{images} images of {args.data} (long side ≤ {args.max_side}), coding path, all stages",

@@ -78,9 +78,10 @@ def test_schedule_ends_with_the_time_budget() -> None:
     assert learning_rate(10**6, 10**6, 1.0) == pytest.approx(0.05)
 
 
-def _export(checkpoint: Path, name: str, model_id: int, data: Path, out: Path) -> subprocess.CompletedProcess[str]:
+def _export(checkpoint: Path, name: str, model_id: int, data: Path, out: Path,
+            *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "codec.export", str(checkpoint), "--name", name, "--model-id",
-                           str(model_id), "--data", str(data), "--out", str(out)],
+                           str(model_id), "--data", str(data), "--out", str(out), *extra],
                           capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
 
 
@@ -104,3 +105,11 @@ def test_fine_tunes_from_a_checkpoint_and_from_shipped_weights(image_folder: Pat
     assert _export(tmp_path / "ft-pt" / "model.pt", "tiny-ft", 10, image_folder, tmp_path / "w").returncode == 0
     card = json.loads((tmp_path / "w" / "tiny-ft.json").read_text())
     assert card["training"]["steps"] == 2 and card["training"]["initialised_from"]["steps"] == 4
+    # From shipped weights, --base-card carries that model's training record; a wrong card is refused.
+    base = ["--base-card", str(tmp_path / "w" / "tiny.json")]
+    assert _export(tmp_path / "ft-safetensors" / "model.pt", "tiny-ft2", 11, image_folder, tmp_path / "w",
+                   *base).returncode == 0
+    started = json.loads((tmp_path / "w" / "tiny-ft2.json").read_text())["training"]["initialised_from"]
+    assert started["name"] == "tiny" and started["training"]["steps"] == 4
+    wrong = _export(tmp_path / "ft-pt" / "model.pt", "tiny-ft3", 12, image_folder, tmp_path / "w", *base)
+    assert wrong.returncode != 0 and "started from" in wrong.stderr
