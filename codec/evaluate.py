@@ -470,6 +470,12 @@ def _check_meta(out_dir: Path, meta_now: dict[str, Any]) -> dict[str, Any]:
             old = json.loads(path.read_text())
         except (OSError, ValueError):
             raise OutputError(f"{path} is unreadable; choose another -o") from None
+    # Our rows are keyed by quality, not by model: with another zoo (a model replaced, added
+    # or gone) the same quality may be another model, so any change of the zoo is refused.
+    zoo_before, zoo_now = old.get("weights"), meta_now.get("weights", {})
+    if zoo_before is not None and zoo_before != zoo_now:
+        raise OutputError(f"{out_dir} holds results for other weights (models {zoo_before} vs {zoo_now} now); "
+                          f"choose another -o or remove it")
     for section in ("weights", "images"):
         before = old.get(section, {})
         for key, value in meta_now.get(section, {}).items():

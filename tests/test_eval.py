@@ -323,12 +323,18 @@ def test_eval_repairs_a_torn_row_and_remeasures_it(eval_run) -> None:
     assert len(_csv_rows(path)) == len(rows)
 
 
-def test_eval_refuses_results_of_other_weights(eval_run, tmp_path: Path) -> None:
+@pytest.mark.parametrize("zoo_change", ["same id, other weights", "another model id"])
+def test_eval_refuses_results_of_other_weights(eval_run, zoo_change: str) -> None:
+    """Rows made by another zoo are never reused: not when a model's weights changed, and
+    not when a new model (new id) serves the same qualities as the old one did."""
     out, args, _ = eval_run
     meta_path = out / "eval_meta.json"
     original = meta_path.read_text()
     meta = json.loads(original)
-    meta["weights"] = {k: "00" * 8 for k in meta["weights"]}
+    if zoo_change == "same id, other weights":
+        meta["weights"] = {k: "00" * 8 for k in meta["weights"]}
+    else:
+        meta["weights"] = {str(int(k) + 100): v for k, v in meta["weights"].items()}
     meta_path.write_text(json.dumps(meta))
     try:
         result = CliRunner().invoke(_app(), args)
