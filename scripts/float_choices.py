@@ -4,12 +4,14 @@
 (all stages of the model behind QUALITY, default the middle one) three ways: plain float32
 search, the CPU coding path (float32, with latents near a decision boundary re-decided in
 float64) and the all-float64 path a GPU uses. It counts the decisions where each float32
-way differs from float64, and the share of latents the CPU path re-decided.
+way differs from float64, the share of latents the CPU path re-decided, and the largest
+float32 error of a latent (relative to its length), which the re-decision margin must exceed.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -29,11 +31,15 @@ def main() -> None:
     args = parser.parse_args()
     model = load_model(resolve_quality(args.quality).model_id, "cpu").model
     decisions = plain_differ = coded_differ = redecided = latents = 0
+    worst_error = 0.0
     for path in list_images(args.folder):
         x = _to_tensor(np.asarray(Image.open(path).convert("RGB")), "cpu")
         exact, _ = model.encode_indices(x, dtype=torch.float64)
         coded, _ = model.encode_indices(x)
         vectors = model.to_vectors(model.analyse(model.analysis, x))
+        exact_vectors = model.to_vectors(model.analyse(copy.deepcopy(model.analysis).double(), x.double()))
+        error = torch.linalg.vector_norm(vectors.double() - exact_vectors, dim=1) / torch.linalg.vector_norm(exact_vectors, dim=1)
+        worst_error = max(worst_error, float(error.max()))
         plain, gaps = model.quantizer.indices_and_gaps(vectors)
         redecided += int((gaps < autoencoder.EXACT_SEARCH_MARGIN * vectors.norm(dim=1)).sum())
         latents += vectors.shape[0]
@@ -44,7 +50,9 @@ def main() -> None:
               f"{int((coded != exact).sum())} of {exact.numel()} differ", flush=True)
     print(f"total over {decisions} decisions ({model.num_stages} stages): plain float32 search differs from "
           f"float64 in {plain_differ}, the CPU coding path in {coded_differ}; it re-decided "
-          f"{redecided} of {latents} latents ({100 * redecided / max(latents, 1):.2f} %)")
+          f"{redecided} of {latents} latents ({100 * redecided / max(latents, 1):.2f} %); float32 latents were at "
+          f"most {worst_error:.2e} of their length from float64 (re-decision margin "
+          f"{autoencoder.EXACT_SEARCH_MARGIN:.0e})")
 
 
 if __name__ == "__main__":
