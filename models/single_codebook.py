@@ -6,8 +6,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.codebook import (CodebookCare, init_from_samples, nearest_codeword, nearest_codeword_with_gap,
-                             perplexity, reset_adam_rows)
+from models.codebook import (
+    CodebookCare,
+    init_from_samples,
+    nearest_codeword,
+    nearest_codeword_with_gap,
+    perplexity,
+    reset_adam_rows,
+)
 from models.quantizer import Quantizer, QuantizerOutput
 
 
