@@ -476,13 +476,11 @@ def _check_meta(out_dir: Path, meta_now: dict[str, Any]) -> dict[str, Any]:
     if zoo_before is not None and zoo_before != zoo_now:
         raise OutputError(f"{out_dir} holds results for other weights (models {zoo_before} vs {zoo_now} now); "
                           f"choose another -o or remove it")
-    for section in ("weights", "images"):
-        before = old.get(section, {})
-        for key, value in meta_now.get(section, {}).items():
-            if key in before and before[key] != value:
-                what = f"weights of model {key}" if section == "weights" else f"image {key}"
-                raise OutputError(f"{out_dir} holds results for other {what} ({before[key]} vs {value} now); "
-                                  f"choose another -o or remove it")
+    before = old.get("images", {})
+    for key, value in meta_now.get("images", {}).items():
+        if key in before and before[key] != value:
+            raise OutputError(f"{out_dir} holds results for other image {key} ({before[key]} vs {value} now); "
+                              f"choose another -o or remove it")
     merged = {**old, **{k: v for k, v in meta_now.items() if not isinstance(v, dict)}}
     for section in ("weights", "images"):
         merged[section] = {**old.get(section, {}), **meta_now.get(section, {})}

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from safetensors import safe_open
 
 from codec.errors import WeightsError
@@ -107,7 +108,7 @@ class LoadedModel:
     tables: np.ndarray  # smoothed integer counts (stages, alphabet)
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -123,19 +124,25 @@ def card_for_model_id(model_id: int) -> Card:
                        f"{[c.model_id for c in list_cards()]})")
 
 
+def read_weights_file(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], np.ndarray]:
+    """(config, network tensors, entropy tables) of a weights file, as stored: no checks."""
+    with safe_open(str(path), framework="pt") as fh:
+        config = ModelConfig.from_dict(json.loads(fh.metadata()["config"]))
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    tables = tensors.pop(ENTROPY_TENSOR).numpy().astype(np.int64)
+    return config, tensors, tables
+
+
 @lru_cache(maxsize=4)
 def _load(model_id: int, device: str, folder: str) -> LoadedModel:
     card = card_for_model_id(model_id)
     path = Path(folder) / card.file
     if not path.is_file():
         raise WeightsError(f"weights file {path} is missing")
-    if _sha256(path) != card.sha256:
+    if file_sha256(path) != card.sha256:
         raise WeightsError(f"weights file {path.name} does not match the sha256 in its card")
     try:
-        with safe_open(str(path), framework="pt") as fh:
-            config = ModelConfig.from_dict(json.loads(fh.metadata()["config"]))
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-        tables = tensors.pop(ENTROPY_TENSOR).numpy().astype(np.int64)
+        config, tensors, tables = read_weights_file(path)
         model = VQAutoencoder(config)
         model.load_state_dict(tensors)
     except WeightsError:

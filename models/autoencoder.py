@@ -109,6 +109,12 @@ def crop_to(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
 EXACT_SEARCH_MARGIN = 5e-6
 
 
+def unsure_choices(vectors: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
+    """Which rows' float32 choices could differ from the exact ones (a boolean per row): those
+    nearer to a decision boundary than ``EXACT_SEARCH_MARGIN`` of their length."""
+    return gaps < EXACT_SEARCH_MARGIN * torch.linalg.vector_norm(vectors, dim=1)
+
+
 class VQAutoencoder(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -179,7 +185,7 @@ class VQAutoencoder(nn.Module):
         in overlapping tiles (see models/tiling.py): same indices, bounded memory.
         """
         if dtype == torch.float64:
-            latent = self.analyse(copy.deepcopy(self.analysis).double(), x.double())
+            latent = self.analyse(self.float64_analysis(), x.double())
             _, _, h, w = latent.shape
             return tiling.chunked_indices(self.quantizer, self.to_vectors(latent), num_stages), (h, w)
         latent = self.analyse(self.analysis, x.float())
@@ -189,12 +195,16 @@ class VQAutoencoder(nn.Module):
         if decided is None:  # a quantizer that cannot say how sure it is: all in float64
             return self.encode_indices(x, num_stages, torch.float64)
         indices, gaps = decided
-        unsure = torch.nonzero(gaps < EXACT_SEARCH_MARGIN * torch.linalg.vector_norm(vectors, dim=1)).squeeze(1)
+        unsure = torch.nonzero(unsure_choices(vectors, gaps)).squeeze(1)
         if unsure.numel():
             cells = torch.stack([unsure // w, unsure % w], dim=1)
-            exact = tiling.analysis_at(copy.deepcopy(self.analysis).double(), x, self.stride, cells)
+            exact = tiling.analysis_at(self.float64_analysis(), x, self.stride, cells)
             indices[:, unsure] = self.quantizer.indices(exact, num_stages)
         return indices, (h, w)
+
+    def float64_analysis(self) -> nn.Module:
+        """A double-precision copy of the analysis transform (the model itself stays float32)."""
+        return copy.deepcopy(self.analysis).double()
 
     def analyse(self, analysis: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """analysis(pad(x)), in tiles when x is larger than one tile."""

@@ -51,16 +51,24 @@ class _SingleCodebook(SingleCodebookQuantizer):
         self.aux_loss = torch.zeros(())
 
 
-class STEQuantizer(_SingleCodebook):
-    """Straight-through estimator with codebook and commitment losses (van den Oord et al. 2017)."""
+class _WithVQLosses(_SingleCodebook):
+    """A single codebook trained through the codebook + β·commitment losses of VQ-VAE."""
 
     def __init__(self, num_codes: int, embedding_dim: int, beta: float = 0.25, **kwargs: float) -> None:
         super().__init__(num_codes, embedding_dim, **kwargs)
         self.beta = beta
 
-    def forward(self, z: torch.Tensor) -> QuantizerOutput:
+    def _assign_with_losses(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         idx, chosen = self._assign(z)
         self.aux_loss = vq_losses(z, chosen, self.beta)
+        return idx, chosen
+
+
+class STEQuantizer(_WithVQLosses):
+    """Straight-through estimator with codebook and commitment losses (van den Oord et al. 2017)."""
+
+    def forward(self, z: torch.Tensor) -> QuantizerOutput:
+        idx, chosen = self._assign_with_losses(z)
         z_q = z + (chosen - z).detach()
         return self._output(z_q, idx)
 
@@ -142,16 +150,11 @@ def rotate_to(z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     return scale * rotated
 
 
-class RotationTrickQuantizer(_SingleCodebook):
+class RotationTrickQuantizer(_WithVQLosses):
     """Rotation trick gradient with the paper's codebook and commitment losses (β = 0.25)."""
 
-    def __init__(self, num_codes: int, embedding_dim: int, beta: float = 0.25, **kwargs: float) -> None:
-        super().__init__(num_codes, embedding_dim, **kwargs)
-        self.beta = beta
-
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
-        idx, chosen = self._assign(z)
-        self.aux_loss = vq_losses(z, chosen, self.beta)
+        idx, chosen = self._assign_with_losses(z)
         if not self.training:
             return self._output(chosen, idx)
         return self._output(rotate_to(z, chosen.detach()), idx)

@@ -12,7 +12,6 @@ reconstructed from a random prefix of the stages, so one weights file serves eve
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -23,10 +22,9 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from safetensors import safe_open
 from torch.nn.parallel import DistributedDataParallel
 
-from codec.weights import ENTROPY_TENSOR
+from codec.weights import file_sha256, read_weights_file
 from models.autoencoder import VQAutoencoder
 from models.config import QUANTIZERS, ModelConfig
 from models.data import CropSampler
@@ -106,12 +104,9 @@ def save_checkpoint(path: Path, model: VQAutoencoder, optimizer: torch.optim.Opt
 def load_initial_weights(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], dict]:
     """(config, state dict, provenance) from a training checkpoint or a shipped safetensors file."""
     if path.suffix == ".safetensors":
-        with safe_open(str(path), framework="pt") as fh:
-            config = ModelConfig.from_dict(json.loads(fh.metadata()["config"]))
-            # The entropy tables belong to the coder, not to the network being trained.
-            tensors = {k: fh.get_tensor(k) for k in fh.keys() if k != ENTROPY_TENSOR}
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        return config, tensors, {"path": str(path), "sha256": digest}
+        # The entropy tables belong to the coder, not to the network being trained.
+        config, tensors, _ = read_weights_file(path)
+        return config, tensors, {"path": str(path), "sha256": file_sha256(path)}
     state = torch.load(path, map_location="cpu", weights_only=True)
     provenance = {"path": str(path), "steps": int(state["step"]), "wall_time_s": round(float(state["elapsed_s"]), 1),
                   "images_seen": int(state["images_seen"]), "device": state.get("device", "unknown")}

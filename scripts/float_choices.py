@@ -11,7 +11,6 @@ float32 error of a latent (relative to its length), which the re-decision margin
 from __future__ import annotations
 
 import argparse
-import copy
 from pathlib import Path
 
 import numpy as np
@@ -37,11 +36,11 @@ def main() -> None:
         exact, _ = model.encode_indices(x, dtype=torch.float64)
         coded, _ = model.encode_indices(x)
         vectors = model.to_vectors(model.analyse(model.analysis, x))
-        exact_vectors = model.to_vectors(model.analyse(copy.deepcopy(model.analysis).double(), x.double()))
+        exact_vectors = model.to_vectors(model.analyse(model.float64_analysis(), x.double()))
         error = torch.linalg.vector_norm(vectors.double() - exact_vectors, dim=1) / torch.linalg.vector_norm(exact_vectors, dim=1)
         worst_error = max(worst_error, float(error.max()))
         plain, gaps = model.quantizer.indices_and_gaps(vectors)
-        redecided += int((gaps < autoencoder.EXACT_SEARCH_MARGIN * vectors.norm(dim=1)).sum())
+        redecided += int(autoencoder.unsure_choices(vectors, gaps).sum())
         latents += vectors.shape[0]
         decisions += exact.numel()
         plain_differ += int((plain != exact).sum())

@@ -8,9 +8,18 @@ import math
 
 import pytest
 import torch
+from snapshots import assert_same_snapshot
 
-from models.baselines import (BASELINES, EMAQuantizer, GumbelQuantizer, NSVQQuantizer, RotationTrickQuantizer,
-                              STEQuantizer, gumbel_temperature, rotate_to)
+from models.baselines import (
+    BASELINES,
+    EMAQuantizer,
+    GumbelQuantizer,
+    NSVQQuantizer,
+    RotationTrickQuantizer,
+    STEQuantizer,
+    gumbel_temperature,
+    rotate_to,
+)
 from models.codebook import nearest_codeword
 
 K, D, N = 12, 6, 40
@@ -38,15 +47,6 @@ def _snapshot(q: torch.nn.Module) -> dict:
     snap["recent"] = None if q.care.recent is None else q.care.recent.clone()
     snap["temperature"] = getattr(q, "temperature", None)
     return snap
-
-
-def _same(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        if isinstance(a[key], torch.Tensor):
-            assert torch.equal(a[key], b[key]), key
-        else:
-            assert a[key] == b[key], key
 
 
 @pytest.mark.parametrize("name", sorted(BASELINES))
@@ -90,7 +90,7 @@ def test_coding_path_is_pure(name: str) -> None:
     assert torch.equal(idx, q.indices(z))
     assert torch.equal(idx[0], nearest_codeword(z, q.codebook))
     torch.testing.assert_close(rec, q.codebook.detach()[idx[0]])
-    _same(before, _snapshot(q))
+    assert_same_snapshot(before, _snapshot(q))
     assert torch.equal(rng, torch.get_rng_state())
 
 

@@ -20,6 +20,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from snapshots import assert_same_snapshot
 
 from models.diveq import DiVeQ, DiVeQDetach
 from models.quantizer import directional_reparam
@@ -56,15 +57,6 @@ def _snapshot(module: torch.nn.Module) -> dict:
         snap[f"care{i}.steps"] = care.steps
         snap[f"care{i}.recent"] = None if care.recent is None else care.recent.clone()
     return snap
-
-
-def _assert_same_snapshot(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        if isinstance(a[key], torch.Tensor):
-            assert torch.equal(a[key], b[key]), key
-        else:
-            assert a[key] == b[key], key
 
 
 # --------------------------------------------------------------------------------------
@@ -236,14 +228,14 @@ def test_diveq_coding_path_is_pure(cls):
     for other in (rec_eval, rec_ng):
         assert torch.equal(other, rec_train)
     assert rec_train.dtype == torch.float32
-    _assert_same_snapshot(before, _snapshot(q))
+    assert_same_snapshot(before, _snapshot(q))
 
 
 def test_diveq_eval_forward_does_not_touch_care():
     q = _diveq().eval()
     before = _snapshot(q)
     q(_randn(30, 6, seed=10))
-    _assert_same_snapshot(before, _snapshot(q))
+    assert_same_snapshot(before, _snapshot(q))
     q.train()
     q(_randn(30, 6, seed=10))
     assert q.care.steps == 1 and q.care.usage.sum() == 30
@@ -668,7 +660,7 @@ def test_residual_coding_path_is_pure():
     with torch.no_grad():
         assert torch.equal(q.indices(z), idx)
         assert torch.equal(q.lookup(idx), rec)
-    _assert_same_snapshot(before, _snapshot(q))
+    assert_same_snapshot(before, _snapshot(q))
 
 
 # --------------------------------------------------------------------------------------
@@ -743,7 +735,7 @@ def test_sf_coding_path_is_pure_and_eval_forward_uses_it():
     out = q(z)
     assert torch.equal(out.indices, idx)
     assert torch.equal(out.z_q, q.lookup(idx))
-    _assert_same_snapshot(before, _snapshot(q))
+    assert_same_snapshot(before, _snapshot(q))
 
 
 @pytest.mark.parametrize("cls", [SFDiVeQ, SFDiVeQDetach])
