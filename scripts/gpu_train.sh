@@ -6,7 +6,7 @@
 #   e.g. PYTHONUNBUFFERED=1 scripts/gpu_train.sh .data/trainpack "$OUT" 480
 #
 # Runs (concurrently; small models leave an H100 mostly idle, so three share it):
-#   zoo      fine-tunes weights/diveq-rvq12-c128-ft.safetensors (12 × 128 residual DiVeQ)
+#   zoo      fine-tunes weights/diveq-rvq12-c128-ft2.safetensors (12 × 128 residual DiVeQ)
 #   diveq1   DiVeQ, one codebook of 256, from scratch
 #   sfdiveq1 SF-DiVeQ, 256 codewords, from scratch (coded as segment + 2-bit position)
 # Each leaves OUT_DIR/<run>.tar (model.pt without optimiser + train_log.jsonl + console log):
@@ -19,7 +19,7 @@ common=(--data "$data" --device "$device" --time-budget "$budget" --checkpoint-e
         --crop 256 --batch 16 --steps 1000000 --threads 4)
 scratch=(--channels 128 --latent-dim 64 --lr 5e-4)
 
-python -m models.train "${common[@]}" --out "$work/zoo" --init weights/diveq-rvq12-c128-ft.safetensors --lr 2e-4 \
+python -m models.train "${common[@]}" --out "$work/zoo" --init weights/diveq-rvq12-c128-ft2.safetensors --lr 2e-4 \
     > "$work/zoo.log" 2>&1 &
 python -m models.train "${common[@]}" "${scratch[@]}" --out "$work/diveq1" --quantizer diveq --stages 1 --codes 256 \
     > "$work/diveq1.log" 2>&1 &
