@@ -19,7 +19,7 @@ common=(--data "$data" --device "$device" --time-budget "$budget" --checkpoint-e
         --crop 256 --batch 16 --steps 1000000 --threads 4)
 scratch=(--channels 128 --latent-dim 64 --lr 5e-4)
 
-python -m models.train "${common[@]}" --out "$work/zoo" --init weights/diveq-rvq12-c128-ft2.safetensors --lr 2e-4 \
+python -m models.train "${common[@]}" --out "$work/zoo" --init weights/diveq-rvq12-c128-ft2.safetensors --lr 2e-4 --batch 32 \
     > "$work/zoo.log" 2>&1 &
 python -m models.train "${common[@]}" "${scratch[@]}" --out "$work/diveq1" --quantizer diveq --stages 1 --codes 256 \
     > "$work/diveq1.log" 2>&1 &
