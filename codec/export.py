@@ -9,10 +9,10 @@ the real coding path (nearest-codeword search on every stage) over whole images.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import platform
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import save_file
 
 from codec.entropy import context_counts, smoothed_counts, table_entropy_bits
-from codec.weights import ENTROPY_TENSOR
+from codec.weights import ENTROPY_TENSOR, file_sha256
 from models.autoencoder import VQAutoencoder
 from models.config import ModelConfig
 from models.data import list_images, load_rgb
@@ -41,7 +41,13 @@ def measure_tables(model: VQAutoencoder, folder: Path, max_images: int, max_side
     return counts, len(paths)
 
 
-def training_record(checkpoint: dict, run_dir: Path, base_card: dict | None = None) -> dict:
+def training_record(checkpoint: dict, run_dir: Path, base_card: dict | None = None,
+                    via: Sequence[tuple[Path, str]] = ()) -> dict:
+    """This run's record; a fine-tuning run nests the record of what it started from.
+
+    ``via`` lists (model.pt, command) of the unshipped runs between this one and
+    ``base_card``'s model, nearest first: a chain of lent-GPU calls, say.
+    """
     record = {
         "steps": int(checkpoint["step"]),
         "wall_time_s": round(float(checkpoint["elapsed_s"]), 1),
@@ -51,14 +57,20 @@ def training_record(checkpoint: dict, run_dir: Path, base_card: dict | None = No
     }
     if "init_from" in checkpoint:
         # A fine-tuning run: steps and time above are this run's; the start is named here.
-        record["initialised_from"] = dict(checkpoint["init_from"])
-        if base_card is not None:
+        start = dict(checkpoint["init_from"])
+        if via:
+            parent_path, parent_command = via[0]
+            parent = torch.load(parent_path, map_location="cpu", weights_only=True)
+            _check_started_from(start, parent_path, parent)
+            start["training"] = {"command": parent_command,
+                                 **training_record(parent, parent_path.parent, base_card, via[1:])}
+        elif base_card is not None:
             # The shipped model it started from, with that model's own training record.
-            started = checkpoint["init_from"].get("sha256")
-            if started != base_card["sha256"]:
+            if start.get("sha256") != base_card["sha256"]:
                 raise SystemExit(f"--base-card is {base_card['name']} (sha256 {base_card['sha256'][:16]}…), but the "
-                                 f"run started from {checkpoint['init_from']['path']} (sha256 {str(started)[:16]}…)")
-            record["initialised_from"].update(name=base_card["name"], training=base_card["training"])
+                                 f"run started from {start['path']} (sha256 {str(start.get('sha256'))[:16]}…)")
+            start.update(name=base_card["name"], training=base_card["training"])
+        record["initialised_from"] = start
     log = run_dir / "train_log.jsonl"
     if log.exists():
         lines = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
@@ -66,6 +78,16 @@ def training_record(checkpoint: dict, run_dir: Path, base_card: dict | None = No
             record["final_train_psnr_db"] = round(lines[-1]["psnr"], 2)
             record["final_perplexity"] = lines[-1].get("perplexity")
     return record
+
+
+def _check_started_from(start: dict, path: Path, checkpoint: dict) -> None:
+    """Refuse a --via checkpoint that is not the one the run started from."""
+    if "sha256" in start:
+        same = start["sha256"] == file_sha256(path)
+    else:  # runs before train recorded a checkpoint's sha256: its step and image counts
+        same = (start.get("steps"), start.get("images_seen")) == (int(checkpoint["step"]), int(checkpoint["images_seen"]))
+    if not same:
+        raise SystemExit(f"--via {path} is not the checkpoint the run started from ({start['path']})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,8 +103,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-data", default="", help="what it was trained on, for the card")
     p.add_argument("--base-card", type=Path, default=None,
                    help="card of the shipped model a fine-tuning run started from (its training is recorded)")
+    p.add_argument("--via", type=Path, action="append", default=[],
+                   help="model.pt of an unshipped run between the checkpoint and --base-card's model, "
+                        "nearest first (repeat); each needs a --via-command")
+    p.add_argument("--via-command", action="append", default=[], help="the command of the matching --via run")
     p.add_argument("--out", type=Path, default=Path("weights"))
     args = p.parse_args(argv)
+    if len(args.via) != len(args.via_command):
+        p.error("give one --via-command for each --via")
 
     checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
     base_card = json.loads(args.base_card.read_text()) if args.base_card is not None else None
@@ -99,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     weights_path = args.out / f"{args.name}.safetensors"
     save_file(tensors, str(weights_path), metadata={"config": json.dumps(config.to_dict()),
                                                    "model_id": str(args.model_id)})
-    sha = hashlib.sha256(weights_path.read_bytes()).hexdigest()
+    sha = file_sha256(weights_path)
     bits = table_entropy_bits(tables)
     card = {
         "name": args.name,
@@ -110,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         "config": config.to_dict(),
         "quantizer": config.quantizer,
         "training": {"data": args.train_data, "command": args.train_command,
-                     **training_record(checkpoint, args.checkpoint.parent, base_card)},
+                     **training_record(checkpoint, args.checkpoint.parent, base_card,
+                                      list(zip(args.via, args.via_command)))},
         "exported_with": {"torch": torch.__version__, "python": platform.python_version()},
         "entropy_tables": {
             "measured_on": f"{images} images of {args.data} (long side ≤ {args.max_side}), coding path, all stages",

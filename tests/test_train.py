@@ -115,3 +115,20 @@ def test_fine_tunes_from_a_checkpoint_and_from_shipped_weights(image_folder: Pat
     assert started["name"] == "tiny" and started["training"]["steps"] == 4
     wrong = _export(tmp_path / "ft-pt" / "model.pt", "tiny-ft3", 12, image_folder, tmp_path / "w", *base)
     assert wrong.returncode != 0 and "started from" in wrong.stderr
+    # A chain of unshipped runs back to the shipped model: --via names each, nearest first.
+    middle = tmp_path / "ft-safetensors" / "model.pt"
+    assert _train("--data", str(image_folder), "--out", str(tmp_path / "chain"), "--steps", "3", "--init", str(middle),
+                  *TINY).returncode == 0
+    assert len(torch.load(tmp_path / "chain" / "model.pt", weights_only=True)["init_from"]["sha256"]) == 64
+    chained = _export(tmp_path / "chain" / "model.pt", "tiny-chain", 13, image_folder, tmp_path / "w", *base,
+                      "--via", str(middle), "--via-command", "the middle run")
+    assert chained.returncode == 0, chained.stderr
+    record = json.loads((tmp_path / "w" / "tiny-chain.json").read_text())["training"]
+    assert record["steps"] == 3
+    middle_record = record["initialised_from"]["training"]
+    assert middle_record["command"] == "the middle run" and middle_record["steps"] == 2
+    assert middle_record["initialised_from"]["name"] == "tiny"
+    assert middle_record["initialised_from"]["training"]["steps"] == 4
+    stranger = _export(tmp_path / "chain" / "model.pt", "tiny-chain2", 14, image_folder, tmp_path / "w", *base,
+                       "--via", str(tmp_path / "ft-pt" / "model.pt"), "--via-command", "not it")
+    assert stranger.returncode != 0 and "not the checkpoint the run started from" in stranger.stderr
