@@ -108,8 +108,9 @@ def load_initial_weights(path: Path) -> tuple[ModelConfig, dict[str, torch.Tenso
         config, tensors, _ = read_weights_file(path)
         return config, tensors, {"path": str(path), "sha256": file_sha256(path)}
     state = torch.load(path, map_location="cpu", weights_only=True)
-    provenance = {"path": str(path), "sha256": file_sha256(path), "steps": int(state["step"]), "wall_time_s": round(float(state["elapsed_s"]), 1),
-                  "images_seen": int(state["images_seen"]), "device": state.get("device", "unknown")}
+    provenance = {"path": str(path), "sha256": file_sha256(path), "steps": int(state["step"]),
+                  "wall_time_s": round(float(state["elapsed_s"]), 1), "images_seen": int(state["images_seen"]),
+                  "device": state.get("device", "unknown")}
     return ModelConfig.from_dict(state["config"]), state["model"], provenance
 
 

@@ -1,0 +1,64 @@
+"""Where the shipped model's curve flattens: transform or quantizer?
+
+``python scripts/transform_ceiling.py IMAGE_DIR [-q QUALITY]``
+
+For each image: PSNR of the plain autoencoder (analysis → synthesis, no quantization: the
+most any number of stages could give), PSNR after each number of residual stages, and the
+share of the latent's energy that the stages leave over. Whole images, float32, on the
+CPU; no file is written, so the PSNRs are of unrounded float output (close to, not equal
+to, the coded numbers in the README).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from codec.weights import load_model, resolve_quality
+from models.autoencoder import crop_to, pad_to_multiple
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of two images in [0, 1], after rounding both to 8 bits as a file would."""
+    mse = torch.mean(((a.clamp(0, 1) * 255).round() - (b * 255).round()) ** 2).item()
+    return 10 * math.log10(255**2 / mse) if mse > 0 else float("inf")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("images", type=Path)
+    p.add_argument("-q", "--quality", type=int, default=None, help="any rate point of the model to probe")
+    args = p.parse_args()
+    model = load_model(resolve_quality(args.quality).model_id, "cpu").model
+    stages = model.num_stages
+    plain, coded, left = [], [[] for _ in range(stages)], [[] for _ in range(stages)]
+    with torch.no_grad():
+        for path in sorted(args.images.glob("*.png")):
+            rgb = np.array(Image.open(path).convert("RGB"))  # writable: torch.from_numpy shares it
+            x = torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0).float() / 255
+            h, w = x.shape[-2:]
+            latent = model.analysis(pad_to_multiple(x, model.stride))
+            b, _, lh, lw = latent.shape
+            vectors = model.to_vectors(latent)
+            plain.append(psnr(crop_to(model.synthesis(latent), h, w), x))
+            indices = model.quantizer.indices(vectors)
+            for s in range(1, stages + 1):
+                approx = model.quantizer.lookup(indices[:s])
+                left[s - 1].append((torch.sum((vectors - approx) ** 2) / torch.sum(vectors**2)).item())
+                image = model.synthesis(model.to_latent(approx, b, lh, lw))
+                coded[s - 1].append(psnr(crop_to(image, h, w), x))
+    print(f"{len(plain)} images; mean PSNR-RGB in dB (8-bit rounded, float32, no file)")
+    print(f"no quantization: {statistics.mean(plain):.2f}")
+    for s in range(stages):
+        print(f"{s + 1:2d} stages: {statistics.mean(coded[s]):.2f}   latent energy left "
+              f"{100 * statistics.mean(left[s]):.2f} %")
+
+
+if __name__ == "__main__":
+    main()
