@@ -21,6 +21,8 @@ OUTDIR holds:
   published curves of ``--published``.
 * ``bd_rate.md`` / ``bd_rate.json``: Bjøntegaard delta rate of ours against each anchor
   and published curve, "n/a" where the PSNR ranges do not overlap.
+* ``matched_bpp.md``: at each of our rate points, our PSNR and MS-SSIM against each anchor
+  measured here at the same bpp: where ours is ahead and where behind.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ CSV_NAME = "per_image.csv"
 META_NAME = "eval_meta.json"
 LOCK_NAME = ".eval.lock"
 PLOT_NAME = "rd.png"
+MATCHED_NAME = "matched_bpp.md"
 CSV_FIELDS = ["codec", "quality", "image", "width", "height", "bytes", "bpp", "psnr_rgb", "ms_ssim_rgb",
               "encode_s", "decode_s"]
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm"}
@@ -322,23 +325,80 @@ def bd_markdown(test_name: str, rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _interpolator(bpp: Sequence[float], values: Sequence[float] | None) -> Callable[[float], float | None]:
+    """``values`` at a given bpp, interpolated linearly in log bpp; None outside the curve's
+    bpp range (no extrapolation) or where the curve has no such values."""
+    if values is None:
+        return lambda _: None
+    b = np.asarray(bpp, dtype=np.float64)
+    v = np.asarray(values, dtype=np.float64)
+    keep = np.isfinite(b) & np.isfinite(v) & (b > 0)
+    order = np.argsort(b[keep])
+    b, v = b[keep][order], v[keep][order]
+
+    def at(rate: float) -> float | None:
+        if b.size < 2 or not b[0] <= rate <= b[-1]:
+            return None
+        return float(np.interp(np.log(rate), np.log(b), v))
+    return at
+
+
 def psnr_gap(local: Curve, published: Curve) -> dict[str, Any] | None:
     """Local minus published PSNR at the local points' bpp (published curve interpolated
     linearly in log bpp, only inside its bpp range): mean and largest absolute gap."""
-    pb = np.asarray(published.bpp, dtype=np.float64)
-    pp = np.asarray(published.psnr, dtype=np.float64)
-    keep = np.isfinite(pb) & np.isfinite(pp) & (pb > 0)
-    pb, pp = pb[keep], pp[keep]
-    order = np.argsort(pb)
-    pb, pp = pb[order], pp[order]
+    published_at = _interpolator(published.bpp, published.psnr)
     gaps = []
     for b, p in zip(local.bpp, local.psnr):
-        if pb.size >= 2 and pb[0] <= b <= pb[-1] and math.isfinite(p):
-            gaps.append(p - float(np.interp(np.log(b), np.log(pb), pp)))
+        there = published_at(b)
+        if there is not None and math.isfinite(p):
+            gaps.append(p - there)
     if not gaps:
         return None
     return {"local": local.name, "published": published.source, "points": len(gaps),
             "mean_gap_db": float(np.mean(gaps)), "max_abs_gap_db": float(np.max(np.abs(gaps)))}
+
+
+def _ms_ssim_db(value: float | None) -> float | None:
+    return None if value is None or not value < 1 else -10 * math.log10(1 - value)
+
+
+def matched_rate_rows(ours: Curve, reference: Curve) -> list[dict[str, Any]]:
+    """At each of our rate points inside the reference's bpp range: both PSNRs and both
+    MS-SSIMs (in dB), the reference's interpolated linearly in log bpp."""
+    psnr_at = _interpolator(reference.bpp, reference.psnr)
+    ms_ssim_at = _interpolator(reference.bpp, reference.ms_ssim)
+    rows = []
+    for i, rate in enumerate(ours.bpp):
+        their_psnr = psnr_at(rate)
+        if their_psnr is None:
+            continue
+        our_ms = _ms_ssim_db(ours.ms_ssim[i]) if ours.ms_ssim else None
+        rows.append({"bpp": rate, "psnr": ours.psnr[i], "reference_psnr": their_psnr,
+                     "ms_ssim_db": our_ms, "reference_ms_ssim_db": _ms_ssim_db(ms_ssim_at(rate))})
+    return rows
+
+
+def matched_markdown(test_name: str, ours: Curve, references: Sequence[Curve]) -> str:
+    """One table per reference: where, rate point by rate point, ours is ahead or behind."""
+    def cell(value: float | None, signed: bool = False) -> str:
+        return "n/a" if value is None else (f"{value:+.2f}" if signed else f"{value:.2f}")
+
+    lines = [f"{test_name} against each codec measured here, at {test_name}'s own rate points (the other "
+             "curve interpolated linearly in log bpp, never extrapolated); MS-SSIM as -10·log10(1 − MS-SSIM)"]
+    for ref in references:
+        lines += ["", f"### {ref.name}", "",
+                  f"| bpp | PSNR {test_name} | PSNR {ref.name} | Δ dB | MS-SSIM dB {test_name} | "
+                  f"MS-SSIM dB {ref.name} | Δ dB |", "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        rows = matched_rate_rows(ours, ref)
+        if not rows:
+            lines.append("| no rate point of ours inside its bpp range | | | | | | |")
+        for r in rows:
+            ms_delta = (None if r["ms_ssim_db"] is None or r["reference_ms_ssim_db"] is None
+                        else r["ms_ssim_db"] - r["reference_ms_ssim_db"])
+            lines.append(f"| {r['bpp']:.4f} | {cell(r['psnr'])} | {cell(r['reference_psnr'])} | "
+                         f"{cell(r['psnr'] - r['reference_psnr'], True)} | {cell(r['ms_ssim_db'])} | "
+                         f"{cell(r['reference_ms_ssim_db'])} | {cell(ms_delta, True)} |")
+    return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------- plot
@@ -645,7 +705,8 @@ def _run_locked(opts: EvalOptions, say: Callable[[str], None], progress_stream: 
         "method": "Bjøntegaard (VCEG-M33) cubic fit of log rate vs PSNR over the shared PSNR range",
         "rows": bd_rows, "anchor_checks": checks})
     _write(opts.out_dir / "bd_rate.md", bd_markdown(OURS_NAME, bd_rows).encode())
-    files += [opts.out_dir / "bd_rate.json", opts.out_dir / "bd_rate.md"]
+    _write(opts.out_dir / MATCHED_NAME, matched_markdown(OURS_NAME, ours, locals_).encode())
+    files += [opts.out_dir / "bd_rate.json", opts.out_dir / "bd_rate.md", opts.out_dir / MATCHED_NAME]
 
     plot_rd(opts.out_dir / PLOT_NAME, curves + published,
             f"{OURS_NAME} vs anchors on {opts.data_dir.name} ({len(names)} images)")

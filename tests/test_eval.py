@@ -20,7 +20,8 @@ from typer.testing import CliRunner
 
 from codec.anchors import ANCHORS, measure, resolve_anchors
 from codec.bdrate import bd_rate, why_not
-from codec.evaluate import CSV_FIELDS, load_published, parse_qualities, summarize
+from codec.evaluate import (CSV_FIELDS, Curve, load_published, matched_markdown, matched_rate_rows, parse_qualities,
+                            summarize)
 from codec.metrics import bits_per_pixel, psnr
 from codec.msssim import MIN_SIDE, ms_ssim, ms_ssim_db
 
@@ -284,6 +285,21 @@ def test_eval_writes_compressai_schema(eval_run) -> None:
     assert table["rows"][0]["bd_rate_percent"] is None  # 2 rate points: no cubic fit
     assert "| JPEG | measured here | n/a |" in result.stdout
     assert (out / "bd_rate.md").read_text() in result.stdout
+    matched = (out / "matched_bpp.md").read_text()
+    assert "### JPEG" in matched and "| PSNR DiVeQ | PSNR JPEG |" in matched
+
+
+def test_matched_rate_rows_interpolate_in_log_bpp_without_extrapolating() -> None:
+    ours = Curve("diveq", "DiVeQ", "ours", [0.1, 0.4, 2.0], [25.0, 30.0, 40.0], [0.9, 0.95, 0.99])
+    reference = Curve("jpeg", "JPEG", "local", [0.8, 0.2], [30.0, 24.0], [0.97, 0.9])
+    rows = matched_rate_rows(ours, reference)
+    # 0.1 and 2.0 lie outside JPEG's 0.2–0.8 bpp; 0.4 is halfway between them in log bpp.
+    assert [r["bpp"] for r in rows] == [0.4]
+    assert rows[0]["reference_psnr"] == pytest.approx(27.0)
+    assert rows[0]["reference_ms_ssim_db"] == pytest.approx(-10 * math.log10(1 - 0.935))
+    assert rows[0]["ms_ssim_db"] == pytest.approx(-10 * math.log10(0.05))
+    table = matched_markdown("DiVeQ", ours, [reference])
+    assert "| 0.4000 | 30.00 | 27.00 | +3.00 |" in table
 
 
 def test_eval_csv_rows(eval_run) -> None:
