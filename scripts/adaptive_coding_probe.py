@@ -1,6 +1,6 @@
 """How many bits would per-image adaptive entropy tables save? A probe, not a coder.
 
-``python scripts/adaptive_coding_probe.py IMAGE_DIR [--weights 32,128,512]``
+``python scripts/adaptive_coding_probe.py IMAGE_DIR [--every 56] [--max-side 768] [--weights 32,128,512]``
 
 The shipped coder gives every symbol its static training-set table for its context
 (codec/entropy.py). The candidate measured here adapts those tables to the image being
@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from codec.entropy import _contexts
 from codec.weights import load_model, resolve_quality
+from models.data import list_images, load_rgb
 
 
 def stage_bits(indices: np.ndarray, width: int, counts: np.ndarray, stage: int, weight: int | None) -> float:
@@ -49,6 +49,8 @@ def stage_bits(indices: np.ndarray, width: int, counts: np.ndarray, stage: int, 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("images", type=Path)
+    p.add_argument("--every", type=int, default=1, help="use every k-th image (sorted by path)")
+    p.add_argument("--max-side", type=int, default=768, help="downscale so the long side is at most this")
     p.add_argument("--weights", default="32,128,512", help="prior weights w to try, comma-separated")
     args = p.parse_args()
     weights = [int(w) for w in args.weights.split(",")]
@@ -57,9 +59,9 @@ def main() -> None:
     variants: list[int | None] = [None, *weights]
     bits = {v: np.zeros(stages) for v in variants}
     symbols = 0
-    for path in sorted(args.images.glob("*.png")):
-        rgb = np.array(Image.open(path).convert("RGB"))  # writable: torch.from_numpy shares it
-        x = torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0).float() / 255
+    paths = list_images(args.images)[:: args.every]
+    for path in paths:
+        x = load_rgb(path, args.max_side).unsqueeze(0).float() / 255
         with torch.no_grad():
             indices, (_, width) = loaded.model.encode_indices(x)
         indices = indices.numpy()
@@ -68,7 +70,7 @@ def main() -> None:
             for m in range(stages):
                 bits[v][m] += stage_bits(indices, width, loaded.tables, m, v)
     static = np.cumsum(bits[None])
-    print(f"{symbols} latent positions; ideal bits per position, stages 1..q, and the saving against static tables")
+    print(f"{len(paths)} images, {symbols} latent positions; ideal bits per position, stages 1..q, and the saving against static tables")
     print("q      static  " + "  ".join(f"w={w:<5d}  saving" for w in weights))
     for q in range(stages):
         cells = [f"{np.cumsum(bits[w])[q] / symbols:7.2f} {100 * (1 - np.cumsum(bits[w])[q] / static[q]):6.1f} %"
