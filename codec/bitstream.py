@@ -37,6 +37,8 @@ from codec.limits import check_dimensions
 MAGIC = b"\x89DVQ"  # non-ASCII first byte catches text-mode transfers, like PNG
 FORMAT_VERSION = 1
 CODER_CONSTRICTION_RANGE = 1  # constriction 0.5 range coder, context-selected categorical tables
+CODER_ADAPTIVE_RANGE = 2  # the same tables, each adapted to the image row by row: what the encoder writes
+CODERS = (CODER_CONSTRICTION_RANGE, CODER_ADAPTIVE_RANGE)
 FLAG_ALPHA = 1  # an alpha plane (zlib-deflated, lossless) follows the payload
 FLAG_FROM_16BIT = 2  # the source had 16 bits per sample and was reduced to 8
 FLAG_FROM_PALETTE = 4  # the source was a palette image
@@ -84,7 +86,7 @@ def _field_problem(h: Header, payload_len: int, alpha_len: int) -> str | None:
     """Why the header's values are inconsistent, or None; shared so pack never writes what unpack refuses."""
     if h.flags & ~KNOWN_FLAGS:
         return f"unknown flag bits 0x{h.flags & ~KNOWN_FLAGS:02x}"
-    if h.coder_id != CODER_CONSTRICTION_RANGE:
+    if h.coder_id not in CODERS:
         return f"unknown entropy coder id {h.coder_id}"
     if not 1 <= h.table_precision <= 32:
         return f"table precision of {h.table_precision} bits is outside 1..32"

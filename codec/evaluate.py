@@ -43,6 +43,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from codec import bitstream
 from codec.anchors import Anchor, Measurement, measure, measure_decoded
 from codec.bdrate import bd_rate, psnr_overlap, why_not
 from codec.errors import InputError, OutputError
@@ -536,6 +537,12 @@ def _check_meta(out_dir: Path, meta_now: dict[str, Any]) -> dict[str, Any]:
     if zoo_before is not None and zoo_before != zoo_now:
         raise OutputError(f"{out_dir} holds results for other weights (models {zoo_before} vs {zoo_now} now); "
                           f"choose another -o or remove it")
+    # The same indices cost other bytes under another entropy coder. Folders from before
+    # the meta named the coder hold coder 1's files.
+    coder_before, coder_now = old.get("coder", bitstream.CODER_CONSTRICTION_RANGE), meta_now.get("coder")
+    if old and coder_before != coder_now:
+        raise OutputError(f"{out_dir} holds files of entropy coder {coder_before}, and this version writes "
+                          f"coder {coder_now}; choose another -o or remove it")
     before = old.get("images", {})
     for key, value in meta_now.get("images", {}).items():
         if key in before and before[key] != value:
@@ -609,7 +616,7 @@ def _run_locked(opts: EvalOptions, say: Callable[[str], None], progress_stream: 
 
     from codec.fileio import read_input
     from codec.image_io import read_image
-    from codec.pipeline import decode_detailed, encode_source
+    from codec.pipeline import WRITTEN_CODER, decode_detailed, encode_source
     from codec.weights import load_model
 
     loaded = {p.model_id: load_model(p.model_id, device) for p in points}
@@ -618,6 +625,7 @@ def _run_locked(opts: EvalOptions, say: Callable[[str], None], progress_stream: 
     for key, path in images.items():
         hashes[key] = hashlib.sha256(read_input(str(path))).hexdigest()[:16]
     meta = _check_meta(opts.out_dir, {
+        "coder": WRITTEN_CODER,
         "weights": {str(mid): lm.card.weights_id.hex() for mid, lm in loaded.items()},
         "images": hashes,
     })

@@ -360,6 +360,28 @@ def test_eval_refuses_results_of_other_weights(eval_run, zoo_change: str) -> Non
         meta_path.write_text(original)
 
 
+@pytest.mark.parametrize("coder", [None, 1])
+def test_eval_refuses_results_of_another_entropy_coder(eval_run, coder: int | None) -> None:
+    """The same indices cost other bytes under another coder: rows of coder 1 (named, or
+    from before the meta named the coder) are not mixed with this version's."""
+    out, args, _ = eval_run
+    meta_path = out / "eval_meta.json"
+    original = meta_path.read_text()
+    meta = json.loads(original)
+    assert meta["coder"] == 2
+    if coder is None:
+        del meta["coder"]
+    else:
+        meta["coder"] = coder
+    meta_path.write_text(json.dumps(meta))
+    try:
+        result = CliRunner().invoke(_app(), args)
+        assert result.exit_code == 6
+        assert "entropy coder 1" in result.stderr
+    finally:
+        meta_path.write_text(original)
+
+
 def test_eval_refuses_a_second_concurrent_run(eval_run) -> None:
     import fcntl
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from codec import bitstream
+from codec import bitstream, entropy
 from codec.errors import BitstreamError, WeightsError
 from codec.metrics import bits_per_pixel, psnr
 from codec.pipeline import decode, decode_detailed, encode, encode_with_report
-from codec.weights import rate_points
+from codec.weights import load_model, rate_points
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +124,20 @@ def test_inconsistent_latent_grid_is_refused(parrots_path: Path) -> None:
     other = bitstream.Header(**{**container.header.__dict__, "latent_w": container.header.latent_w + 1})
     with pytest.raises(BitstreamError):
         decode(bitstream.pack(bitstream.Container(other, container.payload, container.alpha)))
+
+
+def test_files_of_the_static_coder_still_decode(parrots_path: Path) -> None:
+    """Files written before the adaptive coder (coder 1) decode to the same pixels; the new
+    ones (coder 2) carry the same indices in fewer bytes."""
+    new = decode_detailed(encode(parrots_path, quality=6))
+    assert new.header.coder_id == bitstream.CODER_ADAPTIVE_RANGE
+    loaded = load_model(new.header.model_id)
+    old_payload = entropy.encode_indices(new.indices, loaded.tables, new.header.latent_w)
+    old_header = bitstream.Header(**{**new.header.__dict__, "coder_id": bitstream.CODER_CONSTRICTION_RANGE})
+    old = decode_detailed(bitstream.pack(bitstream.Container(old_header, old_payload, b"")))
+    assert np.array_equal(old.indices, new.indices)
+    assert np.array_equal(np.asarray(old.image), np.asarray(new.image))
+    assert len(bitstream.unpack(encode(parrots_path, quality=6)).payload) < len(old_payload)
 
 
 def test_header_counts_in_bpp(parrots_path: Path) -> None:
