@@ -78,6 +78,12 @@ _MODEL = stream.model.Categorical(perfect=False)  # probabilities given per symb
 # them, 32 / 128 / 512 saved 0.1 / 1.7 / 1.3 % of the bits at 12 stages and 8.0 / 7.5 /
 # 4.8 % at 2 (scripts/adaptive_coding_probe.py ../shared/data/train --every 8).
 ADAPTIVE_PRIOR_WEIGHT = 128
+# Once an image has coded more than this many symbols in one context, that context's counts
+# are halved. No probability can then exceed (w·p + N)/(w + N), p the static table's largest
+# and N ≤ the cap plus one row, so every symbol costs a known minimum of bits and a few bytes
+# cannot declare a giant image (see decode_indices). A Kodak image never reaches it: it has
+# 6,144 latents per stage spread over 129 contexts.
+ADAPTIVE_COUNT_CAP = 2048
 
 
 class _StageTables:
@@ -107,6 +113,18 @@ class _StageTables:
     def coded(self, contexts: np.ndarray, symbols: np.ndarray) -> None:
         if self.adaptive:
             np.add.at(self.seen, (contexts, symbols), 1)
+            full = self.seen.sum(axis=1) > ADAPTIVE_COUNT_CAP
+            if full.any():
+                self.seen[full] = (self.seen[full] + 1) // 2
+
+
+def _max_probability(tables: np.ndarray, stage: int, adaptive: bool, width: int) -> float:
+    """No symbol of this stage gets a higher probability (see ADAPTIVE_COUNT_CAP)."""
+    p_max = float(_probabilities(tables, stage).max())
+    if not adaptive:
+        return p_max
+    most_seen = ADAPTIVE_COUNT_CAP + width
+    return (ADAPTIVE_PRIOR_WEIGHT * p_max + most_seen) / (ADAPTIVE_PRIOR_WEIGHT + most_seen)
 
 
 def encode_indices(indices: np.ndarray, tables: np.ndarray, width: int, adaptive: bool = False) -> bytes:
@@ -150,12 +168,11 @@ def decode_indices(payload: bytes, tables: np.ndarray, stages: int, count: int, 
     if width < 1 or count % width:
         raise CorruptBitstreamError(f"{count} symbols do not form rows of width {width}")
     alphabet = tables.shape[2]
-    # Every symbol coded with the static tables costs at least −log₂(p_max) bits of its
-    # stage's tables: all of them in coder 1, each stage's first row in coder 2 (later rows
-    # adapt and can cost less). A payload too short to hold those symbols is refused here,
-    # before allocating for them: a tiny file declaring a huge image must not cost memory.
-    p_max = np.array([_probabilities(tables, m).max() for m in range(stages)], dtype=np.float64)
-    min_bits = float((width if adaptive else count) * -np.log2(p_max).sum())
+    # Every symbol costs at least −log₂ of the highest probability its stage can give. A
+    # payload too short to hold the declared symbols is refused here, before allocating or
+    # decoding them: a tiny file declaring a huge image must cost neither memory nor time.
+    p_max = np.array([_max_probability(tables, m, adaptive, width) for m in range(stages)], dtype=np.float64)
+    min_bits = float(count * -np.log2(p_max).sum())
     if len(payload) * 8 * 1.01 + 64 < min_bits:
         raise CorruptBitstreamError(f"entropy-coded payload of {len(payload)} bytes is too short for "
                                     f"{stages}×{count} symbols")

@@ -70,6 +70,19 @@ def test_adaptive_tables_learn_what_the_image_uses() -> None:
     assert encode_indices(first_row, TABLES, 8) == encode_indices(first_row, TABLES, 8, adaptive=True)
 
 
+def test_adaptive_counts_are_capped_so_a_flat_image_still_costs_bits() -> None:
+    """One symbol over and over in one context passes ADAPTIVE_COUNT_CAP many times: the
+    halved counts still round-trip, the file still costs a known minimum per symbol (so the
+    decoder's too-short check refuses nothing real), and a shorter payload is refused."""
+    width, height = 64, 200
+    symbols = np.full((1, width * height), 6)
+    payload = encode_indices(symbols, TABLES, width, adaptive=True)
+    assert (decode_indices(payload, TABLES, 1, width * height, width, adaptive=True) == symbols).all()
+    assert len(payload) > 40  # 12,800 symbols: far from free, however predictable
+    with pytest.raises(CorruptBitstreamError, match="too short"):
+        decode_indices(payload[:4], TABLES, 1, 100 * width * height, width, adaptive=True)
+
+
 def test_a_payload_decodes_only_with_the_coder_that_wrote_it() -> None:
     rng = np.random.default_rng(4)
     symbols = rng.choice([6, 7], size=(2, 30 * 5))
