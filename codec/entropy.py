@@ -81,8 +81,8 @@ ADAPTIVE_PRIOR_WEIGHT = 128
 # Once an image has coded more than this many symbols in one context, that context's counts
 # are halved. No probability can then exceed (w·p + N)/(w + N), p the static table's largest
 # and N ≤ the cap plus one row, so every symbol costs a known minimum of bits and a few bytes
-# cannot declare a giant image (see decode_indices). A Kodak image never reaches it: it has
-# 6,144 latents per stage spread over 129 contexts.
+# cannot declare a giant image (see decode_indices). Large flat areas reach it: in 2 of the
+# 24 Kodak images one context passes it, which moves their file sizes by a few bytes.
 ADAPTIVE_COUNT_CAP = 2048
 
 
@@ -95,8 +95,10 @@ class _StageTables:
     turns into the same float32 probabilities, and a decoder knows them before each row.
     """
 
-    def __init__(self, tables: np.ndarray, stage: int, adaptive: bool) -> None:
+    def __init__(self, tables: np.ndarray, stage: int, adaptive: bool,
+                 prior_weight: int = ADAPTIVE_PRIOR_WEIGHT) -> None:
         self.adaptive = adaptive
+        self.prior_weight = prior_weight  # another w only in scripts/adaptive_coding_probe.py
         if adaptive:
             self.counts = np.asarray(tables[stage], dtype=np.int64)
             self.totals = self.counts.sum(axis=1, keepdims=True)
@@ -107,7 +109,7 @@ class _StageTables:
     def row(self, contexts: np.ndarray) -> np.ndarray:
         if not self.adaptive:
             return self.probabilities[contexts]
-        blended = ADAPTIVE_PRIOR_WEIGHT * self.counts[contexts] + self.totals[contexts] * self.seen[contexts]
+        blended = self.prior_weight * self.counts[contexts] + self.totals[contexts] * self.seen[contexts]
         return (blended / blended.sum(axis=1, keepdims=True)).astype(np.float32)
 
     def coded(self, contexts: np.ndarray, symbols: np.ndarray) -> None:

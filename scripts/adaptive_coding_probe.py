@@ -1,16 +1,16 @@
-"""How many bits would per-image adaptive entropy tables save? A probe, not a coder.
+"""How many bits do per-image adaptive entropy tables (coder 2) save, for which prior weight?
 
 ``python scripts/adaptive_coding_probe.py IMAGE_DIR [--every 56] [--max-side 768] [--weights 32,128,512]``
 
-The shipped coder gives every symbol its static training-set table for its context
-(codec/entropy.py). The candidate measured here adapts those tables to the image being
-coded, in a form a decoder could follow row by row without per-symbol Python work: the
-symbols of latent row r of stage m are coded with
+Coder 1 gives every symbol its static training-set table for its context; coder 2
+(codec/entropy.py, what ``encode`` writes) adapts those tables to the image row by row:
+the symbols of latent row r of stage m are coded with
 
     p(s | c) ∝ w · C[c, s] + T[c] · n[c, s]
 
 where C are the static counts of context c (T their total) and n counts what rows < r of
-the same stage and image coded in context c. ``w`` is the prior's weight in symbols.
+the same stage and image coded in context c. ``w`` is the prior's weight in symbols; this
+probe measures both coders, through the coder's own tables, for several w.
 Ideal code lengths (−log₂ p summed) are compared, so the figures exclude the range
 coder's few bytes of overhead. Run it on training photos, never on the evaluation set.
 """
@@ -23,26 +23,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from codec.entropy import _contexts
+from codec.entropy import _contexts, _StageTables
 from codec.weights import load_model, resolve_quality
 from models.data import list_images, load_rgb
 
 
 def stage_bits(indices: np.ndarray, width: int, counts: np.ndarray, stage: int, weight: int | None) -> float:
-    """Ideal bits of one stage's symbols: static tables (``weight`` None) or row-adapted ones."""
-    alphabet = counts.shape[2]
-    contexts, symbols = _contexts(indices, stage, width, alphabet), indices[stage]
-    static = counts[stage].astype(np.float64)
-    totals = static.sum(axis=1, keepdims=True)
-    if weight is None:
-        return float(-np.log2((static / totals)[contexts, symbols]).sum())
-    seen = np.zeros_like(static)
+    """Ideal bits of one stage's symbols under the coder's own row tables: static (``weight``
+    None, coder 1) or adapted with prior weight ``weight`` (coder 2)."""
+    contexts, symbols = _contexts(indices, stage, width, counts.shape[2]), indices[stage]
+    tables = _StageTables(counts, stage, adaptive=weight is not None, prior_weight=weight or 0)
     bits = 0.0
     for start in range(0, symbols.size, width):
         c, s = contexts[start : start + width], symbols[start : start + width]
-        mixed = weight * static[c] + totals[c] * seen[c]
-        bits -= np.log2(mixed[np.arange(c.size), s] / mixed.sum(axis=1)).sum()
-        np.add.at(seen, (c, s), 1)
+        bits -= np.log2(tables.row(c)[np.arange(c.size), s].astype(np.float64)).sum()
+        tables.coded(c, s)
     return bits
 
 
