@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import pytest
 import torch
 import typer
 from PIL import Image
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from codec.anchors import ANCHORS, measure, resolve_anchors
 from codec.bdrate import bd_rate, why_not
@@ -339,47 +340,45 @@ def test_eval_repairs_a_torn_row_and_remeasures_it(eval_run) -> None:
     assert len(_csv_rows(path)) == len(rows)
 
 
-@pytest.mark.parametrize("zoo_change", ["same id, other weights", "another model id"])
-def test_eval_refuses_results_of_other_weights(eval_run, zoo_change: str) -> None:
-    """Rows made by another zoo are never reused: not when a model's weights changed, and
-    not when a new model (new id) serves the same qualities as the old one did."""
+def _rerun_with_meta(eval_run, change: Callable[[dict], None]) -> Result:
+    """Re-run the eval over its folder after ``change`` edited the saved meta, then restore it."""
     out, args, _ = eval_run
     meta_path = out / "eval_meta.json"
     original = meta_path.read_text()
     meta = json.loads(original)
-    if zoo_change == "same id, other weights":
-        meta["weights"] = {k: "00" * 8 for k in meta["weights"]}
-    else:
-        meta["weights"] = {str(int(k) + 100): v for k, v in meta["weights"].items()}
+    change(meta)
     meta_path.write_text(json.dumps(meta))
     try:
-        result = CliRunner().invoke(_app(), args)
-        assert result.exit_code == 6
-        assert "other weights" in result.stderr
+        return CliRunner().invoke(_app(), args)
     finally:
         meta_path.write_text(original)
+
+
+@pytest.mark.parametrize("zoo_change", ["same id, other weights", "another model id"])
+def test_eval_refuses_results_of_other_weights(eval_run, zoo_change: str) -> None:
+    """Rows made by another zoo are never reused: not when a model's weights changed, and
+    not when a new model (new id) serves the same qualities as the old one did."""
+    def change(meta: dict) -> None:
+        if zoo_change == "same id, other weights":
+            meta["weights"] = {k: "00" * 8 for k in meta["weights"]}
+        else:
+            meta["weights"] = {str(int(k) + 100): v for k, v in meta["weights"].items()}
+
+    result = _rerun_with_meta(eval_run, change)
+    assert result.exit_code == 6 and "other weights" in result.stderr
 
 
 @pytest.mark.parametrize("coder", [None, 1])
 def test_eval_refuses_results_of_another_entropy_coder(eval_run, coder: int | None) -> None:
     """The same indices cost other bytes under another coder: rows of coder 1 (named, or
     from before the meta named the coder) are not mixed with this version's."""
-    out, args, _ = eval_run
-    meta_path = out / "eval_meta.json"
-    original = meta_path.read_text()
-    meta = json.loads(original)
-    assert meta["coder"] == 2
-    if coder is None:
-        del meta["coder"]
-    else:
-        meta["coder"] = coder
-    meta_path.write_text(json.dumps(meta))
-    try:
-        result = CliRunner().invoke(_app(), args)
-        assert result.exit_code == 6
-        assert "entropy coder 1" in result.stderr
-    finally:
-        meta_path.write_text(original)
+    def change(meta: dict) -> None:
+        assert meta.pop("coder") == 2
+        if coder is not None:
+            meta["coder"] = coder
+
+    result = _rerun_with_meta(eval_run, change)
+    assert result.exit_code == 6 and "entropy coder 1" in result.stderr
 
 
 def test_eval_refuses_a_second_concurrent_run(eval_run) -> None:
