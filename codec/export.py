@@ -85,7 +85,8 @@ def _check_started_from(start: dict, path: Path, checkpoint: dict) -> None:
     if "sha256" in start:
         same = start["sha256"] == file_sha256(path)
     else:  # runs before train recorded a checkpoint's sha256: its step and image counts
-        same = (start.get("steps"), start.get("images_seen")) == (int(checkpoint["step"]), int(checkpoint["images_seen"]))
+        recorded = (start.get("steps"), start.get("images_seen"))
+        same = recorded == (int(checkpoint["step"]), int(checkpoint["images_seen"]))
     if not same:
         raise SystemExit(f"--via {path} is not the checkpoint the run started from ({start['path']})")
 

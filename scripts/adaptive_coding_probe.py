@@ -65,7 +65,8 @@ def main() -> None:
             for m in range(stages):
                 bits[v][m] += stage_bits(indices, width, loaded.tables, m, v)
     static = np.cumsum(bits[None])
-    print(f"{len(paths)} images, {symbols} latent positions; ideal bits per position, stages 1..q, and the saving against static tables")
+    print(f"{len(paths)} images, {symbols} latent positions; ideal bits per position, stages 1..q, "
+          "and the saving against static tables")
     print("q      static  " + "  ".join(f"w={w:<5d}  saving" for w in weights))
     for q in range(stages):
         cells = [f"{np.cumsum(bits[w])[q] / symbols:7.2f} {100 * (1 - np.cumsum(bits[w])[q] / static[q]):6.1f} %"

@@ -5,14 +5,13 @@
 For each image: PSNR of the plain autoencoder (analysis → synthesis, no quantization: the
 most any number of stages could give), PSNR after each number of residual stages, and the
 share of the latent's energy that the stages leave over. Whole images, float32, on the
-CPU; no file is written, so the PSNRs are of unrounded float output (close to, not equal
-to, the coded numbers in the README).
+CPU, decoded outputs rounded to 8 bits as the codec rounds them; no file is written, so
+these are the coded PSNRs of the README up to float rounding.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 from pathlib import Path
 
@@ -20,14 +19,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from codec.metrics import psnr
+from codec.pipeline import _to_tensor, _to_uint8
 from codec.weights import load_model, resolve_quality
 from models.autoencoder import crop_to, pad_to_multiple
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB of two images in [0, 1], after rounding both to 8 bits as a file would."""
-    mse = torch.mean(((a.clamp(0, 1) * 255).round() - (b * 255).round()) ** 2).item()
-    return 10 * math.log10(255**2 / mse) if mse > 0 else float("inf")
 
 
 def main() -> None:
@@ -40,19 +35,19 @@ def main() -> None:
     plain, coded, left = [], [[] for _ in range(stages)], [[] for _ in range(stages)]
     with torch.no_grad():
         for path in sorted(args.images.glob("*.png")):
-            rgb = np.array(Image.open(path).convert("RGB"))  # writable: torch.from_numpy shares it
-            x = torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0).float() / 255
+            rgb = np.asarray(Image.open(path).convert("RGB"))
+            x = _to_tensor(rgb, "cpu")
             h, w = x.shape[-2:]
             latent = model.analysis(pad_to_multiple(x, model.stride))
             b, _, lh, lw = latent.shape
             vectors = model.to_vectors(latent)
-            plain.append(psnr(crop_to(model.synthesis(latent), h, w), x))
+            plain.append(psnr(rgb, _to_uint8(crop_to(model.synthesis(latent), h, w))))
             indices = model.quantizer.indices(vectors)
             for s in range(1, stages + 1):
                 approx = model.quantizer.lookup(indices[:s])
                 left[s - 1].append((torch.sum((vectors - approx) ** 2) / torch.sum(vectors**2)).item())
                 image = model.synthesis(model.to_latent(approx, b, lh, lw))
-                coded[s - 1].append(psnr(crop_to(image, h, w), x))
+                coded[s - 1].append(psnr(rgb, _to_uint8(crop_to(image, h, w))))
     print(f"{len(plain)} images; mean PSNR-RGB in dB (8-bit rounded, float32, no file)")
     print(f"no quantization: {statistics.mean(plain):.2f}")
     for s in range(stages):
