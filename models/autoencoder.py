@@ -3,12 +3,14 @@
 Transforms are small on purpose (the codec must run a Kodak image in well under a
 second on two CPU cores): strided convolutions with simplified GDN (Johnston et al.
 2018: y = x / (β + γ|x|)), which decorrelates features at a fraction of the cost of
-stacked residual blocks, and sub-pixel upsampling (no checkerboard artefacts).
+stacked residual blocks, and sub-pixel upsampling (no checkerboard artefacts). A config
+may add residual blocks at the latent resolution, where they are cheapest (1/64 of the pixels).
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -50,11 +52,29 @@ class Upsample(nn.Module):
         return self.shuffle(self.conv(x))
 
 
+class ResidualBlock(nn.Module):
+    """x + conv(relu(conv(x))), 3×3 convolutions. The second convolution starts at zero, so a
+    new block is the identity: blocks can be added to a trained model without changing it."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(self.relu(self.conv1(x)))
+
+
 def analysis_transform(config: ModelConfig) -> nn.Sequential:
     n = config.channels
     layers: list[nn.Module] = [nn.Conv2d(3, n, 5, stride=2, padding=2), SimplifiedGDN(n)]
     for _ in range(config.downsamplings - 1):
         layers += [nn.Conv2d(n, n, 3, stride=2, padding=1), SimplifiedGDN(n)]
+    if config.residual_blocks:
+        layers.append(nn.Sequential(*(ResidualBlock(n) for _ in range(config.residual_blocks))))
     layers.append(nn.Conv2d(n, config.latent_dim, 3, padding=1))
     return nn.Sequential(*layers)
 
@@ -62,6 +82,8 @@ def analysis_transform(config: ModelConfig) -> nn.Sequential:
 def synthesis_transform(config: ModelConfig) -> nn.Sequential:
     n = config.channels
     layers: list[nn.Module] = [nn.Conv2d(config.latent_dim, n, 3, padding=1), SimplifiedGDN(n, inverse=True)]
+    if config.residual_blocks:
+        layers.append(nn.Sequential(*(ResidualBlock(n) for _ in range(config.residual_blocks))))
     for _ in range(config.downsamplings - 1):
         layers += [Upsample(n, n), SimplifiedGDN(n, inverse=True)]
     layers.append(Upsample(n, 3))
@@ -228,3 +250,30 @@ class VQAutoencoder(nn.Module):
             return crop_to(x_hat, height, width)
         x_hat = self.synthesis(latent)
         return crop_to(x_hat, height, width).clamp(0.0, 1.0)
+
+
+def with_residual_blocks(config: ModelConfig, state: dict[str, torch.Tensor],
+                         blocks: int) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """A model without residual blocks, grown to ``blocks`` identity blocks per transform.
+
+    The grown model computes exactly what the original did (each new block adds zero), so
+    fine-tuning starts from the trained model instead of from scratch. The blocks take one
+    slot in each transform's layer list, so the layers after them move up by one.
+    """
+    if config.residual_blocks:
+        raise ValueError(f"the model already has {config.residual_blocks} residual blocks")
+    if blocks < 1:
+        raise ValueError(f"blocks must be at least 1, got {blocks}")
+    grown_config = replace(config, residual_blocks=blocks)
+    first_moved = {"analysis": 2 * config.downsamplings, "synthesis": 2}
+    grown = VQAutoencoder(grown_config).state_dict()
+    for key, value in state.items():
+        part, _, rest = key.partition(".")
+        if part in first_moved:
+            index, _, name = rest.partition(".")
+            if int(index) >= first_moved[part]:
+                key = f"{part}.{int(index) + 1}.{name}"
+        if key not in grown or grown[key].shape != value.shape:
+            raise ValueError(f"weight {key} does not fit a model of config {grown_config}")
+        grown[key] = value
+    return grown_config, grown

@@ -18,6 +18,8 @@ class ModelConfig:
     num_codes: int = 256
     noise_std: float = 1e-3
     sf_t_bits: int = 2
+    # Residual blocks at the latent resolution, in each transform (0: the original small model).
+    residual_blocks: int = 0
 
     @property
     def stride(self) -> int:

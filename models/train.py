@@ -25,7 +25,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from codec.weights import file_sha256, read_weights_file
-from models.autoencoder import VQAutoencoder
+from models.autoencoder import VQAutoencoder, with_residual_blocks
 from models.config import QUANTIZERS, ModelConfig
 from models.data import CropSampler
 
@@ -45,6 +45,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--latent-dim", type=int, default=64)
     p.add_argument("--downsamplings", type=int, default=3)
     p.add_argument("--noise-std", type=float, default=1e-3)
+    p.add_argument("--residual-blocks", type=int, default=0,
+                   help="residual blocks per transform; with --init of a model without them, adds "
+                        "identity blocks to it")
+    p.add_argument("--loss", choices=LOSSES, default="mse",
+                   help="mse: mean squared error over the batch; log-mse: mean over crops of "
+                        "log10(MSE), i.e. of -PSNR, so a dB counts the same at every rate and in every crop")
     p.add_argument("--steps", type=int, default=100_000, help="total optimiser steps (schedule length)")
     p.add_argument("--time-budget", type=float, default=float("inf"), help="seconds; stop cleanly and save")
     p.add_argument("--batch", type=int, default=16, help="crops per step and process")
@@ -60,6 +66,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--checkpoint-every", type=float, default=300.0, help="seconds between checkpoints")
     return p.parse_args(argv)
+
+
+LOSSES = ("mse", "log-mse")
+# Floor under a crop's MSE in log-mse (50 dB): a flat crop cannot dominate the batch.
+LOG_MSE_FLOOR = 1e-5
+
+
+def training_loss(x_hat: torch.Tensor, x: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(objective, plain batch MSE for the log) of a batch of reconstructions.
+
+    Uniform quantizer dropout with plain MSE lets the coarse prefixes dominate: their errors
+    are several times those of the full depth, so the transforms learn mostly for low rates.
+    log-mse weights each crop by 1/its MSE, which is what the mean per-image PSNR rewards.
+    """
+    per_crop = torch.mean((x_hat.float() - x.float()) ** 2, dim=(1, 2, 3))
+    mse = per_crop.mean()
+    if kind == "mse":
+        return mse, mse
+    if kind == "log-mse":
+        return torch.log10(per_crop + LOG_MSE_FLOOR).mean(), mse
+    raise ValueError(f"unknown loss {kind!r}; choose from {LOSSES}")
 
 
 def learning_rate(step: int, total: int, base: float, time_fraction: float = 0.0) -> float:
@@ -152,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
 
     config = ModelConfig(channels=args.channels, latent_dim=args.latent_dim, downsamplings=args.downsamplings,
                          quantizer=args.quantizer, num_stages=args.stages, num_codes=args.codes,
-                         noise_std=args.noise_std)
+                         noise_std=args.noise_std, residual_blocks=args.residual_blocks)
     if config.quantizer.startswith("sf-"):
         config = replace(config, num_stages=1)
     step, elapsed_before, images_seen = 0, 0.0, 0
@@ -163,12 +190,16 @@ def main(argv: list[str] | None = None) -> int:
         init_from = state.get("init_from")
     elif args.init is not None:
         config, initial, init_from = load_initial_weights(args.init)
+        if args.residual_blocks != config.residual_blocks:
+            config, initial = with_residual_blocks(config, initial, args.residual_blocks)
+            init_from["grown_residual_blocks"] = args.residual_blocks
     model = VQAutoencoder(config).to(device)
     if initial is not None:
         model.load_state_dict(initial)
         print(f"initialised from {args.init}", file=sys.stderr)
     if device == "cuda":
         model = model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True  # every batch has the same shape
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     if state is not None:
         model.load_state_dict(state["model"])
@@ -191,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     log = (out / "train_log.jsonl").open("a") if rank == 0 else None
     start = time.monotonic()
     last_ckpt = start
-    window_mse, window_n, window_t = 0.0, 0, time.monotonic()
+    window_loss, window_mse, window_n, window_t = 0.0, 0.0, 0, time.monotonic()
     model.train()
     while step < args.steps:
         # Every rank must take the same decision to stop, or DDP would hang.
@@ -218,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             active = torch.randint(1, residual_stages + 1, (x.shape[0],), generator=generator).to(device)
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device == "cuda" and args.precision == "bf16"):
             x_hat, q = trainer(x, active, quantize)
-            loss = torch.mean((x_hat.float() - x.float()) ** 2)
+            loss, mse = training_loss(x_hat, x, args.loss)
         if not torch.isfinite(loss):
             print(f"non-finite loss at step {step}; stopping", file=sys.stderr)
             return 1
@@ -233,14 +264,16 @@ def main(argv: list[str] | None = None) -> int:
                 sync_quantizer(model, optimizer, world)
         step += 1
         images_seen += x.shape[0] * world
-        window_mse += loss.item()
+        window_loss += loss.item()
+        window_mse += mse.item()
         window_n += 1
         if rank == 0 and step % args.log_every == 0:
             now = time.monotonic()
             record = {
                 "step": step,
                 "elapsed_s": round(elapsed_before + now - start, 1),
-                "loss": window_mse / window_n,
+                "loss": window_loss / window_n,
+                "mse": window_mse / window_n,
                 "psnr": psnr_from_mse(window_mse / window_n),
                 "perplexity": [round(p, 1) for p in q.perplexities] if q is not None else [],
                 "replaced": replaced,
@@ -250,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(record), file=sys.stderr, flush=True)
             log.write(json.dumps(record) + "\n")
             log.flush()
-            window_mse, window_n, window_t = 0.0, 0, now
+            window_loss, window_mse, window_n, window_t = 0.0, 0.0, 0, now
         if rank == 0 and time.monotonic() - last_ckpt > args.checkpoint_every:
             save_checkpoint(ckpt_path, model, optimizer, step, elapsed_before + time.monotonic() - start,
                             images_seen, generator, device, init_from)

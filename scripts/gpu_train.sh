@@ -2,7 +2,7 @@
 # One lent-GPU call: continue the zoo model, or train DiVeQ and SF-DiVeQ under one budget
 # at the zoo's architecture (issue 3's quantizer choice).
 #
-# Usage: scripts/gpu_train.sh DATA_DIR OUT_DIR TIME_BUDGET_S [zoo|compare] [DEVICE]
+# Usage: scripts/gpu_train.sh DATA_DIR OUT_DIR TIME_BUDGET_S [zoo|compare|grow] [DEVICE]
 #   e.g. PYTHONUNBUFFERED=1 scripts/gpu_train.sh .data/trainpack "$OUT" 480 zoo
 #
 #   zoo      fine-tunes weights/diveq-rvq12-c128-ft3.safetensors (12 × 128 residual DiVeQ)
@@ -33,7 +33,14 @@ case $mode in
         python -m models.train "${common[@]}" "${scratch[@]}" --out "$work/sfdiveq1" --quantizer sf-diveq \
             --codes 256 > "$work/sfdiveq1.log" 2>&1 &
         ;;
-    *) echo "mode must be zoo or compare, got $mode" >&2; exit 2 ;;
+    grow)
+        runs=(logmse blocks2)
+        grow=(--init weights/diveq-rvq12-c128-ft3.safetensors --loss log-mse --lr 1e-4 --batch 32 --threads 4)
+        python -m models.train "${common[@]}" "${grow[@]}" --out "$work/logmse" > "$work/logmse.log" 2>&1 &
+        python -m models.train "${common[@]}" "${grow[@]}" --out "$work/blocks2" --residual-blocks 2 \
+            > "$work/blocks2.log" 2>&1 &
+        ;;
+    *) echo "mode must be zoo, compare or grow, got $mode" >&2; exit 2 ;;
 esac
 status=0
 for _ in "${runs[@]}"; do

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from models.autoencoder import VQAutoencoder, crop_to, pad_to_multiple
+from models.autoencoder import VQAutoencoder, crop_to, pad_to_multiple, with_residual_blocks
 from models.config import QUANTIZERS, ModelConfig
 from models.residual import ResidualDiVeQ
 
@@ -154,3 +154,24 @@ def test_config_round_trip_and_validation():
     with pytest.raises(ValueError, match="unknown quantizer"):
         ModelConfig.from_dict({**config.to_dict(), "quantizer": "vq-ste"})
     assert ModelConfig(downsamplings=4).stride == 16
+
+
+def test_growing_residual_blocks_keeps_the_model_exactly() -> None:
+    torch.manual_seed(0)
+    config = ModelConfig(channels=16, latent_dim=8, num_stages=3, num_codes=16)
+    small = VQAutoencoder(config).eval()
+    grown_config, state = with_residual_blocks(config, small.state_dict(), 2)
+    assert grown_config.residual_blocks == 2
+    grown = VQAutoencoder(grown_config).eval()
+    grown.load_state_dict(state)  # strict: every weight placed, the new blocks at their start
+    x = _image(40, 56)
+    indices, grid = small.encode_indices(x)
+    assert torch.equal(grown.encode_indices(x)[0], indices)
+    assert torch.equal(grown.decode_indices(indices, grid, 40, 56), small.decode_indices(indices, grid, 40, 56))
+    with pytest.raises(ValueError, match="already has"):
+        with_residual_blocks(grown_config, state, 1)
+    with pytest.raises(ValueError, match="at least 1"):
+        with_residual_blocks(config, small.state_dict(), 0)
+    wrong = VQAutoencoder(ModelConfig(channels=8, latent_dim=8, num_stages=3, num_codes=16)).state_dict()
+    with pytest.raises(ValueError, match="does not fit"):
+        with_residual_blocks(config, wrong, 1)

@@ -184,6 +184,25 @@ def test_other_strides_untrained(downsamplings: int) -> None:
     assert (net.decode_indices(idx_full, grid, 150, 230) - full).abs().max().item() < 1e-4
 
 
+def test_residual_blocks_widen_the_margins_and_still_tile_seamlessly() -> None:
+    """Residual blocks (x + f(x)) are walked through f: the margins grow with them."""
+    torch.manual_seed(3)
+    config = ModelConfig(channels=16, latent_dim=8, num_stages=2, num_codes=16, residual_blocks=2)
+    net = VQAutoencoder(config).eval()
+    for block in [*net.analysis[6], *net.synthesis[2]]:
+        torch.nn.init.normal_(block.conv2.weight, std=0.1)  # not the identity they start as
+    plain = VQAutoencoder(ModelConfig(channels=16, latent_dim=8, num_stages=2, num_codes=16))
+    assert tiling.analysis_margin(net.analysis, 8) > tiling.analysis_margin(plain.analysis, 8)
+    assert tiling.synthesis_margin(net.synthesis) > tiling.synthesis_margin(plain.synthesis)
+    x = torch.rand(1, 3, 150, 230)
+    net.tile_size = 1 << 30
+    idx_full, grid = net.encode_indices(x)
+    full = net.decode_indices(idx_full, grid, 150, 230)
+    net.tile_size = 16
+    assert torch.equal(net.encode_indices(x)[0], idx_full)
+    assert (net.decode_indices(idx_full, grid, 150, 230) - full).abs().max().item() < 1e-4
+
+
 def test_chunked_quantization_is_exact(model: VQAutoencoder, parrots_4x4: Image.Image) -> None:
     vectors = model.to_vectors(model.analysis(_tensor(parrots_4x4.crop((0, 0, 512, 256)))))
     whole = model.quantizer.indices(vectors, None)

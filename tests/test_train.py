@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from models.train import learning_rate
+from models.train import LOG_MSE_FLOOR, learning_rate, training_loss
 
 TINY = ["--channels", "8", "--latent-dim", "8", "--stages", "2", "--codes", "16", "--crop", "32",
         "--batch", "2", "--warmup-steps", "2", "--log-every", "2", "--threads", "1"]
@@ -132,3 +132,32 @@ def test_fine_tunes_from_a_checkpoint_and_from_shipped_weights(image_folder: Pat
     stranger = _export(tmp_path / "chain" / "model.pt", "tiny-chain2", 14, image_folder, tmp_path / "w", *base,
                        "--via", str(tmp_path / "ft-pt" / "model.pt"), "--via-command", "not it")
     assert stranger.returncode != 0 and "not the checkpoint the run started from" in stranger.stderr
+
+
+def test_log_mse_counts_a_db_the_same_in_every_crop() -> None:
+    x = torch.zeros(2, 3, 4, 4)
+    x_hat = torch.stack([torch.full((3, 4, 4), 0.1), torch.full((3, 4, 4), 0.01)])
+    objective, mse = training_loss(x_hat, x, "mse")
+    assert objective == mse and mse.item() == pytest.approx((0.01 + 0.0001) / 2)
+    objective, mse = training_loss(x_hat, x, "log-mse")
+    expected = (np.log10(0.01 + LOG_MSE_FLOOR) + np.log10(0.0001 + LOG_MSE_FLOOR)) / 2
+    assert objective.item() == pytest.approx(expected, rel=1e-5) and mse.item() == pytest.approx(0.00505)
+    # Halving the error of either crop lowers the objective by the same amount.
+    better_first = training_loss(torch.stack([x_hat[0] / 2**0.5, x_hat[1]]), x, "log-mse")[0]
+    better_second = training_loss(torch.stack([x_hat[0], x_hat[1] / 2**0.5]), x, "log-mse")[0]
+    assert (objective - better_first).item() == pytest.approx((objective - better_second).item(), rel=0.15)
+    with pytest.raises(ValueError):
+        training_loss(x_hat, x, "l1")
+
+
+def test_grows_residual_blocks_on_a_trained_model(image_folder: Path, tmp_path: Path) -> None:
+    base = tmp_path / "base"
+    assert _train("--data", str(image_folder), "--out", str(base), "--steps", "4", *TINY).returncode == 0
+    out = tmp_path / "grown"
+    result = _train("--data", str(image_folder), "--out", str(out), "--steps", "2", "--init", str(base / "model.pt"),
+                    "--residual-blocks", "1", "--loss", "log-mse", *TINY)
+    assert result.returncode == 0, result.stderr
+    state = torch.load(out / "model.pt", weights_only=True)
+    assert state["config"]["residual_blocks"] == 1 and state["init_from"]["grown_residual_blocks"] == 1
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert log[-1]["loss"] < 0 < log[-1]["mse"]  # log10 of an MSE below 1, and the MSE itself
