@@ -45,9 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--latent-dim", type=int, default=64)
     p.add_argument("--downsamplings", type=int, default=3)
     p.add_argument("--noise-std", type=float, default=1e-3)
-    p.add_argument("--residual-blocks", type=int, default=0,
-                   help="residual blocks per transform; with --init of a model without them, adds "
-                        "identity blocks to it")
+    p.add_argument("--residual-blocks", type=int, default=None,
+                   help="residual blocks per transform (default 0, or as many as --init's model has); "
+                        "with --init of a model without them, adds identity blocks to it")
     p.add_argument("--loss", choices=LOSSES, default="mse",
                    help="mse: mean squared error over the batch; log-mse: mean over crops of "
                         "log10(MSE), i.e. of -PSNR, so a dB counts the same at every rate and in every crop")
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
 
     config = ModelConfig(channels=args.channels, latent_dim=args.latent_dim, downsamplings=args.downsamplings,
                          quantizer=args.quantizer, num_stages=args.stages, num_codes=args.codes,
-                         noise_std=args.noise_std, residual_blocks=args.residual_blocks)
+                         noise_std=args.noise_std, residual_blocks=args.residual_blocks or 0)
     if config.quantizer.startswith("sf-"):
         config = replace(config, num_stages=1)
     step, elapsed_before, images_seen = 0, 0.0, 0
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         init_from = state.get("init_from")
     elif args.init is not None:
         config, initial, init_from = load_initial_weights(args.init)
-        if args.residual_blocks != config.residual_blocks:
+        if args.residual_blocks is not None and args.residual_blocks != config.residual_blocks:
             config, initial = with_residual_blocks(config, initial, args.residual_blocks)
             init_from["grown_residual_blocks"] = args.residual_blocks
     model = VQAutoencoder(config).to(device)

@@ -161,3 +161,10 @@ def test_grows_residual_blocks_on_a_trained_model(image_folder: Path, tmp_path: 
     assert state["config"]["residual_blocks"] == 1 and state["init_from"]["grown_residual_blocks"] == 1
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert log[-1]["loss"] < 0 < log[-1]["mse"]  # log10 of an MSE below 1, and the MSE itself
+    # Fine-tuning the grown model keeps its blocks, whether or not the flag repeats them.
+    for extra in ((), ("--residual-blocks", "1")):
+        again = tmp_path / f"again{len(extra)}"
+        result = _train("--data", str(image_folder), "--out", str(again), "--steps", "1", "--init",
+                        str(out / "model.pt"), *extra, *TINY)
+        assert result.returncode == 0, result.stderr
+        assert torch.load(again / "model.pt", weights_only=True)["config"]["residual_blocks"] == 1
