@@ -172,6 +172,8 @@ def analysis_at(analysis: nn.Module, x: torch.Tensor, stride: int, cells: torch.
     """
     margin = analysis_margin(analysis, stride) if margin is None else margin
     dtype = next(analysis.parameters()).dtype  # tiles are cast one by one, not the whole image
+    layers = _layers(analysis)
+    suffix_reach = [reach(nn.Sequential(*layers[k + 1:])) for k in range(len(layers) - 1)]
     grid_h, grid_w = math.ceil(x.shape[-2] / stride), math.ceil(x.shape[-1] / stride)
     groups: dict[tuple[int, int, int, int], list[tuple[int, torch.Tensor]]] = {}
     for row, (cy, cx) in enumerate(cells.tolist()):
@@ -184,13 +186,51 @@ def analysis_at(analysis: nn.Module, x: torch.Tensor, stride: int, cells: torch.
     for (_, _, oy, ox), members in groups.items():
         for start in range(0, len(members), TILES_PER_BATCH):
             batch = members[start:start + TILES_PER_BATCH]
-            latent = analysis(torch.cat([tile for _, tile in batch]))[:, :, oy, ox]
+            latent = _cone_forward(layers, suffix_reach, torch.cat([tile for _, tile in batch]), oy, ox)
             if out is None:
                 out = latent.new_empty((len(cells), latent.shape[1]))
             out[[row for row, _ in batch]] = latent
     if out is None:
         raise ValueError("no cells given")
     return out
+
+
+def _layers(stack: nn.Module) -> list[nn.Module]:
+    """A stack's layers in forward order, nested nn.Sequential opened (any other module, such
+    as a residual block, stays one layer)."""
+    if isinstance(stack, nn.Sequential):
+        return [layer for child in stack for layer in _layers(child)]
+    return [stack]
+
+
+def _cone_forward(layers: list[nn.Module], suffix_reach: list[tuple[float, float, float]], x: torch.Tensor,
+                  oy: int, ox: int) -> torch.Tensor:
+    """Output (oy, ox) of the stack ``layers`` on the batch x, as (B, D).
+
+    A tile holds the whole receptive field of its cell, but after each layer only part of
+    the feature map still feeds that one output: the rest is cut away (``suffix_reach[k]``
+    is the reach of the layers after layer k). This halves the float64 re-analysis of a
+    model with residual blocks. Each cut starts on a multiple of the remaining stride, so
+    the output grid keeps its phase; the cut edges' zero padding only touches outputs that
+    the kept output does not depend on.
+    """
+    for k, layer in enumerate(layers):
+        x = layer(x)
+        if k == len(suffix_reach):
+            break
+        left, right, jump = suffix_reach[k]
+        (y0, y1), oy = _cone_window(oy, left, right, jump, x.shape[-2])
+        (x0, x1), ox = _cone_window(ox, left, right, jump, x.shape[-1])
+        x = x[..., y0:y1, x0:x1]
+    return x[:, :, oy, ox]
+
+
+def _cone_window(o: int, left: float, right: float, jump: float, length: int) -> tuple[tuple[int, int], int]:
+    """([start, stop) of the inputs that output o reads, o's index after the cut)."""
+    steps = max(0, math.floor((o * jump - left) / jump))
+    start = int(steps * jump)
+    stop = min(length, math.floor(o * jump + right) + 1)
+    return (start, stop), o - steps
 
 
 def tiled_synthesis(synthesis: nn.Module, latent: torch.Tensor, stride: int, tile_size: int = DEFAULT_TILE_SIZE,

@@ -2,12 +2,14 @@
 # One lent-GPU call: continue the zoo model, or train DiVeQ and SF-DiVeQ under one budget
 # at the zoo's architecture (issue 3's quantizer choice).
 #
-# Usage: scripts/gpu_train.sh DATA_DIR OUT_DIR TIME_BUDGET_S [zoo|compare|grow] [DEVICE]
+# Usage: scripts/gpu_train.sh DATA_DIR OUT_DIR TIME_BUDGET_S [zoo|compare] [DEVICE]
 #   e.g. PYTHONUNBUFFERED=1 scripts/gpu_train.sh .data/trainpack "$OUT" 480 zoo
 #
-#   zoo      fine-tunes weights/diveq-rvq12-c128-ft3.safetensors (12 × 128 residual DiVeQ)
-#            alone: it ran at 630 crops/s alone on an H100 but at 144 crops/s beside the two
-#            comparison runs (2026-11-27), so it gets the GPU to itself
+#   zoo      fine-tunes weights/diveq-rvq12-c128-rb2.safetensors (12 × 128 residual DiVeQ, two
+#            residual blocks per transform) with its own loss, log-mse, alone: the zoo model ran
+#            at 712 crops/s alone on an H100 but at 144 crops/s beside the two comparison runs
+#            (2026-11-27), so it gets the GPU to itself. Model 6 itself came from the "grow"
+#            mode of commit d166c37 (model 5 + --residual-blocks 2, then a second call; see its card)
 #   compare  diveq1 (DiVeQ, one codebook of 256) and sfdiveq1 (SF-DiVeQ, 256 codewords, coded
 #            as segment + 2-bit position), both from scratch, side by side
 # Each run leaves OUT_DIR/<run>.tar (model.pt without optimiser + train_log.jsonl + console
@@ -23,8 +25,8 @@ scratch=(--channels 128 --latent-dim 64 --lr 5e-4 --batch 16 --threads 4)
 case $mode in
     zoo)
         runs=(zoo)
-        python -m models.train "${common[@]}" --out "$work/zoo" --init weights/diveq-rvq12-c128-ft3.safetensors \
-            --lr 1e-4 --batch 32 --threads 8 > "$work/zoo.log" 2>&1 &
+        python -m models.train "${common[@]}" --out "$work/zoo" --init weights/diveq-rvq12-c128-rb2.safetensors \
+            --loss log-mse --lr 1e-4 --batch 32 --threads 8 > "$work/zoo.log" 2>&1 &
         ;;
     compare)
         runs=(diveq1 sfdiveq1)
@@ -33,14 +35,7 @@ case $mode in
         python -m models.train "${common[@]}" "${scratch[@]}" --out "$work/sfdiveq1" --quantizer sf-diveq \
             --codes 256 > "$work/sfdiveq1.log" 2>&1 &
         ;;
-    grow)
-        runs=(logmse blocks2)
-        grow=(--init weights/diveq-rvq12-c128-ft3.safetensors --loss log-mse --lr 1e-4 --batch 32 --threads 4)
-        python -m models.train "${common[@]}" "${grow[@]}" --out "$work/logmse" > "$work/logmse.log" 2>&1 &
-        python -m models.train "${common[@]}" "${grow[@]}" --out "$work/blocks2" --residual-blocks 2 \
-            > "$work/blocks2.log" 2>&1 &
-        ;;
-    *) echo "mode must be zoo, compare or grow, got $mode" >&2; exit 2 ;;
+    *) echo "mode must be zoo or compare, got $mode" >&2; exit 2 ;;
 esac
 status=0
 for _ in "${runs[@]}"; do

@@ -68,7 +68,7 @@ def shipped() -> VQAutoencoder:
     return load_model(resolve_quality(None).model_id, "cpu").model
 
 
-@pytest.mark.parametrize("size", [(37, 53), (8, 8), (5, 70)])
+@pytest.mark.parametrize("size", [(37, 53), (8, 8), (5, 70), (150, 131)])
 def test_analysis_at_matches_the_whole_analysis(shipped: VQAutoencoder, size: tuple[int, int],
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tiling, "TILES_PER_BATCH", 3)  # several batches per tile shape
