@@ -26,8 +26,10 @@ import torch.nn.functional as F
 from torch import nn
 
 DEFAULT_TILE_SIZE = 512  # pixels per side of a tile's core (64×64 latents at stride 8)
-# Tiles per analysis call in analysis_at: bounds its activations (~0.5 MB per 40×40 float64 tile).
-TILES_PER_BATCH = 256
+# Pixels per analysis call in analysis_at: bounds its activations. A 128-channel float64 feature
+# map at half resolution is 256 bytes per input pixel, so one map of a batch is ~100 MB (model 6:
+# 37 tiles of 104×104; 256 tiles per call, counted in tiles, took a 4000×3000 encode to 2.6 GB).
+PIXELS_PER_BATCH = 400_000
 QUANTIZE_CHUNK = 16_384  # latent vectors per quantizer call: bounds its (N, K) distance matrix
 
 # Layers that act on each position independently (no spatial extent), by class name, so that
@@ -171,7 +173,7 @@ def analysis_at(analysis: nn.Module, x: torch.Tensor, stride: int, cells: torch.
     batch.
     """
     margin = analysis_margin(analysis, stride) if margin is None else margin
-    dtype = next(analysis.parameters()).dtype  # tiles are cast one by one, not the whole image
+    dtype = next(analysis.parameters()).dtype  # tiles are cast batch by batch, not the whole image
     layers = _layers(analysis)
     suffix_reach = [reach(nn.Sequential(*layers[k + 1:])) for k in range(len(layers) - 1)]
     grid_h, grid_w = math.ceil(x.shape[-2] / stride), math.ceil(x.shape[-1] / stride)
@@ -181,12 +183,14 @@ def analysis_at(analysis: nn.Module, x: torch.Tensor, stride: int, cells: torch.
         tx0, tx1 = max(0, cx - margin), min(grid_w, cx + 1 + margin)
         # Same shape and same position of the cell inside the tile: one batch.
         key = (ty1 - ty0, tx1 - tx0, cy - ty0, cx - tx0)
-        groups.setdefault(key, []).append((row, _pixel_tile(x, stride, ty0, ty1, tx0, tx1).to(dtype)))
+        groups.setdefault(key, []).append((row, _pixel_tile(x, stride, ty0, ty1, tx0, tx1)))
     out: torch.Tensor | None = None
-    for (_, _, oy, ox), members in groups.items():
-        for start in range(0, len(members), TILES_PER_BATCH):
-            batch = members[start:start + TILES_PER_BATCH]
-            latent = _cone_forward(layers, suffix_reach, torch.cat([tile for _, tile in batch]), oy, ox)
+    for (height, width, oy, ox), members in groups.items():
+        per_batch = max(1, PIXELS_PER_BATCH // (height * width * stride * stride))
+        for start in range(0, len(members), per_batch):
+            batch = members[start:start + per_batch]
+            tiles = torch.cat([tile for _, tile in batch]).to(dtype)
+            latent = _cone_forward(layers, suffix_reach, tiles, oy, ox)
             if out is None:
                 out = latent.new_empty((len(cells), latent.shape[1]))
             out[[row for row, _ in batch]] = latent

@@ -71,7 +71,7 @@ def shipped() -> VQAutoencoder:
 @pytest.mark.parametrize("size", [(37, 53), (8, 8), (5, 70), (150, 131)])
 def test_analysis_at_matches_the_whole_analysis(shipped: VQAutoencoder, size: tuple[int, int],
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tiling, "TILES_PER_BATCH", 3)  # several batches per tile shape
+    monkeypatch.setattr(tiling, "PIXELS_PER_BATCH", 3 * 104 * 104)  # several batches per tile shape
     x = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     analysis = copy.deepcopy(shipped.analysis).double()
     whole = shipped.to_vectors(analysis(pad_to_multiple(x, shipped.stride)))
