@@ -213,8 +213,8 @@ def _cone_forward(layers: list[nn.Module], suffix_reach: list[tuple[float, float
 
     A tile holds the whole receptive field of its cell, but after each layer only part of
     the feature map still feeds that one output: the rest is cut away (``suffix_reach[k]``
-    is the reach of the layers after layer k). This halves the float64 re-analysis of a
-    model with residual blocks. Each cut starts on a multiple of the remaining stride, so
+    is the reach of the layers after layer k). With model 6 this took a fifth off the
+    float64 re-analysis (six Kodak images at 12 stages: 2.3 s instead of 2.9 s). Each cut starts on a multiple of the remaining stride, so
     the output grid keeps its phase; the cut edges' zero padding only touches outputs that
     the kept output does not depend on.
     """

@@ -191,7 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     elif args.init is not None:
         config, initial, init_from = load_initial_weights(args.init)
         if args.residual_blocks is not None and args.residual_blocks != config.residual_blocks:
-            config, initial = with_residual_blocks(config, initial, args.residual_blocks)
+            try:
+                config, initial = with_residual_blocks(config, initial, args.residual_blocks)
+            except ValueError as exc:
+                raise SystemExit(f"--residual-blocks {args.residual_blocks} with --init {args.init}: {exc}") from None
             init_from["grown_residual_blocks"] = args.residual_blocks
     model = VQAutoencoder(config).to(device)
     if initial is not None:

@@ -6,8 +6,8 @@
 #   e.g. PYTHONUNBUFFERED=1 scripts/gpu_train.sh .data/trainpack "$OUT" 480 zoo
 #
 #   zoo      fine-tunes weights/diveq-rvq12-c128-rb2.safetensors (12 × 128 residual DiVeQ, two
-#            residual blocks per transform) with its own loss, log-mse, alone: the zoo model ran
-#            at 712 crops/s alone on an H100 but at 144 crops/s beside the two comparison runs
+#            residual blocks per transform) with its own loss, log-mse, alone: model 6 trained at
+#            712 crops/s alone on an H100, model 5 at 144 crops/s beside the two comparison runs
 #            (2026-11-27), so it gets the GPU to itself. Model 6 itself came from the "grow"
 #            mode of commit d166c37 (model 5 + --residual-blocks 2, then a second call; see its card)
 #   compare  diveq1 (DiVeQ, one codebook of 256) and sfdiveq1 (SF-DiVeQ, 256 codewords, coded

@@ -168,3 +168,8 @@ def test_grows_residual_blocks_on_a_trained_model(image_folder: Path, tmp_path: 
                         str(out / "model.pt"), *extra, *TINY)
         assert result.returncode == 0, result.stderr
         assert torch.load(again / "model.pt", weights_only=True)["config"]["residual_blocks"] == 1
+    # Blocks cannot be removed or regrown: one line, no traceback.
+    refused = _train("--data", str(image_folder), "--out", str(tmp_path / "no"), "--steps", "1", "--init",
+                     str(out / "model.pt"), "--residual-blocks", "0", *TINY)
+    assert refused.returncode != 0 and "already has 1 residual blocks" in refused.stderr
+    assert "Traceback" not in refused.stderr
