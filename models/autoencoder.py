@@ -258,15 +258,19 @@ def with_residual_blocks(config: ModelConfig, state: dict[str, torch.Tensor],
 
     The grown model computes exactly what the original did (each new block adds zero), so
     fine-tuning starts from the trained model instead of from scratch. The blocks take one
-    slot in each transform's layer list, so the layers after them move up by one.
+    slot in each transform's layer list (found in the grown model, not assumed here), so the
+    layers after them move up by one.
     """
     if config.residual_blocks:
         raise ValueError(f"the model already has {config.residual_blocks} residual blocks")
     if blocks < 1:
         raise ValueError(f"blocks must be at least 1, got {blocks}")
     grown_config = replace(config, residual_blocks=blocks)
-    first_moved = {"analysis": 2 * config.downsamplings, "synthesis": 2}
-    grown = VQAutoencoder(grown_config).state_dict()
+    grown_model = VQAutoencoder(grown_config)
+    first_moved = {part: next(i for i, layer in enumerate(getattr(grown_model, part))
+                              if isinstance(layer, nn.Sequential))
+                   for part in ("analysis", "synthesis")}
+    grown = grown_model.state_dict()
     for key, value in state.items():
         part, _, rest = key.partition(".")
         if part in first_moved:

@@ -172,8 +172,8 @@ def analysis_at(analysis: nn.Module, x: torch.Tensor, stride: int, cells: torch.
 
     Each is computed from its own tile: the cell plus ``margin`` cells around it, clipped to
     the image as ``tiled_analysis`` clips, so it sees exactly the inputs and border padding
-    it sees in the whole image. Tiles of one shape (all but those at the border) run as one
-    batch.
+    it sees in the whole image. Tiles of one shape (all but those at the border) run
+    together, in batches of at most ``PIXELS_PER_BATCH`` pixels.
     """
     margin = analysis_margin(analysis, stride) if margin is None else margin
     dtype = next(analysis.parameters()).dtype  # tiles are cast batch by batch, not the whole image
