@@ -8,7 +8,8 @@
 #   zoo      fine-tunes weights/diveq-rvq12-c128-rb2.safetensors (12 × 128 residual DiVeQ, two
 #            residual blocks per transform) with its own loss, log-mse, alone: model 6 trained at
 #            712 crops/s alone on an H100, model 5 at 144 crops/s beside the two comparison runs
-#            (2026-11-27), so it gets the GPU to itself. Model 6 itself came from the "grow"
+#            (2026-11-27), so it gets the GPU to itself. Its lr (7e-5) restarts below model 6's
+#            first chunk (1e-4) and above its last (4e-5), as the model is already trained. Model 6 itself came from the "grow"
 #            mode of commit d166c37 (model 5 + --residual-blocks 2, then a second call; see its card)
 #   compare  diveq1 (DiVeQ, one codebook of 256) and sfdiveq1 (SF-DiVeQ, 256 codewords, coded
 #            as segment + 2-bit position), both from scratch, side by side
@@ -26,7 +27,7 @@ case $mode in
     zoo)
         runs=(zoo)
         python -m models.train "${common[@]}" --out "$work/zoo" --init weights/diveq-rvq12-c128-rb2.safetensors \
-            --loss log-mse --lr 1e-4 --batch 32 --threads 8 > "$work/zoo.log" 2>&1 &
+            --loss log-mse --lr 7e-5 --batch 32 --threads 8 > "$work/zoo.log" 2>&1 &
         ;;
     compare)
         runs=(diveq1 sfdiveq1)
