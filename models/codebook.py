@@ -47,10 +47,10 @@ def nearest_codeword_with_gap(z: torch.Tensor, codebook: torch.Tensor) -> tuple[
     norms = (cs * cs).sum(dim=1)
     distances = norms - 2.0 * (zs @ cs.t())  # ‖z − c‖² − ‖z‖²
     best = distances.argmin(dim=1)
-    gram = cs @ cs.t()
-    # ‖c_j − c_b‖² for every j, from the Gram matrix: (N, K)
-    spread = (norms + norms[best].unsqueeze(1) - 2.0 * gram[best]).clamp_min(0).sqrt()
-    walls = (distances - distances.gather(1, best.unsqueeze(1))) / (2.0 * spread)
+    # 2‖c_j − c_i‖ for every pair of codewords (K, K), from the Gram matrix, then the chosen
+    # codeword's row for each z: K² square roots instead of N·K.
+    twice_spread = 2.0 * (norms + norms.unsqueeze(1) - 2.0 * (cs @ cs.t())).clamp_min(0).sqrt()
+    walls = (distances - distances.gather(1, best.unsqueeze(1))) / twice_spread[best]
     walls = torch.nan_to_num(walls, nan=0.0)  # 0/0: a duplicate of the chosen codeword, a tie
     walls.scatter_(1, best.unsqueeze(1), float("inf"))  # no wall towards itself
     return best, walls.min(dim=1).values

@@ -68,17 +68,40 @@ def shipped() -> VQAutoencoder:
     return load_model(resolve_quality(None).model_id, "cpu").model
 
 
-@pytest.mark.parametrize("size", [(37, 53), (8, 8), (5, 70), (150, 131)])
-def test_analysis_at_matches_the_whole_analysis(shipped: VQAutoencoder, size: tuple[int, int],
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tiling, "PIXELS_PER_BATCH", 3 * 104 * 104)  # several batches per tile shape
+@pytest.mark.parametrize("size", [(37, 53), (8, 8), (5, 70), (150, 131), (300, 260)])
+@pytest.mark.parametrize("share", ["all", "some"])
+@pytest.mark.parametrize("whole_pass", [True, False])
+def test_analysis_at_matches_the_whole_analysis(shipped: VQAutoencoder, size: tuple[int, int], share: str,
+                                                whole_pass: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every cell, or a scattered fifth of them (groups of many shapes), through group tiles
+    and, where they would cover more than it, the tiled pass over the whole image. A 1-cell
+    DEFAULT_TILE_SIZE makes the whole pass dear, so the group tiles always run."""
+    if not whole_pass:
+        monkeypatch.setattr(tiling, "DEFAULT_TILE_SIZE", shipped.stride)
     x = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     analysis = copy.deepcopy(shipped.analysis).double()
     whole = shipped.to_vectors(analysis(pad_to_multiple(x, shipped.stride)))
     grid_h, grid_w = -(-size[0] // shipped.stride), -(-size[1] // shipped.stride)
     cells = torch.cartesian_prod(torch.arange(grid_h), torch.arange(grid_w))
-    at = tiling.analysis_at(analysis, x, shipped.stride, cells)
-    assert torch.allclose(at, whole, rtol=0, atol=1e-12)
+    rows = torch.arange(len(cells))
+    if share == "some":
+        rows = torch.randperm(len(cells), generator=torch.Generator().manual_seed(5))[:max(1, len(cells) // 5)]
+    at = tiling.analysis_at(analysis, x, shipped.stride, cells[rows])
+    assert torch.allclose(at, whole[rows], rtol=0, atol=1e-12)
+
+
+def test_cell_groups_cover_each_cell_once_and_save_cells() -> None:
+    g = torch.Generator().manual_seed(7)
+    grid_h, grid_w, margin = 90, 70, 6
+    cells = [tuple(c) for c in torch.randint(0, 70, (400, 2), generator=g).tolist()]
+    cells += [(y, x) for y in range(30, 40) for x in range(5, 9)]  # a block beyond GREEDY_LIMIT
+    groups = tiling.cell_groups(cells, margin, grid_h, grid_w)
+    assert sorted(c for group in groups for c in group) == sorted(set(cells))
+    for group in groups:
+        assert len({(y // tiling.GROUP_BLOCK, x // tiling.GROUP_BLOCK) for y, x in group}) == 1
+    together = sum(tiling._tile_cells(group, margin, grid_h, grid_w) for group in groups)
+    apart = sum(tiling._tile_cells([c], margin, grid_h, grid_w) for c in set(cells))
+    assert together < apart
 
 
 def _lighthouse(samples: Path) -> torch.Tensor:
