@@ -24,6 +24,13 @@ from models.residual import ResidualDiVeQ
 from models.sf_diveq import SFDiVeQ, SFDiVeQDetach
 
 
+# Pixels per piece of SimplifiedGDN's CPU inference path: 128 channels × 4096 float32 values
+# are 2 MiB, so |x|, the channel mix and the division each find the piece still in cache. On the
+# 2-core CPU a half-resolution GDN of a Kodak image took 41 ms this way, 114 ms as one 1×1
+# convolution over the whole map (three passes over 50 MB).
+GDN_PIECE = 4096
+
+
 class SimplifiedGDN(nn.Module):
     """y = x / (β + γ * |x|) over channels (inverse: multiply), with β, γ kept positive."""
 
@@ -34,10 +41,25 @@ class SimplifiedGDN(nn.Module):
         self.gamma = nn.Parameter(0.1 * torch.eye(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        beta = self.beta.abs() + 1e-4
-        gamma = self.gamma.abs().view(*self.gamma.shape, 1, 1)
-        norm = F.conv2d(x.abs(), gamma.to(x.dtype), beta.to(x.dtype))
+        beta = (self.beta.abs() + 1e-4).to(x.dtype)
+        gamma = self.gamma.abs().to(x.dtype)
+        records_graph = torch.is_grad_enabled() and (x.requires_grad or gamma.requires_grad or beta.requires_grad)
+        if x.device.type == "cpu" and not records_graph:  # out= writes cannot be differentiated
+            return self._in_pieces(x, gamma, beta)
+        norm = F.conv2d(x.abs(), gamma.view(*gamma.shape, 1, 1), beta)
         return x * norm if self.inverse else x / norm
+
+    def _in_pieces(self, x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+        """The same function, GDN_PIECE pixels at a time (the CPU coding path)."""
+        out = torch.empty_like(x, memory_format=torch.contiguous_format)
+        combine = torch.mul if self.inverse else torch.div
+        for image, result in zip(x, out):
+            pixels, results = image.reshape(image.shape[0], -1), result.view(result.shape[0], -1)
+            for start in range(0, pixels.shape[1], GDN_PIECE):
+                piece = pixels[:, start:start + GDN_PIECE]
+                norm = torch.addmm(beta.unsqueeze(1), gamma, piece.abs())
+                combine(piece, norm, out=results[:, start:start + GDN_PIECE])
+        return out
 
 
 class Upsample(nn.Module):
