@@ -50,15 +50,27 @@ class SimplifiedGDN(nn.Module):
         return x * norm if self.inverse else x / norm
 
     def _in_pieces(self, x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-        """The same function, GDN_PIECE pixels at a time (the CPU coding path)."""
-        out = torch.empty_like(x, memory_format=torch.contiguous_format)
+        """The same function, GDN_PIECE pixels at a time (the CPU coding path), in x's memory
+        layout: channels-last input (the synthesis, fed by the quantizer's per-cell vectors)
+        is mixed as rows of channels, any other as columns; converting it would cost more
+        than the pieces save."""
+        pixel_rows = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        out = torch.empty_like(x, memory_format=torch.channels_last if pixel_rows else torch.contiguous_format)
         combine = torch.mul if self.inverse else torch.div
+        channels = x.shape[1]
         for image, result in zip(x, out):
-            pixels, results = image.reshape(image.shape[0], -1), result.view(result.shape[0], -1)
-            for start in range(0, pixels.shape[1], GDN_PIECE):
-                piece = pixels[:, start:start + GDN_PIECE]
-                norm = torch.addmm(beta.unsqueeze(1), gamma, piece.abs())
-                combine(piece, norm, out=results[:, start:start + GDN_PIECE])
+            if pixel_rows:  # (pixels, channels)
+                pixels, results = image.permute(1, 2, 0).reshape(-1, channels), result.permute(1, 2, 0).view(-1, channels)
+                for start in range(0, pixels.shape[0], GDN_PIECE):
+                    piece = pixels[start:start + GDN_PIECE]
+                    norm = torch.addmm(beta, piece.abs(), gamma.t())
+                    combine(piece, norm, out=results[start:start + GDN_PIECE])
+            else:  # (channels, pixels)
+                pixels, results = image.reshape(channels, -1), result.view(channels, -1)
+                for start in range(0, pixels.shape[1], GDN_PIECE):
+                    piece = pixels[:, start:start + GDN_PIECE]
+                    norm = torch.addmm(beta.unsqueeze(1), gamma, piece.abs())
+                    combine(piece, norm, out=results[:, start:start + GDN_PIECE])
         return out
 
 

@@ -178,12 +178,14 @@ def test_growing_residual_blocks_keeps_the_model_exactly() -> None:
         with_residual_blocks(config, wrong, 1)
 
 
+@pytest.mark.parametrize("layout", ["sliced", "channels_last", "contiguous"])
 @pytest.mark.parametrize("inverse", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_gdn_in_pieces_is_the_gdn(inverse: bool, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gdn_in_pieces_is_the_gdn(layout: str, inverse: bool, dtype: torch.dtype,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """The CPU coding path's GDN (pieces of GDN_PIECE pixels, no autograd) computes what the
-    training path's 1×1 convolution does, for a batch, a non-contiguous input and a last
-    piece shorter than the others."""
+    training path's 1×1 convolution does, for a batch, in each memory layout, with a last
+    piece shorter than the others; the output keeps a channels-last input's layout."""
     monkeypatch.setattr(autoencoder_module, "GDN_PIECE", 100)
     pieces = SimplifiedGDN._in_pieces
     torch.manual_seed(4)
@@ -192,12 +194,15 @@ def test_gdn_in_pieces_is_the_gdn(inverse: bool, dtype: torch.dtype, monkeypatch
         gdn.gamma.uniform_(0.0, 0.1)
         gdn.beta.uniform_(0.5, 1.5)
     x = torch.randn(3, 16, 23, 29, dtype=dtype)[..., 2:, 1:]  # 21 × 28 = 588 pixels: 5 pieces + 88
+    if layout != "sliced":
+        x = x.contiguous(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
     trained = gdn(x.clone().requires_grad_())
     calls = []
     monkeypatch.setattr(SimplifiedGDN, "_in_pieces", lambda self, *a: calls.append(1) or pieces(self, *a))
     with torch.no_grad():
         coded = gdn(x)
     assert trained.requires_grad and calls == [1]  # the coding path ran in pieces, training did not
-    assert coded.is_contiguous()
+    assert coded.is_contiguous(memory_format=torch.channels_last if layout == "channels_last"
+                               else torch.contiguous_format)
     tolerance = 1e-6 if dtype == torch.float32 else 1e-13
     assert torch.allclose(coded, trained.detach(), rtol=tolerance, atol=0)
