@@ -205,7 +205,7 @@ def analysis_at(analysis: nn.Module, x: torch.Tensor, stride: int, cells: torch.
     return out
 
 
-# Cells are grouped within blocks of this many latent cells per side (twice model 6's margin):
+# Cells are grouped within blocks of this many latent cells per side (twice the shipped model's margin of 6):
 # a greedy merge over all cells would cost a cubic time in their number.
 GROUP_BLOCK = 24
 # A block holding more cells than this is one group (a tile over all of them covers fewer
