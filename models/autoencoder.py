@@ -60,7 +60,8 @@ class SimplifiedGDN(nn.Module):
         channels = x.shape[1]
         for image, result in zip(x, out):
             if pixel_rows:  # (pixels, channels)
-                pixels, results = image.permute(1, 2, 0).reshape(-1, channels), result.permute(1, 2, 0).view(-1, channels)
+                pixels = image.permute(1, 2, 0).reshape(-1, channels)
+                results = result.permute(1, 2, 0).view(-1, channels)
                 for start in range(0, pixels.shape[0], GDN_PIECE):
                     piece = pixels[start:start + GDN_PIECE]
                     norm = torch.addmm(beta, piece.abs(), gamma.t())
