@@ -180,29 +180,24 @@ def analysis_at(analysis: nn.Module, x: torch.Tensor, stride: int, cells: torch.
     if not listed:
         raise ValueError("no cells given")
     groups = cell_groups(listed, margin, grid_h, grid_w)
-    whole_cost = sum((t1 - t0) * (u1 - u0)
-                     for _, _, t0, t1 in spans(grid_h, _cells(DEFAULT_TILE_SIZE, stride), margin)
-                     for _, _, u0, u1 in spans(grid_w, _cells(DEFAULT_TILE_SIZE, stride), margin))
+    core = _cells(DEFAULT_TILE_SIZE, stride)
+    whole_cost = sum(t1 - t0 for _, _, t0, t1 in spans(grid_h, core, margin)) \
+        * sum(t1 - t0 for _, _, t0, t1 in spans(grid_w, core, margin))
     if sum(_tile_cells(group, margin, grid_h, grid_w) for group in groups) > whole_cost:
         latent = tiled_analysis(analysis, x, stride, DEFAULT_TILE_SIZE, margin)
         ys, xs = zip(*listed)
         return latent[0][:, list(ys), list(xs)].t()
     layers = _layers(analysis)
     suffix_reach = [reach(nn.Sequential(*layers[k + 1:])) for k in range(len(layers) - 1)]
-    row_of = {cell: row for row, cell in enumerate(listed)}
-    out: torch.Tensor | None = None
+    vectors: dict[tuple[int, int], torch.Tensor] = {}
     for group in groups:
         (y0, y1), (x0, x1) = _bounds(group)
-        ty0, ty1 = max(0, y0 - margin), min(grid_h, y1 + margin)
-        tx0, tx1 = max(0, x0 - margin), min(grid_w, x1 + margin)
+        (ty0, ty1), (tx0, tx1) = _tile_box(group, margin, grid_h, grid_w)
         tile = _pixel_tile(x, stride, ty0, ty1, tx0, tx1).to(dtype)
         latent = _cone_forward(layers, suffix_reach, tile, (y0 - ty0, y1 - ty0), (x0 - tx0, x1 - tx0))
-        if out is None:
-            out = latent.new_empty((len(listed), latent.shape[1]))
         for cy, cx in group:
-            out[row_of[(cy, cx)]] = latent[0, :, cy - y0, cx - x0]
-    assert out is not None
-    return out
+            vectors[(cy, cx)] = latent[0, :, cy - y0, cx - x0]
+    return torch.stack([vectors[cell] for cell in listed])
 
 
 # Cells are grouped within blocks of this many latent cells per side (twice the shipped model's margin of 6):
@@ -256,10 +251,17 @@ def _bounds(group: list[tuple[int, int]]) -> tuple[tuple[int, int], tuple[int, i
     return (min(ys), max(ys) + 1), (min(xs), max(xs) + 1)
 
 
-def _tile_cells(group: list[tuple[int, int]], margin: int, grid_h: int, grid_w: int) -> int:
-    """Latent cells under the tile of a group: its bounding box plus the margin, clipped."""
+def _tile_box(group: list[tuple[int, int]], margin: int, grid_h: int,
+              grid_w: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The tile of a group, in latent cells: its bounding box plus the margin, clipped to the grid."""
     (y0, y1), (x0, x1) = _bounds(group)
-    return (min(grid_h, y1 + margin) - max(0, y0 - margin)) * (min(grid_w, x1 + margin) - max(0, x0 - margin))
+    return (max(0, y0 - margin), min(grid_h, y1 + margin)), (max(0, x0 - margin), min(grid_w, x1 + margin))
+
+
+def _tile_cells(group: list[tuple[int, int]], margin: int, grid_h: int, grid_w: int) -> int:
+    """Latent cells under the tile of a group."""
+    (ty0, ty1), (tx0, tx1) = _tile_box(group, margin, grid_h, grid_w)
+    return (ty1 - ty0) * (tx1 - tx0)
 
 
 def _layers(stack: nn.Module) -> list[nn.Module]:
