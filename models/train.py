@@ -12,6 +12,7 @@ reconstructed from a random prefix of the stages, so one weights file serves eve
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -150,6 +151,17 @@ def setup_distributed(device: str) -> tuple[int, int]:
     if device == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     return dist.get_rank(), world
+
+
+def shutdown_distributed() -> None:
+    """Tear the process group down only once every rank is done (rank 0 saves the checkpoint
+    while the others would already be leaving), and after the DDP wrapper and its pending
+    gloo work are gone: a gloo work object still alive when the interpreter finalises, or a
+    peer that closes its sockets mid-operation, aborts the process (SIGABRT) even though the
+    training itself finished."""
+    gc.collect()
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def sync_quantizer(model: VQAutoencoder, optimizer: torch.optim.Optimizer, world: int) -> None:
@@ -296,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
                         images_seen, generator, device, init_from)
         print(f"saved {ckpt_path} at step {step}", file=sys.stderr)
     if world > 1:
-        dist.destroy_process_group()
+        del trainer
+        shutdown_distributed()
     return 0
 
 
