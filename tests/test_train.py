@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -60,17 +61,26 @@ def test_time_budget_stops_cleanly(image_folder: Path, tmp_path: Path) -> None:
                     reason="torchrun not installed")
 def test_ddp_two_cpu_processes_with_gloo(image_folder: Path, tmp_path: Path) -> None:
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
-    out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    # Generous limit: this test took 206 s on a 2-core machine that was also training (it had
-    # a 180 s limit then, and had failed once before under load), far less on an idle one.
-    result = subprocess.run(
-        [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "models.train", "--data",
-         str(image_folder), "--out", str(out), "--steps", "6", *TINY],
-        capture_output=True, text=True, timeout=600, env=env, cwd=Path(__file__).resolve().parents[1])
-    # On failure, show what the ranks printed, not torchrun's own report of their exit codes.
-    ranks_output = result.stderr.split("torch/distributed/elastic/multiprocessing/api.py")[0]
-    assert result.returncode == 0, ranks_output[-4000:]
+
+    def launch(out: Path) -> tuple[subprocess.CompletedProcess[str], str]:
+        # Generous limit: this test took 206 s on a 2-core machine that was also training.
+        result = subprocess.run(
+            [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "models.train", "--data",
+             str(image_folder), "--out", str(out), "--steps", "6", *TINY],
+            capture_output=True, text=True, timeout=600, env=env, cwd=Path(__file__).resolve().parents[1])
+        # What the ranks printed, without torchrun's own report of their exit codes.
+        return result, result.stderr.split("torch/distributed/elastic/multiprocessing/api.py")[0][-4000:]
+
+    out = tmp_path / "ddp"
+    result, ranks_output = launch(out)
+    if result.returncode != 0 and "(SIGABRT)" in result.stderr:
+        # One CI run in about a dozen saw a rank abort inside gloo with no Python error, never
+        # reproduced here (60 runs, idle and loaded): retry once, loudly; a second abort fails.
+        warnings.warn(f"DDP run aborted (SIGABRT); retrying once. The ranks printed:\n{ranks_output}")
+        out = tmp_path / "ddp-retry"
+        result, ranks_output = launch(out)
+    assert result.returncode == 0, ranks_output
     assert "2 process(es)" in result.stderr
     assert torch.load(out / "model.pt", weights_only=True)["step"] == 6
 
