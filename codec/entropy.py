@@ -100,24 +100,34 @@ class _StageTables:
         self.adaptive = adaptive
         self.prior_weight = prior_weight  # another w only in scripts/adaptive_coding_probe.py
         if adaptive:
+            # The blend w·C[c] + T[c]·n[c] and its row sums T[c]·(w + Σn[c]) are kept up to date
+            # as symbols are coded, so that a row of probabilities is one gather and one division.
             self.counts = np.asarray(tables[stage], dtype=np.int64)
-            self.totals = self.counts.sum(axis=1, keepdims=True)
+            self.totals = self.counts.sum(axis=1)
             self.seen = np.zeros_like(self.counts)
+            self.seen_sums = np.zeros_like(self.totals)
+            self.blended = prior_weight * self.counts
+            self.blended_sums = prior_weight * self.totals
         else:
             self.probabilities = _probabilities(tables, stage)
 
     def row(self, contexts: np.ndarray) -> np.ndarray:
         if not self.adaptive:
             return self.probabilities[contexts]
-        blended = self.prior_weight * self.counts[contexts] + self.totals[contexts] * self.seen[contexts]
-        return (blended / blended.sum(axis=1, keepdims=True)).astype(np.float32)
+        return (self.blended[contexts] / self.blended_sums[contexts, None]).astype(np.float32)
 
     def coded(self, contexts: np.ndarray, symbols: np.ndarray) -> None:
-        if self.adaptive:
-            np.add.at(self.seen, (contexts, symbols), 1)
-            full = self.seen.sum(axis=1) > ADAPTIVE_COUNT_CAP
-            if full.any():
-                self.seen[full] = (self.seen[full] + 1) // 2
+        if not self.adaptive:
+            return
+        np.add.at(self.seen, (contexts, symbols), 1)
+        np.add.at(self.seen_sums, contexts, 1)
+        np.add.at(self.blended, (contexts, symbols), self.totals[contexts])
+        full = np.unique(contexts[self.seen_sums[contexts] > ADAPTIVE_COUNT_CAP])
+        if full.size:
+            self.seen[full] = (self.seen[full] + 1) // 2
+            self.seen_sums[full] = self.seen[full].sum(axis=1)
+            self.blended[full] = self.prior_weight * self.counts[full] + self.totals[full, None] * self.seen[full]
+        self.blended_sums = self.totals * (self.prior_weight + self.seen_sums)
 
 
 def _max_probability(tables: np.ndarray, stage: int, adaptive: bool, width: int) -> float:

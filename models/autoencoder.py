@@ -261,8 +261,17 @@ class VQAutoencoder(nn.Module):
         return indices, (h, w)
 
     def float64_analysis(self) -> nn.Module:
-        """A double-precision copy of the analysis transform (the model itself stays float32)."""
-        return copy.deepcopy(self.analysis).double()
+        """A double-precision copy of the analysis transform (the model itself stays float32).
+
+        Kept between calls while the weights are unchanged (same storage, same in-place
+        version: an optimiser step or load_state_dict bumps it): copying costs 5 ms an encode.
+        """
+        key = tuple((p.data_ptr(), p._version) for p in self.analysis.parameters())
+        cached = self.__dict__.get("_float64_analysis")
+        if cached is None or cached[0] != key:
+            cached = (key, copy.deepcopy(self.analysis).double())
+            self.__dict__["_float64_analysis"] = cached  # in __dict__: not a submodule, never saved
+        return cached[1]
 
     def analyse(self, analysis: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """analysis(pad(x)), in tiles when x is larger than one tile."""

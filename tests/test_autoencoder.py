@@ -206,3 +206,15 @@ def test_gdn_in_pieces_is_the_gdn(layout: str, inverse: bool, dtype: torch.dtype
                                else torch.contiguous_format)
     tolerance = 1e-6 if dtype == torch.float32 else 1e-13
     assert torch.allclose(coded, trained.detach(), rtol=tolerance, atol=0)
+
+
+def test_float64_analysis_is_kept_until_the_weights_change() -> None:
+    model = VQAutoencoder(ModelConfig(channels=8, latent_dim=8, num_stages=2, num_codes=16))
+    first = model.float64_analysis()
+    assert model.float64_analysis() is first
+    with torch.no_grad():
+        model.analysis[0].weight.add_(1.0)  # what an optimiser step does: in place
+    second = model.float64_analysis()
+    assert second is not first
+    assert torch.equal(second[0].weight, model.analysis[0].weight.double())
+    assert "_float64_analysis" not in str(list(model.state_dict()))

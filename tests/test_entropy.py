@@ -8,6 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from codec.entropy import (
+    ADAPTIVE_COUNT_CAP,
+    ADAPTIVE_PRIOR_WEIGHT,
+    _StageTables,
     context_counts,
     decode_indices,
     encode_indices,
@@ -81,6 +84,28 @@ def test_adaptive_counts_are_capped_so_a_flat_image_still_costs_bits() -> None:
     assert len(payload) > 40  # 12,800 symbols: far from free, however predictable
     with pytest.raises(CorruptBitstreamError, match="too short"):
         decode_indices(payload[:4], TABLES, 1, 100 * width * height, width, adaptive=True)
+
+
+def test_adaptive_rows_follow_the_blend_formula_through_the_cap() -> None:
+    """The incrementally kept blend gives, row after row, exactly w·C[c] + T[c]·n[c] over its
+    row sum, also across the halvings of a context that passes ADAPTIVE_COUNT_CAP."""
+    rng = np.random.default_rng(3)
+    stage = _StageTables(TABLES, 0, adaptive=True)
+    seen = np.zeros_like(TABLES[0])
+    counts, totals = TABLES[0], TABLES[0].sum(axis=1, keepdims=True)
+    halvings = 0
+    for _ in range(120):
+        contexts = rng.choice([0, 3, 3, 3, ALPHABET], size=48)
+        symbols = rng.integers(0, ALPHABET, size=48)
+        blended = ADAPTIVE_PRIOR_WEIGHT * counts[contexts] + totals[contexts] * seen[contexts]
+        expected = (blended / blended.sum(axis=1, keepdims=True)).astype(np.float32)
+        assert np.array_equal(stage.row(contexts), expected)
+        stage.coded(contexts, symbols)
+        np.add.at(seen, (contexts, symbols), 1)
+        full = seen.sum(axis=1) > ADAPTIVE_COUNT_CAP
+        halvings += int(full.sum())
+        seen[full] = (seen[full] + 1) // 2
+    assert halvings >= 2
 
 
 def test_a_payload_decodes_only_with_the_coder_that_wrote_it() -> None:
