@@ -37,8 +37,9 @@ from codec.limits import check_dimensions
 MAGIC = b"\x89DVQ"  # non-ASCII first byte catches text-mode transfers, like PNG
 FORMAT_VERSION = 1
 CODER_CONSTRICTION_RANGE = 1  # constriction 0.5 range coder, context-selected categorical tables
-CODER_ADAPTIVE_RANGE = 2  # the same tables, each adapted to the image row by row: what the encoder writes
-CODERS = (CODER_CONSTRICTION_RANGE, CODER_ADAPTIVE_RANGE)
+CODER_ADAPTIVE_RANGE = 2  # the same tables, each adapted to the image row by row
+CODER_TWO_CONTEXT_RANGE = 3  # coder 2 with a second context's opinion: what the encoder writes
+CODERS = (CODER_CONSTRICTION_RANGE, CODER_ADAPTIVE_RANGE, CODER_TWO_CONTEXT_RANGE)
 FLAG_ALPHA = 1  # an alpha plane (zlib-deflated, lossless) follows the payload
 FLAG_FROM_16BIT = 2  # the source had 16 bits per sample and was reduced to 8
 FLAG_FROM_PALETTE = 4  # the source was a palette image

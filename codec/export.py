@@ -4,6 +4,8 @@
 
 The entropy tables are measured here, on the training images (never on Kodak), by running
 the real coding path (nearest-codeword search on every stage) over whole images.
+CHECKPOINT may also be a shipped ``.safetensors`` with its ``--base-card``: the same network
+then ships again under a new id with freshly measured tables (a new entropy coder's, say).
 """
 
 from __future__ import annotations
@@ -19,17 +21,20 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from codec.entropy import context_counts, smoothed_counts, table_entropy_bits
-from codec.weights import ENTROPY_TENSOR, file_sha256
+from codec.entropy import context_counts, second_context_counts, smoothed_counts, table_entropy_bits
+from codec.weights import ENTROPY_TENSOR, SECOND_ENTROPY_TENSOR, file_sha256, read_weights_file
 from models.autoencoder import VQAutoencoder
 from models.config import ModelConfig
 from models.data import list_images, load_rgb
 
 
-def measure_tables(model: VQAutoencoder, folder: Path, max_images: int, max_side: int) -> tuple[np.ndarray, int]:
-    """Raw context counts (stages, alphabet + 1, alphabet) over up to ``max_images`` training images."""
+def measure_tables(model: VQAutoencoder, folder: Path, max_images: int,
+                   max_side: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Raw counts (stages, alphabet + 1, alphabet) in the first and in the second contexts, over
+    up to ``max_images`` training images."""
     stages, alphabet = model.num_stages, model.quantizer.alphabet_sizes[0]
     counts = np.zeros((stages, alphabet + 1, alphabet), dtype=np.int64)
+    second = np.zeros_like(counts)
     paths = list_images(folder)
     rng = np.random.default_rng(0)
     if len(paths) > max_images:
@@ -38,7 +43,8 @@ def measure_tables(model: VQAutoencoder, folder: Path, max_images: int, max_side
         x = load_rgb(path, max_side).unsqueeze(0).float() / 255.0
         indices, (_, width) = model.encode_indices(x)
         counts += context_counts(indices.numpy(), width, alphabet)
-    return counts, len(paths)
+        second += second_context_counts(indices.numpy(), width, alphabet)
+    return counts, second, len(paths)
 
 
 def training_record(checkpoint: dict, run_dir: Path, base_card: dict | None = None,
@@ -113,17 +119,31 @@ def main(argv: list[str] | None = None) -> int:
     if len(args.via) != len(args.via_command):
         p.error("give one --via-command for each --via")
 
-    checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
     base_card = json.loads(args.base_card.read_text()) if args.base_card is not None else None
-    config = ModelConfig.from_dict(checkpoint["config"])
+    if args.checkpoint.suffix == ".safetensors":
+        if base_card is None or base_card["sha256"] != file_sha256(args.checkpoint):
+            p.error(f"re-exporting {args.checkpoint} needs its own card as --base-card")
+        config, state, _, _ = read_weights_file(args.checkpoint)
+        training = {**base_card["training"], "reexported_from": {"name": base_card["name"],
+                                                                 "sha256": base_card["sha256"]}}
+    else:
+        checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+        config, state = ModelConfig.from_dict(checkpoint["config"]), checkpoint["model"]
+        training = {"data": args.train_data, "command": args.train_command,
+                    **training_record(checkpoint, args.checkpoint.parent, base_card,
+                                      list(zip(args.via, args.via_command)))}
     model = VQAutoencoder(config)
-    model.load_state_dict(checkpoint["model"])
+    model.load_state_dict(state)
     model.eval()
     with torch.no_grad():
-        raw, images = measure_tables(model, args.data, args.table_images, args.max_side)
-    tables = smoothed_counts(raw)
+        raw, raw_second, images = measure_tables(model, args.data, args.table_images, args.max_side)
+    # int32 holds any count here (millions of symbols at most) in half of int64's bytes.
+    if max(raw.max(), raw_second.max()) >= np.iinfo(np.int32).max:
+        raise SystemExit("a table count does not fit int32: measure the tables on fewer images")
+    tables, second = smoothed_counts(raw).astype(np.int32), smoothed_counts(raw_second).astype(np.int32)
     tensors = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()}
     tensors[ENTROPY_TENSOR] = torch.from_numpy(tables)
+    tensors[SECOND_ENTROPY_TENSOR] = torch.from_numpy(second)
     args.out.mkdir(parents=True, exist_ok=True)
     weights_path = args.out / f"{args.name}.safetensors"
     save_file(tensors, str(weights_path), metadata={"config": json.dumps(config.to_dict()),
@@ -138,16 +158,16 @@ def main(argv: list[str] | None = None) -> int:
         "bytes": weights_path.stat().st_size,
         "config": config.to_dict(),
         "quantizer": config.quantizer,
-        "training": {"data": args.train_data, "command": args.train_command,
-                     **training_record(checkpoint, args.checkpoint.parent, base_card,
-                                      list(zip(args.via, args.via_command)))},
+        "training": training,
         "exported_with": {"torch": torch.__version__, "python": platform.python_version()},
         "entropy_tables": {
             "measured_on": f"{images} images of {args.data} (long side ≤ {args.max_side}), coding path, all stages",
             "contexts": "stage 1: the index above (row 'alphabet' for the top row); stage m > 1: stage m-1's index at the same position",
+            "second_contexts": "coder 3: stage 1: the index above-left (row 'alphabet' off the grid); stage 2: none (zero counts); stage m > 2: stage m-2's index at the same position",
             "smoothing": "+1 on every count",
             "bits_per_symbol": [round(float(b), 4) for b in bits],
-            "tensor": f"{ENTROPY_TENSOR} in the weights file, int64, shape {list(tables.shape)}",
+            "tensor": f"{ENTROPY_TENSOR} in the weights file, int32, shape {list(tables.shape)}",
+            "second_tensor": f"{SECOND_ENTROPY_TENSOR} in the weights file, int32, shape {list(second.shape)}",
         },
         "rate_points": [
             {"quality": args.first_quality + s - 1, "stages": s, "kodak_bpp": None, "kodak_psnr": None}

@@ -23,8 +23,13 @@ from codec.weights import LoadedModel, card_for_model_id, load_model, resolve_qu
 
 CHANNELS_TO_MODE = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 MODE_TO_CHANNELS = {mode: n for n, mode in CHANNELS_TO_MODE.items()}
-# The entropy coder new files get; the decoder reads every coder in bitstream.CODERS.
-WRITTEN_CODER = bitstream.CODER_ADAPTIVE_RANGE
+# The entropy coder new files get (coder 2 with a model exported before coder 3's tables);
+# the decoder reads every coder in bitstream.CODERS.
+WRITTEN_CODER = bitstream.CODER_TWO_CONTEXT_RANGE
+
+
+def _coder_for(loaded: LoadedModel) -> int:
+    return WRITTEN_CODER if loaded.second_tables is not None else bitstream.CODER_ADAPTIVE_RANGE
 
 
 def resolve_device(device: str) -> str:
@@ -76,15 +81,16 @@ def encode_source(source: SourceImage, quality: int | None = None, device: str =
     # with the few near-boundary latents re-decided in float64 is nearly twice as fast.
     search = torch.float32 if device_type == "cpu" else torch.float64
     indices, (grid_h, grid_w) = model.encode_indices(x, point.stages, dtype=search)
-    payload = entropy.encode_indices(indices.cpu().numpy(), loaded.tables, grid_w,
-                                     adaptive=WRITTEN_CODER == bitstream.CODER_ADAPTIVE_RANGE)
+    coder = _coder_for(loaded)
+    payload = entropy.encode_indices(indices.cpu().numpy(), loaded.tables, grid_w, adaptive=True,
+                                     second=loaded.second_tables if coder == bitstream.CODER_TWO_CONTEXT_RANGE else None)
     alpha = alpha_to_bytes(source.alpha) if source.alpha is not None else b""
     flags = (bitstream.FLAG_ALPHA if source.alpha is not None else 0)
     flags |= bitstream.FLAG_FROM_16BIT if source.bit_depth == 16 else 0
     flags |= bitstream.FLAG_FROM_PALETTE if source.from_palette else 0
     header = bitstream.Header(
         model_id=loaded.card.model_id, quality=point.quality, weights_id=loaded.card.weights_id,
-        coder_id=WRITTEN_CODER, table_precision=entropy.TABLE_PRECISION,
+        coder_id=coder, table_precision=entropy.TABLE_PRECISION,
         width=width, height=height, channels=MODE_TO_CHANNELS[source.mode], bit_depth=source.bit_depth,
         flags=flags, latent_h=grid_h, latent_w=grid_w, stages=point.stages,
     )
@@ -125,8 +131,14 @@ def decode_detailed(data: bytes, device: str = "auto") -> Decoded:
     if header.stages > model.num_stages:
         raise CorruptBitstreamError(f"file declares {header.stages} stages; the model has {model.num_stages}")
     count = header.latent_h * header.latent_w
+    second = None
+    if header.coder_id == bitstream.CODER_TWO_CONTEXT_RANGE:
+        second = loaded.second_tables
+        if second is None:
+            raise CorruptBitstreamError(f"file declares entropy coder 3, whose second-context tables model "
+                                        f"{header.model_id} does not have")
     indices = entropy.decode_indices(container.payload, loaded.tables, header.stages, count, header.latent_w,
-                                     adaptive=header.coder_id == bitstream.CODER_ADAPTIVE_RANGE)
+                                     adaptive=header.coder_id != bitstream.CODER_CONSTRICTION_RANGE, second=second)
     alpha = alpha_from_bytes(container.alpha, header.width, header.height) if container.alpha else None
     device_type = next(model.parameters()).device.type
     x_hat = model.decode_indices(torch.from_numpy(indices).to(device_type), (header.latent_h, header.latent_w),

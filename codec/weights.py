@@ -26,6 +26,7 @@ from models.autoencoder import VQAutoencoder
 from models.config import ModelConfig
 
 ENTROPY_TENSOR = "entropy_counts"
+SECOND_ENTROPY_TENSOR = "entropy_second_counts"  # coder 3's second contexts
 WEIGHTS_DIR_ENV = "DIVEQ_WEIGHTS_DIR"
 
 
@@ -105,7 +106,8 @@ def resolve_quality(quality: int | None) -> RatePoint:
 class LoadedModel:
     card: Card
     model: VQAutoencoder
-    tables: np.ndarray  # smoothed integer counts (stages, alphabet)
+    tables: np.ndarray  # smoothed integer counts (stages, alphabet + 1, alphabet)
+    second_tables: np.ndarray | None  # the same for coder 3's second contexts; None in older files
 
 
 def file_sha256(path: Path) -> str:
@@ -124,13 +126,15 @@ def card_for_model_id(model_id: int) -> Card:
                        f"{[c.model_id for c in list_cards()]})")
 
 
-def read_weights_file(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], np.ndarray]:
-    """(config, network tensors, entropy tables) of a weights file, as stored: no checks."""
+def read_weights_file(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], np.ndarray, np.ndarray | None]:
+    """(config, network tensors, entropy tables, second-context tables or None) of a weights
+    file, as stored: no checks."""
     with safe_open(str(path), framework="pt") as fh:
         config = ModelConfig.from_dict(json.loads(fh.metadata()["config"]))
         tensors = {k: fh.get_tensor(k) for k in fh.keys()}
     tables = tensors.pop(ENTROPY_TENSOR).numpy().astype(np.int64)
-    return config, tensors, tables
+    second = tensors.pop(SECOND_ENTROPY_TENSOR, None)
+    return config, tensors, tables, None if second is None else second.numpy().astype(np.int64)
 
 
 @lru_cache(maxsize=4)
@@ -142,7 +146,7 @@ def _load(model_id: int, device: str, folder: str) -> LoadedModel:
     if file_sha256(path) != card.sha256:
         raise WeightsError(f"weights file {path.name} does not match the sha256 in its card")
     try:
-        config, tensors, tables = read_weights_file(path)
+        config, tensors, tables, second = read_weights_file(path)
         model = VQAutoencoder(config)
         model.load_state_dict(tensors)
     except WeightsError:
@@ -150,12 +154,13 @@ def _load(model_id: int, device: str, folder: str) -> LoadedModel:
     except Exception as exc:
         raise WeightsError(f"weights file {path.name} cannot be loaded ({exc})") from None
     alphabet = model.quantizer.alphabet_sizes[0]
-    if tables.shape != (model.num_stages, alphabet + 1, alphabet) or (tables < 1).any():
-        raise WeightsError(f"entropy tables in {path.name} do not fit the model")
+    for counts in (tables, second):
+        if counts is not None and (counts.shape != (model.num_stages, alphabet + 1, alphabet) or (counts < 1).any()):
+            raise WeightsError(f"entropy tables in {path.name} do not fit the model")
     model.eval().to(device)
     for p in model.parameters():
         p.requires_grad_(False)
-    return LoadedModel(card, model, tables)
+    return LoadedModel(card, model, tables, second)
 
 
 def load_model(model_id: int, device: str = "cpu") -> LoadedModel:

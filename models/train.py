@@ -133,7 +133,7 @@ def load_initial_weights(path: Path) -> tuple[ModelConfig, dict[str, torch.Tenso
     """(config, state dict, provenance) from a training checkpoint or a shipped safetensors file."""
     if path.suffix == ".safetensors":
         # The entropy tables belong to the coder, not to the network being trained.
-        config, tensors, _ = read_weights_file(path)
+        config, tensors, _, _ = read_weights_file(path)
         return config, tensors, {"path": str(path), "sha256": file_sha256(path)}
     state = torch.load(path, map_location="cpu", weights_only=True)
     provenance = {"path": str(path), "sha256": file_sha256(path), "steps": int(state["step"]),

@@ -214,7 +214,7 @@ FIELD_REFUSALS = [
     ("rgba", {"flags": FLAG_ALPHA | 8}, "unknown flag bits 0x08"),
     ("rgba", {"flags": 0xFF}, "unknown flag bits 0xf8"),
     ("rgba", {"coder_id": 0}, "unknown entropy coder id 0"),
-    ("rgba", {"coder_id": 3}, "unknown entropy coder id 3"),
+    ("rgba", {"coder_id": 4}, "unknown entropy coder id 4"),
     ("rgba", {"table_precision": 0}, "table precision of 0 bits"),
     ("rgba", {"table_precision": 33}, "table precision of 33 bits"),
     ("rgba", {"channels": 0}, "0 channels"),

@@ -11,10 +11,13 @@ from codec.entropy import (
     ADAPTIVE_COUNT_CAP,
     ADAPTIVE_PRIOR_WEIGHT,
     _StageTables,
+    _second_contexts,
+    _stage_tables,
     context_counts,
     decode_indices,
     encode_indices,
     encode_without_context,
+    second_context_counts,
     smoothed_counts,
     table_entropy_bits,
 )
@@ -31,6 +34,7 @@ def _tables(seed: int = 0, stages: int = 2) -> np.ndarray:
 
 
 TABLES = _tables()
+TABLES4, SECOND = _tables(1, stages=4), _tables(2, stages=4)  # coder 3 differs from coder 2 from stage 3 on
 
 
 def test_smoothing_keeps_every_symbol_encodable_in_every_context() -> None:
@@ -39,14 +43,15 @@ def test_smoothing_keeps_every_symbol_encodable_in_every_context() -> None:
     assert (decode_indices(encode_indices(symbols, TABLES, 2), TABLES, 2, 4, 2) == symbols).all()
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.integers(1, 2), st.integers(1, 12), st.integers(1, 12), st.integers(0, 2**32 - 1), st.booleans())
-def test_round_trip(stages: int, height: int, width: int, seed: int, adaptive: bool) -> None:
+@settings(max_examples=80, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 12), st.integers(1, 12), st.integers(0, 2**32 - 1), st.sampled_from([1, 2, 3]))
+def test_round_trip(stages: int, height: int, width: int, seed: int, coder: int) -> None:
     rng = np.random.default_rng(seed)
     symbols = rng.integers(0, ALPHABET, size=(stages, height * width))
-    payload = encode_indices(symbols, TABLES, width, adaptive)
+    adaptive, second = coder > 1, SECOND if coder == 3 else None
+    payload = encode_indices(symbols, TABLES4, width, adaptive, second)
     assert len(payload) % 4 == 0
-    assert (decode_indices(payload, TABLES, stages, height * width, width, adaptive) == symbols).all()
+    assert (decode_indices(payload, TABLES4, stages, height * width, width, adaptive, second) == symbols).all()
 
 
 def test_golden_bytes() -> None:
@@ -54,10 +59,55 @@ def test_golden_bytes() -> None:
     symbols = np.array([[0, 1, 0, 2, 0, 0, 3, 7, 0, 1], [5, 4, 3, 2, 1, 0, 7, 6, 5, 4]])
     assert encode_indices(symbols, TABLES, 5).hex() == GOLDEN_HEX
     assert encode_indices(symbols, TABLES, 5, adaptive=True).hex() == GOLDEN_ADAPTIVE_HEX
+    three_stages = np.concatenate([symbols, symbols[::-1]])
+    assert encode_indices(three_stages, TABLES4, 5, True, SECOND).hex() == GOLDEN_TWO_CONTEXT_HEX
 
 
 GOLDEN_HEX = "de6b040efb5921c700000000"
 GOLDEN_ADAPTIVE_HEX = "de6b040e1c1121c7"
+GOLDEN_TWO_CONTEXT_HEX = "cb2363032763c1009b8e946a1dc163aec98b136c"
+
+
+def test_second_contexts_are_above_left_none_and_two_stages_back() -> None:
+    indices = np.arange(4 * 6).reshape(4, 6) % ALPHABET  # 2 rows of width 3
+    off = ALPHABET
+    assert _second_contexts(indices, 0, 3, ALPHABET).tolist() == [off, off, off, off, 0, 1]
+    assert _second_contexts(indices, 1, 3, ALPHABET) is None
+    assert _second_contexts(indices, 3, 3, ALPHABET).tolist() == indices[1].tolist()
+    counts = second_context_counts(indices, 3, ALPHABET)
+    assert counts[1].sum() == 0 and counts[0].sum() == counts[2].sum() == 6
+    assert counts[0, off, indices[0, 0]] == 1 and counts[0, 0, indices[0, 4]] == 1
+
+
+def test_two_context_rows_follow_the_clipped_square_root_formula() -> None:
+    """Coder 3's row: coder 2's probabilities times the clipped sqrt of the second context's
+    over the training-set frequency (unnormalised); stage 2 is coder 2's alone."""
+    rng = np.random.default_rng(5)
+    first, second = _StageTables(TABLES4, 2, adaptive=True), _StageTables(SECOND, 2, adaptive=True)
+    both = _stage_tables(TABLES4, SECOND, 2, adaptive=True)
+    frequency = TABLES4[2].sum(axis=0) / TABLES4[2].sum()
+    for _ in range(30):
+        contexts, seconds = rng.integers(0, ALPHABET + 1, (2, 7))
+        symbols = rng.integers(0, ALPHABET, 7)
+        weights = first.row64(contexts) * np.clip(np.sqrt(second.row64(seconds) / frequency), 1 / 8, 8)
+        expected = weights / weights.sum(axis=1, keepdims=True)
+        row = both.row(contexts, seconds).astype(np.float64)  # constriction normalises it
+        assert np.allclose(row / row.sum(axis=1, keepdims=True), expected, rtol=1e-6, atol=0)
+        for tables in (first, second, both):
+            tables.coded(*((contexts, symbols) if tables is first else (seconds, symbols) if tables is second
+                           else (contexts, symbols, seconds)))
+    assert type(_stage_tables(TABLES4, SECOND, 1, adaptive=True)) is _StageTables
+
+
+def test_second_context_saves_bits_where_it_predicts() -> None:
+    """Stage 3 repeats stage 1 (its second context) and is noise given stage 2: coder 3 sees it."""
+    rng = np.random.default_rng(7)
+    width = 16
+    base = rng.integers(0, ALPHABET, size=20 * width)
+    symbols = np.stack([base, rng.integers(0, ALPHABET, size=base.size), base])
+    plain = encode_indices(symbols, TABLES4, width, adaptive=True)
+    two = encode_indices(symbols, TABLES4, width, adaptive=True, second=SECOND)
+    assert len(two) < 0.93 * len(plain)
 
 
 def test_adaptive_tables_learn_what_the_image_uses() -> None:
@@ -73,17 +123,18 @@ def test_adaptive_tables_learn_what_the_image_uses() -> None:
     assert encode_indices(first_row, TABLES, 8) == encode_indices(first_row, TABLES, 8, adaptive=True)
 
 
-def test_adaptive_counts_are_capped_so_a_flat_image_still_costs_bits() -> None:
+@pytest.mark.parametrize("second", [None, SECOND], ids=["coder2", "coder3"])
+def test_adaptive_counts_are_capped_so_a_flat_image_still_costs_bits(second: np.ndarray | None) -> None:
     """One symbol over and over in one context passes ADAPTIVE_COUNT_CAP many times: the
     halved counts still round-trip, the file still costs a known minimum per symbol (so the
     decoder's too-short check refuses nothing real), and a shorter payload is refused."""
     width, height = 64, 200
-    symbols = np.full((1, width * height), 6)
-    payload = encode_indices(symbols, TABLES, width, adaptive=True)
-    assert (decode_indices(payload, TABLES, 1, width * height, width, adaptive=True) == symbols).all()
-    assert len(payload) > 40  # 12,800 symbols: far from free, however predictable
+    symbols = np.full((3, width * height), 6)
+    payload = encode_indices(symbols, TABLES4, width, adaptive=True, second=second)
+    assert (decode_indices(payload, TABLES4, 3, width * height, width, True, second) == symbols).all()
+    assert len(payload) > 40  # 38,400 symbols: far from free, however predictable
     with pytest.raises(CorruptBitstreamError, match="too short"):
-        decode_indices(payload[:4], TABLES, 1, 100 * width * height, width, adaptive=True)
+        decode_indices(payload[:4], TABLES4, 3, 100 * width * height, width, True, second)
 
 
 def test_adaptive_rows_follow_the_blend_formula_through_the_cap() -> None:

@@ -373,7 +373,7 @@ def test_eval_refuses_results_of_another_entropy_coder(eval_run, coder: int | No
     """The same indices cost other bytes under another coder: rows of coder 1 (named, or
     from before the meta named the coder) are not mixed with this version's."""
     def change(meta: dict) -> None:
-        assert meta.pop("coder") == 2
+        assert meta.pop("coder") == 3
         if coder is not None:
             meta["coder"] = coder
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 from PIL import Image
 
 from codec import bitstream, entropy
-from codec.errors import BitstreamError, WeightsError
+from codec.errors import BitstreamError, CorruptBitstreamError, WeightsError
 from codec.metrics import bits_per_pixel, psnr
 from codec.pipeline import decode, decode_detailed, encode, encode_with_report
 from codec.weights import load_model, rate_points
@@ -126,18 +127,48 @@ def test_inconsistent_latent_grid_is_refused(parrots_path: Path) -> None:
         decode(bitstream.pack(bitstream.Container(other, container.payload, container.alpha)))
 
 
-def test_files_of_the_static_coder_still_decode(parrots_path: Path) -> None:
-    """Files written before the adaptive coder (coder 1) decode to the same pixels; the new
-    ones (coder 2) carry the same indices in fewer bytes."""
+@pytest.mark.parametrize("coder", [bitstream.CODER_CONSTRICTION_RANGE, bitstream.CODER_ADAPTIVE_RANGE])
+def test_files_of_the_earlier_coders_still_decode(parrots_path: Path, coder: int) -> None:
+    """Files of the static coder (1) and of the adaptive one (2) decode to the same pixels;
+    the new ones (coder 3) carry the same indices in fewer bytes."""
     new = decode_detailed(encode(parrots_path, quality=6))
-    assert new.header.coder_id == bitstream.CODER_ADAPTIVE_RANGE
+    assert new.header.coder_id == bitstream.CODER_TWO_CONTEXT_RANGE
     loaded = load_model(new.header.model_id)
-    old_payload = entropy.encode_indices(new.indices, loaded.tables, new.header.latent_w)
-    old_header = bitstream.Header(**{**new.header.__dict__, "coder_id": bitstream.CODER_CONSTRICTION_RANGE})
+    old_payload = entropy.encode_indices(new.indices, loaded.tables, new.header.latent_w,
+                                         adaptive=coder == bitstream.CODER_ADAPTIVE_RANGE)
+    old_header = bitstream.Header(**{**new.header.__dict__, "coder_id": coder})
     old = decode_detailed(bitstream.pack(bitstream.Container(old_header, old_payload, b"")))
     assert np.array_equal(old.indices, new.indices)
     assert np.array_equal(np.asarray(old.image), np.asarray(new.image))
     assert len(bitstream.unpack(encode(parrots_path, quality=6)).payload) < len(old_payload)
+
+
+def test_a_model_without_second_tables_writes_coder_2_and_refuses_coder_3(parrots_path: Path,
+                                                                           weights_copy: Path) -> None:
+    """Weights exported before coder 3 keep working: their files use coder 2, and a file that
+    declares coder 3 for them is refused as damaged (exit 3), not decoded with missing tables."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from codec import weights
+
+    card_path = next(weights_copy.glob("*.json"))
+    card = json.loads(card_path.read_text())
+    file = weights_copy / card["file"]
+    with safe_open(str(file), framework="pt") as fh:
+        metadata, tensors = fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}
+    del tensors[weights.SECOND_ENTROPY_TENSOR]
+    save_file(tensors, str(file), metadata=metadata)
+    card["sha256"] = weights.file_sha256(file)
+    card_path.write_text(json.dumps(card))
+    weights._load.cache_clear()
+    data = encode(parrots_path, quality=3)
+    container = bitstream.unpack(data)
+    assert container.header.coder_id == bitstream.CODER_ADAPTIVE_RANGE
+    assert decode_detailed(data).image.size == Image.open(parrots_path).size
+    claimed = bitstream.Header(**{**container.header.__dict__, "coder_id": bitstream.CODER_TWO_CONTEXT_RANGE})
+    with pytest.raises(CorruptBitstreamError, match="second-context tables"):
+        decode(bitstream.pack(bitstream.Container(claimed, container.payload, b"")))
 
 
 def test_header_counts_in_bpp(parrots_path: Path) -> None:

@@ -146,6 +146,31 @@ def test_fine_tunes_from_a_checkpoint_and_from_shipped_weights(image_folder: Pat
     assert stranger.returncode != 0 and "not the checkpoint the run started from" in stranger.stderr
 
 
+def test_shipped_weights_re_export_with_new_tables(image_folder: Path, tmp_path: Path) -> None:
+    """A shipped .safetensors with its own card ships again under a new id: same network,
+    freshly measured first- and second-context tables, the card's training record kept."""
+    from codec.weights import read_weights_file
+
+    base = tmp_path / "base"
+    assert _train("--data", str(image_folder), "--out", str(base), "--steps", "4", *TINY).returncode == 0
+    assert _export(base / "model.pt", "tiny", 9, image_folder, tmp_path / "w").returncode == 0
+    shipped = tmp_path / "w" / "tiny.safetensors"
+    again = _export(shipped, "tiny-again", 10, image_folder, tmp_path / "w2", "--base-card",
+                    str(tmp_path / "w" / "tiny.json"))
+    assert again.returncode == 0, again.stderr
+    card, new_card = (json.loads(p.read_text()) for p in (tmp_path / "w" / "tiny.json",
+                                                        tmp_path / "w2" / "tiny-again.json"))
+    assert new_card["model_id"] == 10 and new_card["training"]["reexported_from"]["sha256"] == card["sha256"]
+    assert new_card["training"]["steps"] == card["training"]["steps"] == 4
+    _, old_net, old_tables, old_second = read_weights_file(shipped)
+    _, new_net, new_tables, new_second = read_weights_file(tmp_path / "w2" / "tiny-again.safetensors")
+    assert all(torch.equal(old_net[k], new_net[k]) for k in old_net)
+    assert np.array_equal(old_tables, new_tables) and np.array_equal(old_second, new_second)
+    assert new_second.shape == new_tables.shape and new_second[1].max() == 1  # stage 2: no second context
+    unmatched = _export(shipped, "tiny-x", 11, image_folder, tmp_path / "w3")
+    assert unmatched.returncode != 0 and "needs its own card" in unmatched.stderr
+
+
 def test_log_mse_counts_a_db_the_same_in_every_crop() -> None:
     x = torch.zeros(2, 3, 4, 4)
     x_hat = torch.stack([torch.full((3, 4, 4), 0.1), torch.full((3, 4, 4), 0.01)])
