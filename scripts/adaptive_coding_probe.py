@@ -3,7 +3,8 @@
 ``python scripts/adaptive_coding_probe.py IMAGE_DIR [--every 56] [--max-side 768] [--weights 32,128,512]``
 
 Coder 1 gives every symbol its static training-set table for its context; coder 2
-(codec/entropy.py, what ``encode`` writes) adapts those tables to the image row by row:
+(codec/entropy.py; coder 3, what ``encode`` writes, builds on it) adapts those tables to
+the image row by row:
 the symbols of latent row r of stage m are coded with
 
     p(s | c) ∝ w · C[c, s] + T[c] · n[c, s]
