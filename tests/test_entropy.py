@@ -159,6 +159,24 @@ def test_adaptive_rows_follow_the_blend_formula_through_the_cap() -> None:
     assert halvings >= 2
 
 
+@pytest.mark.parametrize("second", [None, "second"], ids=["coder2", "coder3"])
+def test_a_stream_read_past_its_end_is_refused_early(second: str | None) -> None:
+    """Tables where one symbol is nearly certain leave the up-front length check little to
+    say; the decoder then notices, a row at a time, that it has decoded more information
+    than the payload holds, and stops long before the declared symbols."""
+    raw = np.zeros((3, ALPHABET + 1, ALPHABET), dtype=np.int64)
+    raw[:, :, 0] = 10**6
+    peaked = smoothed_counts(raw)
+    second_tables = peaked if second else None
+    rng = np.random.default_rng(11)
+    width = 8
+    symbols = np.where(rng.random((3, 8 * width)) < 0.7, 0, rng.integers(0, ALPHABET, (3, 8 * width)))
+    payload = encode_indices(symbols, peaked, width, adaptive=True, second=second_tables)
+    assert (decode_indices(payload, peaked, 3, 8 * width, width, True, second_tables) == symbols).all()
+    with pytest.raises(CorruptBitstreamError, match="ends before"):
+        decode_indices(payload, peaked, 3, 2000 * width, width, True, second_tables)
+
+
 def test_a_payload_decodes_only_with_the_coder_that_wrote_it() -> None:
     rng = np.random.default_rng(4)
     symbols = rng.choice([6, 7], size=(2, 30 * 5))
