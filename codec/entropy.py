@@ -295,7 +295,8 @@ def decode_indices(payload: bytes, tables: np.ndarray, stages: int, count: int, 
     # decoder also adds up the information of what it has decoded: a real stream never holds
     # more than its own length (Kodak, every coder-3 file at qualities 1, 6 and 12: at most
     # 99.997 % of it), while a stream read past its end yields improbable symbols and passes
-    # the budget within a few hundred of them.
+    # the budget within a few hundred of them. (Its float sums may round differently on
+    # another machine, by far less than the budget's 1 % margin: no real file is near it.)
     spent = 0.0
     try:
         for m in range(stages):
