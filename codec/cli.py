@@ -197,11 +197,12 @@ def models(json_flag: bool = typer.Option(False, "--json", help="print as JSON")
         if json_flag:
             _json_out(rows)
             return
-        typer.echo(f"{'quality':>7}  {'model':<24} {'stages':>6}  {'Kodak bpp':>9}  {'PSNR dB':>7}")
+        name_width = max([len("model")] + [len(r["model"]) for r in rows])  # the columns fit any name
+        typer.echo(f"{'quality':>7}  {'model':<{name_width}}  {'stages':>6}  {'Kodak bpp':>9}  {'PSNR dB':>7}")
         for r in rows:
             bpp = f"{r['bpp']:.4f}" if r["bpp"] is not None else "-"
             ps = f"{r['psnr']:.2f}" if r["psnr"] is not None else "-"
-            typer.echo(f"{r['quality']:>7}  {r['model']:<24} {r['stages']:>6}  {bpp:>9}  {ps:>7}")
+            typer.echo(f"{r['quality']:>7}  {r['model']:<{name_width}}  {r['stages']:>6}  {bpp:>9}  {ps:>7}")
 
     _guarded(run)
 

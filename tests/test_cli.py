@@ -94,6 +94,15 @@ def test_models_json_lists_rate_points() -> None:
     assert rows and all({"quality", "bpp", "psnr"} <= set(r) for r in rows)
 
 
+def test_models_table_columns_line_up_whatever_the_model_names() -> None:
+    result = run("models")
+    assert result.exit_code == 0
+    lines = result.stdout.splitlines()
+    assert len(lines) > 1
+    stages_end = lines[0].index("stages") + len("stages")  # right-aligned under its heading
+    assert all(line[stages_end - 1].isdigit() and line[stages_end] == " " for line in lines[1:])
+
+
 @pytest.mark.parametrize("position", [0, 5, 20, 45, -40, -1])
 def test_flipped_byte_is_a_bitstream_error(tmp_path: Path, encoded: Path, position: int) -> None:
     data = bytearray(encoded.read_bytes())
