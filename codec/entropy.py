@@ -33,6 +33,10 @@ from codec.errors import CorruptBitstreamError
 
 # constriction's default range coder works with 24-bit probabilities; recorded in the header.
 TABLE_PRECISION = 24
+# Added to a symbol's probability before the decoder counts its cost (decode_indices): four
+# units of 2^-TABLE_PRECISION, above what constriction's quantisation can add (its floor of
+# one unit per symbol, and rounding).
+COST_FLOOR_SLACK = 4.0 / 2**TABLE_PRECISION
 
 
 def context_counts(indices: np.ndarray, width: int, alphabet: int) -> np.ndarray:
@@ -175,6 +179,7 @@ class _StageTables:
 # saved only 0.2–1.7 % later; the clip to [1/8, 8] cost under 0.01 % there while bounding
 # how probable a symbol can get (see _max_probability).
 SECOND_OPINION_LIMIT = 8.0
+RELATIVE_FLOOR = 2.0**-14  # see _TwoContextTables.row
 
 
 class _TwoContextTables:
@@ -200,6 +205,12 @@ class _TwoContextTables:
         np.clip(opinion, 1.0 / SECOND_OPINION_LIMIT, SECOND_OPINION_LIMIT, out=opinion)
         weights = self.first.blended[contexts].astype(np.float32)
         np.multiply(weights, opinion, out=weights)
+        # Floor every weight at RELATIVE_FLOOR of its row's largest (both exact operations).
+        # Without it the clip can push a rare symbol's share below ~1e-8, where constriction's
+        # quantiser loses it to float32 rounding and panics; with it no share falls below
+        # RELATIVE_FLOOR / alphabet (4.8e-7 at 128 codes, the smallest coder 2 reaches with
+        # the shipped tables).
+        np.maximum(weights, weights.max(axis=1, keepdims=True) * RELATIVE_FLOOR, out=weights)
         return weights
 
     def coded(self, contexts: np.ndarray, symbols: np.ndarray, second_contexts: np.ndarray | None = None) -> None:
@@ -292,11 +303,15 @@ def decode_indices(payload: bytes, tables: np.ndarray, stages: int, count: int, 
     nothing = np.full(width, alphabet, dtype=np.int64)  # the context of a neighbour off the grid
     positions = np.arange(width)
     # The bound above is loose where probabilities may come near 1 (coder 3's can), so the
-    # decoder also adds up the information of what it has decoded: a real stream never holds
-    # more than its own length (Kodak, every coder-3 file at qualities 1, 6 and 12: at most
-    # 99.997 % of it), while a stream read past its end yields improbable symbols and passes
-    # the budget within a few hundred of them. (Its float sums may round differently on
-    # another machine, by far less than the budget's 1 % margin: no real file is near it.)
+    # decoder also adds up what the symbols it has decoded must have cost, and stops once
+    # that exceeds the payload: a stream read past its end yields improbable symbols and
+    # passes the budget within a few hundred of them. The cost counted is a lower bound on
+    # the coder's: −log₂ of the probability plus COST_FLOOR_SLACK, since constriction gives
+    # every symbol at least one unit of 2^-TABLE_PRECISION (a symbol of probability 1e-12
+    # costs 24 bits, not 40) and rounds the others by about a unit. So a real file never
+    # reaches it (Kodak's coder-3 files at qualities 1, 6 and 12 stay below 99.997 % of their
+    # payload). Its float sums may round differently on another machine, by far less than
+    # the budget's margin.
     spent = 0.0
     try:
         for m in range(stages):
@@ -309,7 +324,8 @@ def decode_indices(payload: bytes, tables: np.ndarray, stages: int, count: int, 
                     row2 = out[m - 2, start : start + width] if m else np.concatenate((nothing[:1], above[:-1]))
                 probabilities = stage.row(contexts, row2)
                 symbols = decoder.decode(_MODEL, probabilities).astype(np.int64)
-                spent += float(np.log2(probabilities.sum(axis=1) / probabilities[positions, symbols]).sum())
+                chosen = probabilities[positions, symbols] / probabilities.sum(axis=1)
+                spent -= float(np.log2(np.minimum(chosen + COST_FLOOR_SLACK, 1.0)).sum())
                 if spent > budget:
                     raise CorruptBitstreamError(f"entropy-coded payload of {len(payload)} bytes ends before "
                                                 f"its {stages}×{count} symbols do")
@@ -320,6 +336,10 @@ def decode_indices(payload: bytes, tables: np.ndarray, stages: int, count: int, 
         raise
     except Exception as exc:  # constriction raises on streams it cannot parse at all
         raise CorruptBitstreamError(f"entropy-coded payload is damaged ({exc})") from None
+    except BaseException as exc:  # a Rust panic in constriction is no Exception: still one line, exit 3
+        if type(exc).__name__ != "PanicException":
+            raise
+        raise CorruptBitstreamError(f"entropy-coded payload is damaged (coder panic: {exc})") from None
     if not decoder.maybe_exhausted():
         raise CorruptBitstreamError("entropy-coded payload has data left after the last symbol")
     return out

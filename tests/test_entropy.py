@@ -177,6 +177,46 @@ def test_a_stream_read_past_its_end_is_refused_early(second: str | None) -> None
         decode_indices(payload, peaked, 3, 2000 * width, width, True, second_tables)
 
 
+@pytest.mark.parametrize("second", [None, "second"], ids=["coder2", "coder3"])
+def test_a_stream_of_very_improbable_symbols_still_decodes(second: str | None) -> None:
+    """A symbol of probability 1e-9 costs constriction 24 bits, not 30: the decoder's running
+    cost check must count what the coder really spends, or it would refuse such a file."""
+    raw = np.zeros((3, ALPHABET + 1, ALPHABET), dtype=np.int64)
+    raw[:, :, 0] = 10**9
+    peaked = smoothed_counts(raw)
+    second_tables = peaked if second else None
+    width = 8
+    symbols = np.full((3, 16 * width), ALPHABET - 1)  # the least probable symbol, over and over
+    symbols[:, ::7] = 0
+    payload = encode_indices(symbols, peaked, width, adaptive=True, second=second_tables)
+    assert (decode_indices(payload, peaked, 3, 16 * width, width, True, second_tables) == symbols).all()
+
+
+def test_tables_of_extreme_range_round_trip_under_every_coder() -> None:
+    """Counts from 1 to 10⁹ in one table, and the rarest symbols coded: coder 3's clipped
+    factors once pushed a symbol's share low enough for constriction to panic (the 115th
+    case here); its relative floor keeps every share above what coder 2 reaches."""
+    rng = np.random.default_rng(7)
+    for _ in range(120):
+        k, stages = int(rng.choice([2, 3, 8, 64, 128])), int(rng.integers(1, 5))
+        height, width = int(rng.integers(1, 24)), int(rng.integers(1, 24))
+        raw = (10 ** rng.uniform(0, rng.choice([2, 5, 9]), (stages, k + 1, k))).astype(np.int64)
+        tables = smoothed_counts(raw)
+        second = smoothed_counts(rng.permutation(raw.reshape(-1)).reshape(raw.shape))
+        mode = rng.integers(0, 3)
+        if mode == 0:
+            symbols = rng.integers(0, k, (stages, height * width))
+        elif mode == 1:
+            symbols = np.argmin(tables[:stages, -1, :], axis=1)[:, None].repeat(height * width, 1)
+        else:
+            symbols = np.where(rng.random((stages, height * width)) < 0.5, rng.integers(0, k, (stages, height * width)),
+                               np.argmax(tables[:stages, -1, :], axis=1)[:, None])
+        for adaptive, second_tables in ((False, None), (True, None), (True, second)):
+            payload = encode_indices(symbols, tables, width, adaptive, second_tables)
+            decoded = decode_indices(payload, tables, stages, height * width, width, adaptive, second_tables)
+            assert (decoded == symbols).all()
+
+
 def test_a_payload_decodes_only_with_the_coder_that_wrote_it() -> None:
     rng = np.random.default_rng(4)
     symbols = rng.choice([6, 7], size=(2, 30 * 5))
