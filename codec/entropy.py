@@ -176,8 +176,9 @@ class _StageTables:
 # renormalises). On held-out training photos (scripts/second_context_probe.py) the square
 # root (a geometric mixture of weight ½) saved 2.4 % of stage 1's bits and 1.2–2.2 % of
 # each later stage's but the second, where the plain product cost 1.7 % at stage 1 and
-# saved only 0.2–1.7 % later; the clip to [1/8, 8] cost under 0.01 % there while bounding
-# how probable a symbol can get (see _max_probability).
+# saved only 0.2–1.7 % later; the clip to [1/8, 8] and the floor (see _TwoContextTables.row)
+# cost under 0.01 % there, and the clip bounds how probable a symbol can get (see
+# _max_probability).
 SECOND_OPINION_LIMIT = 8.0
 RELATIVE_FLOOR = 2.0**-14  # see _TwoContextTables.row
 
