@@ -81,16 +81,16 @@ def encode_source(source: SourceImage, quality: int | None = None, device: str =
     # with the few near-boundary latents re-decided in float64 is nearly twice as fast.
     search = torch.float32 if device_type == "cpu" else torch.float64
     indices, (grid_h, grid_w) = model.encode_indices(x, point.stages, dtype=search)
-    coder = _coder_for(loaded)
+    # Second-context tables (coder 3) when the model has them; coder 2 without.
     payload = entropy.encode_indices(indices.cpu().numpy(), loaded.tables, grid_w, adaptive=True,
-                                     second=loaded.second_tables if coder == bitstream.CODER_TWO_CONTEXT_RANGE else None)
+                                     second=loaded.second_tables)
     alpha = alpha_to_bytes(source.alpha) if source.alpha is not None else b""
     flags = (bitstream.FLAG_ALPHA if source.alpha is not None else 0)
     flags |= bitstream.FLAG_FROM_16BIT if source.bit_depth == 16 else 0
     flags |= bitstream.FLAG_FROM_PALETTE if source.from_palette else 0
     header = bitstream.Header(
         model_id=loaded.card.model_id, quality=point.quality, weights_id=loaded.card.weights_id,
-        coder_id=coder, table_precision=entropy.TABLE_PRECISION,
+        coder_id=_coder_for(loaded), table_precision=entropy.TABLE_PRECISION,
         width=width, height=height, channels=MODE_TO_CHANNELS[source.mode], bit_depth=source.bit_depth,
         flags=flags, latent_h=grid_h, latent_w=grid_w, stages=point.stages,
     )

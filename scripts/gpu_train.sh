@@ -5,13 +5,13 @@
 # Usage: scripts/gpu_train.sh DATA_DIR OUT_DIR TIME_BUDGET_S [zoo|compare] [DEVICE]
 #   e.g. PYTHONUNBUFFERED=1 scripts/gpu_train.sh .data/trainpack "$OUT" 480 zoo
 #
-#   zoo      fine-tunes weights/diveq-rvq12-c128-rb2-ft1.safetensors (12 × 128 residual DiVeQ, two
+#   zoo      fine-tunes weights/diveq-rvq12-c128-rb2-ft1-c3.safetensors (12 × 128 residual DiVeQ, two
 #            residual blocks per transform) with its own loss, log-mse, alone: one run fills the
 #            GPU (two side by side moved 711 crops/s together, one alone 670–712). Its lr (7e-5)
 #            restarts below the first chunk of model 6 (1e-4), as the model is already trained;
-#            model 7 is this mode's run (540 s) plus 195 s at 3e-5 on the warm machine (see its
-#            card). Model 6 came from the "grow" mode of commit d166c37 (model 5 +
-#            --residual-blocks 2)
+#            model 7 is this mode's run (540 s) plus 195 s at 3e-5 on the warm machine, and model 8
+#            is model 7's network with coder 3's tables (see its card). Model 6 came from the "grow"
+#            mode of commit d166c37 (model 5 + --residual-blocks 2)
 #   compare  diveq1 (DiVeQ, one codebook of 256) and sfdiveq1 (SF-DiVeQ, 256 codewords, coded
 #            as segment + 2-bit position), both from scratch, side by side
 # Each run leaves OUT_DIR/<run>.tar (model.pt without optimiser + train_log.jsonl + console
@@ -27,7 +27,7 @@ scratch=(--channels 128 --latent-dim 64 --lr 5e-4 --batch 16 --threads 4)
 case $mode in
     zoo)
         runs=(zoo)
-        python -m models.train "${common[@]}" --out "$work/zoo" --init weights/diveq-rvq12-c128-rb2-ft1.safetensors \
+        python -m models.train "${common[@]}" --out "$work/zoo" --init weights/diveq-rvq12-c128-rb2-ft1-c3.safetensors \
             --loss log-mse --lr 7e-5 --batch 32 --threads 8 > "$work/zoo.log" 2>&1 &
         ;;
     compare)
