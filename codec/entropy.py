@@ -69,6 +69,18 @@ def table_entropy_bits(counts: np.ndarray) -> np.ndarray:
     return -(weight[..., None] * p * np.log2(p)).sum(axis=(1, 2))
 
 
+def code_lengths(tables: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What each codeword costs to code, in bits, by the static tables (the encoder's rate
+    term; see models.residual.RateCosts): stage 1's by codeword alone, (alphabet,), from its
+    tables summed over contexts; stage m's (stages − 1, alphabet, alphabet) in the context of
+    stage m − 1's index. The adaptive coders spend somewhat less (they learn the image)."""
+    counts = np.asarray(tables, dtype=np.float64)
+    alphabet = counts.shape[2]
+    first = counts[0].sum(axis=0)
+    following = counts[1:, :alphabet, :]  # contexts 0..alphabet−1; the last row is stage 1's top row
+    return -np.log2(first / first.sum()), -np.log2(following / following.sum(axis=2, keepdims=True))
+
+
 def _probabilities(tables: np.ndarray, stage: int) -> np.ndarray:
     counts = tables[stage]
     return (counts / counts.sum(axis=1, keepdims=True)).astype(np.float32)

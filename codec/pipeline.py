@@ -80,7 +80,10 @@ def encode_source(source: SourceImage, quality: int | None = None, device: str =
     # VQAutoencoder.encode_indices): float64 costs little on an accelerator; on a CPU, float32
     # with the few near-boundary latents re-decided in float64 is nearly twice as fast.
     search = torch.float32 if device_type == "cpu" else torch.float64
-    indices, (grid_h, grid_w) = model.encode_indices(x, point.stages, dtype=search)
+    # The rate point's λ makes the choices entropy-constrained (the decoder does not care how
+    # the indices were chosen).
+    indices, (grid_h, grid_w) = model.encode_indices(x, point.stages, dtype=search,
+                                                     rate=loaded.rate_costs(point.rate_weight))
     # Second-context tables (coder 3) when the model has them; coder 2 without.
     payload = entropy.encode_indices(indices.cpu().numpy(), loaded.tables, grid_w, adaptive=True,
                                      second=loaded.second_tables)

@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -21,9 +21,11 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
+from codec.entropy import code_lengths
 from codec.errors import WeightsError
 from models.autoencoder import VQAutoencoder
 from models.config import ModelConfig
+from models.residual import RateCosts
 
 ENTROPY_TENSOR = "entropy_counts"
 SECOND_ENTROPY_TENSOR = "entropy_second_counts"  # coder 3's second contexts
@@ -49,6 +51,9 @@ class RatePoint:
     stages: int
     kodak_bpp: float | None
     kodak_psnr: float | None
+    # λ of the encoder's entropy-constrained assignment (squared latent distance per bit of
+    # the static tables); 0 picks the nearest codewords. Only the encoder reads it.
+    rate_weight: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -84,7 +89,7 @@ def rate_points() -> list[RatePoint]:
     for card in list_cards():
         for rp in card.data.get("rate_points", []):
             points.append(RatePoint(int(rp["quality"]), card.name, card.model_id, int(rp["stages"]),
-                                    rp.get("kodak_bpp"), rp.get("kodak_psnr")))
+                                    rp.get("kodak_bpp"), rp.get("kodak_psnr"), float(rp.get("rate_weight", 0.0))))
     return sorted(points, key=lambda p: p.quality)
 
 
@@ -108,6 +113,25 @@ class LoadedModel:
     model: VQAutoencoder
     tables: np.ndarray  # smoothed integer counts (stages, alphabet + 1, alphabet)
     second_tables: np.ndarray | None  # the same for coder 3's second contexts; None in older files
+
+    @cached_property
+    def _code_lengths(self) -> tuple[np.ndarray, np.ndarray]:
+        return code_lengths(self.tables)
+
+    def rate_costs(self, weight: float) -> RateCosts | None:
+        """The encoder's rate term at λ = ``weight`` (None at 0: the nearest codewords).
+
+        Rounded to float32 numbers once, here, so that the float32 search and the float64
+        re-decision add identical costs."""
+        if weight == 0:
+            return None
+        first, following = self._code_lengths
+        device = next(self.model.parameters()).device
+
+        def exact(bits: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy((weight * bits).astype(np.float32)).double().to(device)
+
+        return RateCosts(exact(first), exact(following))
 
 
 def file_sha256(path: Path) -> str:

@@ -20,7 +20,7 @@ from models import tiling
 from models.config import ModelConfig
 from models.diveq import DiVeQ, DiVeQDetach
 from models.quantizer import Quantizer, QuantizerOutput
-from models.residual import ResidualDiVeQ
+from models.residual import RateCosts, ResidualDiVeQ
 from models.sf_diveq import SFDiVeQ, SFDiVeQDetach
 
 
@@ -225,8 +225,8 @@ class VQAutoencoder(nn.Module):
         return x_hat, out
 
     @torch.no_grad()
-    def encode_indices(self, x: torch.Tensor, num_stages: int | None = None,
-                       dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, tuple[int, int]]:
+    def encode_indices(self, x: torch.Tensor, num_stages: int | None = None, dtype: torch.dtype = torch.float32,
+                       rate: RateCosts | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
         """Coding path: image (1, 3, H, W) in [0, 1] → indices (S, h·w) and the grid (h, w).
 
         The indices are the ones exact arithmetic would choose, on every device, so that the
@@ -243,15 +243,21 @@ class VQAutoencoder(nn.Module):
 
         A padded image larger than ``self.tile_size`` pixels in either direction is analysed
         in overlapping tiles (see models/tiling.py): same indices, bounded memory.
+
+        ``rate`` (a residual quantizer's only) makes the choices entropy-constrained: the
+        cheapest codeword in distance plus rate rather than the nearest (see RateCosts).
         """
+        if rate is not None and not isinstance(self.quantizer, ResidualDiVeQ):
+            raise ValueError(f"a rate term needs a residual quantizer, not {type(self.quantizer).__name__}")
+        search = {} if rate is None else {"rate": rate}
         if dtype == torch.float64:
             latent = self.analyse(self.float64_analysis(), x.double())
             _, _, h, w = latent.shape
-            return tiling.chunked_indices(self.quantizer, self.to_vectors(latent), num_stages), (h, w)
+            return tiling.chunked_indices(self.quantizer, self.to_vectors(latent), num_stages, **search), (h, w)
         latent = self.analyse(self.analysis, x.float())
         _, _, h, w = latent.shape
         vectors = self.to_vectors(latent)
-        decided = tiling.chunked_indices_and_gaps(self.quantizer, vectors, num_stages)
+        decided = tiling.chunked_indices_and_gaps(self.quantizer, vectors, num_stages, **search)
         if decided is None:  # a quantizer that cannot say how sure it is: all in float64
             return self.encode_indices(x, num_stages, torch.float64)
         indices, gaps = decided
@@ -259,7 +265,7 @@ class VQAutoencoder(nn.Module):
         if unsure.numel():
             cells = torch.stack([unsure // w, unsure % w], dim=1)
             exact = tiling.analysis_at(self.float64_analysis(), x, self.stride, cells)
-            indices[:, unsure] = self.quantizer.indices(exact, num_stages)
+            indices[:, unsure] = self.quantizer.indices(exact, num_stages, **search)
         return indices, (h, w)
 
     def float64_analysis(self) -> nn.Module:

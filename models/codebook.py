@@ -20,32 +20,39 @@ def search_dtype(z: torch.Tensor) -> torch.dtype:
     return torch.float64 if z.dtype == torch.float64 else torch.float32
 
 
-def nearest_codeword(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    """Index of the nearest codeword for every row of ``z`` (N, D), in ``search_dtype(z)``.
+def _costs(zs: torch.Tensor, cs: torch.Tensor, norms: torch.Tensor, extra: torch.Tensor | None) -> torch.Tensor:
+    """‖z − c‖² − ‖z‖² for every row and codeword (N, K), plus ``extra`` when given: a cost per
+    codeword (K,) or per row and codeword (N, K), such as a rate term."""
+    costs = norms - 2.0 * (zs @ cs.t())  # ‖z‖² is constant per row: not needed for the argmin
+    if extra is not None:
+        costs = costs + extra.to(costs.dtype)
+    return costs
 
-    ``‖c‖² − 2 zᵀc`` is enough for the argmin (‖z‖² is constant per row).
-    """
+
+def nearest_codeword(z: torch.Tensor, codebook: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+    """Index of the nearest codeword for every row of ``z`` (N, D), in ``search_dtype(z)``;
+    with ``extra``, the codeword of least squared distance plus that cost (see ``_costs``)."""
     dtype = search_dtype(z)
     zs = z.detach().to(dtype)
     cs = codebook.detach().to(dtype)
-    distances = (cs * cs).sum(dim=1) - 2.0 * (zs @ cs.t())
-    return distances.argmin(dim=1)
+    return _costs(zs, cs, (cs * cs).sum(dim=1), extra).argmin(dim=1)
 
 
-def nearest_codeword_with_gap(z: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def nearest_codeword_with_gap(z: torch.Tensor, codebook: torch.Tensor,
+                              extra: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``nearest_codeword`` plus each row's *decision gap*: its distance to the nearest wall
-    of its Voronoi cell, i.e. how far the row may move (in any direction) before the choice
-    can change.
+    of its cell, i.e. how far the row may move (in any direction) before the choice can change.
 
-    The wall towards codeword j is the hyperplane halfway between c_j and the chosen c_b,
-    at distance (‖z − c_j‖² − ‖z − c_b‖²) / (2‖c_j − c_b‖); the nearest wall is not always
-    the runner-up's, so every j is checked.
+    The wall towards codeword j is the hyperplane where c_j and the chosen c_b cost the same,
+    at distance (cost_j − cost_b) / (2‖c_j − c_b‖) from z, cost being the squared distance
+    plus ``extra`` (a cost that does not depend on z only moves the wall along c_j − c_b);
+    the nearest wall is not always the runner-up's, so every j is checked.
     """
     dtype = search_dtype(z)
     zs = z.detach().to(dtype)
     cs = codebook.detach().to(dtype)
     norms = (cs * cs).sum(dim=1)
-    distances = norms - 2.0 * (zs @ cs.t())  # ‖z − c‖² − ‖z‖²
+    distances = _costs(zs, cs, norms, extra)
     best = distances.argmin(dim=1)
     # 2‖c_j − c_i‖ for every pair of codewords (K, K), from the Gram matrix, then the chosen
     # codeword's row for each z: K² square roots instead of N·K.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -14,6 +16,31 @@ from models.codebook import (
     search_dtype,
 )
 from models.quantizer import Quantizer, QuantizerOutput, directional_reparam
+
+
+@dataclass(frozen=True)
+class RateCosts:
+    """The rate term of entropy-constrained assignment (ECVQ; Chou, Lookabaugh and Gray,
+    1989): codeword j of stage m costs its squared distance plus λ times the bits it takes to
+    code, so that a codeword nearly as near but much cheaper to code can win.
+
+    ``first`` (K,) is stage 1's term, by codeword alone: the coder's stage-1 context (the
+    index above) would chain every row's choices to the row above's, and each latent must
+    stay decidable on its own (the float64 re-decision of single latents relies on it).
+    ``following`` (S − 1, K, K) is stage m's, by stage m − 1's index at the same position
+    (the coder's own context) and codeword. Values are float32 numbers (held in float64) so
+    that a float32 and a float64 search add exactly the same costs.
+    """
+
+    first: torch.Tensor
+    following: torch.Tensor
+
+    def for_stage(self, stage: int, previous: torch.Tensor | None) -> torch.Tensor:
+        """Stage ``stage``'s (0-based) term: (K,) for the first, (N, K) given the previous indices."""
+        if stage == 0:
+            return self.first
+        assert previous is not None
+        return self.following[stage - 1].to(previous.device)[previous]
 
 
 class ResidualDiVeQ(Quantizer):
@@ -47,13 +74,16 @@ class ResidualDiVeQ(Quantizer):
     def alphabet_sizes(self) -> list[int]:
         return [self.num_codes] * self.num_stages
 
-    def _stage_sums(self, z: torch.Tensor, num_stages: int, observe: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def _stage_sums(self, z: torch.Tensor, num_stages: int, observe: bool,
+                    rate: RateCosts | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Indices (S, N) and cumulative reconstructions (S, N, D) of the first S stages."""
         remainder = z
         total = torch.zeros_like(z)
-        all_idx, sums = [], []
+        all_idx: list[torch.Tensor] = []
+        sums = []
         for m in range(num_stages):
-            idx = nearest_codeword(remainder, self.codebooks[m])
+            extra = rate.for_stage(m, all_idx[-1] if all_idx else None) if rate is not None else None
+            idx = nearest_codeword(remainder, self.codebooks[m], extra)
             if observe:
                 self.cares[m].observe(remainder, idx)
             chosen = self.codebooks[m][idx].to(z.dtype)
@@ -80,18 +110,24 @@ class ResidualDiVeQ(Quantizer):
         return stages
 
     @torch.no_grad()
-    def indices(self, z: torch.Tensor, num_stages: int | None = None) -> torch.Tensor:
-        idx, _ = self._stage_sums(z.to(search_dtype(z)), self._checked_stages(num_stages), observe=False)
+    def indices(self, z: torch.Tensor, num_stages: int | None = None, rate: RateCosts | None = None) -> torch.Tensor:
+        """Each stage's codeword for every row of z: the nearest, or with ``rate`` the cheapest."""
+        idx, _ = self._stage_sums(z.to(search_dtype(z)), self._checked_stages(num_stages), observe=False, rate=rate)
         return idx
 
     @torch.no_grad()
-    def indices_and_gaps(self, z: torch.Tensor, num_stages: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def indices_and_gaps(self, z: torch.Tensor, num_stages: int | None = None,
+                         rate: RateCosts | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         # Stage m's remainder is z minus exact codewords, so an error in z moves every
         # stage's remainder by the same vector: the smallest gap over stages bounds them all.
+        # The rate term depends only on earlier choices, which stand while z moves less than
+        # their gaps, so the same holds with it.
         remainder = z.detach().to(search_dtype(z))
-        all_idx, smallest = [], torch.full(z.shape[:1], float("inf"), dtype=remainder.dtype, device=z.device)
+        all_idx: list[torch.Tensor] = []
+        smallest = torch.full(z.shape[:1], float("inf"), dtype=remainder.dtype, device=z.device)
         for m in range(self._checked_stages(num_stages)):
-            idx, gap = nearest_codeword_with_gap(remainder, self.codebooks[m])
+            extra = rate.for_stage(m, all_idx[-1] if all_idx else None) if rate is not None else None
+            idx, gap = nearest_codeword_with_gap(remainder, self.codebooks[m], extra)
             remainder = remainder - self.codebooks[m][idx].to(remainder.dtype)
             all_idx.append(idx)
             smallest = torch.minimum(smallest, gap)

@@ -340,16 +340,17 @@ def _in_chunks(search: Callable[[torch.Tensor], Any], vectors: torch.Tensor, chu
 
 
 def chunked_indices(quantizer: nn.Module, vectors: torch.Tensor, num_stages: int | None,
-                    chunk: int = QUANTIZE_CHUNK) -> torch.Tensor:
-    """quantizer.indices over rows in chunks: same result (rows are independent), bounded memory."""
-    parts = _in_chunks(lambda rows: quantizer.indices(rows, num_stages), vectors, chunk)
+                    chunk: int = QUANTIZE_CHUNK, **search: Any) -> torch.Tensor:
+    """quantizer.indices over rows in chunks: same result (rows are independent), bounded memory.
+    ``search`` options (a rate term) go to the quantizer as they are."""
+    parts = _in_chunks(lambda rows: quantizer.indices(rows, num_stages, **search), vectors, chunk)
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 
 def chunked_indices_and_gaps(quantizer: nn.Module, vectors: torch.Tensor, num_stages: int | None,
-                             chunk: int = QUANTIZE_CHUNK) -> tuple[torch.Tensor, torch.Tensor] | None:
+                             chunk: int = QUANTIZE_CHUNK, **search: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
     """quantizer.indices_and_gaps over rows in chunks (None where the quantizer has no gaps)."""
-    parts = _in_chunks(lambda rows: quantizer.indices_and_gaps(rows, num_stages), vectors, chunk)
+    parts = _in_chunks(lambda rows: quantizer.indices_and_gaps(rows, num_stages, **search), vectors, chunk)
     if parts[0] is None:
         return None
     return torch.cat([i for i, _ in parts], dim=1), torch.cat([g for _, g in parts])

@@ -1,11 +1,12 @@
 """Does the CPU's encoder choose the exact (float64) codewords?
 
 ``python scripts/float_choices.py IMAGE_DIR [-q QUALITY]`` encodes every image's indices
-(all stages of the model behind QUALITY, default the middle one) three ways: plain float32
-search, the CPU coding path (float32, with latents near a decision boundary re-decided in
-float64) and the all-float64 path a GPU uses. It counts the decisions where each float32
-way differs from float64, the share of latents the CPU path re-decided, and the largest
-float32 error of a latent (relative to its length), which the re-decision margin must exceed.
+(all stages of the model behind QUALITY, default the middle one, with that rate point's λ)
+three ways: plain float32 search, the CPU coding path (float32, with latents near a decision
+boundary re-decided in float64) and the all-float64 path a GPU uses. It counts the decisions
+where each float32 way differs from float64, the share of latents the CPU path re-decided,
+and the largest float32 error of a latent (relative to its length), which the re-decision
+margin must exceed.
 """
 
 from __future__ import annotations
@@ -28,19 +29,23 @@ def main() -> None:
     parser.add_argument("folder", type=Path)
     parser.add_argument("-q", "--quality", type=int, default=None, help="picks the model (default: the middle one)")
     args = parser.parse_args()
-    model = load_model(resolve_quality(args.quality).model_id, "cpu").model
+    point = resolve_quality(args.quality)
+    loaded = load_model(point.model_id, "cpu")
+    model = loaded.model
+    rate = loaded.rate_costs(point.rate_weight)  # the rate point's entropy-constrained choices
+    search = {} if rate is None else {"rate": rate}
     decisions = plain_differ = coded_differ = redecided = latents = 0
     worst_error = 0.0
     for path in list_images(args.folder):
         x = _to_tensor(np.asarray(Image.open(path).convert("RGB")), "cpu")
-        exact, _ = model.encode_indices(x, dtype=torch.float64)
-        coded, _ = model.encode_indices(x)
+        exact, _ = model.encode_indices(x, dtype=torch.float64, rate=rate)
+        coded, _ = model.encode_indices(x, rate=rate)
         vectors = model.to_vectors(model.analyse(model.analysis, x))
         exact_vectors = model.to_vectors(model.analyse(model.float64_analysis(), x.double()))
         difference = torch.linalg.vector_norm(vectors.double() - exact_vectors, dim=1)
         error = difference / torch.linalg.vector_norm(exact_vectors, dim=1)
         worst_error = max(worst_error, float(error.max()))
-        plain, gaps = model.quantizer.indices_and_gaps(vectors)
+        plain, gaps = model.quantizer.indices_and_gaps(vectors, **search)
         redecided += int(autoencoder.unsure_choices(vectors, gaps).sum())
         latents += vectors.shape[0]
         decisions += exact.numel()

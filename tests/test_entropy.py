@@ -13,6 +13,7 @@ from codec.entropy import (
     _StageTables,
     _second_contexts,
     _stage_tables,
+    code_lengths,
     context_counts,
     decode_indices,
     encode_indices,
@@ -286,3 +287,14 @@ def test_programming_errors() -> None:
         encode_indices(np.zeros((1, 10), dtype=np.int64), TABLES, 3)
     with pytest.raises(ValueError):
         smoothed_counts(np.zeros((2, ALPHABET, ALPHABET)))
+
+
+def test_code_lengths_are_the_static_tables_bits() -> None:
+    rng = np.random.default_rng(9)
+    tables = rng.integers(1, 50, size=(3, 9, 8))
+    first, following = code_lengths(tables)
+    assert first.shape == (8,) and following.shape == (2, 8, 8)
+    column = tables[0].sum(axis=0)
+    assert np.allclose(2.0 ** -first, column / column.sum())
+    assert np.allclose(2.0 ** -following[1, 5], tables[2, 5] / tables[2, 5].sum())
+    assert np.allclose((2.0 ** -following).sum(axis=2), 1.0)

@@ -19,7 +19,7 @@ from models import autoencoder, tiling
 from models.autoencoder import VQAutoencoder, pad_to_multiple
 from models.codebook import nearest_codeword, nearest_codeword_with_gap
 from models.config import ModelConfig
-from models.residual import ResidualDiVeQ
+from models.residual import RateCosts, ResidualDiVeQ
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -135,3 +135,70 @@ def test_a_duplicated_codeword_is_a_tie_not_a_nan() -> None:
     idx, gap = nearest_codeword_with_gap(torch.tensor([[0.9, 1.2], [0.1, 0.0]], dtype=torch.float64), books)
     assert idx.tolist() == [1, 0]
     assert gap[0] == 0 and gap[1] > 0 and not gap.isnan().any()
+
+
+def _rate_costs(num_stages: int, num_codes: int, scale: float, generator: torch.Generator) -> RateCosts:
+    """A random rate term of float32 numbers, as the encoder builds them."""
+    first = (scale * torch.rand(num_codes, generator=generator)).double()
+    following = (scale * torch.rand(num_stages - 1, num_codes, num_codes, generator=generator)).double()
+    return RateCosts(first, following)
+
+
+def test_gap_with_a_rate_term_is_the_distance_to_the_nearest_wall_of_equal_cost() -> None:
+    g = torch.Generator().manual_seed(4)
+    z = torch.randn(500, 6, generator=g, dtype=torch.float64)
+    books = torch.randn(17, 6, generator=g, dtype=torch.float64)
+    extra = 3.0 * torch.rand(500, 17, generator=g, dtype=torch.float64)
+    idx, gap = nearest_codeword_with_gap(z, books, extra)
+    costs = torch.cdist(z, books) ** 2 + extra
+    assert torch.equal(idx, costs.argmin(dim=1)) and torch.equal(idx, nearest_codeword(z, books, extra))
+    assert (idx != nearest_codeword(z, books)).sum() > 50  # the term changes many choices
+    chosen = books[idx]
+    walls = torch.stack([(costs[:, j] - costs.gather(1, idx[:, None]).squeeze(1))
+                         / (2 * torch.linalg.vector_norm(books[j] - chosen, dim=1)) for j in range(17)], dim=1)
+    walls[torch.arange(500), idx] = float("inf")
+    assert torch.allclose(gap, walls.min(dim=1).values, rtol=1e-9, atol=1e-12)
+    through = books[walls.argmin(dim=1)] - chosen
+    through = through / torch.linalg.vector_norm(through, dim=1, keepdim=True)
+    assert (nearest_codeword(z + 1.001 * gap[:, None] * through, books, extra) != idx).all()
+    assert torch.equal(nearest_codeword(z + 0.999 * gap[:, None] * through, books, extra), idx)
+
+
+def test_rate_term_keeps_the_residual_gap_a_bound_and_favours_cheap_codewords() -> None:
+    g = torch.Generator().manual_seed(5)
+    quantizer = ResidualDiVeQ(4, 16, 8).double()
+    with torch.no_grad():
+        quantizer.codebooks.normal_(generator=g)
+        quantizer.codebooks.mul_(torch.tensor([1.0, 0.5, 0.25, 0.125], dtype=torch.float64)[:, None, None])
+    z = torch.randn(400, 8, generator=g, dtype=torch.float64)
+    rate = _rate_costs(4, 16, 0.5, g)
+    idx, gap = quantizer.indices_and_gaps(z, rate=rate)
+    assert torch.equal(idx, quantizer.indices(z, rate=rate))
+    nearest = quantizer.indices(z)
+    assert not torch.equal(idx, nearest)
+    # The rate term the choices pay is lower than the nearest codewords' (its whole point).
+    def paid(indices: torch.Tensor) -> float:
+        return float(rate.first[indices[0]].sum() + sum(rate.following[m - 1][indices[m - 1], indices[m]].sum()
+                                                         for m in range(1, 4)))
+    assert paid(idx) < paid(nearest)
+    for _ in range(20):
+        moved = z + 0.999 * gap[:, None] * _random_directions(400, 8, g)
+        assert torch.equal(quantizer.indices(moved, rate=rate), idx)
+
+
+def test_cpu_path_with_a_rate_term_gives_the_float64_indices(shipped: VQAutoencoder, lighthouse_path: Path) -> None:
+    from codec.weights import load_model, resolve_quality
+
+    loaded = load_model(resolve_quality(None).model_id, "cpu")
+    rate = loaded.rate_costs(0.01)
+    x = _lighthouse(lighthouse_path.parent)
+    exact, _ = shipped.encode_indices(x, 6, dtype=torch.float64, rate=rate)
+    assert torch.equal(shipped.encode_indices(x, 6, rate=rate)[0], exact)
+    assert not torch.equal(shipped.encode_indices(x, 6, dtype=torch.float64)[0], exact)
+
+
+def test_a_rate_term_needs_a_residual_quantizer() -> None:
+    model = VQAutoencoder(ModelConfig(channels=8, latent_dim=4, num_stages=1, num_codes=8)).eval()
+    rate = RateCosts(torch.zeros(8, dtype=torch.float64), torch.zeros(0, 8, 8, dtype=torch.float64))
+    with pytest.raises(ValueError, match="residual"):
+        model.encode_indices(torch.rand(1, 3, 16, 16), rate=rate)

@@ -44,12 +44,36 @@ def test_odd_size_is_padded_and_cropped(lighthouse_path: Path) -> None:
 def test_bytes_identical_across_runs_and_indices_survive(parrots_path: Path) -> None:
     first, second = encode(parrots_path), encode(parrots_path)
     assert first == second
-    from codec.weights import load_model
+    from codec.weights import load_model, resolve_quality
     header = bitstream.unpack(first).header
-    model = load_model(header.model_id, "cpu").model
+    loaded = load_model(header.model_id, "cpu")
     x = torch.from_numpy(np.asarray(Image.open(parrots_path).convert("RGB")).copy()).permute(2, 0, 1)[None].float() / 255
-    expected, _ = model.encode_indices(x, header.stages)
+    rate = loaded.rate_costs(resolve_quality(header.quality).rate_weight)
+    expected, _ = loaded.model.encode_indices(x, header.stages, rate=rate)
     assert np.array_equal(decode_detailed(first).indices, expected.numpy())
+
+
+def test_the_rate_points_weight_trades_distortion_for_rate(parrots_path: Path, weights_copy: Path) -> None:
+    """The encoder reads each rate point's λ from the card: a larger one writes fewer bits and a
+    little more distortion (entropy-constrained choices), 0 the nearest codewords; the decoder
+    reads every such file alike."""
+    from codec.weights import resolve_quality
+
+    card_path = next(weights_copy.glob("*.json"))
+    card = json.loads(card_path.read_text())
+    point = next(rp for rp in card["rate_points"] if rp["quality"] == 6)
+    reports = {}
+    for weight in (0.0, 0.005, 0.05):
+        point["rate_weight"] = weight
+        card_path.write_text(json.dumps(card))
+        assert resolve_quality(6).rate_weight == weight
+        reports[weight] = encode_with_report(parrots_path, 6, "cpu")
+    sizes = [len(reports[w].data) for w in (0.0, 0.005, 0.05)]
+    quality = [reports[w].psnr for w in (0.0, 0.005, 0.05)]
+    assert sizes[0] > sizes[1] > sizes[2] and quality[0] > quality[2]
+    del point["rate_weight"]  # a card without it: the nearest codewords
+    card_path.write_text(json.dumps(card))
+    assert encode(parrots_path, quality=6) == reports[0.0].data
 
 
 def test_more_stages_cost_more_and_look_better(parrots_path: Path, qualities: list[int]) -> None:

@@ -1,0 +1,125 @@
+"""Choose each rate point's λ for entropy-constrained assignment, on training photos.
+
+``python scripts/rate_weight_probe.py IMAGE_DIR [--every 24] [--card weights/NAME.json]``
+
+For every image (every ``--every``-th, starting at the second, so never the first one) and
+every rate point of the model, the indices are chosen at λ = α·s for each α of the grid,
+where s is the stage's slope: the latent energy its codewords remove per bit of its tables
+(measured on these images). Each choice is coded by the real coder and decoded by the real
+decoder. A rate point's gain at α is its PSNR minus that of the nearest-codeword curve (α =
+0, all rate points) at the same bits per pixel, interpolated in log-rate (extended linearly
+past its ends). Each rate point keeps the α of the largest mean gain; with ``--card`` its λ
+goes into the card's ``rate_weight``.
+
+The rate is the payload's (the header is the same few bytes either way); PSNR is RGB, of the
+8-bit decoded image, averaged per image. Never run it on the test set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from codec import entropy
+from codec.metrics import psnr
+from codec.pipeline import _to_tensor, _to_uint8
+from codec.weights import load_model, rate_points
+from models import tiling
+from models.data import list_images
+
+ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5)
+
+
+def stage_slopes(quantizer: torch.nn.Module, vectors: list[torch.Tensor], bits: np.ndarray) -> np.ndarray:
+    """Mean squared latent energy each stage's nearest codewords remove, per bit of its tables."""
+    remainder = torch.cat(vectors).double()
+    energy = [float((remainder * remainder).sum(dim=1).mean())]
+    indices = quantizer.indices(remainder)
+    for m in range(indices.shape[0]):
+        remainder = remainder - quantizer.codebooks[m].double()[indices[m]]
+        energy.append(float((remainder * remainder).sum(dim=1).mean()))
+    return (np.array(energy[:-1]) - np.array(energy[1:])) / bits
+
+
+def gain_over(curve: np.ndarray, bpp: float, db: float) -> float:
+    """PSNR above the (rate, PSNR) curve at the same rate, interpolated in log-rate."""
+    log_rate = np.log(curve[:, 0])
+    x = np.log(bpp)
+    if x < log_rate[0]:
+        i = 0
+    elif x > log_rate[-1]:
+        i = len(log_rate) - 2
+    else:
+        return db - float(np.interp(x, log_rate, curve[:, 1]))
+    slope = (curve[i + 1, 1] - curve[i, 1]) / (log_rate[i + 1] - log_rate[i])
+    return db - float(curve[i, 1] + slope * (x - log_rate[i]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--every", type=int, default=24)
+    parser.add_argument("--card", type=Path, default=None, help="write the chosen λ into this card")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    points = rate_points()
+    loaded = load_model(points[-1].model_id, "cpu")
+    model = loaded.model
+    if any(p.model_id != loaded.card.model_id for p in points):
+        raise SystemExit("the probe expects one residual model behind every rate point")
+    paths = list_images(args.folder)[1::args.every]
+    images, latents = [], []
+    with torch.no_grad():
+        for path in paths:
+            rgb = np.asarray(Image.open(path).convert("RGB"))
+            latent = model.analyse(model.float64_analysis(), _to_tensor(rgb, "cpu").double())
+            images.append(rgb)
+            latents.append(latent)
+        slopes = stage_slopes(model.quantizer, [model.to_vectors(t) for t in latents],
+                              entropy.table_entropy_bits(loaded.tables))
+        totals = {(p.quality, a): np.zeros(2) for p in points for a in ALPHAS}
+        pixels = sum(rgb.shape[0] * rgb.shape[1] for rgb in images)
+        for rgb, latent in zip(images, latents):
+            _, _, h, w = latent.shape
+            vectors = model.to_vectors(latent)
+            for point in points:
+                for alpha in ALPHAS:
+                    rate = loaded.rate_costs(alpha * float(slopes[point.stages - 1]))
+                    search = {} if rate is None else {"rate": rate}
+                    indices = tiling.chunked_indices(model.quantizer, vectors, point.stages, **search)
+                    payload = entropy.encode_indices(indices.numpy(), loaded.tables, w, adaptive=True,
+                                                     second=loaded.second_tables)
+                    decoded = _to_uint8(model.decode_indices(indices, (h, w), rgb.shape[0], rgb.shape[1]))
+                    totals[(point.quality, alpha)] += (len(payload) * 8, psnr(rgb, decoded))
+    mean = {key: (bits / pixels, db / len(images)) for key, (bits, db) in totals.items()}
+    nearest = np.array([mean[(p.quality, 0.0)] for p in points])
+    print(f"{len(images)} images of {args.folder}, {time.perf_counter() - started:.0f} s; stage slopes "
+          f"{', '.join(f'{s:.3g}' for s in slopes)}")
+    print("quality  " + "  ".join(f"α={a:<5}" for a in ALPHAS) + "   (dB over the α = 0 curve)  chosen")
+    chosen: dict[int, float] = {}
+    for point in points:
+        gains = [gain_over(nearest, *mean[(point.quality, a)]) for a in ALPHAS]
+        best = ALPHAS[int(np.argmax(gains))]
+        chosen[point.quality] = best * float(slopes[point.stages - 1])
+        bpp, db = mean[(point.quality, best)]
+        print(f"{point.quality:>7}  " + "  ".join(f"{g:+.3f}  " for g in gains)
+              + f"   α={best}: λ={chosen[point.quality]:.4g}, {bpp:.4f} bpp, {db:.3f} dB "
+                f"(α=0: {nearest[points.index(point), 0]:.4f} bpp, {nearest[points.index(point), 1]:.3f} dB)")
+    if args.card is not None:
+        card = json.loads(args.card.read_text())
+        for rp in card["rate_points"]:
+            rp["rate_weight"] = float(f"{chosen[int(rp['quality'])]:.4g}")
+        card["rate_weight_chosen_by"] = (f"python scripts/rate_weight_probe.py {args.folder} --every {args.every} "
+                                         f"--card {args.card} ({len(images)} training photos, α grid {list(ALPHAS)})")
+        args.card.write_text(json.dumps(card, indent=1) + "\n")
+        print(f"wrote rate_weight into {args.card}")
+
+
+if __name__ == "__main__":
+    main()
