@@ -193,7 +193,7 @@ def models(json_flag: bool = typer.Option(False, "--json", help="print as JSON")
     def run() -> None:
         points = rate_points()
         rows = [{"quality": p.quality, "model": p.model_name, "model_id": p.model_id, "stages": p.stages,
-                 "bpp": p.kodak_bpp, "psnr": p.kodak_psnr} for p in points]
+                 "bpp": p.kodak_bpp, "psnr": p.kodak_psnr, "rate_weight": p.rate_weight} for p in points]
         if json_flag:
             _json_out(rows)
             return

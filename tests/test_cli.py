@@ -91,7 +91,7 @@ def test_models_json_lists_rate_points() -> None:
     result = run("models", "--json")
     assert result.exit_code == 0
     rows = json.loads(result.stdout)
-    assert rows and all({"quality", "bpp", "psnr"} <= set(r) for r in rows)
+    assert rows and all({"quality", "bpp", "psnr", "rate_weight"} <= set(r) for r in rows)
 
 
 def test_models_table_columns_line_up_whatever_the_model_names() -> None:
