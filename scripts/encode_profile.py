@@ -1,0 +1,75 @@
+"""Where the CPU encoder's time goes, part by part.
+
+``python scripts/encode_profile.py IMAGE_DIR [-q QUALITY]`` runs the steps of
+``codec.pipeline.encode_source`` one by one on every image (after one warm-up encode) and
+prints the mean seconds per image of each: float32 analysis, codeword search with decision
+gaps, float64 re-decision of the unsure latents, entropy coding. It checks that the parts
+give the same payload as the encoder itself, so it times the real path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from codec import bitstream, entropy
+from codec.image_io import read_image
+from codec.pipeline import _to_tensor, encode_source
+from codec.weights import load_model, resolve_quality
+from models import tiling
+from models.autoencoder import unsure_choices
+from models.data import list_images
+
+PARTS = ("analysis", "search", "re-decision", "entropy coding")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("-q", "--quality", type=int, default=None)
+    args = parser.parse_args()
+    point = resolve_quality(args.quality)
+    loaded = load_model(point.model_id, "cpu")
+    model = loaded.model
+    rate = loaded.rate_costs(point.rate_weight)
+    search = {} if rate is None else {"rate": rate}
+    sources = [read_image(path.read_bytes(), str(path)) for path in list_images(args.folder)]
+    encode_source(sources[0], point.quality, "cpu")
+    totals = dict.fromkeys(PARTS, 0.0)
+    unsure_count = 0
+    with torch.no_grad():
+        for source in sources:
+            x = _to_tensor(source.rgb, "cpu")
+            start = time.perf_counter()
+            latent = model.analyse(model.analysis, x)
+            _, _, _, width = latent.shape
+            vectors = model.to_vectors(latent)
+            analysed = time.perf_counter()
+            indices, gaps = tiling.chunked_indices_and_gaps(model.quantizer, vectors, point.stages, **search)
+            searched = time.perf_counter()
+            unsure = torch.nonzero(unsure_choices(vectors, gaps)).squeeze(1)
+            if unsure.numel():
+                cells = torch.stack([unsure // width, unsure % width], dim=1)
+                exact = tiling.analysis_at(model.float64_analysis(), x, model.stride, cells)
+                indices[:, unsure] = model.quantizer.indices(exact, point.stages, **search)
+            redecided = time.perf_counter()
+            payload = entropy.encode_indices(indices.numpy(), loaded.tables, width, adaptive=True,
+                                             second=loaded.second_tables)
+            coded = time.perf_counter()
+            if payload != bitstream.unpack(encode_source(source, point.quality, "cpu")).payload:
+                raise SystemExit("the parts do not give the encoder's payload: this script is out of date")
+            unsure_count += unsure.numel()
+            for part, seconds in zip(PARTS, (analysed - start, searched - analysed, redecided - searched,
+                                            coded - redecided)):
+                totals[part] += seconds
+    count = len(sources)
+    print(f"quality {point.quality}, {count} images of {args.folder}, seconds per image: "
+          + ", ".join(f"{part} {seconds / count:.3f}" for part, seconds in totals.items())
+          + f"; total {sum(totals.values()) / count:.3f}; {unsure_count / count:.1f} latents re-decided per image")
+
+
+if __name__ == "__main__":
+    main()
