@@ -161,13 +161,13 @@ def crop_to(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 # How far a float32 latent can be from the float64 one, relative to its length, measured with
 # the shipped model (scripts/float_choices.py): at most 1.11e-6 over the 1.8 million latents of
-# the 678 training photos, 9.1e-7 on Kodak. Float32 kernels that sum in other orders (plain
-# NCHW, oneDNN switched off, one thread: stand-ins for other machines) gave the same largest
-# error to within 6 %, and the tail falls by a factor of ten per 1.3e-7 or so (99.999th
-# percentile 9.3e-7 at most). A latent nearer than EXACT_SEARCH_MARGIN to a decision boundary
-# is re-decided in float64: 2.7 times the largest error measured, so past the measured tail by
-# some fifteen factors of ten. A larger margin re-decides more latents, and costs encode time:
-# 5e-6 (until model 8) took about 0.1 s more per Kodak image at quality 12.
+# the 678 training photos, 9.1e-7 on Kodak; 1.02e-6 and 8.7e-7 with oneDNN switched off (other
+# summation orders: a stand-in for other machines), the same as two threads with one. The tail
+# falls by a factor of ten every 1.3e-7 to 2e-7 (99.9th / 99.99th / 99.999th percentiles 6.1e-7,
+# 7.5e-7, 8.8e-7 on the training photos). A latent nearer than EXACT_SEARCH_MARGIN to a decision
+# boundary is re-decided in float64: 2.7 times the largest error measured, some nine factors of
+# ten beyond it at that rate of fall. A larger margin re-decides more latents and costs encode
+# time: 5e-6 (until this version) took 0.03-0.09 s more per Kodak image at qualities 10 to 12.
 EXACT_SEARCH_MARGIN = 3e-6
 
 

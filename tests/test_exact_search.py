@@ -29,36 +29,57 @@ def _random_directions(n: int, d: int, generator: torch.Generator) -> torch.Tens
     return v / torch.linalg.vector_norm(v, dim=1, keepdim=True)
 
 
-def test_gap_is_the_distance_to_the_nearest_cell_wall() -> None:
+@pytest.mark.parametrize("rate_term", [False, True])
+def test_gap_is_the_distance_to_the_nearest_cell_wall(rate_term: bool) -> None:
+    """Without a rate term the walls are the Voronoi cell's; with one (a cost per row and
+    codeword, added to the squared distance) they lie where two codewords cost the same."""
     g = torch.Generator().manual_seed(0)
     z = torch.randn(500, 6, generator=g, dtype=torch.float64)
     books = torch.randn(17, 6, generator=g, dtype=torch.float64)
-    idx, gap = nearest_codeword_with_gap(z, books)
-    assert torch.equal(idx, nearest_codeword(z, books))
-    distances = torch.cdist(z, books) ** 2
+    extra = 3.0 * torch.rand(500, 17, generator=g, dtype=torch.float64) if rate_term else None
+    idx, gap = nearest_codeword_with_gap(z, books, extra)
+    costs = torch.cdist(z, books) ** 2 + (0.0 if extra is None else extra)
+    assert torch.equal(idx, costs.argmin(dim=1)) and torch.equal(idx, nearest_codeword(z, books, extra))
+    if rate_term:
+        assert (idx != nearest_codeword(z, books)).sum() > 50  # the term changes many choices
     chosen = books[idx]
-    walls = torch.stack([(distances[:, j] - distances.gather(1, idx[:, None]).squeeze(1))
+    walls = torch.stack([(costs[:, j] - costs.gather(1, idx[:, None]).squeeze(1))
                          / (2 * torch.linalg.vector_norm(books[j] - chosen, dim=1)) for j in range(17)], dim=1)
     walls[torch.arange(500), idx] = float("inf")
     assert torch.allclose(gap, walls.min(dim=1).values, rtol=1e-9, atol=1e-12)
-    # Just past the nearest wall, straight through it, the choice changes.
+    # Straight through the nearest wall: just past it the choice changes, just before it does not.
     through = books[walls.argmin(dim=1)] - chosen
     through = through / torch.linalg.vector_norm(through, dim=1, keepdim=True)
-    assert (nearest_codeword(z + 1.001 * gap[:, None] * through, books) != idx).all()
+    assert (nearest_codeword(z + 1.001 * gap[:, None] * through, books, extra) != idx).all()
+    assert torch.equal(nearest_codeword(z + 0.999 * gap[:, None] * through, books, extra), idx)
 
 
-def test_no_move_shorter_than_the_residual_gap_changes_any_stage() -> None:
+def _rate_costs(num_stages: int, num_codes: int, scale: float, generator: torch.Generator) -> RateCosts:
+    """A random rate term of float32 numbers, as the encoder builds them."""
+    first = (scale * torch.rand(num_codes, generator=generator)).double()
+    following = (scale * torch.rand(num_stages - 1, num_codes, num_codes, generator=generator)).double()
+    return RateCosts(first, following)
+
+
+@pytest.mark.parametrize("rate_term", [False, True])
+def test_no_move_shorter_than_the_residual_gap_changes_any_stage(rate_term: bool) -> None:
     g = torch.Generator().manual_seed(1)
     quantizer = ResidualDiVeQ(4, 16, 8).double()
     with torch.no_grad():
         quantizer.codebooks.normal_(generator=g)
         quantizer.codebooks.mul_(torch.tensor([1.0, 0.5, 0.25, 0.125], dtype=torch.float64)[:, None, None])
     z = torch.randn(400, 8, generator=g, dtype=torch.float64)
-    idx, gap = quantizer.indices_and_gaps(z)
-    assert torch.equal(idx, quantizer.indices(z))
+    rate = _rate_costs(4, 16, 0.5, g) if rate_term else None
+    idx, gap = quantizer.indices_and_gaps(z, rate=rate)
+    assert torch.equal(idx, quantizer.indices(z, rate=rate))
+    if rate is not None:  # the choices pay less rate than the nearest codewords (its whole point)
+        def paid(indices: torch.Tensor) -> float:
+            return float(rate.first[indices[0]].sum()
+                         + sum(rate.following[m - 1][indices[m - 1], indices[m]].sum() for m in range(1, 4)))
+        assert paid(idx) < paid(quantizer.indices(z))
     for _ in range(20):
         moved = z + 0.999 * gap[:, None] * _random_directions(400, 8, g)
-        assert torch.equal(quantizer.indices(moved), idx)
+        assert torch.equal(quantizer.indices(moved, rate=rate), idx)
 
 
 @pytest.fixture(scope="module")
@@ -135,55 +156,6 @@ def test_a_duplicated_codeword_is_a_tie_not_a_nan() -> None:
     idx, gap = nearest_codeword_with_gap(torch.tensor([[0.9, 1.2], [0.1, 0.0]], dtype=torch.float64), books)
     assert idx.tolist() == [1, 0]
     assert gap[0] == 0 and gap[1] > 0 and not gap.isnan().any()
-
-
-def _rate_costs(num_stages: int, num_codes: int, scale: float, generator: torch.Generator) -> RateCosts:
-    """A random rate term of float32 numbers, as the encoder builds them."""
-    first = (scale * torch.rand(num_codes, generator=generator)).double()
-    following = (scale * torch.rand(num_stages - 1, num_codes, num_codes, generator=generator)).double()
-    return RateCosts(first, following)
-
-
-def test_gap_with_a_rate_term_is_the_distance_to_the_nearest_wall_of_equal_cost() -> None:
-    g = torch.Generator().manual_seed(4)
-    z = torch.randn(500, 6, generator=g, dtype=torch.float64)
-    books = torch.randn(17, 6, generator=g, dtype=torch.float64)
-    extra = 3.0 * torch.rand(500, 17, generator=g, dtype=torch.float64)
-    idx, gap = nearest_codeword_with_gap(z, books, extra)
-    costs = torch.cdist(z, books) ** 2 + extra
-    assert torch.equal(idx, costs.argmin(dim=1)) and torch.equal(idx, nearest_codeword(z, books, extra))
-    assert (idx != nearest_codeword(z, books)).sum() > 50  # the term changes many choices
-    chosen = books[idx]
-    walls = torch.stack([(costs[:, j] - costs.gather(1, idx[:, None]).squeeze(1))
-                         / (2 * torch.linalg.vector_norm(books[j] - chosen, dim=1)) for j in range(17)], dim=1)
-    walls[torch.arange(500), idx] = float("inf")
-    assert torch.allclose(gap, walls.min(dim=1).values, rtol=1e-9, atol=1e-12)
-    through = books[walls.argmin(dim=1)] - chosen
-    through = through / torch.linalg.vector_norm(through, dim=1, keepdim=True)
-    assert (nearest_codeword(z + 1.001 * gap[:, None] * through, books, extra) != idx).all()
-    assert torch.equal(nearest_codeword(z + 0.999 * gap[:, None] * through, books, extra), idx)
-
-
-def test_rate_term_keeps_the_residual_gap_a_bound_and_favours_cheap_codewords() -> None:
-    g = torch.Generator().manual_seed(5)
-    quantizer = ResidualDiVeQ(4, 16, 8).double()
-    with torch.no_grad():
-        quantizer.codebooks.normal_(generator=g)
-        quantizer.codebooks.mul_(torch.tensor([1.0, 0.5, 0.25, 0.125], dtype=torch.float64)[:, None, None])
-    z = torch.randn(400, 8, generator=g, dtype=torch.float64)
-    rate = _rate_costs(4, 16, 0.5, g)
-    idx, gap = quantizer.indices_and_gaps(z, rate=rate)
-    assert torch.equal(idx, quantizer.indices(z, rate=rate))
-    nearest = quantizer.indices(z)
-    assert not torch.equal(idx, nearest)
-    # The rate term the choices pay is lower than the nearest codewords' (its whole point).
-    def paid(indices: torch.Tensor) -> float:
-        return float(rate.first[indices[0]].sum() + sum(rate.following[m - 1][indices[m - 1], indices[m]].sum()
-                                                         for m in range(1, 4)))
-    assert paid(idx) < paid(nearest)
-    for _ in range(20):
-        moved = z + 0.999 * gap[:, None] * _random_directions(400, 8, g)
-        assert torch.equal(quantizer.indices(moved, rate=rate), idx)
 
 
 def test_cpu_path_with_a_rate_term_gives_the_float64_indices(shipped: VQAutoencoder, lighthouse_path: Path) -> None:
