@@ -88,8 +88,15 @@ def rate_points() -> list[RatePoint]:
     points = []
     for card in list_cards():
         for rp in card.data.get("rate_points", []):
-            points.append(RatePoint(int(rp["quality"]), card.name, card.model_id, int(rp["stages"]),
-                                    rp.get("kodak_bpp"), rp.get("kodak_psnr"), float(rp.get("rate_weight", 0.0))))
+            try:
+                point = RatePoint(int(rp["quality"]), card.name, card.model_id, int(rp["stages"]),
+                                  rp.get("kodak_bpp"), rp.get("kodak_psnr"), float(rp.get("rate_weight", 0.0)))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise WeightsError(f"model card {card.name} has an unreadable rate point ({exc!r})") from None
+            if not 0.0 <= point.rate_weight < float("inf"):  # also refuses NaN
+                raise WeightsError(f"model card {card.name}: rate_weight must be a finite number ≥ 0, "
+                                   f"got {point.rate_weight}")
+            points.append(point)
     return sorted(points, key=lambda p: p.quality)
 
 

@@ -76,6 +76,18 @@ def test_the_rate_points_weight_trades_distortion_for_rate(parrots_path: Path, w
     assert encode(parrots_path, quality=6) == reports[0.0].data
 
 
+@pytest.mark.parametrize("weight", [-0.01, "heavy", float("nan"), None])
+def test_a_card_with_a_bad_rate_weight_is_refused(parrots_path: Path, weights_copy: Path, weight: object) -> None:
+    """A negative λ would prefer dear codewords, and a card that says nonsense is a weights
+    problem (exit 4), not a usage error."""
+    card_path = next(weights_copy.glob("*.json"))
+    card = json.loads(card_path.read_text())
+    card["rate_points"][0]["rate_weight"] = weight
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(WeightsError, match="rate"):
+        encode(parrots_path, quality=1)
+
+
 def test_more_stages_cost_more_and_look_better(parrots_path: Path, qualities: list[int]) -> None:
     if len(qualities) < 2:
         pytest.skip("one rate point only")
