@@ -13,9 +13,9 @@ OUTDIR holds:
 
 * ``per_image.csv``: one row per (codec, quality, image), appended and flushed as soon as
   it is measured. Re-running with the same OUTDIR skips the rows already there, so an
-  interrupted run resumes where it stopped. ``eval_meta.json`` records which weights and
-  which image files the rows belong to; a re-run with other weights or other images of
-  the same name is refused rather than mixed in.
+  interrupted run resumes where it stopped. ``eval_meta.json`` records which weights,
+  entropy coder, image files and rate-point settings (stages, λ) the rows belong to; a
+  re-run with any of them changed is refused rather than mixed in.
 * ``<codec>.json``: one per codec in CompressAI's results schema, computed from the CSV.
 * ``rd.png``: PSNR-RGB and MS-SSIM (dB) against bpp for ours, the anchors and the
   published curves of ``--published``.
@@ -548,8 +548,15 @@ def _check_meta(out_dir: Path, meta_now: dict[str, Any]) -> dict[str, Any]:
         if key in before and before[key] != value:
             raise OutputError(f"{out_dir} holds results for other image {key} ({before[key]} vs {value} now); "
                               f"choose another -o or remove it")
+    # The same weights give other files when a card gives a quality other stages or another
+    # rate weight (the encoder's λ). Folders from before the meta named them are taken as they are.
+    before = old.get("rate_points", {})
+    for quality, value in meta_now.get("rate_points", {}).items():
+        if quality in before and before[quality] != value:
+            raise OutputError(f"{out_dir} holds results of quality {quality} encoded otherwise ({before[quality]} vs "
+                              f"{value} now); choose another -o or remove it")
     merged = {**old, **{k: v for k, v in meta_now.items() if not isinstance(v, dict)}}
-    for section in ("weights", "images"):
+    for section in ("weights", "images", "rate_points"):
         merged[section] = {**old.get(section, {}), **meta_now.get(section, {})}
     return merged
 
@@ -628,6 +635,7 @@ def _run_locked(opts: EvalOptions, say: Callable[[str], None], progress_stream: 
         "coder": WRITTEN_CODER,
         "weights": {str(mid): lm.card.weights_id.hex() for mid, lm in loaded.items()},
         "images": hashes,
+        "rate_points": {str(p.quality): {"stages": p.stages, "rate_weight": p.rate_weight} for p in points},
     })
     _write_json(opts.out_dir / META_NAME, meta)
     table = ResultsCSV(opts.out_dir / CSV_NAME)

@@ -9,7 +9,8 @@ where s is the stage's slope: the latent energy its codewords remove per bit of 
 decoder. A rate point's gain at α is its PSNR minus that of the nearest-codeword curve (α =
 0, all rate points) at the same bits per pixel, interpolated in log-rate (extended linearly
 past its ends). Each rate point keeps the α of the largest mean gain; with ``--card`` its λ
-goes into the card's ``rate_weight``.
+goes into the card's ``rate_weight``. Where two rate points have the same stages, only the
+first is tuned: the other keeps λ = 0, the nearest codewords.
 
 The rate is the payload's (the header is the same few bytes either way); PSNR is RGB, of the
 8-bit decoded image, averaged per image. Never run it on the test set.
@@ -68,11 +69,14 @@ def main() -> None:
     parser.add_argument("--card", type=Path, default=None, help="write the chosen λ into this card")
     args = parser.parse_args()
     started = time.perf_counter()
-    points = rate_points()
-    loaded = load_model(points[-1].model_id, "cpu")
+    every_point = rate_points()
+    loaded = load_model(every_point[-1].model_id, "cpu")
     model = loaded.model
-    if any(p.model_id != loaded.card.model_id for p in points):
+    if any(p.model_id != loaded.card.model_id for p in every_point):
         raise SystemExit("the probe expects one residual model behind every rate point")
+    # One rate point per stage count is tuned; a later one with the same stages (the zoo's top
+    # point) keeps the nearest codewords: the most faithful file those stages can give.
+    points = list({p.stages: p for p in reversed(every_point)}.values())[::-1]
     paths = list_images(args.folder)[1::args.every]
     images, latents = [], []
     with torch.no_grad():
@@ -114,7 +118,7 @@ def main() -> None:
     if args.card is not None:
         card = json.loads(args.card.read_text())
         for rp in card["rate_points"]:
-            rp["rate_weight"] = float(f"{chosen[int(rp['quality'])]:.4g}")
+            rp["rate_weight"] = float(f"{chosen.get(int(rp['quality']), 0.0):.4g}")
         card["rate_weight_chosen_by"] = (f"python scripts/rate_weight_probe.py {args.folder} --every {args.every} "
                                          f"--card {args.card} ({len(images)} training photos, α grid {list(ALPHAS)})")
         args.card.write_text(json.dumps(card, indent=1) + "\n")

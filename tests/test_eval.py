@@ -368,6 +368,17 @@ def test_eval_refuses_results_of_other_weights(eval_run, zoo_change: str) -> Non
     assert result.exit_code == 6 and "other weights" in result.stderr
 
 
+@pytest.mark.parametrize("setting", ["rate_weight", "stages"])
+def test_eval_refuses_results_of_a_quality_encoded_otherwise(eval_run, setting: str) -> None:
+    """The same weights give other files when the card gives a quality another λ or other
+    stages: those rows are not reused."""
+    def change(meta: dict) -> None:
+        meta["rate_points"]["2"][setting] += 1
+
+    result = _rerun_with_meta(eval_run, change)
+    assert result.exit_code == 6 and "quality 2 encoded otherwise" in result.stderr
+
+
 @pytest.mark.parametrize("coder", [None, 1])
 def test_eval_refuses_results_of_another_entropy_coder(eval_run, coder: int | None) -> None:
     """The same indices cost other bytes under another coder: rows of coder 1 (named, or

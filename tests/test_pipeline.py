@@ -218,7 +218,10 @@ def test_cards_carry_the_required_fields() -> None:
     for card in list_cards():
         for key in ("config", "sha256", "entropy_tables", "training", "rate_points"):
             assert key in card.data
-        assert len(card.data["entropy_tables"]["bits_per_symbol"]) == len(card.data["rate_points"])
+        stages = len(card.data["entropy_tables"]["bits_per_symbol"])
+        qualities = [rp["quality"] for rp in card.data["rate_points"]]
+        assert len(set(qualities)) == len(qualities)
+        assert all(1 <= rp["stages"] <= stages for rp in card.data["rate_points"])
 
 
 def test_package_level_api(parrots_path: Path) -> None:
