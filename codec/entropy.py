@@ -76,9 +76,14 @@ def code_lengths(tables: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     stage m − 1's index. The adaptive coders spend somewhat less (they learn the image)."""
     counts = np.asarray(tables, dtype=np.float64)
     alphabet = counts.shape[2]
-    first = counts[0].sum(axis=0)
     following = counts[1:, :alphabet, :]  # contexts 0..alphabet−1; the last row is stage 1's top row
-    return -np.log2(first / first.sum()), -np.log2(following / following.sum(axis=2, keepdims=True))
+    return -np.log2(_frequencies(tables, 0)), -np.log2(following / following.sum(axis=2, keepdims=True))
+
+
+def _frequencies(tables: np.ndarray, stage: int) -> np.ndarray:
+    """Each symbol's training-set frequency at a stage, whatever its context (float64)."""
+    counts = np.asarray(tables[stage], dtype=np.int64).sum(axis=0)
+    return counts / counts.sum()
 
 
 def _probabilities(tables: np.ndarray, stage: int) -> np.ndarray:
@@ -205,8 +210,7 @@ class _TwoContextTables:
     def __init__(self, tables: np.ndarray, second: np.ndarray, stage: int) -> None:
         self.first = _StageTables(tables, stage, adaptive=True)
         self.second = _StageTables(second, stage, adaptive=True)
-        frequency = np.asarray(tables[stage], dtype=np.int64).sum(axis=0)
-        self.frequency = (frequency / frequency.sum()).astype(np.float32)
+        self.frequency = _frequencies(tables, stage).astype(np.float32)
 
     def row(self, contexts: np.ndarray, second_contexts: np.ndarray | None = None) -> np.ndarray:
         # A row's scale is free (constriction normalises), so the first context's blended
