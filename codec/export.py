@@ -21,29 +21,43 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from codec.entropy import context_counts, second_context_counts, smoothed_counts, table_entropy_bits
-from codec.weights import ENTROPY_TENSOR, SECOND_ENTROPY_TENSOR, file_sha256, read_weights_file
+from codec.entropy import code_lengths, context_counts, second_context_counts, smoothed_counts, table_entropy_bits
+from codec.weights import (ENTROPY_TENSOR, SECOND_ENTROPY_TENSOR, card_rate_points, file_sha256, read_card,
+                           read_weights_file)
 from models.autoencoder import VQAutoencoder
+from models.choices import Points, choices_at_points
 from models.config import ModelConfig
 from models.data import list_images, load_rgb
 
 
-def measure_tables(model: VQAutoencoder, folder: Path, max_images: int,
-                   max_side: int) -> tuple[np.ndarray, np.ndarray, int]:
+def measure_tables(model: VQAutoencoder, folder: Path, max_images: int, max_side: int,
+                   points: Points | None = None) -> tuple[np.ndarray, np.ndarray, int]:
     """Raw counts (stages, alphabet + 1, alphabet) in the first and in the second contexts, over
-    up to ``max_images`` training images."""
+    up to ``max_images`` training images: of the nearest codewords at all stages, or, given
+    rate points (stages, λ), of the encoder's choices at each, λ weighing the code lengths of
+    the nearest codewords' tables (measured first)."""
     stages, alphabet = model.num_stages, model.quantizer.alphabet_sizes[0]
-    counts = np.zeros((stages, alphabet + 1, alphabet), dtype=np.int64)
-    second = np.zeros_like(counts)
     paths = list_images(folder)
     rng = np.random.default_rng(0)
     if len(paths) > max_images:
         paths = [paths[i] for i in sorted(rng.choice(len(paths), max_images, replace=False))]
-    for path in paths:
-        x = load_rgb(path, max_side).unsqueeze(0).float() / 255.0
-        indices, (_, width) = model.encode_indices(x)
-        counts += context_counts(indices.numpy(), width, alphabet)
-        second += second_context_counts(indices.numpy(), width, alphabet)
+    lengths = None
+    for targets in ([None] if points is None else [None, points]):
+        counts = np.zeros((stages, alphabet + 1, alphabet), dtype=np.int64)
+        second = np.zeros_like(counts)
+        for path in paths:
+            x = load_rgb(path, max_side).unsqueeze(0).float() / 255.0
+            if lengths is None:  # the nearest codewords at all stages, exactly as the coding path picks them
+                indices, grid = model.encode_indices(x)
+                chosen = [indices.reshape(stages, *grid)]
+            else:
+                chosen = choices_at_points(model, x, targets, lengths)
+            for indices in chosen:
+                flat = indices.reshape(indices.shape[0], -1).numpy()
+                used = flat.shape[0]
+                counts[:used] += context_counts(flat, indices.shape[-1], alphabet)
+                second[:used] += second_context_counts(flat, indices.shape[-1], alphabet)
+        lengths = code_lengths(smoothed_counts(counts))
     return counts, second, len(paths)
 
 
@@ -114,8 +128,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="model.pt of an unshipped run between the checkpoint and --base-card's model, "
                         "nearest first (repeat); each needs a --via-command")
     p.add_argument("--via-command", action="append", default=[], help="the command of the matching --via run")
+    p.add_argument("--rate-points-from", type=Path, default=None,
+                   help="card whose rate points (quality, stages, rate_weight) to keep, as after a decoder-only "
+                        "fine-tune (models.decoder_finetune); default: one point per stage prefix")
+    p.add_argument("--tables-at-rate-points", action="store_true",
+                   help="measure the entropy tables on the encoder's choices at --rate-points-from's points "
+                        "(each at its rate_weight), not on the nearest codewords at all stages")
     p.add_argument("--out", type=Path, default=Path("weights"))
     args = p.parse_args(argv)
+    if args.tables_at_rate_points and args.rate_points_from is None:
+        p.error("--tables-at-rate-points needs --rate-points-from")
     if len(args.via) != len(args.via_command):
         p.error("give one --via-command for each --via")
 
@@ -135,8 +157,18 @@ def main(argv: list[str] | None = None) -> int:
     model = VQAutoencoder(config)
     model.load_state_dict(state)
     model.eval()
+    rate_points = [{"quality": args.first_quality + s - 1, "stages": s, "kodak_bpp": None, "kodak_psnr": None}
+                   for s in range(1, model.num_stages + 1)]
+    if args.rate_points_from is not None:
+        kept = card_rate_points(read_card(args.rate_points_from))
+        if any(point.stages > model.num_stages for point in kept):
+            p.error(f"{args.rate_points_from} has rate points with more stages than the model's {model.num_stages}")
+        # Kodak figures are the other model's: measured again by eval + record_rd.
+        rate_points = [{"quality": point.quality, "stages": point.stages, "rate_weight": point.rate_weight,
+                        "kodak_bpp": None, "kodak_psnr": None} for point in kept]
     with torch.no_grad():
-        raw, raw_second, images = measure_tables(model, args.data, args.table_images, args.max_side)
+        points = [(point.stages, point.rate_weight) for point in kept] if args.tables_at_rate_points else None
+        raw, raw_second, images = measure_tables(model, args.data, args.table_images, args.max_side, points)
     # int32 holds any count here (millions of symbols at most) in half of int64's bytes.
     if max(raw.max(), raw_second.max()) >= np.iinfo(np.int32).max:
         raise SystemExit("a table count does not fit int32: measure the tables on fewer images")
@@ -161,7 +193,10 @@ def main(argv: list[str] | None = None) -> int:
         "training": training,
         "exported_with": {"torch": torch.__version__, "python": platform.python_version()},
         "entropy_tables": {
-            "measured_on": f"{images} images of {args.data} (long side ≤ {args.max_side}), coding path, all stages",
+            "measured_on": f"{images} images of {args.data} (long side ≤ {args.max_side}), " + (
+                "the encoder's choices at every rate point (each at its rate_weight; λ weighing the code lengths "
+                "of tables measured first on the nearest codewords at all stages), summed"
+                if args.tables_at_rate_points else "coding path, all stages"),
             "contexts": "stage 1: the index above (row 'alphabet' for the top row); stage m > 1: stage m-1's index at the same position",
             "second_contexts": "coder 3: stage 1: the index above-left (row 'alphabet' off the grid); stage 2: none (zero counts); stage m > 2: stage m-2's index at the same position",
             "smoothing": "+1 on every count",
@@ -169,10 +204,7 @@ def main(argv: list[str] | None = None) -> int:
             "tensor": f"{ENTROPY_TENSOR} in the weights file, int32, shape {list(tables.shape)}",
             "second_tensor": f"{SECOND_ENTROPY_TENSOR} in the weights file, int32, shape {list(second.shape)}",
         },
-        "rate_points": [
-            {"quality": args.first_quality + s - 1, "stages": s, "kodak_bpp": None, "kodak_psnr": None}
-            for s in range(1, model.num_stages + 1)
-        ],
+        "rate_points": rate_points,
     }
     (args.out / f"{args.name}.json").write_text(json.dumps(card, indent=1) + "\n")
     print(f"wrote {weights_path} ({weights_path.stat().st_size:,} bytes, sha256 {sha[:16]}…); "

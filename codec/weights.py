@@ -69,7 +69,7 @@ class Card:
         return bytes.fromhex(self.sha256)[:8]
 
 
-def _read_card(path: Path) -> Card:
+def read_card(path: Path) -> Card:
     try:
         data = json.loads(path.read_text())
         return Card(data["name"], int(data["model_id"]), data["file"], data["sha256"], data)
@@ -81,23 +81,27 @@ def list_cards() -> list[Card]:
     folder = weights_dir()
     if not folder.is_dir():
         raise WeightsError(f"weights folder {folder} is missing")
-    return sorted((_read_card(p) for p in folder.glob("*.json")), key=lambda c: c.model_id)
+    return sorted((read_card(p) for p in folder.glob("*.json")), key=lambda c: c.model_id)
+
+
+def card_rate_points(card: Card) -> list[RatePoint]:
+    """One card's rate points, each checked (a bad one is a weights error, exit 4)."""
+    points = []
+    for rp in card.data.get("rate_points", []):
+        try:
+            point = RatePoint(int(rp["quality"]), card.name, card.model_id, int(rp["stages"]),
+                              rp.get("kodak_bpp"), rp.get("kodak_psnr"), float(rp.get("rate_weight", 0.0)))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise WeightsError(f"model card {card.name} has an unreadable rate point ({exc!r})") from None
+        if not 0.0 <= point.rate_weight < float("inf"):  # also refuses NaN
+            raise WeightsError(f"model card {card.name}: rate_weight must be a finite number ≥ 0, "
+                               f"got {point.rate_weight}")
+        points.append(point)
+    return points
 
 
 def rate_points() -> list[RatePoint]:
-    points = []
-    for card in list_cards():
-        for rp in card.data.get("rate_points", []):
-            try:
-                point = RatePoint(int(rp["quality"]), card.name, card.model_id, int(rp["stages"]),
-                                  rp.get("kodak_bpp"), rp.get("kodak_psnr"), float(rp.get("rate_weight", 0.0)))
-            except (KeyError, TypeError, ValueError) as exc:
-                raise WeightsError(f"model card {card.name} has an unreadable rate point ({exc!r})") from None
-            if not 0.0 <= point.rate_weight < float("inf"):  # also refuses NaN
-                raise WeightsError(f"model card {card.name}: rate_weight must be a finite number ≥ 0, "
-                                   f"got {point.rate_weight}")
-            points.append(point)
-    return sorted(points, key=lambda p: p.quality)
+    return sorted((point for card in list_cards() for point in card_rate_points(card)), key=lambda p: p.quality)
 
 
 def resolve_quality(quality: int | None) -> RatePoint:
@@ -126,19 +130,8 @@ class LoadedModel:
         return code_lengths(self.tables)
 
     def rate_costs(self, weight: float) -> RateCosts | None:
-        """The encoder's rate term at λ = ``weight`` (None at 0: the nearest codewords).
-
-        Rounded to float32 numbers once, here, so that the float32 search and the float64
-        re-decision add identical costs."""
-        if weight == 0:
-            return None
-        first, following = self._code_lengths
-        device = next(self.model.parameters()).device
-
-        def exact(bits: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy((weight * bits).astype(np.float32)).double().to(device)
-
-        return RateCosts(exact(first), exact(following))
+        """The encoder's rate term at λ = ``weight`` (None at 0: the nearest codewords)."""
+        return RateCosts.from_lengths(self._code_lengths, weight, next(self.model.parameters()).device)
 
 
 def file_sha256(path: Path) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -34,6 +35,21 @@ class RateCosts:
 
     first: torch.Tensor
     following: torch.Tensor
+
+    @classmethod
+    def from_lengths(cls, lengths: tuple[np.ndarray, np.ndarray], weight: float,
+                     device: torch.device | str = "cpu") -> RateCosts | None:
+        """The term at λ = ``weight`` for code lengths in bits (``codec.entropy.code_lengths``
+        of the tables); None at 0, the nearest codewords. Rounded to float32 numbers once,
+        here, so that the float32 search and the float64 re-decision add identical costs."""
+        if weight == 0:
+            return None
+
+        def exact(bits: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy((weight * bits).astype(np.float32)).double().to(device)
+
+        first, following = lengths
+        return cls(exact(first), exact(following))
 
     def for_stage(self, stage: int, previous: torch.Tensor | None) -> torch.Tensor:
         """Stage ``stage``'s (0-based) term: (K,) for the first, (N, K) given the previous indices."""

@@ -210,3 +210,61 @@ def test_grows_residual_blocks_on_a_trained_model(image_folder: Path, tmp_path: 
                      str(out / "model.pt"), "--residual-blocks", "0", *TINY)
     assert refused.returncode != 0 and "already has 1 residual blocks" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+def _finetune_decoder(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "models.decoder_finetune", *args], capture_output=True, text=True,
+                          timeout=120, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_decoder_finetune_trains_only_the_synthesis_and_exports(image_folder: Path, tmp_path: Path) -> None:
+    from codec.weights import read_weights_file
+
+    assert _train("--data", str(image_folder), "--out", str(tmp_path / "base"), "--steps", "4", *TINY).returncode == 0
+    assert _export(tmp_path / "base" / "model.pt", "tiny", 9, image_folder, tmp_path / "w").returncode == 0
+    weights, card_path = tmp_path / "w" / "tiny.safetensors", tmp_path / "w" / "tiny.json"
+    card = json.loads(card_path.read_text())
+    card["rate_points"][1]["rate_weight"] = 0.5  # one entropy-constrained point, coded as the encoder codes it
+    card_path.write_text(json.dumps(card))
+    out = tmp_path / "dec"
+    common = ["--weights", str(weights), "--card", str(card_path), "--data", str(image_folder), "--out", str(out),
+              "--crop-cells", "2", "--batch", "2", "--holdout-every", "3", "--log-every", "1", "--threads", "1",
+              "--lr", "1e-3"]
+    first = _finetune_decoder(*common, "--steps", "3")
+    assert first.returncode == 0, first.stderr
+    second = _finetune_decoder(*common, "--steps", "5", "--resume")
+    assert second.returncode == 0 and "resumed at step 3" in second.stderr, second.stderr
+    state = torch.load(out / "model.pt", weights_only=True)
+    assert state["step"] == 5 and state["init_from"]["sha256"] == card["sha256"]
+    assert state["init_from"]["coded_at"] == [{"stages": 1, "rate_weight": 0.0}, {"stages": 2, "rate_weight": 0.5}]
+    _, original, tables, second_tables = read_weights_file(weights)
+    changed = {name for name, tensor in original.items() if not torch.equal(tensor, state["model"][name])}
+    assert changed and all(name.startswith("synthesis.") for name in changed)
+    # Held out (image 0 of 3): its PSNR per rate point before training and after each run.
+    holdout = [json.loads(line) for line in (out / "holdout.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in holdout] == [0, 3, 5] and all(len(r["psnr_per_rate_point"]) == 2 for r in holdout)
+    assert holdout[0]["images"] == 1
+    # Exported, it keeps the card's rate points and the encoder's tables.
+    export = _export(out / "model.pt", "tiny-dec", 10, image_folder, tmp_path / "w2", "--base-card", str(card_path),
+                     "--rate-points-from", str(card_path))
+    assert export.returncode == 0, export.stderr
+    new_card = json.loads((tmp_path / "w2" / "tiny-dec.json").read_text())
+    assert [(p["stages"], p["rate_weight"]) for p in new_card["rate_points"]] == [(1, 0.0), (2, 0.5)]
+    assert new_card["training"]["initialised_from"]["trained"] == "synthesis only"
+    _, _, new_tables, new_second = read_weights_file(tmp_path / "w2" / "tiny-dec.safetensors")
+    assert np.array_equal(tables, new_tables) and np.array_equal(second_tables, new_second)
+    # Tables measured on the encoder's choices count each rate point's: stage 1 twice (both
+    # points use it), stage 2 once; without --rate-points-from the option is refused.
+    at_points = _export(out / "model.pt", "tiny-dec2", 11, image_folder, tmp_path / "w3", "--base-card",
+                        str(card_path), "--rate-points-from", str(card_path), "--tables-at-rate-points")
+    assert at_points.returncode == 0, at_points.stderr
+    _, _, point_tables, _ = read_weights_file(tmp_path / "w3" / "tiny-dec2.safetensors")
+    raw, raw_points = (t.sum(axis=(1, 2)) - t[0].size for t in (tables, point_tables))
+    assert raw_points.tolist() == [2 * raw[0], raw[1]]
+    refused = _export(out / "model.pt", "tiny-dec3", 12, image_folder, tmp_path / "w4", "--tables-at-rate-points")
+    assert refused.returncode != 0 and "needs --rate-points-from" in refused.stderr
+    # A card that is not the weights' own is refused.
+    card["sha256"] = "0" * 64
+    card_path.write_text(json.dumps(card))
+    wrong = _finetune_decoder(*common, "--steps", "1", "--out", str(tmp_path / "x"))
+    assert wrong.returncode != 0 and "is not the card of" in wrong.stderr

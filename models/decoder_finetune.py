@@ -1,0 +1,234 @@
+"""Fine-tune the synthesis transform on the encoder's own codeword choices:
+``python -m models.decoder_finetune --weights W.safetensors --card W.json --data DIR --out DIR``.
+
+Why: the network learnt to decode the nearest codewords' sum (DiVeQ's forward value), but
+the shipped encoder chooses codewords entropy-constrained, at each rate point's λ, which
+leaves latents further from the analysis output, in directions the synthesis never saw.
+Here the analysis, the codebooks and the entropy tables stay as they are, so the encoder,
+its files' sizes and its exact float64 re-decision are unchanged: every training image is
+coded once at every rate point of the card, as the encoder codes it (the float32 search;
+the few latents it would re-decide in float64 do not matter to training), and only the
+synthesis learns to decode those choices. Crops are whole latent cells (flipping a latent
+grid is not the latent of the flipped image, so there are no flips).
+
+Every ``--holdout-every``-th image is kept out of training; ``holdout.jsonl`` gets their
+mean PSNR per rate point before training and at the end, the measurement that says
+whether the run helped. Seeded, time-boxed, resumable, checkpointed as ``models.train``
+is, and its ``model.pt`` exports with ``codec.export`` like any other run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from codec.entropy import code_lengths
+from codec.weights import card_rate_points, file_sha256, read_card, read_weights_file
+from models.autoencoder import VQAutoencoder
+from models.choices import Points, choices_at_points
+from models.data import list_images, load_rgb
+from models.train import learning_rate, psnr_from_mse, save_checkpoint, training_loss
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m models.decoder_finetune", description=__doc__.splitlines()[0])
+    p.add_argument("--weights", type=Path, required=True, help="a shipped .safetensors file")
+    p.add_argument("--card", type=Path, required=True, help="its card: the rate points (stages, rate_weight) to code at")
+    p.add_argument("--data", required=True, help="folder of training images (searched recursively)")
+    p.add_argument("--out", required=True, help="folder for checkpoint.pt, model.pt and train_log.jsonl")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--steps", type=int, default=100_000, help="total optimiser steps (schedule length)")
+    p.add_argument("--time-budget", type=float, default=float("inf"), help="seconds; stop cleanly and save")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--crop-cells", type=int, default=16, help="crop side in latent cells (16 = 256 px at stride 16)")
+    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--loss", choices=("mse", "log-mse"), default="log-mse")
+    p.add_argument("--holdout-every", type=int, default=8, help="keep every N-th image out of training (0: none)")
+    p.add_argument("--max-side", type=int, default=512, help="downscale images to this long side")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--checkpoint-every", type=float, default=300.0, help="seconds between checkpoints")
+    return p.parse_args(argv)
+
+
+@dataclass
+class CodedImage:
+    """An image and, per rate point, the indices (stages, h, w) the encoder picks for it."""
+
+    rgb: torch.Tensor  # uint8 (3, H, W)
+    choices: list[torch.Tensor]
+
+
+def code_images(model: VQAutoencoder, paths: list[Path], max_side: int, points: Points,
+                lengths: tuple[np.ndarray, np.ndarray]) -> list[CodedImage]:
+    compact = torch.uint8 if model.config.num_codes <= 256 else torch.int16
+    coded = []
+    for path in paths:
+        rgb = load_rgb(path, max_side)
+        choices = choices_at_points(model, rgb.unsqueeze(0).float() / 255.0, points, lengths)
+        coded.append(CodedImage(rgb, [indices.to(compact) for indices in choices]))
+    return coded
+
+
+def latent_of(model: VQAutoencoder, indices: torch.Tensor) -> torch.Tensor:
+    """The latent (D, h, w) that indices (stages, h, w) stand for."""
+    stages, h, w = indices.shape
+    vectors = model.quantizer.lookup(indices.long().reshape(stages, h * w))
+    return vectors.t().reshape(-1, h, w)
+
+
+def holdout_psnr(model: VQAutoencoder, images: list[CodedImage]) -> list[float]:
+    """Mean PSNR (dB, of the 8-bit decoded image) over the images, per rate point."""
+    if not images:
+        return []
+    totals = [0.0] * len(images[0].choices)
+    with torch.no_grad():
+        for image in images:
+            x = image.rgb.float()
+            height, width = x.shape[-2:]
+            for k, indices in enumerate(image.choices):
+                stages, h, w = indices.shape
+                decoded = model.decode_indices(indices.long().reshape(stages, h * w), (h, w), height, width)
+                mse = torch.mean(((decoded[0] * 255).round() - x) ** 2).item() / 255**2
+                totals[k] += psnr_from_mse(mse)
+    return [round(t / len(images), 4) for t in totals]
+
+
+def write_holdout(out: Path, model: VQAutoencoder, images: list[CodedImage], step: int) -> None:
+    """Append the held-out PSNR per rate point at this step to OUT/holdout.jsonl."""
+    record = {"step": step, "images": len(images), "psnr_per_rate_point": holdout_psnr(model, images)}
+    print(json.dumps(record), file=sys.stderr, flush=True)
+    with (out / "holdout.jsonl").open("a") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+class ChoiceCropSampler:
+    """Random (latent crop, pixel crop) pairs at random rate points, aligned to latent cells."""
+
+    def __init__(self, images: list[CodedImage], cells: int, stride: int, generator: torch.Generator) -> None:
+        self.images = [im for im in images if min(im.choices[0].shape[1:]) >= cells
+                       and min(im.rgb.shape[1:]) >= cells * stride]
+        if not self.images:
+            raise ValueError(f"no training image is at least {cells * stride}×{cells * stride}")
+        self.cells, self.stride, self.generator = cells, stride, generator
+
+    def batch(self, model: VQAutoencoder, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        g, c, s = self.generator, self.cells, self.stride
+        latents, targets = [], []
+        for _ in range(size):
+            image = self.images[int(torch.randint(0, len(self.images), (1,), generator=g))]
+            indices = image.choices[int(torch.randint(0, len(image.choices), (1,), generator=g))]
+            # Only cells whose pixels all lie inside the image (no replicated padding).
+            rows, cols = image.rgb.shape[1] // s, image.rgb.shape[2] // s
+            cy = int(torch.randint(0, rows - c + 1, (1,), generator=g))
+            cx = int(torch.randint(0, cols - c + 1, (1,), generator=g))
+            latents.append(latent_of(model, indices[:, cy : cy + c, cx : cx + c]))
+            targets.append(image.rgb[:, cy * s : (cy + c) * s, cx * s : (cx + c) * s])
+        return torch.stack(latents), torch.stack(targets).float().div_(255.0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    generator = torch.Generator().manual_seed(args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / "checkpoint.pt"
+
+    config, tensors, tables, _ = read_weights_file(args.weights)
+    card = read_card(args.card)
+    if card.sha256 != file_sha256(args.weights):
+        raise SystemExit(f"{args.card} is not the card of {args.weights} (sha256 differs)")
+    points = [(p.stages, p.rate_weight) for p in sorted(card_rate_points(card), key=lambda p: p.quality)]
+    if not points:
+        raise SystemExit(f"{args.card} lists no rate points")
+    model = VQAutoencoder(config)
+    model.load_state_dict(tensors)
+    model.eval()
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name.startswith("synthesis."))
+    optimizer = torch.optim.Adam(model.synthesis.parameters(), lr=args.lr)
+    init_from = {"path": str(args.weights), "sha256": card.sha256, "trained": "synthesis only",
+                 "coded_at": [{"stages": s, "rate_weight": w} for s, w in points]}
+    step, elapsed_before, images_seen = 0, 0.0, 0
+    if args.resume and ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        if state.get("init_from", {}).get("sha256") != card.sha256:
+            raise SystemExit(f"{ckpt_path} did not start from {args.weights}")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, elapsed_before, images_seen = state["step"], state["elapsed_s"], state["images_seen"]
+        generator.set_state(state["generator"])
+        print(f"resumed at step {step}", file=sys.stderr)
+
+    paths = list_images(args.data)
+    held = [p for i, p in enumerate(paths) if args.holdout_every and i % args.holdout_every == 0]
+    training = [p for p in paths if p not in held]
+    start = time.monotonic()
+    lengths = code_lengths(tables)
+    held_out = code_images(model, held, args.max_side, points, lengths)
+    sampler = ChoiceCropSampler(code_images(model, training, args.max_side, points, lengths), args.crop_cells,
+                                model.stride, generator)
+    print(f"{len(sampler.images)} training and {len(held_out)} held-out images coded at {len(points)} rate "
+          f"points in {time.monotonic() - start:.0f} s", file=sys.stderr)
+    log = (out / "train_log.jsonl").open("a")
+    if step == 0 and held_out:
+        write_holdout(out, model, held_out, 0)
+
+    start = time.monotonic()
+    last_ckpt = start
+    window_loss, window_mse, window_n, window_t = 0.0, 0.0, 0, start
+    model.synthesis.train()
+    while step < args.steps and time.monotonic() - start < args.time_budget:
+        time_fraction = (time.monotonic() - start) / args.time_budget if math.isfinite(args.time_budget) else 0.0
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, args.steps, args.lr, time_fraction)
+        latent, x = sampler.batch(model, args.batch)
+        loss, mse = training_loss(model.synthesis(latent), x, args.loss)
+        if not torch.isfinite(loss):
+            print(f"non-finite loss at step {step}; stopping", file=sys.stderr)
+            return 1
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        images_seen += args.batch
+        window_loss, window_mse, window_n = window_loss + loss.item(), window_mse + mse.item(), window_n + 1
+        if step % args.log_every == 0:
+            now = time.monotonic()
+            record = {"step": step, "elapsed_s": round(elapsed_before + now - start, 1),
+                      "loss": window_loss / window_n, "mse": window_mse / window_n,
+                      "psnr": psnr_from_mse(window_mse / window_n),
+                      "images_per_s": round(window_n * args.batch / max(now - window_t, 1e-9), 1),
+                      "lr": optimizer.param_groups[0]["lr"]}
+            print(json.dumps(record), file=sys.stderr, flush=True)
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            window_loss, window_mse, window_n, window_t = 0.0, 0.0, 0, now
+        if time.monotonic() - last_ckpt > args.checkpoint_every:
+            save_checkpoint(ckpt_path, model, optimizer, step, elapsed_before + time.monotonic() - start,
+                            images_seen, generator, "cpu", init_from)
+            last_ckpt = time.monotonic()
+    elapsed = elapsed_before + time.monotonic() - start
+    model.eval()
+    save_checkpoint(ckpt_path, model, optimizer, step, elapsed, images_seen, generator, "cpu", init_from)
+    log.close()
+    if held_out:
+        write_holdout(out, model, held_out, step)
+    print(f"saved {ckpt_path} at step {step}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
