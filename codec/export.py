@@ -61,6 +61,21 @@ def measure_tables(model: VQAutoencoder, folder: Path, max_images: int, max_side
     return counts, second, len(paths)
 
 
+def copied_tables(card_path: Path, state: dict[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(tables, second tables, card record) of the model of ``card_path``, which must have the
+    same analysis transform and codebooks as ``state``: tables describe one encoder's choices."""
+    source = json.loads(card_path.read_text())
+    _, source_state, tables, second = read_weights_file(card_path.parent / source["file"])
+    encoder = [name for name in source_state if not name.startswith("synthesis.")]
+    if second is None or any(not torch.equal(source_state[name], state[name].float()) for name in encoder):
+        raise SystemExit(f"--tables-from {card_path}: its analysis transform or codebooks differ from the "
+                         f"checkpoint's (or it has no second-context tables), so its tables do not fit")
+    record = {key: value for key, value in source["entropy_tables"].items()
+              if key not in ("bits_per_symbol", "tensor", "second_tensor")}
+    record["copied_from"] = {"name": source["name"], "sha256": source["sha256"]}
+    return tables.astype(np.int32), second.astype(np.int32), record
+
+
 def training_record(checkpoint: dict, run_dir: Path, base_card: dict | None = None,
                     via: Sequence[tuple[Path, str]] = ()) -> dict:
     """This run's record; a fine-tuning run nests the record of what it started from.
@@ -134,10 +149,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tables-at-rate-points", action="store_true",
                    help="measure the entropy tables on the encoder's choices at --rate-points-from's points "
                         "(each at its rate_weight), not on the nearest codewords at all stages")
+    p.add_argument("--tables-from", type=Path, default=None,
+                   help="card of a model with the same analysis transform and codebooks whose entropy tables to "
+                        "copy, not measure: after a decoder-only fine-tune, the encoder it was trained against")
     p.add_argument("--out", type=Path, default=Path("weights"))
     args = p.parse_args(argv)
     if args.tables_at_rate_points and args.rate_points_from is None:
         p.error("--tables-at-rate-points needs --rate-points-from")
+    if args.tables_at_rate_points and args.tables_from is not None:
+        p.error("--tables-from copies the tables; --tables-at-rate-points measures them: give one")
     if len(args.via) != len(args.via_command):
         p.error("give one --via-command for each --via")
 
@@ -166,13 +186,25 @@ def main(argv: list[str] | None = None) -> int:
         # Kodak figures are the other model's: measured again by eval + record_rd.
         rate_points = [{"quality": point.quality, "stages": point.stages, "rate_weight": point.rate_weight,
                         "kodak_bpp": None, "kodak_psnr": None} for point in kept]
-    with torch.no_grad():
-        points = [(point.stages, point.rate_weight) for point in kept] if args.tables_at_rate_points else None
-        raw, raw_second, images = measure_tables(model, args.data, args.table_images, args.max_side, points)
-    # int32 holds any count here (millions of symbols at most) in half of int64's bytes.
-    if max(raw.max(), raw_second.max()) >= np.iinfo(np.int32).max:
-        raise SystemExit("a table count does not fit int32: measure the tables on fewer images")
-    tables, second = smoothed_counts(raw).astype(np.int32), smoothed_counts(raw_second).astype(np.int32)
+    if args.tables_from is not None:
+        tables, second, table_record = copied_tables(args.tables_from, state)
+    else:
+        with torch.no_grad():
+            points = [(point.stages, point.rate_weight) for point in kept] if args.tables_at_rate_points else None
+            raw, raw_second, images = measure_tables(model, args.data, args.table_images, args.max_side, points)
+        # int32 holds any count here (millions of symbols at most) in half of int64's bytes.
+        if max(raw.max(), raw_second.max()) >= np.iinfo(np.int32).max:
+            raise SystemExit("a table count does not fit int32: measure the tables on fewer images")
+        tables, second = smoothed_counts(raw).astype(np.int32), smoothed_counts(raw_second).astype(np.int32)
+        table_record = {
+            "measured_on": f"{images} images of {args.data} (long side ≤ {args.max_side}), " + (
+                "the encoder's choices at every rate point (each at its rate_weight; λ weighing the code lengths "
+                "of tables measured first on the nearest codewords at all stages), summed"
+                if args.tables_at_rate_points else "coding path, all stages"),
+            "contexts": "stage 1: the index above (row 'alphabet' for the top row); stage m > 1: stage m-1's index at the same position",
+            "second_contexts": "coder 3: stage 1: the index above-left (row 'alphabet' off the grid); stage 2: none (zero counts); stage m > 2: stage m-2's index at the same position",
+            "smoothing": "+1 on every count",
+        }
     tensors = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()}
     tensors[ENTROPY_TENSOR] = torch.from_numpy(tables)
     tensors[SECOND_ENTROPY_TENSOR] = torch.from_numpy(second)
@@ -193,13 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         "training": training,
         "exported_with": {"torch": torch.__version__, "python": platform.python_version()},
         "entropy_tables": {
-            "measured_on": f"{images} images of {args.data} (long side ≤ {args.max_side}), " + (
-                "the encoder's choices at every rate point (each at its rate_weight; λ weighing the code lengths "
-                "of tables measured first on the nearest codewords at all stages), summed"
-                if args.tables_at_rate_points else "coding path, all stages"),
-            "contexts": "stage 1: the index above (row 'alphabet' for the top row); stage m > 1: stage m-1's index at the same position",
-            "second_contexts": "coder 3: stage 1: the index above-left (row 'alphabet' off the grid); stage 2: none (zero counts); stage m > 2: stage m-2's index at the same position",
-            "smoothing": "+1 on every count",
+            **table_record,
             "bits_per_symbol": [round(float(b), 4) for b in bits],
             "tensor": f"{ENTROPY_TENSOR} in the weights file, int32, shape {list(tables.shape)}",
             "second_tensor": f"{SECOND_ENTROPY_TENSOR} in the weights file, int32, shape {list(second.shape)}",

@@ -35,7 +35,7 @@ from codec.weights import card_rate_points, file_sha256, read_card, read_weights
 from models.autoencoder import VQAutoencoder
 from models.choices import Points, choices_at_points
 from models.data import list_images, load_rgb
-from models.train import learning_rate, psnr_from_mse, save_checkpoint, training_loss
+from models.train import learning_rate, optimiser_step, psnr_from_mse, save_checkpoint, training_loss
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -196,12 +196,8 @@ def main(argv: list[str] | None = None) -> int:
             group["lr"] = learning_rate(step, args.steps, args.lr, time_fraction)
         latent, x = sampler.batch(model, args.batch)
         loss, mse = training_loss(model.synthesis(latent), x, args.loss)
-        if not torch.isfinite(loss):
-            print(f"non-finite loss at step {step}; stopping", file=sys.stderr)
+        if not optimiser_step(optimizer, loss, step):
             return 1
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
         step += 1
         images_seen += args.batch
         window_loss, window_mse, window_n = window_loss + loss.item(), window_mse + mse.item(), window_n + 1

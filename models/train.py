@@ -102,6 +102,17 @@ def learning_rate(step: int, total: int, base: float, time_fraction: float = 0.0
     return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def optimiser_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, step: int) -> bool:
+    """One step on ``loss``; False (and nothing changed) if the loss is not finite."""
+    if not torch.isfinite(loss):
+        print(f"non-finite loss at step {step}; stopping", file=sys.stderr)
+        return False
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return True
+
+
 def psnr_from_mse(mse: float) -> float:
     return 10 * math.log10(1.0 / max(mse, 1e-12))
 
@@ -265,12 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device == "cuda" and args.precision == "bf16"):
             x_hat, q = trainer(x, active, quantize)
             loss, mse = training_loss(x_hat, x, args.loss)
-        if not torch.isfinite(loss):
-            print(f"non-finite loss at step {step}; stopping", file=sys.stderr)
+        if not optimiser_step(optimizer, loss, step):
             return 1
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
         replaced = model.quantizer.care_step(optimizer) if quantize and rank == 0 else 0
         if world > 1 and quantize:
             flag = torch.tensor(float(replaced))

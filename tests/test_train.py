@@ -263,6 +263,18 @@ def test_decoder_finetune_trains_only_the_synthesis_and_exports(image_folder: Pa
     assert raw_points.tolist() == [2 * raw[0], raw[1]]
     refused = _export(out / "model.pt", "tiny-dec3", 12, image_folder, tmp_path / "w4", "--tables-at-rate-points")
     assert refused.returncode != 0 and "needs --rate-points-from" in refused.stderr
+    # Or copied from the model the decoder was fine-tuned against; not from one with another encoder.
+    copied = _export(out / "model.pt", "tiny-dec4", 13, image_folder, tmp_path / "w5", "--tables-from",
+                     str(tmp_path / "w3" / "tiny-dec2.json"))
+    assert copied.returncode == 0, copied.stderr
+    _, _, copied_tables, _ = read_weights_file(tmp_path / "w5" / "tiny-dec4.safetensors")
+    assert np.array_equal(copied_tables, point_tables)
+    assert json.loads((tmp_path / "w5" / "tiny-dec4.json").read_text())["entropy_tables"]["copied_from"]["name"] == "tiny-dec2"
+    assert _train("--data", str(image_folder), "--out", str(tmp_path / "other"), "--steps", "4", "--seed", "1",
+                  *TINY).returncode == 0
+    foreign = _export(tmp_path / "other" / "model.pt", "tiny-x", 14, image_folder, tmp_path / "w6", "--tables-from",
+                      str(card_path))
+    assert foreign.returncode != 0 and "do not fit" in foreign.stderr
     # A card that is not the weights' own is refused.
     card["sha256"] = "0" * 64
     card_path.write_text(json.dumps(card))
