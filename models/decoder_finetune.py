@@ -8,8 +8,9 @@ Here the analysis, the codebooks and the entropy tables stay as they are, so the
 its files' sizes and its exact float64 re-decision are unchanged: every training image is
 coded once at every rate point of the card, as the encoder codes it (the float32 search;
 the few latents it would re-decide in float64 do not matter to training), and only the
-synthesis learns to decode those choices. Crops are whole latent cells (flipping a latent
-grid is not the latent of the flipped image, so there are no flips).
+synthesis learns to decode those choices. Crops are whole latent cells, each decoded with the
+latents of its receptive field around it, so it is scored as it decodes in the whole image
+(and without flips: a flipped latent grid is not the latent of the flipped image).
 
 Every ``--holdout-every``-th image is kept out of training; ``holdout.jsonl`` gets their
 mean PSNR per rate point before training and at the end, the measurement that says
@@ -32,6 +33,7 @@ import torch
 
 from codec.entropy import code_lengths
 from codec.weights import card_rate_points, file_sha256, read_card, read_weights_file
+from models import tiling
 from models.autoencoder import VQAutoencoder
 from models.choices import Points, choices_at_points
 from models.data import list_images, load_rgb
@@ -48,7 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=100_000, help="total optimiser steps (schedule length)")
     p.add_argument("--time-budget", type=float, default=float("inf"), help="seconds; stop cleanly and save")
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--crop-cells", type=int, default=16, help="crop side in latent cells (16 = 256 px at stride 16)")
+    p.add_argument("--crop-cells", type=int, default=16,
+                   help="side of the scored crop in latent cells (16 = 128 px at the shipped stride of 8)")
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--loss", choices=("mse", "log-mse"), default="log-mse")
     p.add_argument("--holdout-every", type=int, default=8, help="keep every N-th image out of training (0: none)")
@@ -112,28 +115,49 @@ def write_holdout(out: Path, model: VQAutoencoder, images: list[CodedImage], ste
 
 
 class ChoiceCropSampler:
-    """Random (latent crop, pixel crop) pairs at random rate points, aligned to latent cells."""
+    """Random crops at random rate points, aligned to latent cells, each with the latent
+    window that decodes it exactly as the whole image decodes it.
 
-    def __init__(self, images: list[CodedImage], cells: int, stride: int, generator: torch.Generator) -> None:
-        self.images = [im for im in images if min(im.choices[0].shape[1:]) >= cells
+    The window reaches ``context`` cells (the synthesis's receptive field) past the crop on
+    every side, clipped to the latent grid, where a whole-image decode pads with zeros too.
+    Scoring a crop decoded without that context teaches the synthesis the crop's own borders
+    instead: a first run that did so, on bare 16-cell crops, gained 0.9 dB on crops and lost
+    0.07-0.5 dB on whole held-out images.
+    """
+
+    def __init__(self, images: list[CodedImage], cells: int, context: int, stride: int,
+                 generator: torch.Generator) -> None:
+        self.window = cells + 2 * context
+        self.images = [im for im in images if min(im.choices[0].shape[1:]) >= self.window
                        and min(im.rgb.shape[1:]) >= cells * stride]
         if not self.images:
-            raise ValueError(f"no training image is at least {cells * stride}×{cells * stride}")
-        self.cells, self.stride, self.generator = cells, stride, generator
+            raise ValueError(f"no training image has a latent grid of at least {self.window}×{self.window} cells")
+        self.cells, self.context, self.stride, self.generator = cells, context, stride, generator
 
-    def batch(self, model: VQAutoencoder, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        g, c, s = self.generator, self.cells, self.stride
-        latents, targets = [], []
+    def batch(self, model: VQAutoencoder, size: int) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
+        """(latent windows, target crops, each crop's offset in its window, in cells)."""
+        g, c, s, window = self.generator, self.cells, self.stride, self.window
+        latents, targets, offsets = [], [], []
         for _ in range(size):
             image = self.images[int(torch.randint(0, len(self.images), (1,), generator=g))]
             indices = image.choices[int(torch.randint(0, len(image.choices), (1,), generator=g))]
-            # Only cells whose pixels all lie inside the image (no replicated padding).
+            # The crop's cells lie inside the image (no replicated padding); its window in the grid.
             rows, cols = image.rgb.shape[1] // s, image.rgb.shape[2] // s
             cy = int(torch.randint(0, rows - c + 1, (1,), generator=g))
             cx = int(torch.randint(0, cols - c + 1, (1,), generator=g))
-            latents.append(latent_of(model, indices[:, cy : cy + c, cx : cx + c]))
+            wy = min(max(cy - self.context, 0), indices.shape[1] - window)
+            wx = min(max(cx - self.context, 0), indices.shape[2] - window)
+            latents.append(latent_of(model, indices[:, wy : wy + window, wx : wx + window]))
             targets.append(image.rgb[:, cy * s : (cy + c) * s, cx * s : (cx + c) * s])
-        return torch.stack(latents), torch.stack(targets).float().div_(255.0)
+            offsets.append((cy - wy, cx - wx))
+        return torch.stack(latents), torch.stack(targets).float().div_(255.0), offsets
+
+
+def scored_crops(decoded: torch.Tensor, offsets: list[tuple[int, int]], cells: int, stride: int) -> torch.Tensor:
+    """The crops (B, 3, cells·stride, cells·stride) at ``offsets`` (cells) of decoded windows."""
+    side = cells * stride
+    return torch.stack([decoded[i, :, oy * stride : oy * stride + side, ox * stride : ox * stride + side]
+                        for i, (oy, ox) in enumerate(offsets)])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     lengths = code_lengths(tables)
     held_out = code_images(model, held, args.max_side, points, lengths)
     sampler = ChoiceCropSampler(code_images(model, training, args.max_side, points, lengths), args.crop_cells,
-                                model.stride, generator)
+                                tiling.synthesis_margin(model.synthesis), model.stride, generator)
     print(f"{len(sampler.images)} training and {len(held_out)} held-out images coded at {len(points)} rate "
           f"points in {time.monotonic() - start:.0f} s", file=sys.stderr)
     log = (out / "train_log.jsonl").open("a")
@@ -194,8 +218,9 @@ def main(argv: list[str] | None = None) -> int:
         time_fraction = (time.monotonic() - start) / args.time_budget if math.isfinite(args.time_budget) else 0.0
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args.steps, args.lr, time_fraction)
-        latent, x = sampler.batch(model, args.batch)
-        loss, mse = training_loss(model.synthesis(latent), x, args.loss)
+        latent, x, offsets = sampler.batch(model, args.batch)
+        decoded = scored_crops(model.synthesis(latent), offsets, args.crop_cells, model.stride)
+        loss, mse = training_loss(decoded, x, args.loss)
         if not optimiser_step(optimizer, loss, step):
             return 1
         step += 1

@@ -227,7 +227,12 @@ def test_decoder_finetune_trains_only_the_synthesis_and_exports(image_folder: Pa
     card["rate_points"][1]["rate_weight"] = 0.5  # one entropy-constrained point, coded as the encoder codes it
     card_path.write_text(json.dumps(card))
     out = tmp_path / "dec"
-    common = ["--weights", str(weights), "--card", str(card_path), "--data", str(image_folder), "--out", str(out),
+    # Images whose latent grid (10×11 cells) holds a 2-cell crop and the tiny synthesis's 4 cells of context.
+    larger = tmp_path / "larger"
+    larger.mkdir()
+    for i in range(3):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (80, 88, 3), dtype=np.uint8)).save(larger / f"{i}.png")
+    common = ["--weights", str(weights), "--card", str(card_path), "--data", str(larger), "--out", str(out),
               "--crop-cells", "2", "--batch", "2", "--holdout-every", "3", "--log-every", "1", "--threads", "1",
               "--lr", "1e-3"]
     first = _finetune_decoder(*common, "--steps", "3")
@@ -280,3 +285,31 @@ def test_decoder_finetune_trains_only_the_synthesis_and_exports(image_folder: Pa
     card_path.write_text(json.dumps(card))
     wrong = _finetune_decoder(*common, "--steps", "1", "--out", str(tmp_path / "x"))
     assert wrong.returncode != 0 and "is not the card of" in wrong.stderr
+
+
+def test_decoder_finetune_scores_crops_as_the_whole_image_decodes_them() -> None:
+    """Each crop is decoded from a window of latents that covers its receptive field, so the
+    scored pixels equal the whole-image decode's, borders of the image included."""
+    from models.autoencoder import VQAutoencoder
+    from models.config import ModelConfig
+    from models.decoder_finetune import ChoiceCropSampler, CodedImage, latent_of, scored_crops
+
+    torch.manual_seed(0)
+    model = VQAutoencoder(ModelConfig(channels=8, latent_dim=8, downsamplings=3, num_stages=2, num_codes=16))
+    indices = torch.randint(0, 16, (2, 12, 14), dtype=torch.uint8)
+    with torch.no_grad():
+        whole = model.synthesis(latent_of(model, indices)[None])[0].clamp(0, 1)
+    # The image is the whole decode itself, so a crop's target is what the whole decode gave there.
+    image = CodedImage((whole * 255).round().to(torch.uint8), [indices])
+    sampler = ChoiceCropSampler([image], cells=3, context=4, stride=8, generator=torch.Generator().manual_seed(1))
+    latents, targets, offsets = sampler.batch(model, 16)
+    assert latents.shape[-1] == 11 and any(o != (4, 4) for o in offsets)  # some windows clipped at the edges
+    with torch.no_grad():
+        crops = scored_crops(model.synthesis(latents), offsets, 3, 8).clamp(0, 1)
+    assert torch.allclose(crops, targets, atol=0.5 / 255 + 1e-4)
+    # Without the context the crops decode otherwise.
+    bare = ChoiceCropSampler([image], cells=3, context=0, stride=8, generator=torch.Generator().manual_seed(1))
+    latents, targets, offsets = bare.batch(model, 16)
+    with torch.no_grad():
+        crops = scored_crops(model.synthesis(latents), offsets, 3, 8).clamp(0, 1)
+    assert not torch.allclose(crops, targets, atol=0.5 / 255 + 1e-4)
