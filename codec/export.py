@@ -21,9 +21,21 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from codec.entropy import code_lengths, context_counts, second_context_counts, smoothed_counts, table_entropy_bits
-from codec.weights import (ENTROPY_TENSOR, SECOND_ENTROPY_TENSOR, card_rate_points, file_sha256, read_card,
-                           read_weights_file)
+from codec.entropy import (
+    code_lengths,
+    context_counts,
+    second_context_counts,
+    smoothed_counts,
+    table_entropy_bits,
+)
+from codec.weights import (
+    ENTROPY_TENSOR,
+    SECOND_ENTROPY_TENSOR,
+    card_rate_points,
+    file_sha256,
+    read_card,
+    read_weights_file,
+)
 from models.autoencoder import VQAutoencoder
 from models.choices import Points, choices_at_points
 from models.config import ModelConfig

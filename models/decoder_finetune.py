@@ -37,7 +37,13 @@ from models import tiling
 from models.autoencoder import VQAutoencoder
 from models.choices import Points, choices_at_points
 from models.data import list_images, load_rgb
-from models.train import learning_rate, optimiser_step, psnr_from_mse, save_checkpoint, training_loss
+from models.train import (
+    learning_rate,
+    optimiser_step,
+    psnr_from_mse,
+    save_checkpoint,
+    training_loss,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -292,7 +292,12 @@ def test_decoder_finetune_scores_crops_as_the_whole_image_decodes_them() -> None
     scored pixels equal the whole-image decode's, borders of the image included."""
     from models.autoencoder import VQAutoencoder
     from models.config import ModelConfig
-    from models.decoder_finetune import ChoiceCropSampler, CodedImage, latent_of, scored_crops
+    from models.decoder_finetune import (
+        ChoiceCropSampler,
+        CodedImage,
+        latent_of,
+        scored_crops,
+    )
 
     torch.manual_seed(0)
     model = VQAutoencoder(ModelConfig(channels=8, latent_dim=8, downsamplings=3, num_stages=2, num_codes=16))
