@@ -14,7 +14,7 @@ import argparse
 import json
 import platform
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -53,23 +53,26 @@ def measure_tables(model: VQAutoencoder, folder: Path, max_images: int, max_side
     rng = np.random.default_rng(0)
     if len(paths) > max_images:
         paths = [paths[i] for i in sorted(rng.choice(len(paths), max_images, replace=False))]
-    lengths = None
-    for targets in ([None] if points is None else [None, points]):
+
+    def count(choose: Callable[[torch.Tensor], list[torch.Tensor]]) -> tuple[np.ndarray, np.ndarray]:
         counts = np.zeros((stages, alphabet + 1, alphabet), dtype=np.int64)
         second = np.zeros_like(counts)
         for path in paths:
-            x = load_rgb(path, max_side).unsqueeze(0).float() / 255.0
-            if lengths is None:  # the nearest codewords at all stages, exactly as the coding path picks them
-                indices, grid = model.encode_indices(x)
-                chosen = [indices.reshape(stages, *grid)]
-            else:
-                chosen = choices_at_points(model, x, targets, lengths)
-            for indices in chosen:
+            for indices in choose(load_rgb(path, max_side).unsqueeze(0).float() / 255.0):
                 flat = indices.reshape(indices.shape[0], -1).numpy()
-                used = flat.shape[0]
-                counts[:used] += context_counts(flat, indices.shape[-1], alphabet)
-                second[:used] += second_context_counts(flat, indices.shape[-1], alphabet)
+                counts[: flat.shape[0]] += context_counts(flat, indices.shape[-1], alphabet)
+                second[: flat.shape[0]] += second_context_counts(flat, indices.shape[-1], alphabet)
+        return counts, second
+
+    def nearest(x: torch.Tensor) -> list[torch.Tensor]:
+        """All stages' nearest codewords, exactly as the coding path picks them."""
+        indices, grid = model.encode_indices(x)
+        return [indices.reshape(stages, *grid)]
+
+    counts, second = count(nearest)
+    if points is not None:
         lengths = code_lengths(smoothed_counts(counts))
+        counts, second = count(lambda x: choices_at_points(model, x, points, lengths))
     return counts, second, len(paths)
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from dataclasses import dataclass
@@ -38,10 +37,10 @@ from models.autoencoder import VQAutoencoder
 from models.choices import Points, choices_at_points
 from models.data import list_images, load_rgb
 from models.train import (
-    learning_rate,
     optimiser_step,
     psnr_from_mse,
     save_checkpoint,
+    set_learning_rate,
     training_loss,
 )
 
@@ -203,8 +202,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"resumed at step {step}", file=sys.stderr)
 
     paths = list_images(args.data)
-    held = [p for i, p in enumerate(paths) if args.holdout_every and i % args.holdout_every == 0]
-    training = [p for p in paths if p not in held]
+    every = args.holdout_every
+    held = paths[::every] if every else []
+    training = [p for i, p in enumerate(paths) if not every or i % every]
     start = time.monotonic()
     lengths = code_lengths(tables)
     held_out = code_images(model, held, args.max_side, points, lengths)
@@ -221,9 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     window_loss, window_mse, window_n, window_t = 0.0, 0.0, 0, start
     model.synthesis.train()
     while step < args.steps and time.monotonic() - start < args.time_budget:
-        time_fraction = (time.monotonic() - start) / args.time_budget if math.isfinite(args.time_budget) else 0.0
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, args.steps, args.lr, time_fraction)
+        set_learning_rate(optimizer, step, args.steps, args.lr, time.monotonic() - start, args.time_budget)
         latent, x, offsets = sampler.batch(model, args.batch)
         decoded = scored_crops(model.synthesis(latent), offsets, args.crop_cells, model.stride)
         loss, mse = training_loss(decoded, x, args.loss)

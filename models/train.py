@@ -102,6 +102,14 @@ def learning_rate(step: int, total: int, base: float, time_fraction: float = 0.0
     return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def set_learning_rate(optimizer: torch.optim.Optimizer, step: int, total: int, base: float, elapsed: float,
+                      budget: float) -> None:
+    """Every group's rate at this step, ``elapsed`` of ``budget`` seconds gone (see learning_rate)."""
+    time_fraction = elapsed / budget if math.isfinite(budget) else 0.0
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate(step, total, base, time_fraction)
+
+
 def optimiser_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, step: int) -> bool:
     """One step on ``loss``; False (and nothing changed) if the loss is not finite."""
     if not torch.isfinite(loss):
@@ -257,9 +265,7 @@ def main(argv: list[str] | None = None) -> int:
             dist.all_reduce(stop, op=dist.ReduceOp.MAX)
         if stop.item():
             break
-        time_fraction = (time.monotonic() - start) / args.time_budget if math.isfinite(args.time_budget) else 0.0
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, args.steps, args.lr, time_fraction)
+        set_learning_rate(optimizer, step, args.steps, args.lr, time.monotonic() - start, args.time_budget)
         x = sampler.batch(args.batch)
         if device == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
