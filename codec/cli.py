@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 import typer
 
 from codec import bitstream
-from codec.cli_options import Device
+from codec.cli_options import EFFORT_HELP, Device
 from codec.errors import CodecError, InputError
 from codec.fileio import check_output, read_input, write_output
 from codec.image_io import encode_image_file, read_image
@@ -87,6 +87,7 @@ def encode(
     output: str = typer.Argument(..., help=".dvq file to write, or - for stdout"),
     quality: Optional[int] = typer.Option(None, "-q", "--quality", help="rate point (see `diveq-codec models`)"),
     device: Device = typer.Option(Device.auto, "--device", help="where the model runs"),
+    effort: Optional[int] = typer.Option(None, "--effort", help=EFFORT_HELP),
     force: bool = typer.Option(False, "--force", "-f", help="overwrite OUTPUT if it exists"),
     json_flag: bool = typer.Option(False, "--json", help="print the report as JSON on stdout"),
 ) -> None:
@@ -100,7 +101,7 @@ def encode(
         source = read_image(read_input(input), input)
         for notice in source.notices:
             _say(f"diveq-codec: note: {notice}")
-        report = encode_with_report(source, quality, device.value)
+        report = encode_with_report(source, quality, device.value, effort)
         write_output(output, report.data, force)
         summary = {
             "input": input, "output": output, "quality": report.quality, "width": report.width,

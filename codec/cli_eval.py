@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from codec.cli_options import Device
+from codec.cli_options import EFFORT_HELP, Device
 
 
 def _say(message: str) -> None:
@@ -38,6 +38,7 @@ def eval_command(
     published: Optional[Path] = typer.Option(
         None, "--published", help="folder of published results JSON (CompressAI schema) to plot and compare"),
     device: Device = typer.Option(Device.auto, "--device", help="where our model runs"),
+    effort: Optional[int] = typer.Option(None, "--effort", help=EFFORT_HELP + " (one effort per results folder)"),
     output: Path = typer.Option(Path("eval-out"), "-o", "--output",
                                 help="results folder; re-running with the same one resumes"),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="use only the first N images (by name)"),
@@ -63,7 +64,7 @@ def eval_command(
         for note in notes:
             _say(f"diveq-codec: note: {note}")
         opts = EvalOptions(data_dir=directory, out_dir=output, qualities=parse_qualities(quality), anchors=chosen,
-                           published_dir=published, device=device.value, limit=limit)
+                           published_dir=published, device=device.value, limit=limit, effort=effort)
         started = time.monotonic()
         result = run_eval(opts, say=_say)
         typer.echo(bd_markdown(OURS_NAME, result.bd_rows), nl=False)
@@ -101,6 +102,7 @@ def bench_command(
     quality: Optional[int] = typer.Option(None, "-q", "--quality", help="our rate point (default: the middle one)"),
     runs: int = typer.Option(5, "--runs", min=1, help="timed runs per codec (after one warm-up run)"),
     device: Device = typer.Option(Device.auto, "--device", help="where our model runs"),
+    effort: Optional[int] = typer.Option(None, "--effort", help=EFFORT_HELP),
     json_flag: bool = typer.Option(False, "--json", help="print the results as JSON on stdout"),
 ) -> None:
     """Median encode/decode time of our codec next to Pillow JPEG and WebP (quality 75)."""
@@ -114,7 +116,7 @@ def bench_command(
         from codec.fileio import read_input
         from codec.image_io import read_image
         from codec.metrics import bits_per_pixel, psnr
-        from codec.pipeline import decode_detailed, encode_source, resolve_device
+        from codec.pipeline import beam_width, decode_detailed, encode_source, resolve_device
         from codec.weights import resolve_quality
 
         dev = resolve_device(device.value)
@@ -131,7 +133,8 @@ def bench_command(
             rows.append({"codec": name, "quality": q, "bytes": len(data), "bpp": bits_per_pixel(len(data), width, height),
                          "psnr": psnr(rgb, np.asarray(decoded.convert("RGB"))), "encode_s": enc, "decode_s": dec})
 
-        data, out, enc, dec = _median_times(lambda: encode_source(source, point.quality, dev),
+        beam_width(effort)  # an unknown effort is refused before any timing
+        data, out, enc, dec = _median_times(lambda: encode_source(source, point.quality, dev, effort),
                                             lambda d: decode_detailed(d, dev).image, runs)
         record("DiVeQ", point.quality, data, out, enc, dec)
         pil_image = Image.fromarray(rgb, "RGB")

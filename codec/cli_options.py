@@ -11,3 +11,8 @@ class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
+
+
+# Kept here, not in codec.pipeline, so that the CLI's help needs no torch import.
+EFFORT_HELP = ("encoder effort: 1 (default) the greedy codeword search, 2 a beam search over the stages: "
+               "better rate–distortion, slower encode; any decoder reads both")

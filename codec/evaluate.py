@@ -104,6 +104,7 @@ class EvalOptions:
     published_dir: Path | None = None
     device: str = "auto"
     limit: int | None = None
+    effort: int | None = None  # the encoder's (codec.pipeline.beam_width); None: the default
 
 
 # --------------------------------------------------------------------------- the CSV
@@ -623,9 +624,10 @@ def _run_locked(opts: EvalOptions, say: Callable[[str], None], progress_stream: 
 
     from codec.fileio import read_input
     from codec.image_io import read_image
-    from codec.pipeline import WRITTEN_CODER, decode_detailed, encode_source
+    from codec.pipeline import WRITTEN_CODER, beam_width, decode_detailed, encode_source
     from codec.weights import load_model
 
+    beam = beam_width(opts.effort)
     loaded = {p.model_id: load_model(p.model_id, device) for p in points}
     images = {_image_key(p, opts.data_dir): p for p in paths}
     hashes = {}
@@ -635,7 +637,10 @@ def _run_locked(opts: EvalOptions, say: Callable[[str], None], progress_stream: 
         "coder": WRITTEN_CODER,
         "weights": {str(mid): lm.card.weights_id.hex() for mid, lm in loaded.items()},
         "images": hashes,
-        "rate_points": {str(p.quality): {"stages": p.stages, "rate_weight": p.rate_weight} for p in points},
+        # A beam search (--effort) writes other files of the same weights: its width joins each
+        # rate point's record, so one folder never mixes efforts (the default's record is as before).
+        "rate_points": {str(p.quality): {"stages": p.stages, "rate_weight": p.rate_weight,
+                                         **({"beam": beam} if beam > 1 else {})} for p in points},
     })
     _write_json(opts.out_dir / META_NAME, meta)
     table = ResultsCSV(opts.out_dir / CSV_NAME)
@@ -665,10 +670,10 @@ def _run_locked(opts: EvalOptions, say: Callable[[str], None], progress_stream: 
                     continue
                 if codec_key == OURS:
                     if not warmed:  # first use pays for lazy initialisation: keep it out of the timings
-                        decode_detailed(encode_source(source, quality, device), device)
+                        decode_detailed(encode_source(source, quality, device, opts.effort), device)
                         warmed = True
                     start = time.perf_counter()
-                    data = encode_source(source, quality, device)
+                    data = encode_source(source, quality, device, opts.effort)
                     encoded = time.perf_counter()
                     decoded = decode_detailed(data, device).image
                     done = time.perf_counter()
@@ -693,7 +698,8 @@ def _run_locked(opts: EvalOptions, say: Callable[[str], None], progress_stream: 
     ours_summary = summarize(table.rows, OURS, names)
     if ours_summary is None:  # cannot happen after a complete run
         raise OutputError(f"no complete rate point for {OURS} in {table.path}")
-    ours_desc = (f"diveq-codec {_version()}, model(s) {', '.join(model_names)}, real .dvq files "
+    ours_desc = (f"diveq-codec {_version()}, model(s) {', '.join(model_names)}, "
+                 f"{f'encoder effort {opts.effort} (beam {beam}), ' if beam > 1 else ''}real .dvq files "
                  f"(header included), decoded on {device}")
     summaries = [(OURS, OURS_NAME, ours_desc, ours_summary, "ours")]
     for anchor in opts.anchors:

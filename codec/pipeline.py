@@ -69,7 +69,25 @@ def _as_source(image: Image.Image | bytes | str | Path | SourceImage) -> SourceI
     return read_image(bytes(image), "input")
 
 
-def encode_source(source: SourceImage, quality: int | None = None, device: str = "auto") -> bytes:
+# How hard the encoder looks for codewords (``--effort``): the width of its beam search over
+# the residual stages (ResidualDiVeQ._beam_search). The file format and the decoder do not
+# change; effort only decides which valid indices a file holds. Effort 2 costs encode time
+# (README: "Encoder effort") for a better rate–distortion trade.
+EFFORT_BEAMS = {1: 1, 2: 4}
+
+
+def beam_width(effort: int | None) -> int:
+    """The beam width of an effort level (None: the default, 1); ValueError for another level."""
+    if effort is None:
+        return 1
+    if effort not in EFFORT_BEAMS:
+        raise ValueError(f"effort must be one of {', '.join(map(str, EFFORT_BEAMS))}, got {effort}")
+    return EFFORT_BEAMS[effort]
+
+
+def encode_source(source: SourceImage, quality: int | None = None, device: str = "auto",
+                  effort: int | None = None) -> bytes:
+    beam = beam_width(effort)
     point = resolve_quality(quality)
     loaded = load_model(point.model_id, resolve_device(device))
     model = loaded.model
@@ -83,7 +101,7 @@ def encode_source(source: SourceImage, quality: int | None = None, device: str =
     # The rate point's λ makes the choices entropy-constrained (the decoder does not care how
     # the indices were chosen).
     indices, (grid_h, grid_w) = model.encode_indices(x, point.stages, dtype=search,
-                                                     rate=loaded.rate_costs(point.rate_weight))
+                                                     rate=loaded.rate_costs(point.rate_weight), beam=beam)
     # Second-context tables (coder 3) when the model has them; coder 2 without.
     payload = entropy.encode_indices(indices.cpu().numpy(), loaded.tables, grid_w, adaptive=True,
                                      second=loaded.second_tables)
@@ -100,9 +118,10 @@ def encode_source(source: SourceImage, quality: int | None = None, device: str =
     return bitstream.pack(bitstream.Container(header, payload, alpha))
 
 
-def encode(image: Image.Image | bytes | str | Path, quality: int | None = None, device: str = "auto") -> bytes:
+def encode(image: Image.Image | bytes | str | Path, quality: int | None = None, device: str = "auto",
+           effort: int | None = None) -> bytes:
     """Compress an image (PIL image, encoded image bytes, or a path) to .dvq bytes."""
-    return encode_source(_as_source(image), quality, device)
+    return encode_source(_as_source(image), quality, device, effort)
 
 
 @dataclass
@@ -179,10 +198,10 @@ class EncodeReport:
 
 
 def encode_with_report(image: Image.Image | bytes | str | Path | SourceImage, quality: int | None = None,
-                       device: str = "auto") -> EncodeReport:
+                       device: str = "auto", effort: int | None = None) -> EncodeReport:
     """Encode, then decode the produced bytes to report the PSNR the file really delivers."""
     source = _as_source(image)
-    data = encode_source(source, quality, device)
+    data = encode_source(source, quality, device, effort)
     decoded = decode_detailed(data, device)
     height, width = source.rgb.shape[:2]
     return EncodeReport(data, width, height, bits_per_pixel(len(data), width, height),

@@ -228,7 +228,7 @@ class VQAutoencoder(nn.Module):
 
     @torch.no_grad()
     def encode_indices(self, x: torch.Tensor, num_stages: int | None = None, dtype: torch.dtype = torch.float32,
-                       rate: RateCosts | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
+                       rate: RateCosts | None = None, beam: int = 1) -> tuple[torch.Tensor, tuple[int, int]]:
         """Coding path: image (1, 3, H, W) in [0, 1] → indices (S, h·w) and the grid (h, w).
 
         The indices are the ones exact arithmetic would choose, on every device, so that the
@@ -248,10 +248,14 @@ class VQAutoencoder(nn.Module):
 
         ``rate`` (a residual quantizer's only) makes the choices entropy-constrained: the
         cheapest codeword in distance plus rate rather than the nearest (see RateCosts).
+        ``beam`` > 1 (likewise) searches the stages jointly, keeping that many partial paths
+        (see ResidualDiVeQ._beam_search); its gaps make the same exact re-decision work.
         """
-        if rate is not None and not isinstance(self.quantizer, ResidualDiVeQ):
-            raise ValueError(f"a rate term needs a residual quantizer, not {type(self.quantizer).__name__}")
-        search = {} if rate is None else {"rate": rate}
+        if (rate is not None or beam > 1) and not isinstance(self.quantizer, ResidualDiVeQ):
+            raise ValueError(f"a rate term or a beam needs a residual quantizer, not {type(self.quantizer).__name__}")
+        search: dict[str, object] = {} if rate is None else {"rate": rate}
+        if beam > 1:
+            search["beam"] = beam
         if dtype == torch.float64:
             latent = self.analyse(self.float64_analysis(), x.double())
             _, _, h, w = latent.shape

@@ -59,6 +59,28 @@ class RateCosts:
         return self.following[stage - 1].to(previous.device)[previous]
 
 
+# Left-out paths per stage whose distance to the kept ones the beam search measures one by
+# one (see ResidualDiVeQ._beam_search); the rest are bounded by the last of them.
+GAP_CANDIDATES = 8
+
+
+def _least_wall(z: torch.Tensor, costs: torch.Tensor, sums: torch.Tensor, kept: int, more: bool) -> torch.Tensor:
+    """A lower bound on each row's distance to a wall between its ``kept`` cheapest paths and
+    the rest: rows z (N, D), the listed paths' costs (N, L) ascending and sums of codewords
+    (N, L, D); ``more``: other paths exist, none cheaper than the last listed."""
+    kept_sums, left_sums = sums[:, :kept], sums[:, kept:]
+    spread = ((kept_sums * kept_sums).sum(dim=2).unsqueeze(2) + (left_sums * left_sums).sum(dim=2).unsqueeze(1)
+              - 2.0 * (kept_sums @ left_sums.transpose(1, 2))).clamp_min(0.0).sqrt()  # ‖s_c − s_d‖ (N, kept, L − kept)
+    walls = (costs[:, kept:].unsqueeze(1) - costs[:, :kept].unsqueeze(2)) / (2.0 * spread)
+    # 0/0: a path with the sum and cost of a kept one (a duplicate codeword): no margin at all.
+    least = torch.nan_to_num(walls, nan=0.0).flatten(1).min(dim=1).values
+    if more:
+        worst_kept, last = costs[:, kept - 1], costs[:, -1]
+        reach = (z.unsqueeze(1) - kept_sums).square().sum(dim=2).max(dim=1).values.sqrt()
+        least = torch.minimum(least, (last - worst_kept) / (2.0 * (reach + last.clamp_min(0.0).sqrt())))
+    return least
+
+
 class ResidualDiVeQ(Quantizer):
     """``num_stages`` codebooks of ``num_codes`` words; ẑ = Σ_m C_m[k_m].
 
@@ -126,14 +148,23 @@ class ResidualDiVeQ(Quantizer):
         return stages
 
     @torch.no_grad()
-    def indices(self, z: torch.Tensor, num_stages: int | None = None, rate: RateCosts | None = None) -> torch.Tensor:
-        """Each stage's codeword for every row of z: the nearest, or with ``rate`` the cheapest."""
-        idx, _ = self._stage_sums(z.to(search_dtype(z)), self._checked_stages(num_stages), observe=False, rate=rate)
+    def indices(self, z: torch.Tensor, num_stages: int | None = None, rate: RateCosts | None = None,
+                beam: int = 1) -> torch.Tensor:
+        """Each stage's codeword for every row of z: the nearest, or with ``rate`` the cheapest;
+        with ``beam`` > 1, the path of least total cost among those a beam search keeps."""
+        stages = self._checked_stages(num_stages)
+        if beam > 1:
+            return self._beam_search(z, stages, rate, beam, with_gaps=False)[0]
+        idx, _ = self._stage_sums(z.to(search_dtype(z)), stages, observe=False, rate=rate)
         return idx
 
     @torch.no_grad()
     def indices_and_gaps(self, z: torch.Tensor, num_stages: int | None = None,
-                         rate: RateCosts | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                         rate: RateCosts | None = None, beam: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        if beam > 1:
+            idx, gaps = self._beam_search(z, self._checked_stages(num_stages), rate, beam, with_gaps=True)
+            assert gaps is not None
+            return idx, gaps
         # Stage m's remainder is z minus exact codewords, so an error in z moves every
         # stage's remainder by the same vector: the smallest gap over stages bounds them all.
         # The rate term depends only on earlier choices, which stand while z moves less than
@@ -148,6 +179,61 @@ class ResidualDiVeQ(Quantizer):
             all_idx.append(idx)
             smallest = torch.minimum(smallest, gap)
         return torch.stack(all_idx), smallest
+
+    def _beam_search(self, z: torch.Tensor, stages: int, rate: RateCosts | None, width: int,
+                     with_gaps: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The stages' indices (S, N) of the least total cost ‖z − Σ codewords‖² + Σ rate terms
+        that a beam of ``width`` paths finds, and (``with_gaps``) each row's decision gap.
+
+        The greedy search (a beam of one) picks each stage's cheapest codeword for the
+        remainder the earlier stages left; a beam keeps the ``width`` cheapest partial paths
+        per row, so a codeword that costs a little more now but leaves a remainder the next
+        stages code better can still win. The last stage keeps the single cheapest path.
+
+        The gap bounds how far z may move before any kept set (or the final pick) changes.
+        Two paths c, d cost the same on the hyperplane at distance (T_d − T_c) / (2‖s_c − s_d‖)
+        from z (T their costs, s their sums of codewords), measured for every kept path and
+        each of the GAP_CANDIDATES cheapest left-out ones. Any other left-out path d costs at
+        least the last of those, T, and since ‖s_c − s_d‖ ≤ √D_c + √D_d (D the squared
+        distance to z, D ≤ T as rates are ≥ 0), lies at least (T − T_in) / (2(√D_in + √T))
+        away, with T_in and √D_in the largest over the kept paths.
+        """
+        dtype = search_dtype(z)
+        vectors = z.detach().to(dtype)
+        rows, dim = vectors.shape
+        books = self.codebooks.detach().to(dtype)
+        book_norms = (books * books).sum(dim=2)
+        codes = books.shape[1]
+        sums = vectors.new_zeros(rows, 1, dim)
+        spent = vectors.new_zeros(rows, 1)  # the kept paths' rate terms so far
+        paths = torch.zeros(rows, 1, 0, dtype=torch.long, device=z.device)
+        gaps = torch.full((rows,), float("inf"), dtype=dtype, device=z.device) if with_gaps else None
+        if rate is not None:  # the same float32 numbers in either dtype (RateCosts)
+            first, following = rate.first.to(dtype), rate.following.to(dtype)
+        for m in range(stages):
+            remainder = vectors.unsqueeze(1) - sums
+            cost = torch.matmul(remainder, books[m].t()).mul_(-2.0)  # (rows, paths, K), in place from here
+            cost.add_((remainder * remainder).sum(dim=2, keepdim=True)).add_(book_norms[m]).clamp_min_(0.0)
+            if rate is not None:
+                previous = paths[:, :, -1].reshape(-1) if m else None
+                cost.add_(first if m == 0 else following[m - 1].index_select(0, previous).view_as(cost))
+                cost.add_(spent.unsqueeze(2))
+            candidates = cost.shape[1] * codes
+            kept = 1 if m == stages - 1 else min(width, candidates)
+            listed = min(kept + GAP_CANDIDATES, candidates)
+            listed_cost, order = cost.view(rows, -1).topk(listed, dim=1, largest=False, sorted=True)
+            parent, code = order // codes, order % codes
+            listed_sums = sums.gather(1, parent.unsqueeze(2).expand(-1, -1, dim)) + books[m][code]
+            if gaps is not None and listed > kept:
+                gaps = torch.minimum(gaps, _least_wall(vectors, listed_cost, listed_sums, kept,
+                                                       more=listed < candidates))
+            parent, code, sums = parent[:, :kept], code[:, :kept], listed_sums[:, :kept]
+            if rate is not None:
+                spent = spent.gather(1, parent) + (first[code] if m == 0 else
+                                                   following[m - 1][paths[:, :, -1].gather(1, parent), code])
+            paths = torch.cat([paths.gather(1, parent.unsqueeze(2).expand(-1, -1, paths.shape[2])),
+                               code.unsqueeze(2)], dim=2)
+        return paths[:, 0, :].t().contiguous(), gaps
 
     @torch.no_grad()
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Where the CPU encoder's time goes, part by part.
 
-``python scripts/encode_profile.py IMAGE_DIR [-q QUALITY]`` runs the steps of
+``python scripts/encode_profile.py IMAGE_DIR [-q QUALITY] [--effort E]`` runs the steps of
 ``codec.pipeline.encode_source`` one by one on every image (after one warm-up encode) and
 prints the mean seconds per image of each: float32 analysis, codeword search with decision
 gaps, float64 re-decision of the unsure latents, entropy coding. It checks that the parts
@@ -17,7 +17,7 @@ import torch
 
 from codec import bitstream, entropy
 from codec.image_io import read_image
-from codec.pipeline import _to_tensor, encode_source
+from codec.pipeline import _to_tensor, beam_width, encode_source
 from codec.weights import load_model, resolve_quality
 from models import tiling
 from models.autoencoder import unsure_choices
@@ -30,14 +30,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path)
     parser.add_argument("-q", "--quality", type=int, default=None)
+    parser.add_argument("--effort", type=int, default=None, help="the encoder's effort (default 1)")
     args = parser.parse_args()
+    beam = beam_width(args.effort)
     point = resolve_quality(args.quality)
     loaded = load_model(point.model_id, "cpu")
     model = loaded.model
     rate = loaded.rate_costs(point.rate_weight)
-    search = {} if rate is None else {"rate": rate}
+    search: dict[str, object] = {} if rate is None else {"rate": rate}
+    if beam > 1:
+        search["beam"] = beam
     sources = [read_image(path.read_bytes(), str(path)) for path in list_images(args.folder)]
-    encode_source(sources[0], point.quality, "cpu")
+    encode_source(sources[0], point.quality, "cpu", args.effort)
     totals = dict.fromkeys(PARTS, 0.0)
     unsure_count = 0
     with torch.no_grad():
@@ -59,14 +63,14 @@ def main() -> None:
             payload = entropy.encode_indices(indices.numpy(), loaded.tables, width, adaptive=True,
                                              second=loaded.second_tables)
             coded = time.perf_counter()
-            if payload != bitstream.unpack(encode_source(source, point.quality, "cpu")).payload:
+            if payload != bitstream.unpack(encode_source(source, point.quality, "cpu", args.effort)).payload:
                 raise SystemExit("the parts do not give the encoder's payload: this script is out of date")
             unsure_count += unsure.numel()
             for part, seconds in zip(PARTS, (analysed - start, searched - analysed, redecided - searched,
                                             coded - redecided)):
                 totals[part] += seconds
     count = len(sources)
-    print(f"quality {point.quality}, {count} images of {args.folder}, seconds per image: "
+    print(f"quality {point.quality}, effort {args.effort or 1}, {count} images of {args.folder}, seconds per image: "
           + ", ".join(f"{part} {seconds / count:.3f}" for part, seconds in totals.items())
           + f"; total {sum(totals.values()) / count:.3f}; {unsure_count / count:.1f} latents re-decided per image")
 

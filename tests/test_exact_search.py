@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from models import autoencoder, tiling
+from models import autoencoder, residual, tiling
 from models.autoencoder import VQAutoencoder, pad_to_multiple
 from models.codebook import nearest_codeword, nearest_codeword_with_gap
 from models.config import ModelConfig
@@ -80,6 +80,58 @@ def test_no_move_shorter_than_the_residual_gap_changes_any_stage(rate_term: bool
     for _ in range(20):
         moved = z + 0.999 * gap[:, None] * _random_directions(400, 8, g)
         assert torch.equal(quantizer.indices(moved, rate=rate), idx)
+
+
+def _random_residual(generator: torch.Generator) -> ResidualDiVeQ:
+    quantizer = ResidualDiVeQ(4, 16, 8).double()
+    with torch.no_grad():
+        quantizer.codebooks.normal_(generator=generator)
+        quantizer.codebooks.mul_(torch.tensor([1.0, 0.5, 0.25, 0.125], dtype=torch.float64)[:, None, None])
+    return quantizer
+
+
+@pytest.mark.parametrize("rate_term", [False, True])
+def test_a_beam_search_finds_cheaper_paths_and_a_beam_of_one_is_the_greedy_search(rate_term: bool) -> None:
+    g = torch.Generator().manual_seed(11)
+    quantizer = _random_residual(g)
+    z = torch.randn(400, 8, generator=g, dtype=torch.float64)
+    rate = _rate_costs(4, 16, 0.5, g) if rate_term else None
+    greedy = quantizer.indices(z, rate=rate)
+    assert torch.equal(quantizer._beam_search(z, 4, rate, 1, with_gaps=False)[0], greedy)
+
+    def cost(indices: torch.Tensor) -> torch.Tensor:
+        books = quantizer.codebooks.detach()
+        distance = (z - sum(books[m][indices[m]] for m in range(4))).square().sum(dim=1)
+        if rate is None:
+            return distance
+        return distance + rate.first[indices[0]] + sum(rate.following[m - 1][indices[m - 1], indices[m]]
+                                                       for m in range(1, 4))
+    beam = quantizer.indices(z, rate=rate, beam=4)
+    assert (beam != greedy).any(dim=0).sum() > 20
+    assert (cost(beam) <= cost(greedy) + 1e-12).float().mean() > 0.9 and cost(beam).sum() < cost(greedy).sum()
+    assert torch.equal(quantizer.indices(z, 2, rate=rate, beam=4), quantizer.indices(z, 2, rate=rate, beam=4))
+
+
+@pytest.mark.parametrize("rate_term", [False, True])
+@pytest.mark.parametrize("width", [2, 4])
+def test_no_move_shorter_than_the_beam_gap_changes_the_beams_choice(rate_term: bool, width: int,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Also with few left-out paths measured one by one, where the bound on the others counts."""
+    g = torch.Generator().manual_seed(12)
+    quantizer = _random_residual(g)
+    z = torch.randn(400, 8, generator=g, dtype=torch.float64)
+    rate = _rate_costs(4, 16, 0.5, g) if rate_term else None
+    for listed in (residual.GAP_CANDIDATES, 1):
+        monkeypatch.setattr(residual, "GAP_CANDIDATES", listed)
+        idx, gap = quantizer.indices_and_gaps(z, rate=rate, beam=width)
+        assert torch.equal(idx, quantizer.indices(z, rate=rate, beam=width))
+        assert (gap > 0).float().mean() > 0.95
+        for _ in range(20):
+            moved = z + 0.999 * gap[:, None] * _random_directions(400, 8, g)
+            assert torch.equal(quantizer.indices(moved, rate=rate, beam=width), idx)
+        # And the bound is not vacuous: moves a few times longer change some choices.
+        moved = z + 4.0 * gap[:, None] * _random_directions(400, 8, g)
+        assert not torch.equal(quantizer.indices(moved, rate=rate, beam=width), idx)
 
 
 @pytest.fixture(scope="module")
@@ -167,6 +219,16 @@ def test_cpu_path_with_a_rate_term_gives_the_float64_indices(shipped: VQAutoenco
     exact, _ = shipped.encode_indices(x, 6, dtype=torch.float64, rate=rate)
     assert torch.equal(shipped.encode_indices(x, 6, rate=rate)[0], exact)
     assert not torch.equal(shipped.encode_indices(x, 6, dtype=torch.float64)[0], exact)
+
+
+def test_cpu_path_with_a_beam_gives_the_float64_indices(shipped: VQAutoencoder, lighthouse_path: Path) -> None:
+    from codec.weights import load_model, resolve_quality
+
+    rate = load_model(resolve_quality(None).model_id, "cpu").rate_costs(0.01)
+    x = _lighthouse(lighthouse_path.parent)
+    exact, _ = shipped.encode_indices(x, 6, dtype=torch.float64, rate=rate, beam=4)
+    assert torch.equal(shipped.encode_indices(x, 6, rate=rate, beam=4)[0], exact)
+    assert not torch.equal(shipped.encode_indices(x, 6, dtype=torch.float64, rate=rate)[0], exact)
 
 
 def test_a_rate_term_needs_a_residual_quantizer() -> None:
