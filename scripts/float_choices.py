@@ -1,7 +1,8 @@
 """Does the CPU's encoder choose the exact (float64) codewords?
 
-``python scripts/float_choices.py IMAGE_DIR [-q QUALITY]`` encodes every image's indices
-(all stages of the model behind QUALITY, default the middle one, with that rate point's λ)
+``python scripts/float_choices.py IMAGE_DIR [-q QUALITY] [--effort E] [--every N]`` encodes
+every image's indices (all stages of the model behind QUALITY, default the middle one, with
+that rate point's λ, and the search of encoder effort E)
 three ways: plain float32 search, the CPU coding path (float32, with latents near a decision
 boundary re-decided in float64) and the all-float64 path a GPU uses. It counts the decisions
 where each float32 way differs from float64, the share of latents the CPU path re-decided,
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from codec.pipeline import _to_tensor
+from codec.pipeline import _to_tensor, beam_width
 from codec.weights import load_model, resolve_quality
 from models import autoencoder, tiling
 from models.data import list_images
@@ -31,19 +32,23 @@ def main() -> None:
     parser.add_argument("folder", type=Path)
     parser.add_argument("-q", "--quality", type=int, default=None, help="picks the model (default: the middle one)")
     parser.add_argument("--every", type=int, default=1, help="only every N-th image (default: all)")
+    parser.add_argument("--effort", type=int, default=None, help="the encoder's effort (default 1)")
     args = parser.parse_args()
+    beam = beam_width(args.effort)
     point = resolve_quality(args.quality)
     loaded = load_model(point.model_id, "cpu")
     model = loaded.model
     rate = loaded.rate_costs(point.rate_weight)  # the rate point's entropy-constrained choices
-    search = {} if rate is None else {"rate": rate}
+    search: dict[str, object] = {} if rate is None else {"rate": rate}
+    if beam > 1:
+        search["beam"] = beam
     decisions = plain_differ = coded_differ = redecided = latents = 0
     errors: dict[str, list[np.ndarray]] = {name: [] for name in KERNELS}
     for path in list_images(args.folder)[::args.every]:
         x = _to_tensor(np.asarray(Image.open(path).convert("RGB")), "cpu")
         exact_vectors = model.to_vectors(model.analyse(model.float64_analysis(), x.double()))
         exact = tiling.chunked_indices(model.quantizer, exact_vectors, None, **search)  # the float64 path's
-        coded, _ = model.encode_indices(x, rate=rate)
+        coded, _ = model.encode_indices(x, rate=rate, beam=beam)
         lengths = torch.linalg.vector_norm(exact_vectors, dim=1)
         for name, analyse in KERNELS.items():
             kernel_vectors = model.to_vectors(analyse(model, x))
