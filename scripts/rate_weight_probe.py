@@ -1,6 +1,6 @@
 """Choose each rate point's λ for entropy-constrained assignment, on training photos.
 
-``python scripts/rate_weight_probe.py IMAGE_DIR [--every 24] [--card weights/NAME.json]``
+``python scripts/rate_weight_probe.py IMAGE_DIR [--every 24] [--card weights/NAME.json] [--effort E]``
 
 For every image (every ``--every``-th, starting at the second, so never the first one) and
 every rate point of the model, the indices are chosen at λ = α·s for each α of the grid,
@@ -13,7 +13,9 @@ goes into the card's ``rate_weight``. Where two rate points have the same stages
 first is tuned: the other keeps λ = 0, the nearest codewords.
 
 The rate is the payload's (the header is the same few bytes either way); PSNR is RGB, of the
-8-bit decoded image, averaged per image. Never run it on the test set.
+8-bit decoded image, averaged per image. Never run it on the test set. ``--effort 2`` probes
+the beam search's choices instead (against its own α = 0 curve); a card holds one λ per rate
+point, the default effort's, so it is printed only.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from PIL import Image
 
 from codec import entropy
 from codec.metrics import psnr
-from codec.pipeline import _to_tensor, _to_uint8
+from codec.pipeline import _to_tensor, _to_uint8, beam_width
 from codec.weights import load_model, rate_points
 from models import tiling
 from models.data import list_images
@@ -67,7 +69,11 @@ def main() -> None:
     parser.add_argument("folder", type=Path)
     parser.add_argument("--every", type=int, default=24)
     parser.add_argument("--card", type=Path, default=None, help="write the chosen λ into this card")
+    parser.add_argument("--effort", type=int, default=None, help="the encoder's effort (default 1)")
     args = parser.parse_args()
+    beam = beam_width(args.effort)
+    if args.card is not None and beam > 1:
+        raise SystemExit("a card's rate_weight is the default effort's: --card goes with effort 1 only")
     started = time.perf_counter()
     every_point = rate_points()
     loaded = load_model(every_point[-1].model_id, "cpu")
@@ -95,8 +101,7 @@ def main() -> None:
             for point in points:
                 for alpha in ALPHAS:
                     rate = loaded.rate_costs(alpha * float(slopes[point.stages - 1]))
-                    search = {} if rate is None else {"rate": rate}
-                    indices = tiling.chunked_indices(model.quantizer, vectors, point.stages, **search)
+                    indices = tiling.chunked_indices(model.quantizer, vectors, point.stages, rate=rate, beam=beam)
                     payload = entropy.encode_indices(indices.numpy(), loaded.tables, w, adaptive=True,
                                                      second=loaded.second_tables)
                     decoded = _to_uint8(model.decode_indices(indices, (h, w), rgb.shape[0], rgb.shape[1]))
