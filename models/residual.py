@@ -61,8 +61,9 @@ class RateCosts:
 
 # Left-out paths per stage whose distance to the kept ones the beam search measures one by
 # one (see ResidualDiVeQ._beam_search); the rest are bounded by the last of them. At width 4
-# and quality 12's λ, 4 re-decide as many latents as 8 or 32 (33.5 per image on 17 training
-# photos) in two thirds of the search time; 2 re-decide a few more, 1 nine times as many.
+# and quality 12's λ, 4 re-decide as many latents as 8 (33.5 per image on 17 training photos)
+# in two thirds of the search time; 2 re-decide a few more, 1 four times as many (four Kodak
+# images).
 GAP_CANDIDATES = 4
 
 
