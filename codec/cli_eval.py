@@ -60,6 +60,9 @@ def eval_command(
             run_eval,
         )
 
+        from codec.pipeline import beam_width
+
+        beam_width(effort)  # an unknown effort is refused before the results folder is made
         chosen, notes = resolve_anchors(anchors)
         for note in notes:
             _say(f"diveq-codec: note: {note}")
