@@ -37,6 +37,7 @@ from models.autoencoder import VQAutoencoder
 from models.choices import Points, choices_at_points
 from models.data import list_images, load_rgb
 from models.train import (
+    TrainLog,
     optimiser_step,
     psnr_from_mse,
     save_checkpoint,
@@ -212,13 +213,12 @@ def main(argv: list[str] | None = None) -> int:
                                 tiling.synthesis_margin(model.synthesis), model.stride, generator)
     print(f"{len(sampler.images)} training and {len(held_out)} held-out images coded at {len(points)} rate "
           f"points in {time.monotonic() - start:.0f} s", file=sys.stderr)
-    log = (out / "train_log.jsonl").open("a")
     if step == 0 and held_out:
         write_holdout(out, model, held_out, 0)
 
+    log = TrainLog(out / "train_log.jsonl", args.log_every, elapsed_before)
     start = time.monotonic()
     last_ckpt = start
-    window_loss, window_mse, window_n, window_t = 0.0, 0.0, 0, start
     model.synthesis.train()
     while step < args.steps and time.monotonic() - start < args.time_budget:
         set_learning_rate(optimizer, step, args.steps, args.lr, time.monotonic() - start, args.time_budget)
@@ -229,18 +229,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         step += 1
         images_seen += args.batch
-        window_loss, window_mse, window_n = window_loss + loss.item(), window_mse + mse.item(), window_n + 1
-        if step % args.log_every == 0:
-            now = time.monotonic()
-            record = {"step": step, "elapsed_s": round(elapsed_before + now - start, 1),
-                      "loss": window_loss / window_n, "mse": window_mse / window_n,
-                      "psnr": psnr_from_mse(window_mse / window_n),
-                      "images_per_s": round(window_n * args.batch / max(now - window_t, 1e-9), 1),
-                      "lr": optimizer.param_groups[0]["lr"]}
-            print(json.dumps(record), file=sys.stderr, flush=True)
-            log.write(json.dumps(record) + "\n")
-            log.flush()
-            window_loss, window_mse, window_n, window_t = 0.0, 0.0, 0, now
+        log.add(loss.item(), mse.item(), args.batch)
+        log.write_if_due(step, lr=optimizer.param_groups[0]["lr"])
         if time.monotonic() - last_ckpt > args.checkpoint_every:
             save_checkpoint(ckpt_path, model, optimizer, step, elapsed_before + time.monotonic() - start,
                             images_seen, generator, "cpu", init_from)

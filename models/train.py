@@ -125,6 +125,45 @@ def psnr_from_mse(mse: float) -> float:
     return 10 * math.log10(1.0 / max(mse, 1e-12))
 
 
+class TrainLog:
+    """The periodic training record: every ``every`` steps, the mean loss, MSE and PSNR of the
+    steps since the last record, with images/s and the elapsed time (including the runs before
+    a resume), as one JSON line on stderr and in OUT/train_log.jsonl. A loop adds its own
+    fields (the learning rate, codebook usage) when it writes."""
+
+    def __init__(self, path: Path, every: int, elapsed_before: float) -> None:
+        self.file = path.open("a")
+        self.every = every
+        self.elapsed_before = elapsed_before
+        self.start = time.monotonic()
+        self._reset(self.start)
+
+    def _reset(self, now: float) -> None:
+        self.loss = self.mse = 0.0
+        self.steps = self.images = 0
+        self.since = now
+
+    def add(self, loss: float, mse: float, images: int) -> None:
+        self.loss, self.mse = self.loss + loss, self.mse + mse
+        self.steps, self.images = self.steps + 1, self.images + images
+
+    def write_if_due(self, step: int, **fields: object) -> None:
+        if step % self.every or not self.steps:
+            return
+        now = time.monotonic()
+        record = {"step": step, "elapsed_s": round(self.elapsed_before + now - self.start, 1),
+                  "loss": self.loss / self.steps, "mse": self.mse / self.steps,
+                  "psnr": psnr_from_mse(self.mse / self.steps), **fields,
+                  "images_per_s": round(self.images / max(now - self.since, 1e-9), 1)}
+        print(json.dumps(record), file=sys.stderr, flush=True)
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        self._reset(now)
+
+    def close(self) -> None:
+        self.file.close()
+
+
 def save_checkpoint(path: Path, model: VQAutoencoder, optimizer: torch.optim.Optimizer, step: int,
                     elapsed: float, images_seen: int, generator: torch.Generator, device: str,
                     init_from: dict | None) -> None:
@@ -253,10 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     warmup_steps = 0 if init_from is not None else args.warmup_steps
     residual_stages = model.num_stages if config.quantizer in ("diveq", "diveq-detach") and config.num_stages > 1 else 0
 
-    log = (out / "train_log.jsonl").open("a") if rank == 0 else None
+    log = TrainLog(out / "train_log.jsonl", args.log_every, elapsed_before) if rank == 0 else None
     start = time.monotonic()
     last_ckpt = start
-    window_loss, window_mse, window_n, window_t = 0.0, 0.0, 0, time.monotonic()
     model.train()
     while step < args.steps:
         # Every rank must take the same decision to stop, or DDP would hang.
@@ -292,31 +330,16 @@ def main(argv: list[str] | None = None) -> int:
                 sync_quantizer(model, optimizer, world)
         step += 1
         images_seen += x.shape[0] * world
-        window_loss += loss.item()
-        window_mse += mse.item()
-        window_n += 1
-        if rank == 0 and step % args.log_every == 0:
-            now = time.monotonic()
-            record = {
-                "step": step,
-                "elapsed_s": round(elapsed_before + now - start, 1),
-                "loss": window_loss / window_n,
-                "mse": window_mse / window_n,
-                "psnr": psnr_from_mse(window_mse / window_n),
-                "perplexity": [round(p, 1) for p in q.perplexities] if q is not None else [],
-                "replaced": replaced,
-                "images_per_s": round(window_n * x.shape[0] * world / max(now - window_t, 1e-9), 1),
-                "lr": optimizer.param_groups[0]["lr"],
-            }
-            print(json.dumps(record), file=sys.stderr, flush=True)
-            log.write(json.dumps(record) + "\n")
-            log.flush()
-            window_loss, window_mse, window_n, window_t = 0.0, 0.0, 0, now
+        if log is not None:
+            log.add(loss.item(), mse.item(), x.shape[0] * world)
+            log.write_if_due(step, perplexity=[round(p, 1) for p in q.perplexities] if q is not None else [],
+                             replaced=replaced, lr=optimizer.param_groups[0]["lr"])
         if rank == 0 and time.monotonic() - last_ckpt > args.checkpoint_every:
             save_checkpoint(ckpt_path, model, optimizer, step, elapsed_before + time.monotonic() - start,
                             images_seen, generator, device, init_from)
             last_ckpt = time.monotonic()
-    if rank == 0:
+    if log is not None:
+        log.close()
         save_checkpoint(ckpt_path, model, optimizer, step, elapsed_before + time.monotonic() - start,
                         images_seen, generator, device, init_from)
         print(f"saved {ckpt_path} at step {step}", file=sys.stderr)

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from models.train import LOG_MSE_FLOOR, learning_rate, training_loss
+from models.train import LOG_MSE_FLOOR, TrainLog, learning_rate, psnr_from_mse, training_loss
 
 TINY = ["--channels", "8", "--latent-dim", "8", "--stages", "2", "--codes", "16", "--crop", "32",
         "--batch", "2", "--warmup-steps", "2", "--log-every", "2", "--threads", "1"]
@@ -318,3 +318,21 @@ def test_decoder_finetune_scores_crops_as_the_whole_image_decodes_them() -> None
     with torch.no_grad():
         crops = scored_crops(model.synthesis(latents), offsets, 3, 8).clamp(0, 1)
     assert not torch.allclose(crops, targets, atol=0.5 / 255 + 1e-4)
+
+
+def test_train_log_writes_window_means_when_due(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = TrainLog(tmp_path / "train_log.jsonl", every=2, elapsed_before=100.0)
+    log.add(1.0, 0.01, 8)
+    log.write_if_due(1, lr=1e-3)  # not due
+    log.add(3.0, 0.03, 8)
+    log.write_if_due(2, lr=1e-3)
+    log.add(5.0, 0.05, 8)
+    log.add(7.0, 0.07, 8)
+    log.write_if_due(4, lr=5e-4, replaced=0)
+    log.close()
+    records = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4]
+    assert records[0]["loss"] == pytest.approx(2.0) and records[1]["mse"] == pytest.approx(0.06)
+    assert records[1]["psnr"] == pytest.approx(psnr_from_mse(0.06)) and records[1]["replaced"] == 0
+    assert all(r["elapsed_s"] >= 100.0 and r["images_per_s"] > 0 for r in records)
+    assert capsys.readouterr().err.count('"step"') == 2  # the same lines on stderr
