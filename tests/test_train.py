@@ -15,7 +15,13 @@ import pytest
 import torch
 from PIL import Image
 
-from models.train import LOG_MSE_FLOOR, TrainLog, learning_rate, psnr_from_mse, training_loss
+from models.train import (
+    LOG_MSE_FLOOR,
+    TrainLog,
+    learning_rate,
+    psnr_from_mse,
+    training_loss,
+)
 
 TINY = ["--channels", "8", "--latent-dim", "8", "--stages", "2", "--codes", "16", "--crop", "32",
         "--batch", "2", "--warmup-steps", "2", "--log-every", "2", "--threads", "1"]
