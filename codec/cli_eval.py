@@ -59,7 +59,6 @@ def eval_command(
             parse_qualities,
             run_eval,
         )
-
         from codec.pipeline import beam_width
 
         beam_width(effort)  # an unknown effort is refused before the results folder is made
@@ -119,7 +118,12 @@ def bench_command(
         from codec.fileio import read_input
         from codec.image_io import read_image
         from codec.metrics import bits_per_pixel, psnr
-        from codec.pipeline import beam_width, decode_detailed, encode_source, resolve_device
+        from codec.pipeline import (
+            beam_width,
+            decode_detailed,
+            encode_source,
+            resolve_device,
+        )
         from codec.weights import resolve_quality
 
         dev = resolve_device(device.value)

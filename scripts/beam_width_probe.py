@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from rate_weight_probe import gain_over
 
 from codec import entropy
 from codec.metrics import psnr
@@ -27,7 +28,6 @@ from codec.pipeline import _to_tensor, _to_uint8
 from codec.weights import load_model, rate_points
 from models import tiling
 from models.data import list_images
-from rate_weight_probe import gain_over
 
 
 def main() -> None:

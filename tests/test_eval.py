@@ -381,7 +381,7 @@ def test_eval_refuses_results_of_a_quality_encoded_otherwise(eval_run, setting: 
 
 def test_eval_refuses_to_mix_encoder_efforts_in_one_folder(eval_run) -> None:
     """Effort 2 writes other files of the same weights: a folder of effort 1's rows is refused."""
-    out, args, _ = eval_run
+    _, args, _ = eval_run
     result = CliRunner().invoke(_app(), [*args, "--effort", "2"])
     assert result.exit_code == 6 and "encoded otherwise" in result.stderr and "'beam': 4" in result.stderr
 
