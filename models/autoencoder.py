@@ -171,6 +171,12 @@ def crop_to(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
 EXACT_SEARCH_MARGIN = 3e-6
 
 
+def search_options(rate: RateCosts | None = None, beam: int = 1) -> dict[str, object]:
+    """A quantizer search's keyword arguments for a rate term and a beam width: none at the
+    defaults (the nearest codewords, greedily), which every quantizer searches."""
+    return {**({} if rate is None else {"rate": rate}), **({"beam": beam} if beam > 1 else {})}
+
+
 def unsure_choices(vectors: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
     """Which rows' float32 choices could differ from the exact ones (a boolean per row): those
     nearer to a decision boundary than ``EXACT_SEARCH_MARGIN`` of their length."""
@@ -253,9 +259,7 @@ class VQAutoencoder(nn.Module):
         """
         if (rate is not None or beam > 1) and not isinstance(self.quantizer, ResidualDiVeQ):
             raise ValueError(f"a rate term or a beam needs a residual quantizer, not {type(self.quantizer).__name__}")
-        search: dict[str, object] = {} if rate is None else {"rate": rate}
-        if beam > 1:
-            search["beam"] = beam
+        search = search_options(rate, beam)
         if dtype == torch.float64:
             latent = self.analyse(self.float64_analysis(), x.double())
             _, _, h, w = latent.shape

@@ -20,7 +20,7 @@ from codec.image_io import read_image
 from codec.pipeline import _to_tensor, beam_width, encode_source
 from codec.weights import load_model, resolve_quality
 from models import tiling
-from models.autoencoder import unsure_choices
+from models.autoencoder import search_options, unsure_choices
 from models.data import list_images
 
 PARTS = ("analysis", "search", "re-decision", "entropy coding")
@@ -37,9 +37,7 @@ def main() -> None:
     loaded = load_model(point.model_id, "cpu")
     model = loaded.model
     rate = loaded.rate_costs(point.rate_weight)
-    search: dict[str, object] = {} if rate is None else {"rate": rate}
-    if beam > 1:
-        search["beam"] = beam
+    search = search_options(rate, beam)
     sources = [read_image(path.read_bytes(), str(path)) for path in list_images(args.folder)]
     encode_source(sources[0], point.quality, "cpu", args.effort)
     totals = dict.fromkeys(PARTS, 0.0)

@@ -39,9 +39,7 @@ def main() -> None:
     loaded = load_model(point.model_id, "cpu")
     model = loaded.model
     rate = loaded.rate_costs(point.rate_weight)  # the rate point's entropy-constrained choices
-    search: dict[str, object] = {} if rate is None else {"rate": rate}
-    if beam > 1:
-        search["beam"] = beam
+    search = autoencoder.search_options(rate, beam)
     decisions = plain_differ = coded_differ = redecided = latents = 0
     errors: dict[str, list[np.ndarray]] = {name: [] for name in KERNELS}
     for path in list_images(args.folder)[::args.every]:
