@@ -230,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         step += 1
         images_seen += args.batch
         log.add(loss.item(), mse.item(), args.batch)
-        log.write_if_due(step, lr=optimizer.param_groups[0]["lr"])
+        if log.due(step):
+            log.write(step, lr=optimizer.param_groups[0]["lr"])
         if time.monotonic() - last_ckpt > args.checkpoint_every:
             save_checkpoint(ckpt_path, model, optimizer, step, elapsed_before + time.monotonic() - start,
                             images_seen, generator, "cpu", init_from)

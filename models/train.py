@@ -147,9 +147,11 @@ class TrainLog:
         self.loss, self.mse = self.loss + loss, self.mse + mse
         self.steps, self.images = self.steps + 1, self.images + images
 
-    def write_if_due(self, step: int, **fields: object) -> None:
-        if step % self.every or not self.steps:
-            return
+    def due(self, step: int) -> bool:
+        """Whether a record is due after ``step`` (so that its fields need computing)."""
+        return step % self.every == 0 and self.steps > 0
+
+    def write(self, step: int, **fields: object) -> None:
         now = time.monotonic()
         record = {"step": step, "elapsed_s": round(self.elapsed_before + now - self.start, 1),
                   "loss": self.loss / self.steps, "mse": self.mse / self.steps,
@@ -332,8 +334,9 @@ def main(argv: list[str] | None = None) -> int:
         images_seen += x.shape[0] * world
         if log is not None:
             log.add(loss.item(), mse.item(), x.shape[0] * world)
-            log.write_if_due(step, perplexity=[round(p, 1) for p in q.perplexities] if q is not None else [],
-                             replaced=replaced, lr=optimizer.param_groups[0]["lr"])
+            if log.due(step):
+                log.write(step, perplexity=[round(p, 1) for p in q.perplexities] if q is not None else [],
+                          replaced=replaced, lr=optimizer.param_groups[0]["lr"])
         if rank == 0 and time.monotonic() - last_ckpt > args.checkpoint_every:
             save_checkpoint(ckpt_path, model, optimizer, step, elapsed_before + time.monotonic() - start,
                             images_seen, generator, device, init_from)

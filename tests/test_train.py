@@ -328,13 +328,11 @@ def test_decoder_finetune_scores_crops_as_the_whole_image_decodes_them() -> None
 
 def test_train_log_writes_window_means_when_due(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     log = TrainLog(tmp_path / "train_log.jsonl", every=2, elapsed_before=100.0)
-    log.add(1.0, 0.01, 8)
-    log.write_if_due(1, lr=1e-3)  # not due
-    log.add(3.0, 0.03, 8)
-    log.write_if_due(2, lr=1e-3)
-    log.add(5.0, 0.05, 8)
-    log.add(7.0, 0.07, 8)
-    log.write_if_due(4, lr=5e-4, replaced=0)
+    for step, (loss, mse) in enumerate([(1.0, 0.01), (3.0, 0.03), (5.0, 0.05), (7.0, 0.07)], start=1):
+        log.add(loss, mse, 8)
+        if log.due(step):
+            log.write(step, lr=1e-3, replaced=0)
+    assert not log.due(6)  # a multiple of every, but nothing added since the last record
     log.close()
     records = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [2, 4]
