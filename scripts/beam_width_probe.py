@@ -20,11 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from rate_weight_probe import gain_over
+from rate_weight_probe import coded_bits_and_psnr, gain_over
 
-from codec import entropy
-from codec.metrics import psnr
-from codec.pipeline import _to_tensor, _to_uint8
+from codec.pipeline import _to_tensor
 from codec.weights import load_model, rate_points
 from models import tiling
 from models.data import list_images
@@ -60,10 +58,7 @@ def main() -> None:
                     started = time.perf_counter()
                     indices = tiling.chunked_indices(model.quantizer, vectors, point.stages, rate=rate, beam=width)
                     searched = time.perf_counter() - started
-                    payload = entropy.encode_indices(indices.numpy(), loaded.tables, w, adaptive=True,
-                                                     second=loaded.second_tables)
-                    decoded = _to_uint8(model.decode_indices(indices, (h, w), rgb.shape[0], rgb.shape[1]))
-                    totals[(point.quality, width)] += (len(payload) * 8, psnr(rgb, decoded), searched)
+                    totals[(point.quality, width)] += (*coded_bits_and_psnr(loaded, indices, (h, w), rgb), searched)
     mean = {key: (bits / pixels, db / len(paths), seconds / len(paths)) for key, (bits, db, seconds) in totals.items()}
     greedy = np.array([mean[(p.quality, 1)][:2] for p in points])
     print(f"{len(paths)} images of {args.folder}; per width: bpp, PSNR dB, dB over the greedy curve at equal "

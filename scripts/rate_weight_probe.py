@@ -32,7 +32,7 @@ from PIL import Image
 from codec import entropy
 from codec.metrics import psnr
 from codec.pipeline import _to_tensor, _to_uint8, beam_width
-from codec.weights import load_model, rate_points
+from codec.weights import LoadedModel, load_model, rate_points
 from models import tiling
 from models.data import list_images
 
@@ -48,6 +48,15 @@ def stage_slopes(quantizer: torch.nn.Module, vectors: list[torch.Tensor], bits: 
         remainder = remainder - quantizer.codebooks[m].double()[indices[m]]
         energy.append(float((remainder * remainder).sum(dim=1).mean()))
     return (np.array(energy[:-1]) - np.array(energy[1:])) / bits
+
+
+def coded_bits_and_psnr(loaded: LoadedModel, indices: torch.Tensor, grid: tuple[int, int],
+                        rgb: np.ndarray) -> tuple[int, float]:
+    """The payload bits of ``indices`` under the real coder and the PSNR of their real decode."""
+    payload = entropy.encode_indices(indices.numpy(), loaded.tables, grid[1], adaptive=True,
+                                     second=loaded.second_tables)
+    decoded = _to_uint8(loaded.model.decode_indices(indices, grid, rgb.shape[0], rgb.shape[1]))
+    return len(payload) * 8, psnr(rgb, decoded)
 
 
 def gain_over(curve: np.ndarray, bpp: float, db: float) -> float:
@@ -102,10 +111,7 @@ def main() -> None:
                 for alpha in ALPHAS:
                     rate = loaded.rate_costs(alpha * float(slopes[point.stages - 1]))
                     indices = tiling.chunked_indices(model.quantizer, vectors, point.stages, rate=rate, beam=beam)
-                    payload = entropy.encode_indices(indices.numpy(), loaded.tables, w, adaptive=True,
-                                                     second=loaded.second_tables)
-                    decoded = _to_uint8(model.decode_indices(indices, (h, w), rgb.shape[0], rgb.shape[1]))
-                    totals[(point.quality, alpha)] += (len(payload) * 8, psnr(rgb, decoded))
+                    totals[(point.quality, alpha)] += coded_bits_and_psnr(loaded, indices, (h, w), rgb)
     mean = {key: (bits / pixels, db / len(images)) for key, (bits, db) in totals.items()}
     nearest = np.array([mean[(p.quality, 0.0)] for p in points])
     print(f"{len(images)} images of {args.folder}, {time.perf_counter() - started:.0f} s; stage slopes "
