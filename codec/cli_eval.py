@@ -59,9 +59,9 @@ def eval_command(
             parse_qualities,
             run_eval,
         )
-        from codec.pipeline import beam_width
+        from codec.pipeline import effort_settings
 
-        beam_width(effort)  # an unknown effort is refused before the results folder is made
+        effort_settings(effort)  # an unknown effort is refused before the results folder is made
         chosen, notes = resolve_anchors(anchors)
         for note in notes:
             _say(f"diveq-codec: note: {note}")
@@ -119,8 +119,8 @@ def bench_command(
         from codec.image_io import read_image
         from codec.metrics import bits_per_pixel, psnr
         from codec.pipeline import (
-            beam_width,
             decode_detailed,
+            effort_settings,
             encode_source,
             resolve_device,
         )
@@ -140,7 +140,7 @@ def bench_command(
             rows.append({"codec": name, "quality": q, "bytes": len(data), "bpp": bits_per_pixel(len(data), width, height),
                          "psnr": psnr(rgb, np.asarray(decoded.convert("RGB"))), "encode_s": enc, "decode_s": dec})
 
-        beam_width(effort)  # an unknown effort is refused before any timing
+        effort_settings(effort)  # an unknown effort is refused before any timing
         data, out, enc, dec = _median_times(lambda: encode_source(source, point.quality, dev, effort),
                                             lambda d: decode_detailed(d, dev).image, runs)
         record("DiVeQ", point.quality, data, out, enc, dec)

@@ -14,5 +14,6 @@ class Device(str, Enum):
 
 
 # Kept here, not in codec.pipeline, so that the CLI's help needs no torch import.
-EFFORT_HELP = ("encoder effort: 1 (default) the greedy codeword search, 2 a beam search over the stages: "
-               "better rate–distortion, slower encode; any decoder reads both")
+EFFORT_HELP = ("encoder effort: 1 (default) the greedy codeword search, 2 a beam search over the stages, "
+               "3 the beam after refining the latent on the decoded pixels (seconds per image; the file "
+               "may differ between machines): better rate–distortion, slower encode; any decoder reads all")

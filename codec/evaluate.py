@@ -104,7 +104,7 @@ class EvalOptions:
     published_dir: Path | None = None
     device: str = "auto"
     limit: int | None = None
-    effort: int | None = None  # the encoder's (codec.pipeline.beam_width); None: the default
+    effort: int | None = None  # the encoder's (codec.pipeline.EFFORTS); None: the default
 
 
 # --------------------------------------------------------------------------- the CSV
@@ -618,16 +618,26 @@ def _locked(out_dir: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _described(searched: dict[str, int]) -> str:
+    """An effort's non-default settings in words, e.g. 'beam 4, refine_steps 10'."""
+    return ", ".join(f"{name} {value}" for name, value in searched.items())
+
+
 def _run_locked(opts: EvalOptions, say: Callable[[str], None], progress_stream: TextIO | None, device: str,
                 points: list[Any], paths: list[Path], published: list[Curve]) -> EvalResult:
     import PIL
 
     from codec.fileio import read_input
     from codec.image_io import read_image
-    from codec.pipeline import WRITTEN_CODER, beam_width, decode_detailed, encode_source
+    from codec.pipeline import WRITTEN_CODER, decode_detailed, effort_settings, encode_source
     from codec.weights import load_model
 
-    beam = beam_width(opts.effort)
+    effort = effort_settings(opts.effort)
+    # A beam search or refinement (--effort) writes other files of the same weights: its
+    # settings join each rate point's record, so one folder never mixes efforts (the
+    # default's record is as before).
+    searched = {**({"beam": effort.beam} if effort.beam > 1 else {}),
+                **({"refine_steps": effort.refine_steps} if effort.refine_steps else {})}
     loaded = {p.model_id: load_model(p.model_id, device) for p in points}
     images = {_image_key(p, opts.data_dir): p for p in paths}
     hashes = {}
@@ -637,10 +647,8 @@ def _run_locked(opts: EvalOptions, say: Callable[[str], None], progress_stream: 
         "coder": WRITTEN_CODER,
         "weights": {str(mid): lm.card.weights_id.hex() for mid, lm in loaded.items()},
         "images": hashes,
-        # A beam search (--effort) writes other files of the same weights: its width joins each
-        # rate point's record, so one folder never mixes efforts (the default's record is as before).
-        "rate_points": {str(p.quality): {"stages": p.stages, "rate_weight": p.rate_weight,
-                                         **({"beam": beam} if beam > 1 else {})} for p in points},
+        "rate_points": {str(p.quality): {"stages": p.stages, "rate_weight": p.rate_weight, **searched}
+                        for p in points},
     })
     _write_json(opts.out_dir / META_NAME, meta)
     table = ResultsCSV(opts.out_dir / CSV_NAME)
@@ -699,7 +707,7 @@ def _run_locked(opts: EvalOptions, say: Callable[[str], None], progress_stream: 
     if ours_summary is None:  # cannot happen after a complete run
         raise OutputError(f"no complete rate point for {OURS} in {table.path}")
     ours_desc = (f"diveq-codec {_version()}, model(s) {', '.join(model_names)}, "
-                 f"{f'encoder effort {opts.effort} (beam {beam}), ' if beam > 1 else ''}real .dvq files "
+                 f"{f'encoder effort {opts.effort} ({_described(searched)}), ' if searched else ''}real .dvq files "
                  f"(header included), decoded on {device}")
     summaries = [(OURS, OURS_NAME, ours_desc, ours_summary, "ours")]
     for anchor in opts.anchors:

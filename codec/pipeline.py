@@ -20,6 +20,8 @@ from codec.errors import CorruptBitstreamError, UnsupportedVersionError, Weights
 from codec.image_io import SourceImage, alpha_from_bytes, alpha_to_bytes, read_image, restore_image
 from codec.metrics import bits_per_pixel, psnr
 from codec.weights import LoadedModel, card_for_model_id, load_model, resolve_quality
+from models import refine
+from models.autoencoder import search_options
 
 CHANNELS_TO_MODE = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 MODE_TO_CHANNELS = {mode: n for n, mode in CHANNELS_TO_MODE.items()}
@@ -69,39 +71,48 @@ def _as_source(image: Image.Image | bytes | str | Path | SourceImage) -> SourceI
     return read_image(bytes(image), "input")
 
 
-# How hard the encoder looks for codewords (``--effort``): the width of its beam search over
-# the residual stages (ResidualDiVeQ._beam_search). The file format and the decoder do not
-# change; effort only decides which valid indices a file holds. Effort 2 costs encode time
-# (README: "Encoder effort") for a better rate–distortion trade.
-EFFORT_BEAMS = {1: 1, 2: 4}
+@dataclass(frozen=True)
+class Effort:
+    """How hard the encoder looks for codewords (``--effort``). The file format and the
+    decoder do not change; effort only decides which valid indices a file holds, at the
+    cost of encode time (README: "Encoder effort")."""
+
+    beam: int  # width of the beam search over the residual stages (ResidualDiVeQ._beam_search)
+    refine_steps: int = 0  # analysis-by-synthesis steps on the latent (models/refine.py)
 
 
-def beam_width(effort: int | None) -> int:
-    """The beam width of an effort level (None: the default, 1); ValueError for another level."""
+EFFORTS = {1: Effort(beam=1), 2: Effort(beam=4), 3: Effort(beam=4, refine_steps=refine.STEPS)}
+
+
+def effort_settings(effort: int | None) -> Effort:
+    """The settings of an effort level (None: the default, 1); ValueError for another level."""
     if effort is None:
-        return 1
-    if effort not in EFFORT_BEAMS:
-        raise ValueError(f"effort must be one of {', '.join(map(str, EFFORT_BEAMS))}, got {effort}")
-    return EFFORT_BEAMS[effort]
+        return EFFORTS[1]
+    if effort not in EFFORTS:
+        raise ValueError(f"effort must be one of {', '.join(map(str, EFFORTS))}, got {effort}")
+    return EFFORTS[effort]
 
 
 def encode_source(source: SourceImage, quality: int | None = None, device: str = "auto",
                   effort: int | None = None) -> bytes:
-    beam = beam_width(effort)
+    settings = effort_settings(effort)
     point = resolve_quality(quality)
     loaded = load_model(point.model_id, resolve_device(device))
     model = loaded.model
     height, width = source.rgb.shape[:2]
     device_type = next(model.parameters()).device.type
     x = _to_tensor(source.rgb, device_type)
-    # Both give the exact choices, so a file is the same whichever device wrote it (see
-    # VQAutoencoder.encode_indices): float64 costs little on an accelerator; on a CPU, float32
-    # with the few near-boundary latents re-decided in float64 is nearly twice as fast.
-    search = torch.float32 if device_type == "cpu" else torch.float64
     # The rate point's λ makes the choices entropy-constrained (the decoder does not care how
     # the indices were chosen).
-    indices, (grid_h, grid_w) = model.encode_indices(x, point.stages, dtype=search,
-                                                     rate=loaded.rate_costs(point.rate_weight), beam=beam)
+    search = search_options(loaded.rate_costs(point.rate_weight), settings.beam)
+    if settings.refine_steps:
+        indices, (grid_h, grid_w) = refine.refined_indices(model, x, point.stages, search, settings.refine_steps)
+    else:
+        # Both give the exact choices, so a file is the same whichever device wrote it (see
+        # VQAutoencoder.encode_indices): float64 costs little on an accelerator; on a CPU,
+        # float32 with the few near-boundary latents re-decided in float64 is nearly twice as fast.
+        exact = torch.float32 if device_type == "cpu" else torch.float64
+        indices, (grid_h, grid_w) = model.encode_indices(x, point.stages, dtype=exact, **search)
     # Second-context tables (coder 3) when the model has them; coder 2 without.
     payload = entropy.encode_indices(indices.cpu().numpy(), loaded.tables, grid_w, adaptive=True,
                                      second=loaded.second_tables)

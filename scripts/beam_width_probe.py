@@ -8,7 +8,7 @@ point's λ by the greedy search (width 1) and by beam searches of the other widt
 image's float64 latents (the exact choices), then coded and decoded for real. It prints each
 width's mean bpp and PSNR and its gain in dB over the greedy curve at the same rate
 (interpolated in log-rate), with the search's seconds per image. The width behind
-``--effort 2`` (codec.pipeline.EFFORT_BEAMS) was chosen with it.
+``--effort 2`` (codec.pipeline.EFFORTS) was chosen with it.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from PIL import Image
 
 from codec import entropy
 from codec.metrics import psnr
-from codec.pipeline import _to_tensor, _to_uint8, beam_width
+from codec.pipeline import _to_tensor, _to_uint8, effort_settings
 from codec.weights import LoadedModel, load_model, rate_points
 from models import tiling
 from models.data import list_images
@@ -80,7 +80,10 @@ def main() -> None:
     parser.add_argument("--card", type=Path, default=None, help="write the chosen λ into this card")
     parser.add_argument("--effort", type=int, default=None, help="the encoder's effort (default 1)")
     args = parser.parse_args()
-    beam = beam_width(args.effort)
+    effort = effort_settings(args.effort)
+    if effort.refine_steps:
+        raise SystemExit("this script measures the exact codeword search; a refining effort has none")
+    beam = effort.beam
     if args.card is not None and beam > 1:
         raise SystemExit("a card's rate_weight is the default effort's: --card goes with effort 1 only")
     started = time.perf_counter()

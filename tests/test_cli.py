@@ -149,17 +149,20 @@ def test_bad_quality_and_usage(tmp_path: Path, parrots_path: Path) -> None:
     assert run("encode", str(parrots_path), str(tmp_path / "o.dvq"), "--device", "tpu").exit_code == 2
 
 
-def test_effort_2_writes_another_file_that_any_decoder_reads(tmp_path: Path, parrots_path: Path) -> None:
+def test_higher_efforts_write_other_files_that_any_decoder_reads(tmp_path: Path, parrots_path: Path) -> None:
     """The beam search chooses other indices (a smaller file here, at a cost in PSNR the
-    README's Kodak table weighs) in the same format; an unknown effort is a usage error."""
-    greedy, beam = tmp_path / "1.dvq", tmp_path / "2.dvq"
+    README's Kodak table weighs), the refinement others again (a higher PSNR here), all in
+    the same format; an unknown effort is a usage error."""
+    files = [tmp_path / f"{effort}.dvq" for effort in (1, 2, 3)]
     reports = []
-    for out, effort in ((greedy, "1"), (beam, "2")):
-        result = run("encode", str(parrots_path), str(out), "--effort", effort, "--json")
+    for effort, out in enumerate(files, start=1):
+        result = run("encode", str(parrots_path), str(out), "--effort", str(effort), "--json")
         assert result.exit_code == 0, result.output
         reports.append(json.loads(result.stdout))
-    assert greedy.read_bytes() != beam.read_bytes() and reports[1]["bpp"] < reports[0]["bpp"]
-    result = run("decode", str(beam), str(tmp_path / "2.png"), "--reference", str(parrots_path), "--json")
-    assert result.exit_code == 0 and json.loads(result.stdout)["psnr"] == pytest.approx(reports[1]["psnr"], abs=0.01)
-    result = run("encode", str(parrots_path), str(tmp_path / "3.dvq"), "--effort", "3")
-    assert result.exit_code == 2 and "effort" in result.output and not (tmp_path / "3.dvq").exists()
+    assert len({f.read_bytes() for f in files}) == 3 and reports[1]["bpp"] < reports[0]["bpp"]
+    assert reports[2]["psnr"] > reports[1]["psnr"]
+    for out, report in zip(files[1:], reports[1:]):
+        result = run("decode", str(out), str(tmp_path / "o.png"), "--reference", str(parrots_path), "--json", "--force")
+        assert result.exit_code == 0 and json.loads(result.stdout)["psnr"] == pytest.approx(report["psnr"], abs=0.01)
+    result = run("encode", str(parrots_path), str(tmp_path / "4.dvq"), "--effort", "4")
+    assert result.exit_code == 2 and "effort" in result.output and not (tmp_path / "4.dvq").exists()

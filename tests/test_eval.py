@@ -379,11 +379,12 @@ def test_eval_refuses_results_of_a_quality_encoded_otherwise(eval_run, setting: 
     assert result.exit_code == 6 and "quality 2 encoded otherwise" in result.stderr
 
 
-def test_eval_refuses_to_mix_encoder_efforts_in_one_folder(eval_run) -> None:
-    """Effort 2 writes other files of the same weights: a folder of effort 1's rows is refused."""
+@pytest.mark.parametrize(("effort", "recorded"), [("2", "'beam': 4"), ("3", "'refine_steps': 10")])
+def test_eval_refuses_to_mix_encoder_efforts_in_one_folder(eval_run, effort: str, recorded: str) -> None:
+    """Efforts 2 and 3 write other files of the same weights: a folder of effort 1's rows is refused."""
     _, args, _ = eval_run
-    result = CliRunner().invoke(_app(), [*args, "--effort", "2"])
-    assert result.exit_code == 6 and "encoded otherwise" in result.stderr and "'beam': 4" in result.stderr
+    result = CliRunner().invoke(_app(), [*args, "--effort", effort])
+    assert result.exit_code == 6 and "encoded otherwise" in result.stderr and recorded in result.stderr
 
 
 @pytest.mark.parametrize("coder", [None, 1])
@@ -417,7 +418,7 @@ def test_eval_usage_errors(tiny_weights: Path, tmp_path: Path) -> None:
     assert bad_anchor.exit_code == 2
     bad_q = CliRunner().invoke(app, ["eval", str(SAMPLES), "-q", "1,x", "-o", str(tmp_path / "o")])
     assert bad_q.exit_code == 2
-    bad_effort = CliRunner().invoke(app, ["eval", str(SAMPLES), "--effort", "3", "-o", str(tmp_path / "e")])
+    bad_effort = CliRunner().invoke(app, ["eval", str(SAMPLES), "--effort", "4", "-o", str(tmp_path / "e")])
     assert bad_effort.exit_code == 2 and "effort" in bad_effort.stderr and not (tmp_path / "e").exists()
 
 
