@@ -629,7 +629,12 @@ def _run_locked(opts: EvalOptions, say: Callable[[str], None], progress_stream: 
 
     from codec.fileio import read_input
     from codec.image_io import read_image
-    from codec.pipeline import WRITTEN_CODER, decode_detailed, effort_settings, encode_source
+    from codec.pipeline import (
+        WRITTEN_CODER,
+        decode_detailed,
+        effort_settings,
+        encode_source,
+    )
     from codec.weights import load_model
 
     effort = effort_settings(opts.effort)

@@ -14,10 +14,11 @@ import time
 from pathlib import Path
 
 import torch
+from rate_weight_probe import exact_search_beam
 
 from codec import bitstream, entropy
 from codec.image_io import read_image
-from codec.pipeline import _to_tensor, effort_settings, encode_source
+from codec.pipeline import _to_tensor, encode_source
 from codec.weights import load_model, resolve_quality
 from models import tiling
 from models.autoencoder import search_options, unsure_choices
@@ -32,10 +33,7 @@ def main() -> None:
     parser.add_argument("-q", "--quality", type=int, default=None)
     parser.add_argument("--effort", type=int, default=None, help="the encoder's effort (default 1)")
     args = parser.parse_args()
-    effort = effort_settings(args.effort)
-    if effort.refine_steps:
-        raise SystemExit("this script measures the exact codeword search; a refining effort has none")
-    beam = effort.beam
+    beam = exact_search_beam(args.effort)
     point = resolve_quality(args.quality)
     loaded = load_model(point.model_id, "cpu")
     model = loaded.model

@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from rate_weight_probe import exact_search_beam
 
-from codec.pipeline import _to_tensor, effort_settings
+from codec.pipeline import _to_tensor
 from codec.weights import load_model, resolve_quality
 from models import autoencoder, tiling
 from models.data import list_images
@@ -34,10 +35,7 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=1, help="only every N-th image (default: all)")
     parser.add_argument("--effort", type=int, default=None, help="the encoder's effort (default 1)")
     args = parser.parse_args()
-    effort = effort_settings(args.effort)
-    if effort.refine_steps:
-        raise SystemExit("this script measures the exact codeword search; a refining effort has none")
-    beam = effort.beam
+    beam = exact_search_beam(args.effort)
     point = resolve_quality(args.quality)
     loaded = load_model(point.model_id, "cpu")
     model = loaded.model

@@ -50,6 +50,15 @@ def stage_slopes(quantizer: torch.nn.Module, vectors: list[torch.Tensor], bits: 
     return (np.array(energy[:-1]) - np.array(energy[1:])) / bits
 
 
+def exact_search_beam(effort: int | None) -> int:
+    """The beam width of an effort that searches the analysis latent as it is (1 or 2); the
+    probes measure that exact search, which a refining effort (3) does not run."""
+    settings = effort_settings(effort)
+    if settings.refine_steps:
+        raise SystemExit(f"effort {effort} refines the latent first; this script measures the exact search only")
+    return settings.beam
+
+
 def coded_bits_and_psnr(loaded: LoadedModel, indices: torch.Tensor, grid: tuple[int, int],
                         rgb: np.ndarray) -> tuple[int, float]:
     """The payload bits of ``indices`` under the real coder and the PSNR of their real decode."""
@@ -80,10 +89,7 @@ def main() -> None:
     parser.add_argument("--card", type=Path, default=None, help="write the chosen λ into this card")
     parser.add_argument("--effort", type=int, default=None, help="the encoder's effort (default 1)")
     args = parser.parse_args()
-    effort = effort_settings(args.effort)
-    if effort.refine_steps:
-        raise SystemExit("this script measures the exact codeword search; a refining effort has none")
-    beam = effort.beam
+    beam = exact_search_beam(args.effort)
     if args.card is not None and beam > 1:
         raise SystemExit("a card's rate_weight is the default effort's: --card goes with effort 1 only")
     started = time.perf_counter()
