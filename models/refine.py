@@ -32,13 +32,22 @@ STEPS = 10
 STEP_SIZE = 1e-3
 
 
+def latent_indices(model: VQAutoencoder, latent: torch.Tensor, num_stages: int,
+                   search: dict[str, Any]) -> torch.Tensor:
+    """The encoder's search (``search``: its rate term and beam) on every cell of a latent
+    (1, D, h, w): indices (S, h·w), from the latent as it is (no float64 re-decision)."""
+    with torch.no_grad():
+        return tiling.chunked_indices(model.quantizer, model.to_vectors(latent), num_stages, **search)
+
+
 def quantized(model: VQAutoencoder, latent: torch.Tensor, num_stages: int, search: dict[str, Any]) -> torch.Tensor:
     """The latent's codewords summed back into a latent (same shape), by the encoder's search."""
     _, _, h, w = latent.shape
-    indices = tiling.chunked_indices(model.quantizer, model.to_vectors(latent), num_stages, **search)
+    indices = latent_indices(model, latent, num_stages, search)
     return model.to_latent(model.quantizer.lookup(indices).to(latent.dtype), 1, h, w)
 
 
+@torch.enable_grad()  # the steps need gradients even when the caller runs under torch.no_grad()
 def refine_latent(model: VQAutoencoder, x: torch.Tensor, latent: torch.Tensor, num_stages: int,
                   search: dict[str, Any], steps: int = STEPS, step_size: float = STEP_SIZE) -> torch.Tensor:
     """The latent (1, D, h, w) of image x (1, 3, H, W) after ``steps`` refinement steps.
@@ -64,13 +73,10 @@ def refine_latent(model: VQAutoencoder, x: torch.Tensor, latent: torch.Tensor, n
             wanted = target[..., cy0 * stride:cy0 * stride + py1 - py0, cx0 * stride:cx0 * stride + px1 - px0]
             optimizer = torch.optim.Adam([window], lr=step_size)
             for _ in range(steps):
-                with torch.no_grad():
-                    codewords = quantized(model, window, num_stages, search)
-                straight_through = window + (codewords - window).detach()
-                with torch.enable_grad():
-                    decoded = model.synthesis(straight_through)[..., py0:py1, px0:px1]
-                    loss = (decoded - wanted).square().mean()
-                    (gradient,) = torch.autograd.grad(loss, window)
+                straight_through = window + (quantized(model, window, num_stages, search) - window).detach()
+                decoded = model.synthesis(straight_through)[..., py0:py1, px0:px1]
+                loss = (decoded - wanted).square().mean()
+                (gradient,) = torch.autograd.grad(loss, window)
                 window.grad = gradient * core  # the margin is another tile's core: it stays
                 optimizer.step()
             refined[..., cy0:cy1, cx0:cx1] = window.detach()[..., cy0 - ty0:cy1 - ty0, cx0 - tx0:cx1 - tx0]
@@ -83,7 +89,4 @@ def refined_indices(model: VQAutoencoder, x: torch.Tensor, num_stages: int, sear
     with torch.no_grad():
         latent = model.analyse(model.analysis, x.float())
     refined = refine_latent(model, x, latent, num_stages, search, steps)
-    _, _, h, w = refined.shape
-    with torch.no_grad():
-        indices = tiling.chunked_indices(model.quantizer, model.to_vectors(refined), num_stages, **search)
-    return indices, (h, w)
+    return latent_indices(model, refined, num_stages, search), (refined.shape[-2], refined.shape[-1])

@@ -24,7 +24,7 @@ from rate_weight_probe import coded_bits_and_psnr, gain_over
 
 from codec.pipeline import _to_tensor
 from codec.weights import load_model, rate_points
-from models import refine, tiling
+from models import refine
 from models.autoencoder import search_options
 from models.data import list_images
 
@@ -59,8 +59,7 @@ def main() -> None:
                 latents[True] = refine.refine_latent(model, x, latent, point.stages, search, args.steps,
                                                      args.step_size)
             for refined, chosen in latents.items():
-                with torch.no_grad():
-                    indices = tiling.chunked_indices(model.quantizer, model.to_vectors(chosen), point.stages, **search)
+                indices = refine.latent_indices(model, chosen, point.stages, search)
                 measured = coded_bits_and_psnr(loaded, indices, tuple(latent.shape[-2:]), rgb)
                 totals[(point.quality, refined)] = totals.get((point.quality, refined), 0) + np.array(measured)
     mean = {key: (bits / pixels, db / len(paths)) for key, (bits, db) in totals.items()}

@@ -43,7 +43,7 @@ def _analysis_indices(loaded: LoadedModel, x: torch.Tensor, stages: int,
     model = loaded.model
     with torch.no_grad():
         latent = model.analyse(model.analysis, x)
-    return tiling.chunked_indices(model.quantizer, model.to_vectors(latent), stages, **search), latent.shape[-2:]
+    return refine.latent_indices(model, latent, stages, search), latent.shape[-2:]
 
 
 def test_refined_codewords_decode_closer_to_the_image(loaded: LoadedModel, lighthouse_path: Path) -> None:
@@ -54,6 +54,17 @@ def test_refined_codewords_decode_closer_to_the_image(loaded: LoadedModel, light
     assert refined_grid == tuple(grid) and after.shape == before.shape
     assert (after != before).any(dim=0).float().mean() > 0.05  # many latents took other codewords
     assert _decoded_error(loaded, x, after, grid) < 0.95 * _decoded_error(loaded, x, before, grid)
+
+
+def test_refinement_is_the_same_under_no_grad(loaded: LoadedModel, parrots_path: Path) -> None:
+    """A caller in torch.no_grad() (an evaluation loop, say) gets the same refinement."""
+    x = _image(parrots_path)
+    stages, search = _search(loaded)
+    with torch.no_grad():
+        latent = loaded.model.analyse(loaded.model.analysis, x)
+        quiet = refine.refine_latent(loaded.model, x, latent, stages, search, steps=2)
+    moved = refine.refine_latent(loaded.model, x, latent, stages, search, steps=2)
+    assert torch.equal(quiet, moved) and not torch.equal(moved, latent)
 
 
 def test_no_steps_leave_the_latent_as_it_was(loaded: LoadedModel, lighthouse_path: Path) -> None:
@@ -86,7 +97,7 @@ def test_a_large_image_is_refined_tile_by_tile(loaded: LoadedModel, lighthouse_p
             assert moved[cy0:cy1, cx0:cx1].float().mean() > 0.5
     monkeypatch.undo()
     before, grid = _analysis_indices(loaded, x, stages, search)
-    after = tiling.chunked_indices(model.quantizer, model.to_vectors(refined), stages, **search)
+    after = refine.latent_indices(model, refined, stages, search)
     assert _decoded_error(loaded, x, after, grid) < 0.95 * _decoded_error(loaded, x, before, grid)
 
 
