@@ -1,6 +1,6 @@
-"""The .dvq container, format version 1: a fixed header, the coded payload, an alpha plane, a CRC32.
+"""The .dvq container: a fixed header, the coded payload, an alpha plane, a residual layer, a CRC32.
 
-All integers are little-endian. Byte layout (offset, field, type):
+All integers are little-endian. Byte layout of format version 1 (offset, field, type):
 
      0 magic            4s   b"\\x89DVQ"
      4 version          u8   FORMAT_VERSION
@@ -21,6 +21,16 @@ All integers are little-endian. Byte layout (offset, field, type):
     38 alpha_len        u32
     42 payload, then alpha, then the CRC32 (u32) of every byte before it.
 
+Format version 2 is version 1 with one more header field, for files with a residual layer
+(the rate points above the network's ceiling; codec/residual_layer.py):
+
+    42 residual_len     u32  > 0
+    46 payload, then alpha, then the residual layer, then the CRC32.
+
+A file without a residual layer is always written as version 1, so the files of every rate
+point the network codes alone are the same as before version 2 existed, and a version-1
+decoder reads them; it refuses a version-2 file as a newer version rather than misreading it.
+
 The magic, version and lengths are checked before the CRC so that a file of another kind,
 a newer version or a cut-off download is reported as such rather than as "damaged".
 """
@@ -35,7 +45,8 @@ from codec.errors import BitstreamError, CorruptBitstreamError, UnsupportedVersi
 from codec.limits import check_dimensions
 
 MAGIC = b"\x89DVQ"  # non-ASCII first byte catches text-mode transfers, like PNG
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest version this build reads and writes
+FORMAT_VERSIONS = (1, 2)
 CODER_CONSTRICTION_RANGE = 1  # constriction 0.5 range coder, context-selected categorical tables
 CODER_ADAPTIVE_RANGE = 2  # the same tables, each adapted to the image row by row
 CODER_TWO_CONTEXT_RANGE = 3  # coder 2 with a second context's opinion: what the encoder writes
@@ -44,13 +55,15 @@ FLAG_ALPHA = 1  # an alpha plane (zlib-deflated, lossless) follows the payload
 FLAG_FROM_16BIT = 2  # the source had 16 bits per sample and was reduced to 8
 FLAG_FROM_PALETTE = 4  # the source was a palette image
 KNOWN_FLAGS = FLAG_ALPHA | FLAG_FROM_16BIT | FLAG_FROM_PALETTE
-HEADER_SIZE = 42
+HEADER_SIZE = 42  # of a version-1 file
+HEADER_SIZE_V2 = 46
 TRAILER_SIZE = 4
 
 _HEADER = struct.Struct("<4sBBHB8sBBIIBBHHBII")
+_RESIDUAL_LEN = struct.Struct("<I")  # version 2's extra field, right after version 1's header
 _CRC = struct.Struct("<I")
 _MIN_SIZE = HEADER_SIZE + TRAILER_SIZE
-assert _HEADER.size == HEADER_SIZE
+assert _HEADER.size == HEADER_SIZE and HEADER_SIZE + _RESIDUAL_LEN.size == HEADER_SIZE_V2
 
 # Bit width of each integer header field, so pack can refuse values the layout cannot hold.
 _FIELD_BITS = {
@@ -81,6 +94,7 @@ class Container:
     header: Header
     payload: bytes  # entropy-coded indices
     alpha: bytes  # deflated alpha plane, b"" when FLAG_ALPHA is not set
+    residual: bytes = b""  # the residual layer (codec/residual_layer.py); b"" in a version-1 file
 
 
 def _field_problem(h: Header, payload_len: int, alpha_len: int) -> str | None:
@@ -115,39 +129,51 @@ def _field_problem(h: Header, payload_len: int, alpha_len: int) -> str | None:
 def pack(container: Container) -> bytes:
     """Serialize a container; ValueError for a header or lengths that no valid file can carry."""
     h = container.header
-    payload, alpha = bytes(container.payload), bytes(container.alpha)
+    payload, alpha, residual = bytes(container.payload), bytes(container.alpha), bytes(container.residual)
     if not isinstance(h.weights_id, bytes) or len(h.weights_id) != 8:
         raise ValueError(f"weights_id must be exactly 8 bytes, got {h.weights_id!r}")
     for name, bits in _FIELD_BITS.items():
         value = getattr(h, name)
         if not isinstance(value, int) or not 0 <= value < 1 << bits:
             raise ValueError(f"{name}={value!r} does not fit an unsigned {bits}-bit field")
-    for name, blob in (("payload", payload), ("alpha", alpha)):
+    for name, blob in (("payload", payload), ("alpha", alpha), ("residual", residual)):
         if len(blob) >= 1 << 32:
             raise ValueError(f"{name} of {len(blob)} bytes does not fit a u32 length")
     problem = _field_problem(h, len(payload), len(alpha))
     if problem is not None:
         raise ValueError(problem)
+    version = 2 if residual else 1
     body = _HEADER.pack(
-        MAGIC, FORMAT_VERSION, h.flags, h.model_id, h.quality, h.weights_id, h.coder_id,
+        MAGIC, version, h.flags, h.model_id, h.quality, h.weights_id, h.coder_id,
         h.table_precision, h.width, h.height, h.channels, h.bit_depth, h.latent_h, h.latent_w,
         h.stages, len(payload), len(alpha),
-    ) + payload + alpha
+    )
+    if residual:
+        body += _RESIDUAL_LEN.pack(len(residual))
+    body += payload + alpha + residual
     return body + _CRC.pack(zlib.crc32(body))
 
 
-def _parse(data: bytes) -> tuple[Header, int, int]:
-    """Every check of the format, in order; returns the header and the payload and alpha lengths."""
+def _parse(data: bytes) -> tuple[Header, int, int, int, int]:
+    """Every check of the format, in order; returns the header, the header's size and the
+    payload, alpha and residual lengths."""
     if data[:4] != MAGIC[:len(data[:4])]:
         raise BitstreamError("not a diveq-codec file (bad magic)")
     if len(data) < _MIN_SIZE:
         raise CorruptBitstreamError(f"truncated: {len(data)} bytes, a .dvq file has at least {_MIN_SIZE}")
     (_, version, flags, model_id, quality, weights_id, coder_id, table_precision, width, height,
      channels, bit_depth, latent_h, latent_w, stages, payload_len, alpha_len) = _HEADER.unpack_from(data)
-    if version != FORMAT_VERSION:
+    if version not in FORMAT_VERSIONS:
         raise UnsupportedVersionError(
-            f"format version {version} is not supported by this build (reads {FORMAT_VERSION})")
-    declared = HEADER_SIZE + payload_len + alpha_len + TRAILER_SIZE
+            f"format version {version} is not supported by this build (reads 1 to {FORMAT_VERSION})")
+    header_size, residual_len = HEADER_SIZE, 0
+    if version == 2:
+        header_size = HEADER_SIZE_V2
+        if len(data) < header_size + TRAILER_SIZE:
+            raise CorruptBitstreamError(
+                f"truncated: {len(data)} bytes, a version-2 file has at least {header_size + TRAILER_SIZE}")
+        (residual_len,) = _RESIDUAL_LEN.unpack_from(data, HEADER_SIZE)
+    declared = header_size + payload_len + alpha_len + residual_len + TRAILER_SIZE
     if len(data) < declared:
         raise CorruptBitstreamError(f"truncated: {len(data)} bytes, the header declares {declared}")
     if len(data) > declared:
@@ -161,17 +187,20 @@ def _parse(data: bytes) -> tuple[Header, int, int]:
     header = Header(model_id, quality, weights_id, coder_id, table_precision, width, height, channels,
                     bit_depth, flags, latent_h, latent_w, stages)
     problem = _field_problem(header, payload_len, alpha_len)
+    if problem is None and version == 2 and residual_len == 0:
+        problem = "a version-2 file without a residual layer (such a file is written as version 1)"
     if problem is not None:
         raise CorruptBitstreamError(f"invalid header: {problem}")
-    return header, payload_len, alpha_len
+    return header, header_size, payload_len, alpha_len, residual_len
 
 
 def unpack(data: bytes) -> Container:
     """Parse and fully validate a .dvq file; raises only BitstreamError (or a subclass)."""
-    header, payload_len, alpha_len = _parse(data)
-    payload_end = HEADER_SIZE + payload_len
-    return Container(header, bytes(data[HEADER_SIZE:payload_end]),
-                     bytes(data[payload_end:payload_end + alpha_len]))
+    header, start, payload_len, alpha_len, residual_len = _parse(data)
+    payload_end = start + payload_len
+    alpha_end = payload_end + alpha_len
+    return Container(header, bytes(data[start:payload_end]), bytes(data[payload_end:alpha_end]),
+                     bytes(data[alpha_end:alpha_end + residual_len]))
 
 
 def peek_header(data: bytes) -> Header:

@@ -169,12 +169,12 @@ def info(
         container = bitstream.unpack(data)
         h = container.header
         fields = {
-            "format_version": bitstream.FORMAT_VERSION, "model_id": h.model_id, "quality": h.quality,
+            "format_version": 2 if container.residual else 1, "model_id": h.model_id, "quality": h.quality,
             "weights_id": h.weights_id.hex(), "coder_id": h.coder_id, "table_precision": h.table_precision,
             "width": h.width, "height": h.height, "channels": h.channels, "bit_depth": h.bit_depth,
             "flags": h.flags, "alpha": bool(h.flags & bitstream.FLAG_ALPHA), "latent_h": h.latent_h,
             "latent_w": h.latent_w, "stages": h.stages, "payload_bytes": len(container.payload),
-            "alpha_bytes": len(container.alpha), "bytes": len(data),
+            "alpha_bytes": len(container.alpha), "residual_bytes": len(container.residual), "bytes": len(data),
             "bpp": bits_per_pixel(len(data), h.width, h.height),
         }
         if json_flag:
@@ -194,16 +194,21 @@ def models(json_flag: bool = typer.Option(False, "--json", help="print as JSON")
     def run() -> None:
         points = rate_points()
         rows = [{"quality": p.quality, "model": p.model_name, "model_id": p.model_id, "stages": p.stages,
-                 "bpp": p.kodak_bpp, "psnr": p.kodak_psnr, "rate_weight": p.rate_weight} for p in points]
+                 "bpp": p.kodak_bpp, "psnr": p.kodak_psnr, "rate_weight": p.rate_weight,
+                 "residual_step": p.residual_step} for p in points]
         if json_flag:
             _json_out(rows)
             return
         name_width = max([len("model")] + [len(r["model"]) for r in rows])  # the columns fit any name
-        typer.echo(f"{'quality':>7}  {'model':<{name_width}}  {'stages':>6}  {'Kodak bpp':>9}  {'PSNR dB':>7}")
+        typer.echo(f"{'quality':>7}  {'model':<{name_width}}  {'stages':>6}  {'residual':>8}  "
+                   f"{'Kodak bpp':>9}  {'PSNR dB':>7}")
         for r in rows:
             bpp = f"{r['bpp']:.4f}" if r["bpp"] is not None else "-"
             ps = f"{r['psnr']:.2f}" if r["psnr"] is not None else "-"
-            typer.echo(f"{r['quality']:>7}  {r['model']:<{name_width}}  {r['stages']:>6}  {bpp:>9}  {ps:>7}")
+            # The residual layer's quantiser step, for the points that add one.
+            step = f"step {r['residual_step']:g}" if r["residual_step"] is not None else "-"
+            typer.echo(f"{r['quality']:>7}  {r['model']:<{name_width}}  {r['stages']:>6}  {step:>8}  "
+                       f"{bpp:>9}  {ps:>7}")
 
     _guarded(run)
 

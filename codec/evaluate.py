@@ -549,8 +549,8 @@ def _check_meta(out_dir: Path, meta_now: dict[str, Any]) -> dict[str, Any]:
         if key in before and before[key] != value:
             raise OutputError(f"{out_dir} holds results for other image {key} ({before[key]} vs {value} now); "
                               f"choose another -o or remove it")
-    # The same weights give other files when a card gives a quality other stages or another
-    # rate weight (the encoder's λ). Folders from before the meta named them are taken as they are.
+    # The same weights give other files when a card gives a quality other stages, another
+    # rate weight (the encoder's λ) or another residual step. Folders from before the meta named them are taken as they are.
     before = old.get("rate_points", {})
     for quality, value in meta_now.get("rate_points", {}).items():
         if quality in before and before[quality] != value:
@@ -652,7 +652,8 @@ def _run_locked(opts: EvalOptions, say: Callable[[str], None], progress_stream: 
         "coder": WRITTEN_CODER,
         "weights": {str(mid): lm.card.weights_id.hex() for mid, lm in loaded.items()},
         "images": hashes,
-        "rate_points": {str(p.quality): {"stages": p.stages, "rate_weight": p.rate_weight, **searched}
+        "rate_points": {str(p.quality): {"stages": p.stages, "rate_weight": p.rate_weight, **searched,
+                                         **({"residual_step": p.residual_step} if p.residual_step else {})}
                         for p in points},
     })
     _write_json(opts.out_dir / META_NAME, meta)

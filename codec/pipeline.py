@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from codec import bitstream, entropy
+from codec import bitstream, entropy, residual_layer
 from codec.errors import CorruptBitstreamError, UnsupportedVersionError, WeightsError
 from codec.image_io import SourceImage, alpha_from_bytes, alpha_to_bytes, read_image, restore_image
 from codec.metrics import bits_per_pixel, psnr
@@ -116,6 +116,13 @@ def encode_source(source: SourceImage, quality: int | None = None, device: str =
     # Second-context tables (coder 3) when the model has them; coder 2 without.
     payload = entropy.encode_indices(indices.cpu().numpy(), loaded.tables, grid_w, adaptive=True,
                                      second=loaded.second_tables)
+    residual = b""
+    if point.residual_step is not None:
+        # The layer codes what the decoder's own base planes miss, so it is measured against
+        # the base exactly as decode_detailed will rebuild it.
+        base = model.decode_indices(indices, (grid_h, grid_w), height, width)
+        residual = residual_layer.encode(source_planes(source), _planes(_to_uint8(base), source.mode),
+                                         point.residual_step)
     alpha = alpha_to_bytes(source.alpha) if source.alpha is not None else b""
     flags = (bitstream.FLAG_ALPHA if source.alpha is not None else 0)
     flags |= bitstream.FLAG_FROM_16BIT if source.bit_depth == 16 else 0
@@ -126,7 +133,7 @@ def encode_source(source: SourceImage, quality: int | None = None, device: str =
         width=width, height=height, channels=MODE_TO_CHANNELS[source.mode], bit_depth=source.bit_depth,
         flags=flags, latent_h=grid_h, latent_w=grid_w, stages=point.stages,
     )
-    return bitstream.pack(bitstream.Container(header, payload, alpha))
+    return bitstream.pack(bitstream.Container(header, payload, alpha, residual))
 
 
 def encode(image: Image.Image | bytes | str | Path, quality: int | None = None, device: str = "auto",
@@ -176,8 +183,12 @@ def decode_detailed(data: bytes, device: str = "auto") -> Decoded:
     device_type = next(model.parameters()).device.type
     x_hat = model.decode_indices(torch.from_numpy(indices).to(device_type), (header.latent_h, header.latent_w),
                                  header.height, header.width)
-    image = restore_image(_to_uint8(x_hat), alpha, CHANNELS_TO_MODE[header.channels])
-    return Decoded(image, indices, header)
+    mode = CHANNELS_TO_MODE[header.channels]
+    rgb = _to_uint8(x_hat)
+    if container.residual:
+        planes = residual_layer.decode(container.residual, _planes(rgb, mode))
+        rgb = planes if planes.ndim == 3 else np.repeat(planes[..., None], 3, axis=2)
+    return Decoded(restore_image(rgb, alpha, mode), indices, header)
 
 
 def decode(data: bytes, device: str = "auto") -> Image.Image:
@@ -190,6 +201,14 @@ def color_planes(image: Image.Image) -> np.ndarray:
     if image.mode in ("L", "LA"):
         return np.asarray(image.convert("L"))
     return np.asarray(image.convert("RGB"))
+
+
+def _planes(rgb: np.ndarray, mode: str) -> np.ndarray:
+    """The planes of decoded RGB that an image of ``mode`` keeps: the gray plane restore_image
+    makes for L/LA, the RGB otherwise (what color_planes gives of the restored image)."""
+    if mode in ("L", "LA"):
+        return np.asarray(Image.fromarray(np.ascontiguousarray(rgb), "RGB").convert("L"))
+    return rgb
 
 
 def source_planes(source: SourceImage) -> np.ndarray:

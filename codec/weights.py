@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
+from codec import residual_layer
 from codec.entropy import code_lengths
 from codec.errors import WeightsError
 from models.autoencoder import VQAutoencoder
@@ -54,6 +55,9 @@ class RatePoint:
     # λ of the encoder's entropy-constrained assignment (squared latent distance per bit of
     # the static tables); 0 picks the nearest codewords. Only the encoder reads it.
     rate_weight: float = 0.0
+    # The quantiser step of a residual layer on top (codec/residual_layer.py), None for a
+    # point the network codes alone. The layer's own header carries it for the decoder.
+    residual_step: float | None = None
 
 
 @dataclass(frozen=True)
@@ -89,13 +93,18 @@ def card_rate_points(card: Card) -> list[RatePoint]:
     points = []
     for rp in card.data.get("rate_points", []):
         try:
+            step = rp.get("residual_step")
             point = RatePoint(int(rp["quality"]), card.name, card.model_id, int(rp["stages"]),
-                              rp.get("kodak_bpp"), rp.get("kodak_psnr"), float(rp.get("rate_weight", 0.0)))
+                              rp.get("kodak_bpp"), rp.get("kodak_psnr"), float(rp.get("rate_weight", 0.0)),
+                              None if step is None else float(step))
         except (KeyError, TypeError, ValueError) as exc:
             raise WeightsError(f"model card {card.name} has an unreadable rate point ({exc!r})") from None
         if not 0.0 <= point.rate_weight < float("inf"):  # also refuses NaN
             raise WeightsError(f"model card {card.name}: rate_weight must be a finite number ≥ 0, "
                                f"got {point.rate_weight}")
+        if point.residual_step is not None and not residual_layer.step_is_valid(point.residual_step):
+            raise WeightsError(f"model card {card.name}: residual_step {point.residual_step} is not a whole "
+                               f"number of sixteenths from {residual_layer.MIN_STEP_SIXTEENTHS / 16} up")
         points.append(point)
     return points
 
@@ -105,12 +114,15 @@ def rate_points() -> list[RatePoint]:
 
 
 def resolve_quality(quality: int | None) -> RatePoint:
-    """The rate point for ``-q``; None picks the middle of the zoo."""
+    """The rate point for ``-q``; None picks the default: the quality a card names as its
+    ``default_quality``, else the middle of the zoo."""
     points = rate_points()
     if not points:
         raise WeightsError(f"no models found in {weights_dir()}")
     if quality is None:
-        return points[(len(points) - 1) // 2]
+        named = [card.data["default_quality"] for card in list_cards() if "default_quality" in card.data]
+        defaults = [p for p in points if named and p.quality == named[0]]
+        return defaults[0] if defaults else points[(len(points) - 1) // 2]
     for point in points:
         if point.quality == quality:
             return point

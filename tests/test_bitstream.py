@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from codec.bitstream import (
-    CODER_CONSTRICTION_RANGE, FLAG_ALPHA, FLAG_FROM_16BIT, FLAG_FROM_PALETTE, HEADER_SIZE, MAGIC,
+    CODER_CONSTRICTION_RANGE, FLAG_ALPHA, FLAG_FROM_16BIT, FLAG_FROM_PALETTE, HEADER_SIZE, HEADER_SIZE_V2, MAGIC,
     TRAILER_SIZE, Container, Header, pack, peek_header, unpack,
 )
 from codec.errors import BitstreamError, CorruptBitstreamError, UnsupportedVersionError
@@ -163,17 +163,44 @@ def test_too_short_for_a_header(size: int) -> None:
     _refused(RGBA_FILE[:size], CorruptBitstreamError, f"truncated: {size} bytes, a .dvq file has at least 46")
 
 
-@pytest.mark.parametrize("version", [0, 2, 255])
+@pytest.mark.parametrize("version", [0, 3, 255])
 def test_bad_version(version: int) -> None:
     _refused(_edit(RGBA_FILE, version=version), UnsupportedVersionError,
-             f"format version {version} is not supported by this build (reads 1)")
+             f"format version {version} is not supported by this build (reads 1 to 2)")
 
 
 def test_version_is_checked_before_length_and_crc() -> None:
     """A newer file may be laid out differently: its version is the only thing worth reporting."""
     newer = bytearray(RGBA_FILE + b"more")
-    newer[4] = 2
-    _refused(bytes(newer), UnsupportedVersionError, "format version 2")
+    newer[4] = 3
+    _refused(bytes(newer), UnsupportedVersionError, "format version 3")
+
+
+RESIDUAL = bytes.fromhex("0180000102030405")
+V2_FILE = pack(Container(RGBA, bytes.fromhex("deadbeef01020304"), bytes.fromhex("aabbccdd"), RESIDUAL))
+
+
+def test_a_residual_layer_makes_a_version_2_file_with_one_more_length() -> None:
+    assert V2_FILE[4] == 2 and RGBA_FILE[4] == 1
+    assert len(V2_FILE) == HEADER_SIZE_V2 + 8 + 4 + len(RESIDUAL) + TRAILER_SIZE
+    assert V2_FILE[HEADER_SIZE:HEADER_SIZE_V2] == len(RESIDUAL).to_bytes(4, "little")
+    # Everything else is version 1's layout: the same fields, then the sections in order.
+    assert V2_FILE[5:HEADER_SIZE] == RGBA_FILE[5:HEADER_SIZE]
+    assert V2_FILE[HEADER_SIZE_V2:-TRAILER_SIZE] == RGBA_FILE[HEADER_SIZE:-TRAILER_SIZE] + RESIDUAL
+    assert unpack(V2_FILE) == Container(RGBA, bytes.fromhex("deadbeef01020304"), bytes.fromhex("aabbccdd"), RESIDUAL)
+    assert peek_header(V2_FILE) == RGBA
+
+
+def test_version_2_damage_is_refused() -> None:
+    _refused(V2_FILE[:-1], CorruptBitstreamError, f"truncated: {len(V2_FILE) - 1} bytes, the header declares")
+    _refused(V2_FILE[:HEADER_SIZE + 6], CorruptBitstreamError, "a version-2 file has at least 50")
+    flipped = bytearray(V2_FILE)
+    flipped[-TRAILER_SIZE - 1] ^= 1  # in the residual layer: only the CRC can see it
+    _refused(bytes(flipped), CorruptBitstreamError, "checksum mismatch")
+    empty = bytearray(RGBA_FILE[:HEADER_SIZE] + b"\0\0\0\0" + RGBA_FILE[HEADER_SIZE:-TRAILER_SIZE])
+    empty[4] = 2
+    _refused(bytes(empty) + zlib.crc32(bytes(empty)).to_bytes(4, "little"), CorruptBitstreamError,
+             "a version-2 file without a residual layer")
 
 
 def test_truncation_declared_by_header() -> None:

@@ -1,0 +1,267 @@
+"""The residual layer: what the network's decoded pixels miss, coded as quantised 8×8 DCT blocks.
+
+However many residual stages it spends, the network's reconstruction stops near 32.5 dB on
+Kodak (scripts/transform_ceiling.py), where JPEG goes on to 40 dB. The rate points above
+that ceiling add this layer to a network rate point: the difference between the source and
+the network's decoded 8-bit planes is rotated to decorrelate its colours, cut into 8×8
+blocks, transformed by the orthonormal DCT, quantised with one uniform step for every
+coefficient (a flat step minimises squared error for the bits: PSNR is what it is judged
+on) and range-coded. The decoder adds what it decodes to its own base planes and rounds.
+
+Layout of the layer (the container's residual section, codec/bitstream.py):
+
+     0 transform  u8   TRANSFORM_DCT8
+     1 step       u16  the quantiser's step, in 1/16 of an 8-bit level (≥ MIN_STEP_SIXTEENTHS)
+     3 words           the range-coded symbols, little-endian u32 words
+
+Coding order: channel by channel, each channel's 64 frequencies in zigzag order, and within
+one frequency the blocks in raster order, split into groups by *activity*: the sum of the
+magnitudes this block coded at the three frequencies before (plus, for the second and third
+channel, the first channel's magnitude at this frequency), bucketed by powers of two. Each
+group's symbols share one two-sided geometric distribution, of which the encoder picks one
+of NUM_LEVELS (by mean magnitude) and sends the pick in front of the group. Everything a
+distribution depends on is an integer the decoder already has, and its tables are built
+with exactly rounded IEEE operations only (see _level_frequencies), so both sides hold the
+same probabilities on every machine. The pixels a file decodes to agree across machines to
+float noise, as the network's own output does.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import struct
+
+import numpy as np
+from constriction import stream
+
+from codec.errors import CorruptBitstreamError
+
+TRANSFORM_DCT8 = 1
+BLOCK = 8
+MIN_STEP_SIXTEENTHS = 4  # a step of 0.25: every coefficient's quotient then fits the escape code
+# Quotients in [-MAX_DIRECT, MAX_DIRECT] are coded directly; larger ones as an escape symbol
+# (one per sign) and then |q| - MAX_DIRECT - 1 in ESCAPE_BITS uniform bits. An orthonormal
+# 8×8 DCT of a colour-rotated 8-bit difference has coefficients below 8·255·√3 ≈ 3534, so a
+# quotient by a step of 0.25 stays below 2^14.
+MAX_DIRECT = 63
+ESCAPE_BITS = 14
+ESCAPE_POSITIVE = 2 * MAX_DIRECT + 1
+ESCAPE_NEGATIVE = 2 * MAX_DIRECT + 2
+ALPHABET = 2 * MAX_DIRECT + 3
+# Levels: the mean magnitudes 2^-8 · (19/16)^j, j < 64 (0.004 to about 200), each the
+# two-sided geometric distribution of that mean. 19/16 apart, a level picked for a group
+# costs it at most about 0.4 % more bits than the exact mean would.
+NUM_LEVELS = 64
+FIRST_LEVEL_MEAN = 2.0**-8
+LEVEL_RATIO = 19 / 16
+FREQUENCY_SCALE = 1 << 24
+# Activity buckets: 0, 1, 2–3, 4–7, 8–15, ≥ 16.
+ACTIVITY_BUCKETS = 6
+ACTIVITY_SPAN = 3  # how many earlier frequencies of the same block count towards its activity
+
+_LAYER_HEADER = struct.Struct("<BH")
+_LEVEL_MODEL = stream.model.Uniform(NUM_LEVELS)
+_ESCAPE_MODEL = stream.model.Uniform(1 << ESCAPE_BITS)
+
+
+def _orthonormal_dct(n: int) -> np.ndarray:
+    k = np.arange(n)
+    basis = np.cos(np.pi * (2 * k[None, :] + 1) * k[:, None] / (2 * n)) * math.sqrt(2 / n)
+    basis[0] /= math.sqrt(2)
+    return basis
+
+
+_DCT = _orthonormal_dct(BLOCK)
+# An orthonormal colour rotation (luma-like sum, two differences): it concentrates the
+# residual's energy in the first channel without changing squared errors.
+_ROTATION = np.array([[1, 1, 1], [1, 0, -1], [1, -2, 1]], dtype=np.float64)
+_ROTATION /= np.sqrt((_ROTATION**2).sum(axis=1, keepdims=True))
+# Zigzag order of the 64 frequencies (low to high), as indices into a row-major 8×8 block.
+_ZIGZAG = np.array([u * BLOCK + v for u, v in sorted(
+    ((u, v) for u in range(BLOCK) for v in range(BLOCK)),
+    key=lambda uv: (uv[0] + uv[1], uv[1] if (uv[0] + uv[1]) % 2 else uv[0]))])
+
+
+def _level_frequencies(level: int) -> np.ndarray:
+    """Integer frequencies (ALPHABET,) of one level's two-sided geometric distribution.
+
+    Only exactly rounded operations (products, quotients, square roots, floors), so every
+    machine computes the same integers and so the same probabilities.
+    """
+    mean = FIRST_LEVEL_MEAN
+    for _ in range(level):
+        mean *= LEVEL_RATIO
+    # The ratio θ of a two-sided geometric law with mean magnitude m: m = 2θ / (1 − θ²).
+    theta = (math.sqrt(1.0 + mean * mean) - 1.0) / mean
+    weights = [1.0]
+    for _ in range(MAX_DIRECT + 1):
+        weights.append(weights[-1] * theta)
+    one_side = [math.floor(FREQUENCY_SCALE * w) + 1 for w in weights[1:MAX_DIRECT + 1]]
+    escape = math.floor(FREQUENCY_SCALE * weights[MAX_DIRECT + 1] / (1.0 - theta)) + 1
+    return np.array(one_side[::-1] + [FREQUENCY_SCALE + 1] + one_side + [escape, escape], dtype=np.int64)
+
+
+@functools.cache
+def _level_tables() -> tuple[np.ndarray, list]:
+    """Every level's float32 probabilities (NUM_LEVELS, ALPHABET) and constriction model."""
+    frequencies = np.stack([_level_frequencies(j) for j in range(NUM_LEVELS)])
+    probabilities = (frequencies / frequencies.sum(axis=1, keepdims=True)).astype(np.float32)
+    models = [stream.model.Categorical(p, perfect=False) for p in probabilities]
+    return probabilities, models
+
+
+def _cheapest_level(symbols: np.ndarray) -> int:
+    """The level whose distribution codes these symbols in the fewest bits."""
+    probabilities, _ = _level_tables()
+    histogram = np.bincount(symbols, minlength=ALPHABET)
+    return int(np.argmin(-np.log2(probabilities.astype(np.float64)) @ histogram))
+
+
+def _activity_buckets(magnitudes: np.ndarray, channel: int, frequency: int) -> np.ndarray:
+    """Each block's context group at one (channel, zigzag frequency), from coded magnitudes only."""
+    activity = magnitudes[channel, :, max(0, frequency - ACTIVITY_SPAN):frequency].sum(axis=1)
+    if channel:
+        activity = activity + magnitudes[0, :, frequency]
+    return sum((activity >= 1 << i).astype(np.int64) for i in range(ACTIVITY_BUCKETS - 1))
+
+
+def _to_symbols(quotients: np.ndarray) -> np.ndarray:
+    symbols = np.clip(quotients, -MAX_DIRECT, MAX_DIRECT) + MAX_DIRECT
+    symbols[quotients > MAX_DIRECT] = ESCAPE_POSITIVE
+    symbols[quotients < -MAX_DIRECT] = ESCAPE_NEGATIVE
+    return symbols
+
+
+def _planes_to_channels(planes: np.ndarray) -> np.ndarray:
+    """(H, W) or (H, W, 3) float planes → (channels, H, W), colour-rotated when there are three."""
+    if planes.ndim == 2:
+        return planes[None]
+    return np.einsum("ij,hwj->ihw", _ROTATION, planes)
+
+
+def _channels_to_planes(channels: np.ndarray) -> np.ndarray:
+    if channels.shape[0] == 1:
+        return channels[0]
+    return np.einsum("ji,jhw->hwi", _ROTATION, channels)
+
+
+def _blocks(channels: np.ndarray) -> np.ndarray:
+    """(C, H, W) → (C, blocks, 64) DCT coefficients in zigzag order; edges padded by repetition."""
+    count, height, width = channels.shape
+    padded = np.pad(channels, ((0, 0), (0, -height % BLOCK), (0, -width % BLOCK)), mode="edge")
+    rows, cols = padded.shape[1] // BLOCK, padded.shape[2] // BLOCK
+    tiles = padded.reshape(count, rows, BLOCK, cols, BLOCK).transpose(0, 1, 3, 2, 4)
+    coefficients = _DCT @ tiles @ _DCT.T
+    return coefficients.reshape(count, rows * cols, BLOCK * BLOCK)[:, :, _ZIGZAG]
+
+
+def _unblocks(coefficients: np.ndarray, height: int, width: int) -> np.ndarray:
+    count = coefficients.shape[0]
+    rows, cols = -(-height // BLOCK), -(-width // BLOCK)
+    natural = np.empty_like(coefficients)
+    natural[:, :, _ZIGZAG] = coefficients
+    tiles = _DCT.T @ natural.reshape(count, rows, cols, BLOCK, BLOCK) @ _DCT
+    return tiles.transpose(0, 1, 3, 2, 4).reshape(count, rows * BLOCK, cols * BLOCK)[:, :height, :width]
+
+
+def step_is_valid(step: float) -> bool:
+    """Whether a step can be written: a whole number of sixteenths, from MIN_STEP_SIXTEENTHS to u16."""
+    sixteenths = step * 16
+    return sixteenths == int(sixteenths) and MIN_STEP_SIXTEENTHS <= sixteenths < 1 << 16
+
+
+def encode(source: np.ndarray, base: np.ndarray, step: float) -> bytes:
+    """The residual layer lifting ``base`` towards ``source`` (both uint8, (H, W) or (H, W, 3))."""
+    if source.shape != base.shape or source.dtype != np.uint8 or base.dtype != np.uint8:
+        raise ValueError(f"source {source.dtype} {source.shape} and base {base.dtype} {base.shape} differ")
+    if source.ndim not in (2, 3) or (source.ndim == 3 and source.shape[2] != 3):
+        raise ValueError(f"planes must be (H, W) or (H, W, 3), got {source.shape}")
+    if not step_is_valid(step):
+        raise ValueError(f"residual step {step} is not a whole number of sixteenths from "
+                         f"{MIN_STEP_SIXTEENTHS / 16} up")
+    difference = source.astype(np.float64) - base.astype(np.float64)
+    quotients = np.rint(_blocks(_planes_to_channels(difference)) / step).astype(np.int64)
+    _, models = _level_tables()
+    magnitudes = np.abs(quotients)
+    encoder = stream.queue.RangeEncoder()
+    for channel in range(quotients.shape[0]):
+        for frequency in range(BLOCK * BLOCK):
+            buckets = _activity_buckets(magnitudes, channel, frequency)
+            column = quotients[channel, :, frequency]
+            for bucket in range(ACTIVITY_BUCKETS):
+                members = column[buckets == bucket]
+                if not members.size:
+                    continue
+                symbols = _to_symbols(members)
+                level = _cheapest_level(symbols)
+                encoder.encode(np.array([level], dtype=np.int32), _LEVEL_MODEL)
+                encoder.encode(symbols.astype(np.int32), models[level])
+                escaped = np.abs(members[np.abs(members) > MAX_DIRECT]) - MAX_DIRECT - 1
+                if escaped.size:
+                    encoder.encode(escaped.astype(np.int32), _ESCAPE_MODEL)
+    words = encoder.get_compressed().astype("<u4").tobytes()
+    return _LAYER_HEADER.pack(TRANSFORM_DCT8, int(step * 16)) + words
+
+
+def _minimum_bits(symbol_count: int) -> float:
+    """A lower bound on the bits ``symbol_count`` symbols take: each costs at least its level's
+    most probable symbol (less a unit of constriction's 24-bit precision)."""
+    probabilities, _ = _level_tables()
+    most_probable = float(probabilities.max()) + 4.0 / 2**24
+    return symbol_count * -math.log2(min(most_probable, 1.0))
+
+
+def decode(layer: bytes, base: np.ndarray) -> np.ndarray:
+    """``base`` (uint8 planes) with the residual layer added: the planes the file decodes to."""
+    if len(layer) <= _LAYER_HEADER.size or (len(layer) - _LAYER_HEADER.size) % 4:
+        raise CorruptBitstreamError(f"residual layer of {len(layer)} bytes is not a layer header and whole words")
+    transform, sixteenths = _LAYER_HEADER.unpack_from(layer)
+    if transform != TRANSFORM_DCT8:
+        raise CorruptBitstreamError(f"residual layer declares transform {transform}; this build knows {TRANSFORM_DCT8}")
+    if sixteenths < MIN_STEP_SIXTEENTHS:
+        raise CorruptBitstreamError(f"residual layer declares a step of {sixteenths}/16, below the "
+                                    f"smallest, {MIN_STEP_SIXTEENTHS}/16")
+    height, width = base.shape[:2]
+    channels = 1 if base.ndim == 2 else 3
+    blocks = -(-height // BLOCK) * -(-width // BLOCK)
+    words = np.frombuffer(layer, dtype="<u4", offset=_LAYER_HEADER.size).astype(np.uint32)
+    # A few bytes declaring a huge image cost neither time nor memory: refuse a layer too
+    # short for the symbols it must hold before decoding any.
+    if len(words) * 32 * 1.01 + 64 < _minimum_bits(channels * blocks * BLOCK * BLOCK):
+        raise CorruptBitstreamError(f"residual layer of {len(layer)} bytes is too short for a "
+                                    f"{width}×{height} image")
+    _, models = _level_tables()
+    quotients = np.zeros((channels, blocks, BLOCK * BLOCK), dtype=np.int64)
+    magnitudes = np.zeros_like(quotients)
+    decoder = stream.queue.RangeDecoder(words)
+    try:
+        for channel in range(channels):
+            for frequency in range(BLOCK * BLOCK):
+                buckets = _activity_buckets(magnitudes, channel, frequency)
+                column = np.zeros(blocks, dtype=np.int64)
+                for bucket in range(ACTIVITY_BUCKETS):
+                    members = buckets == bucket
+                    count = int(members.sum())
+                    if not count:
+                        continue
+                    level = int(decoder.decode(_LEVEL_MODEL, 1)[0])
+                    symbols = decoder.decode(models[level], count).astype(np.int64)
+                    values = symbols - MAX_DIRECT
+                    escaped = symbols >= ESCAPE_POSITIVE
+                    if escaped.any():
+                        excess = decoder.decode(_ESCAPE_MODEL, int(escaped.sum())).astype(np.int64) + MAX_DIRECT + 1
+                        values[escaped] = np.where(symbols[escaped] == ESCAPE_POSITIVE, excess, -excess)
+                    column[members] = values
+                quotients[channel, :, frequency] = column
+                magnitudes[channel, :, frequency] = np.abs(column)
+    except Exception as exc:  # constriction raises on streams it cannot parse at all
+        raise CorruptBitstreamError(f"residual layer is damaged ({exc})") from None
+    except BaseException as exc:  # a Rust panic in constriction is no Exception: still one line, exit 3
+        if type(exc).__name__ != "PanicException":
+            raise
+        raise CorruptBitstreamError(f"residual layer is damaged (coder panic: {exc})") from None
+    if not decoder.maybe_exhausted():
+        raise CorruptBitstreamError("residual layer has data left after its last symbol")
+    difference = _channels_to_planes(_unblocks(quotients * (sixteenths / 16), height, width))
+    return np.clip(np.rint(base + difference), 0, 255).astype(np.uint8)

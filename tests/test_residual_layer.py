@@ -1,0 +1,188 @@
+"""The residual layer (codec/residual_layer.py) on its own, and inside .dvq files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from codec import bitstream, residual_layer
+from codec.errors import CorruptBitstreamError
+from codec.metrics import psnr
+from codec.pipeline import decode, decode_detailed, encode, encode_with_report
+from codec.weights import rate_points, resolve_quality
+
+
+def _photo_and_base(path: Path, quality: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    rgb = np.asarray(Image.open(path).convert("RGB"))
+    return rgb, np.asarray(decode(encode(Image.fromarray(rgb), quality=quality, device="cpu"), "cpu"))
+
+
+@pytest.fixture(scope="module")
+def photo_and_base() -> tuple[np.ndarray, np.ndarray]:
+    return _photo_and_base(Path(__file__).resolve().parents[1] / "samples" / "parrots.png")
+
+
+def _expected(source: np.ndarray, base: np.ndarray, step: float) -> np.ndarray:
+    """What the layer should decode to, computed here without the coder: quantise the
+    colour-rotated 8×8 DCT of the difference, reconstruct, add, round."""
+    n = 8
+    k = np.arange(n)
+    dct = np.cos(np.pi * (2 * k[None, :] + 1) * k[:, None] / (2 * n)) * np.sqrt(2 / n)
+    dct[0] /= np.sqrt(2)
+    rotation = np.array([[1, 1, 1], [1, 0, -1], [1, -2, 1]]) / np.sqrt([[3], [2], [6]])
+    difference = source.astype(float) - base
+    channels = difference[None] if difference.ndim == 2 else np.moveaxis(difference @ rotation.T, 2, 0)
+    height, width = source.shape[:2]
+    padded = np.pad(channels, ((0, 0), (0, -height % n), (0, -width % n)), mode="edge")
+    out = np.empty_like(padded)
+    for y in range(0, padded.shape[1], n):
+        for x in range(0, padded.shape[2], n):
+            block = dct @ padded[:, y:y + n, x:x + n] @ dct.T
+            out[:, y:y + n, x:x + n] = dct.T @ (np.rint(block / step) * step) @ dct
+    out = out[:, :height, :width]
+    restored = out[0] if difference.ndim == 2 else np.moveaxis(out, 0, 2) @ rotation
+    return np.clip(np.rint(base + restored), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("step", [2.0, 12.5, 40.0])
+def test_the_layer_decodes_to_the_quantised_dct_of_the_difference(photo_and_base, step: float) -> None:
+    source, base = photo_and_base
+    decoded = residual_layer.decode(residual_layer.encode(source, base, step), base)
+    expected = _expected(source, base, step)
+    # The same quotients on both sides; the float transforms may round a pixel on a .5 tie differently.
+    assert np.abs(decoded.astype(int) - expected).max() <= 1
+    assert (decoded != expected).mean() < 1e-4
+
+
+def test_finer_steps_cost_more_bits_and_give_more_db(photo_and_base) -> None:
+    source, base = photo_and_base
+    sizes, gains = [], []
+    for step in (32.0, 12.0, 4.0):
+        layer = residual_layer.encode(source, base, step)
+        sizes.append(len(layer))
+        gains.append(psnr(source, residual_layer.decode(layer, base)))
+    assert sizes[0] < sizes[1] < sizes[2]
+    assert psnr(source, base) < gains[0] < gains[1] < gains[2]
+
+
+def test_the_smallest_step_is_lossless_through_the_escape_code() -> None:
+    rng = np.random.default_rng(3)
+    source = rng.integers(0, 256, (21, 19, 3), dtype=np.uint8)  # noise: every quotient large, most escaped
+    base = np.full_like(source, 128)
+    layer = residual_layer.encode(source, base, 0.25)
+    assert np.array_equal(residual_layer.decode(layer, base), source)
+
+
+def test_gray_planes_and_one_pixel_images() -> None:
+    rng = np.random.default_rng(4)
+    gray = rng.integers(0, 256, (13, 30), dtype=np.uint8)
+    base = np.clip(gray.astype(int) + rng.integers(-20, 21, gray.shape), 0, 255).astype(np.uint8)
+    decoded = residual_layer.decode(residual_layer.encode(gray, base, 3.0), base)
+    assert decoded.shape == gray.shape and psnr(gray, decoded) > psnr(gray, base) + 6
+    one = np.array([[[10, 200, 30]]], dtype=np.uint8)
+    assert np.array_equal(residual_layer.decode(residual_layer.encode(one, np.zeros_like(one), 0.25),
+                                                np.zeros_like(one)), one)
+
+
+def test_the_level_tables_are_the_same_integers_everywhere() -> None:
+    """The decoder depends on these exact integers: a change in how they are built (or a
+    platform that rounded differently) would make every file undecodable."""
+    tables = np.stack([residual_layer._level_frequencies(j) for j in range(residual_layer.NUM_LEVELS)])
+    assert tables.shape == (64, residual_layer.ALPHABET) and tables.min() >= 1
+    assert hashlib.sha256(tables.astype("<i8").tobytes()).hexdigest()[:16] == "d686470d0556de78"
+
+
+@pytest.mark.parametrize("step", [0.0, 0.2, 1.03, 4096.0, -1.0])
+def test_encode_refuses_steps_a_layer_cannot_hold(photo_and_base, step: float) -> None:
+    source, base = photo_and_base
+    with pytest.raises(ValueError, match="step"):
+        residual_layer.encode(source, base, step)
+
+
+def _damaged(layer: bytes) -> dict[str, bytes]:
+    """Damage the layer can see for itself. A range decoder reads most other damage (a
+    flipped bit, a word appended) without complaint: the container's CRC catches that."""
+    return {
+        "empty": b"",
+        "header only": layer[:3],
+        "unknown transform": bytes([2]) + layer[1:],
+        "step below the smallest": layer[:1] + (3).to_bytes(2, "little") + layer[3:],
+        "cut by a word": layer[:-4],
+        "not whole words": layer + b"\x00",
+        "garbage": layer[:3] + bytes(range(256)) * 2,
+    }
+
+
+@pytest.mark.parametrize("case", list(_damaged(b"\x01\x40\x00" + b"\x00" * 8)))
+def test_a_damaged_layer_is_one_error(photo_and_base, case: str) -> None:
+    source, base = photo_and_base
+    layer = _damaged(residual_layer.encode(source, base, 8.0))[case]
+    with pytest.raises(CorruptBitstreamError):
+        residual_layer.decode(layer, base)
+
+
+def test_a_tiny_layer_cannot_declare_a_huge_image() -> None:
+    base = np.zeros((8000, 8000, 3), dtype=np.uint8)
+    with pytest.raises(CorruptBitstreamError, match="too short"):
+        residual_layer.decode(b"\x01\x40\x00" + b"\x00" * 64, base)
+
+
+# --- inside .dvq files -------------------------------------------------------------------
+
+
+def _residual_quality() -> int:
+    return next(p.quality for p in rate_points() if p.residual_step is not None)
+
+
+def test_the_shipped_zoo_has_residual_points_above_the_network_points() -> None:
+    points = rate_points()
+    network = [p for p in points if p.residual_step is None]
+    layered = [p for p in points if p.residual_step is not None]
+    assert len(network) >= 6 and len(layered) >= 3
+    assert min(p.quality for p in layered) > max(p.quality for p in network)
+    assert resolve_quality(None).residual_step is None  # the default stays a network point
+
+
+def test_a_residual_rate_point_writes_a_version_2_file_that_decodes_better(parrots_path: Path) -> None:
+    quality = _residual_quality()
+    base_quality = resolve_quality(quality)
+    report = encode_with_report(parrots_path, quality=quality, device="cpu")
+    container = bitstream.unpack(report.data)
+    assert report.data[4] == 2 and container.residual
+    assert container.header.quality == quality and container.header.stages == base_quality.stages
+    # The network point it builds on: the same stages and λ, so the same base indices.
+    base = next(p for p in rate_points() if p.residual_step is None and p.stages == base_quality.stages
+                and p.rate_weight == base_quality.rate_weight)
+    plain = encode_with_report(parrots_path, quality=base.quality, device="cpu")
+    assert plain.data[4] == 1 and bitstream.unpack(plain.data).payload == container.payload
+    assert report.psnr > plain.psnr + 1.0
+    # The decoder needs nothing but the file: the step travels in the layer.
+    assert np.array_equal(np.asarray(decode(report.data, "cpu")), np.asarray(report.decoded))
+
+
+def test_a_gray_image_with_alpha_at_a_residual_point(tmp_path: Path, parrots_path: Path) -> None:
+    gray = Image.open(parrots_path).convert("L").crop((0, 0, 77, 53))
+    alpha = Image.fromarray(np.tile(np.arange(77, dtype=np.uint8) * 3, (53, 1)), "L")
+    image = Image.merge("LA", (gray, alpha))
+    report = encode_with_report(image, quality=_residual_quality(), device="cpu")
+    decoded = decode_detailed(report.data, "cpu")
+    assert decoded.image.mode == "LA" and decoded.image.size == (77, 53)
+    assert np.array_equal(np.asarray(decoded.image)[..., 1], np.asarray(alpha))
+    assert psnr(np.asarray(gray), np.asarray(decoded.image)[..., 0]) == pytest.approx(report.psnr)
+
+
+@pytest.mark.parametrize("step", ["fine", 0.1, 1.03, -4])
+def test_a_card_with_a_bad_residual_step_is_refused(weights_copy: Path, step: object) -> None:
+    from codec.errors import WeightsError
+
+    card_path = next(weights_copy.glob("*.json"))
+    card = json.loads(card_path.read_text())
+    card["rate_points"][-1]["residual_step"] = step
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(WeightsError, match="rate point|residual_step"):
+        rate_points()
