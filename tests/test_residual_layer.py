@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from codec import bitstream, residual_layer
-from codec.errors import CorruptBitstreamError
+from codec.errors import BitstreamError, CorruptBitstreamError
 from codec.metrics import psnr
 from codec.pipeline import decode, decode_detailed, encode, encode_with_report
 from codec.weights import rate_points, resolve_quality
@@ -186,3 +186,57 @@ def test_a_card_with_a_bad_residual_step_is_refused(weights_copy: Path, step: ob
     card_path.write_text(json.dumps(card))
     with pytest.raises(WeightsError, match="rate point|residual_step"):
         rate_points()
+
+
+def test_the_cli_writes_reads_and_describes_a_layered_file(tmp_path: Path, parrots_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from codec.cli import app
+
+    runner = CliRunner()
+    quality = max(p.quality for p in rate_points())
+    out = tmp_path / "parrots.dvq"
+    encoded = runner.invoke(app, ["encode", str(parrots_path), str(out), "-q", str(quality), "--device", "cpu", "--json"])
+    assert encoded.exit_code == 0, encoded.output
+    summary = json.loads(encoded.stdout)
+    assert summary["psnr"] > 40
+    info = json.loads(runner.invoke(app, ["info", str(out), "--json"]).stdout)
+    assert info["format_version"] == 2 and info["quality"] == quality and info["residual_bytes"] > 0
+    assert info["bytes"] == out.stat().st_size
+    listed = json.loads(runner.invoke(app, ["models", "--json"]).stdout)
+    assert [r["residual_step"] is not None for r in listed] == [p.residual_step is not None for p in rate_points()]
+    decoded = runner.invoke(app, ["decode", str(out), str(tmp_path / "back.png"), "--device", "cpu",
+                                  "--reference", str(parrots_path), "--json"])
+    assert decoded.exit_code == 0, decoded.output
+    assert json.loads(decoded.stdout)["psnr"] == pytest.approx(summary["psnr"])
+
+
+def test_damaged_layers_behind_a_valid_crc_decode_or_fail_in_one_line(parrots_path: Path) -> None:
+    """The CRC stops accidental damage; a crafted file with a valid CRC and a damaged layer
+    must still end in a BitstreamError (exit 3) or an image, never another exception."""
+    image = Image.open(parrots_path).convert("RGB").crop((0, 0, 40, 24))
+    data = encode(image, quality=max(p.quality for p in rate_points()), device="cpu")
+    container = bitstream.unpack(data)
+    layer = container.residual
+    rng = np.random.default_rng(5)
+    outcomes = set()
+    for case in range(40):
+        damaged = bytearray(layer)
+        if case % 4 == 0:
+            damaged = damaged[: rng.integers(0, len(layer))]
+        elif case % 4 == 1:
+            damaged += rng.bytes(int(rng.integers(1, 9)))
+        else:
+            for _ in range(int(rng.integers(1, 4))):
+                damaged[int(rng.integers(0, len(damaged)))] ^= 1 << int(rng.integers(0, 8))
+        if not damaged:
+            continue
+        crafted = bitstream.pack(bitstream.Container(container.header, container.payload, b"", bytes(damaged)))
+        try:
+            decoded = decode(crafted, "cpu")
+            assert decoded.size == image.size
+            outcomes.add("decoded")
+        except BitstreamError as exc:
+            assert "\n" not in str(exc)
+            outcomes.add("refused")
+    assert outcomes == {"decoded", "refused"}
