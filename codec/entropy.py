@@ -1,4 +1,5 @@
-"""Entropy coding of codeword indices: the only module that imports constriction.
+"""Entropy coding of codeword indices (constriction's range coder; codec/residual_layer.py is
+the only other module that uses it).
 
 Each stage has static integer frequency tables, measured on the training set and stored
 inside the weights file, one table per *context*:
@@ -25,6 +26,9 @@ on a CPU.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 from constriction import stream
@@ -257,6 +261,23 @@ def _max_probability(tables: np.ndarray, stage: int, adaptive: bool, width: int,
     return scaled / (scaled + (1 - p_max) / SECOND_OPINION_LIMIT)
 
 
+@contextmanager
+def coder_errors(what: str) -> Iterator[None]:
+    """Whatever constriction raises while decoding ``what`` becomes one CorruptBitstreamError
+    (exit 3, one line): its errors come in several types, and a Rust panic is not even an
+    Exception."""
+    try:
+        yield
+    except CorruptBitstreamError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - constriction raises on streams it cannot parse at all
+        raise CorruptBitstreamError(f"{what} is damaged ({exc})") from None
+    except BaseException as exc:
+        if type(exc).__name__ != "PanicException":
+            raise
+        raise CorruptBitstreamError(f"{what} is damaged (coder panic: {exc})") from None
+
+
 def encode_indices(indices: np.ndarray, tables: np.ndarray, width: int, adaptive: bool = False,
                    second: np.ndarray | None = None) -> bytes:
     """Code the rows of ``indices`` (stages, h·w, raster order) in order, each in its context.
@@ -330,7 +351,7 @@ def decode_indices(payload: bytes, tables: np.ndarray, stages: int, count: int, 
     # payload). Its float sums may round differently on another machine, by far less than
     # the budget's margin.
     spent = 0.0
-    try:
+    with coder_errors("entropy-coded payload"):
         for m in range(stages):
             stage = _stage_tables(tables, second, m, adaptive)
             above = nothing  # stage 1's context for the top row
@@ -349,14 +370,6 @@ def decode_indices(payload: bytes, tables: np.ndarray, stages: int, count: int, 
                 out[m, start : start + width] = symbols
                 stage.coded(contexts, symbols, row2)
                 above = symbols
-    except CorruptBitstreamError:
-        raise
-    except Exception as exc:  # constriction raises on streams it cannot parse at all
-        raise CorruptBitstreamError(f"entropy-coded payload is damaged ({exc})") from None
-    except BaseException as exc:  # a Rust panic in constriction is no Exception: still one line, exit 3
-        if type(exc).__name__ != "PanicException":
-            raise
-        raise CorruptBitstreamError(f"entropy-coded payload is damaged (coder panic: {exc})") from None
     if not decoder.maybe_exhausted():
         raise CorruptBitstreamError("entropy-coded payload has data left after the last symbol")
     return out

@@ -35,6 +35,7 @@ import struct
 import numpy as np
 from constriction import stream
 
+from codec.entropy import coder_errors
 from codec.errors import CorruptBitstreamError
 
 TRANSFORM_DCT8 = 1
@@ -235,7 +236,7 @@ def decode(layer: bytes, base: np.ndarray) -> np.ndarray:
     quotients = np.zeros((channels, blocks, BLOCK * BLOCK), dtype=np.int64)
     magnitudes = np.zeros_like(quotients)
     decoder = stream.queue.RangeDecoder(words)
-    try:
+    with coder_errors("residual layer"):
         for channel in range(channels):
             for frequency in range(BLOCK * BLOCK):
                 buckets = _activity_buckets(magnitudes, channel, frequency)
@@ -255,12 +256,6 @@ def decode(layer: bytes, base: np.ndarray) -> np.ndarray:
                     column[members] = values
                 quotients[channel, :, frequency] = column
                 magnitudes[channel, :, frequency] = np.abs(column)
-    except Exception as exc:  # constriction raises on streams it cannot parse at all
-        raise CorruptBitstreamError(f"residual layer is damaged ({exc})") from None
-    except BaseException as exc:  # a Rust panic in constriction is no Exception: still one line, exit 3
-        if type(exc).__name__ != "PanicException":
-            raise
-        raise CorruptBitstreamError(f"residual layer is damaged (coder panic: {exc})") from None
     if not decoder.maybe_exhausted():
         raise CorruptBitstreamError("residual layer has data left after its last symbol")
     difference = _channels_to_planes(_unblocks(quotients * (sixteenths / 16), height, width))
