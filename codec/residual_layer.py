@@ -60,6 +60,7 @@ FREQUENCY_SCALE = 1 << 24
 # Activity buckets: 0, 1, 2–3, 4–7, 8–15, ≥ 16.
 ACTIVITY_BUCKETS = 6
 ACTIVITY_SPAN = 3  # how many earlier frequencies of the same block count towards its activity
+STRIP_BLOCK_ROWS = 64  # block rows per strip of the transforms (512 pixel rows)
 
 _LAYER_HEADER = struct.Struct("<BH")
 _LEVEL_MODEL = stream.model.Uniform(NUM_LEVELS)
@@ -119,11 +120,11 @@ def _cheapest_level(symbols: np.ndarray) -> int:
     return int(np.argmin(-np.log2(probabilities.astype(np.float64)) @ histogram))
 
 
-def _activity_buckets(magnitudes: np.ndarray, channel: int, frequency: int) -> np.ndarray:
-    """Each block's context group at one (channel, zigzag frequency), from coded magnitudes only."""
-    activity = magnitudes[channel, :, max(0, frequency - ACTIVITY_SPAN):frequency].sum(axis=1)
+def _activity_buckets(quotients: np.ndarray, channel: int, frequency: int) -> np.ndarray:
+    """Each block's context group at one (channel, zigzag frequency), from coded quotients only."""
+    activity = np.abs(quotients[channel, :, max(0, frequency - ACTIVITY_SPAN):frequency]).sum(axis=1, dtype=np.int64)
     if channel:
-        activity = activity + magnitudes[0, :, frequency]
+        activity += np.abs(quotients[0, :, frequency])
     return sum((activity >= 1 << i).astype(np.int64) for i in range(ACTIVITY_BUCKETS - 1))
 
 
@@ -147,8 +148,15 @@ def _channels_to_planes(channels: np.ndarray) -> np.ndarray:
     return np.einsum("ji,jhw->hwi", _ROTATION, channels)
 
 
+def _strips(height: int) -> list[tuple[int, int]]:
+    """Pixel rows (top, bottom) of the strips of STRIP_BLOCK_ROWS block rows the transforms
+    work in, so that their float temporaries stay a strip's size on a large image."""
+    rows = STRIP_BLOCK_ROWS * BLOCK
+    return [(top, min(top + rows, height)) for top in range(0, height, rows)]
+
+
 def _blocks(channels: np.ndarray) -> np.ndarray:
-    """(C, H, W) → (C, blocks, 64) DCT coefficients in zigzag order; edges padded by repetition."""
+    """(C, h, W) → (C, blocks, 64) DCT coefficients in zigzag order; edges padded by repetition."""
     count, height, width = channels.shape
     padded = np.pad(channels, ((0, 0), (0, -height % BLOCK), (0, -width % BLOCK)), mode="edge")
     rows, cols = padded.shape[1] // BLOCK, padded.shape[2] // BLOCK
@@ -158,12 +166,38 @@ def _blocks(channels: np.ndarray) -> np.ndarray:
 
 
 def _unblocks(coefficients: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Inverse of _blocks for a strip ``height`` pixels high: (C, blocks, 64) → (C, h, W)."""
     count = coefficients.shape[0]
     rows, cols = -(-height // BLOCK), -(-width // BLOCK)
     natural = np.empty_like(coefficients)
     natural[:, :, _ZIGZAG] = coefficients
     tiles = _DCT.T @ natural.reshape(count, rows, cols, BLOCK, BLOCK) @ _DCT
     return tiles.transpose(0, 1, 3, 2, 4).reshape(count, rows * BLOCK, cols * BLOCK)[:, :height, :width]
+
+
+def _quotients(source: np.ndarray, base: np.ndarray, step: float) -> np.ndarray:
+    """The quantised DCT of the colour-rotated difference, (C, blocks, 64) int32, strip by strip."""
+    height, width = source.shape[:2]
+    channels = 1 if source.ndim == 2 else 3
+    per_strip = STRIP_BLOCK_ROWS * -(-width // BLOCK)
+    quotients = np.empty((channels, -(-height // BLOCK) * -(-width // BLOCK), BLOCK * BLOCK), dtype=np.int32)
+    for index, (top, bottom) in enumerate(_strips(height)):
+        difference = source[top:bottom].astype(np.float64) - base[top:bottom]
+        strip = np.rint(_blocks(_planes_to_channels(difference)) / step)
+        quotients[:, index * per_strip:index * per_strip + strip.shape[1]] = strip
+    return quotients
+
+
+def _reconstruct(quotients: np.ndarray, base: np.ndarray, step: float) -> np.ndarray:
+    """``base`` plus the dequantised, inverse-transformed quotients, rounded to uint8, strip by strip."""
+    height, width = base.shape[:2]
+    per_strip = STRIP_BLOCK_ROWS * -(-width // BLOCK)
+    out = np.empty_like(base)
+    for index, (top, bottom) in enumerate(_strips(height)):
+        strip = quotients[:, index * per_strip:(index + 1) * per_strip] * step
+        difference = _channels_to_planes(_unblocks(strip, bottom - top, width))
+        out[top:bottom] = np.clip(np.rint(base[top:bottom] + difference), 0, 255)
+    return out
 
 
 def step_is_valid(step: float) -> bool:
@@ -181,15 +215,13 @@ def encode(source: np.ndarray, base: np.ndarray, step: float) -> bytes:
     if not step_is_valid(step):
         raise ValueError(f"residual step {step} is not a whole number of sixteenths from "
                          f"{MIN_STEP_SIXTEENTHS / 16} up")
-    difference = source.astype(np.float64) - base.astype(np.float64)
-    quotients = np.rint(_blocks(_planes_to_channels(difference)) / step).astype(np.int64)
+    quotients = _quotients(source, base, step)
     _, models = _level_tables()
-    magnitudes = np.abs(quotients)
     encoder = stream.queue.RangeEncoder()
     for channel in range(quotients.shape[0]):
         for frequency in range(BLOCK * BLOCK):
-            buckets = _activity_buckets(magnitudes, channel, frequency)
-            column = quotients[channel, :, frequency]
+            buckets = _activity_buckets(quotients, channel, frequency)
+            column = quotients[channel, :, frequency].astype(np.int64)
             for bucket in range(ACTIVITY_BUCKETS):
                 members = column[buckets == bucket]
                 if not members.size:
@@ -233,13 +265,12 @@ def decode(layer: bytes, base: np.ndarray) -> np.ndarray:
         raise CorruptBitstreamError(f"residual layer of {len(layer)} bytes is too short for a "
                                     f"{width}×{height} image")
     _, models = _level_tables()
-    quotients = np.zeros((channels, blocks, BLOCK * BLOCK), dtype=np.int64)
-    magnitudes = np.zeros_like(quotients)
+    quotients = np.zeros((channels, blocks, BLOCK * BLOCK), dtype=np.int32)
     decoder = stream.queue.RangeDecoder(words)
     with coder_errors("residual layer"):
         for channel in range(channels):
             for frequency in range(BLOCK * BLOCK):
-                buckets = _activity_buckets(magnitudes, channel, frequency)
+                buckets = _activity_buckets(quotients, channel, frequency)
                 column = np.zeros(blocks, dtype=np.int64)
                 for bucket in range(ACTIVITY_BUCKETS):
                     members = buckets == bucket
@@ -255,8 +286,6 @@ def decode(layer: bytes, base: np.ndarray) -> np.ndarray:
                         values[escaped] = np.where(symbols[escaped] == ESCAPE_POSITIVE, excess, -excess)
                     column[members] = values
                 quotients[channel, :, frequency] = column
-                magnitudes[channel, :, frequency] = np.abs(column)
     if not decoder.maybe_exhausted():
         raise CorruptBitstreamError("residual layer has data left after its last symbol")
-    difference = _channels_to_planes(_unblocks(quotients * (sixteenths / 16), height, width))
-    return np.clip(np.rint(base + difference), 0, 255).astype(np.uint8)
+    return _reconstruct(quotients, base, sixteenths / 16)

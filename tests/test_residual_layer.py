@@ -59,6 +59,17 @@ def test_the_layer_decodes_to_the_quantised_dct_of_the_difference(photo_and_base
     assert (decoded != expected).mean() < 1e-4
 
 
+@pytest.mark.parametrize("shape", [(1100, 37, 3), (1030, 9)])
+def test_images_taller_than_a_strip_are_coded_as_one(shape: tuple[int, ...]) -> None:
+    """The transforms run in strips of 512 pixel rows (bounded memory); the blocks and the
+    result must be those of the whole image, across the strips' seams and a partial last one."""
+    rng = np.random.default_rng(6)
+    source = rng.integers(0, 256, shape, dtype=np.uint8)
+    base = np.clip(source.astype(int) + rng.integers(-9, 10, shape), 0, 255).astype(np.uint8)
+    decoded = residual_layer.decode(residual_layer.encode(source, base, 3.0), base)
+    assert (decoded != _expected(source, base, 3.0)).mean() < 1e-4
+
+
 def test_finer_steps_cost_more_bits_and_give_more_db(photo_and_base) -> None:
     source, base = photo_and_base
     sizes, gains = [], []
