@@ -44,6 +44,7 @@ FIELDS: dict[str, tuple[int, str]] = {
     "latent_w": (31, "H"), "stages": (33, "B"), "payload_len": (34, "I"), "alpha_len": (38, "I"),
 }
 HEADER_SIZE = 42
+HEADER_SIZE_V2 = 46  # version 2 adds residual_len (u32) at offset 42
 TRAILER = 4
 
 
@@ -65,7 +66,8 @@ def base_images() -> dict[str, tuple[Image.Image, int | None]]:
 
 
 def make_bases(device: str = "cpu") -> dict[str, bytes]:
-    """The valid .dvq files of :func:`base_images`, at the lowest, middle and highest rate points."""
+    """The valid .dvq files of :func:`base_images`, at the lowest, middle and highest rate points
+    (the highest adds a residual layer, so two of them are format version 2)."""
     from codec.pipeline import encode
     from codec.weights import rate_points
 
@@ -101,12 +103,19 @@ def get_field(data: bytes, name: str) -> int | bytes | None:
     return struct.unpack_from("<" + code, data, offset)[0]
 
 
+def _header_size(data: bytes) -> int:
+    return HEADER_SIZE_V2 if len(data) > 4 and data[4] == 2 else HEADER_SIZE
+
+
 def _regions(data: bytes) -> dict[str, tuple[int, int]]:
     """Byte ranges of the parts of a (valid) file, as its own header declares them."""
     payload_len = get_field(data, "payload_len") or 0
     alpha_len = get_field(data, "alpha_len") or 0
-    p0, a0 = HEADER_SIZE, HEADER_SIZE + int(payload_len)
-    return {"header": (0, HEADER_SIZE), "payload": (p0, a0), "alpha": (a0, a0 + int(alpha_len)),
+    h = _header_size(data)
+    residual_len = struct.unpack_from("<I", data, HEADER_SIZE)[0] if h == HEADER_SIZE_V2 else 0
+    p0, a0 = h, h + int(payload_len)
+    r0 = a0 + int(alpha_len)
+    return {"header": (0, h), "payload": (p0, a0), "alpha": (a0, r0), "residual": (r0, r0 + residual_len),
             "crc": (len(data) - TRAILER, len(data)), "all": (0, len(data))}
 
 
@@ -198,9 +207,16 @@ def consistent_resize(rng: random.Random, data: bytes) -> bytes:
     return set_field(data, "latent_w", min(-(-width // stride), 0xFFFF))
 
 
-def _with_lengths(data: bytes, payload: bytes, alpha: bytes) -> bytes:
-    header = set_field(set_field(data[:HEADER_SIZE], "payload_len", len(payload)), "alpha_len", len(alpha))
-    return header + payload + alpha + data[-TRAILER:]
+def _with_lengths(data: bytes, payload: bytes, alpha: bytes, residual: bytes | None = None) -> bytes:
+    """data with other sections and lengths that match them; a version-2 file keeps its
+    residual layer unless another is given."""
+    h = _header_size(data)
+    if residual is None:
+        residual = data[slice(*_regions(data)["residual"])]
+    header = set_field(set_field(data[:h], "payload_len", len(payload)), "alpha_len", len(alpha))
+    if h == HEADER_SIZE_V2:
+        header = header[:HEADER_SIZE] + struct.pack("<I", len(residual))
+    return header + payload + alpha + residual + data[-TRAILER:]
 
 
 def replace_payload(rng: random.Random, data: bytes) -> bytes:
@@ -268,6 +284,29 @@ def replace_alpha(rng: random.Random, data: bytes) -> bytes:
     return _with_lengths(data, payload, new)
 
 
+def replace_residual(rng: random.Random, data: bytes) -> bytes:
+    """A residual layer that is cut, extended, garbage, of another step or transform (the
+    lengths kept consistent); a version-1 file gets one it has no field for."""
+    layer = data[slice(*_regions(data)["residual"])]
+    kind = rng.choice(["random", "short", "long", "step", "transform", "header_only", "empty"])
+    if kind == "random":
+        new = layer[:3] + bytes(rng.randrange(256) for _ in range(max(4, len(layer) - 3)))
+    elif kind == "short":
+        new = layer[:3 + 4 * rng.randrange(0, max(1, (len(layer) - 3) // 4))]
+    elif kind == "long":
+        new = layer + bytes(rng.randrange(256) for _ in range(4 * rng.choice([1, 2, 64])))
+    elif kind == "step":
+        new = layer[:1] + struct.pack("<H", _interesting(rng, 96, 16)) + layer[3:]
+    elif kind == "transform":
+        new = bytes([rng.randrange(256)]) + layer[1:]
+    elif kind == "header_only":
+        new = layer[:3]
+    else:
+        new = b""
+    r = _regions(data)
+    return _with_lengths(data, data[slice(*r["payload"])], data[slice(*r["alpha"])], new)
+
+
 def splice(rng: random.Random, data: bytes, bases: dict[str, bytes]) -> bytes:
     """Header of one valid file with the payload (and alpha) of another."""
     other = bases[rng.choice(sorted(bases))]
@@ -280,6 +319,7 @@ MUTATORS: dict[str, Mutator] = {
     "bit_flips": bit_flips, "byte_overwrites": byte_overwrites, "truncation": truncation,
     "extension": extension, "header_field": header_field, "several_fields": several_fields,
     "consistent_resize": consistent_resize, "replace_payload": replace_payload, "replace_alpha": replace_alpha,
+    "replace_residual": replace_residual,
 }
 STRATEGIES = sorted(MUTATORS) + ["splice"]
 
