@@ -203,7 +203,7 @@ def _reconstruct(quotients: np.ndarray, base: np.ndarray, step: float) -> np.nda
 def step_is_valid(step: float) -> bool:
     """Whether a step can be written: a whole number of sixteenths, from MIN_STEP_SIXTEENTHS to u16."""
     sixteenths = step * 16
-    return sixteenths == int(sixteenths) and MIN_STEP_SIXTEENTHS <= sixteenths < 1 << 16
+    return math.isfinite(sixteenths) and sixteenths == int(sixteenths) and MIN_STEP_SIXTEENTHS <= sixteenths < 1 << 16
 
 
 def encode(source: np.ndarray, base: np.ndarray, step: float) -> bytes:

@@ -108,7 +108,7 @@ def test_the_level_tables_are_the_same_integers_everywhere() -> None:
     assert hashlib.sha256(tables.astype("<i8").tobytes()).hexdigest()[:16] == "d686470d0556de78"
 
 
-@pytest.mark.parametrize("step", [0.0, 0.2, 1.03, 4096.0, -1.0])
+@pytest.mark.parametrize("step", [0.0, 0.2, 1.03, 4096.0, -1.0, float("inf"), float("nan")])
 def test_encode_refuses_steps_a_layer_cannot_hold(photo_and_base, step: float) -> None:
     source, base = photo_and_base
     with pytest.raises(ValueError, match="step"):
@@ -187,7 +187,7 @@ def test_a_gray_image_with_alpha_at_a_residual_point(tmp_path: Path, parrots_pat
     assert psnr(np.asarray(gray), np.asarray(decoded.image)[..., 0]) == pytest.approx(report.psnr)
 
 
-@pytest.mark.parametrize("step", ["fine", 0.1, 1.03, -4])
+@pytest.mark.parametrize("step", ["fine", 0.1, 1.03, -4, float("inf"), float("nan")])
 def test_a_card_with_a_bad_residual_step_is_refused(weights_copy: Path, step: object) -> None:
     from codec.errors import WeightsError
 
