@@ -96,6 +96,11 @@ class Container:
     alpha: bytes  # deflated alpha plane, b"" when FLAG_ALPHA is not set
     residual: bytes = b""  # the residual layer (codec/residual_layer.py); b"" in a version-1 file
 
+    @property
+    def version(self) -> int:
+        """The format version this container is written as: 2 only with a residual layer."""
+        return 2 if self.residual else 1
+
 
 def _field_problem(h: Header, payload_len: int, alpha_len: int) -> str | None:
     """Why the header's values are inconsistent, or None; shared so pack never writes what unpack refuses."""
@@ -142,9 +147,8 @@ def pack(container: Container) -> bytes:
     problem = _field_problem(h, len(payload), len(alpha))
     if problem is not None:
         raise ValueError(problem)
-    version = 2 if residual else 1
     body = _HEADER.pack(
-        MAGIC, version, h.flags, h.model_id, h.quality, h.weights_id, h.coder_id,
+        MAGIC, container.version, h.flags, h.model_id, h.quality, h.weights_id, h.coder_id,
         h.table_precision, h.width, h.height, h.channels, h.bit_depth, h.latent_h, h.latent_w,
         h.stages, len(payload), len(alpha),
     )

@@ -169,7 +169,7 @@ def info(
         container = bitstream.unpack(data)
         h = container.header
         fields = {
-            "format_version": 2 if container.residual else 1, "model_id": h.model_id, "quality": h.quality,
+            "format_version": container.version, "model_id": h.model_id, "quality": h.quality,
             "weights_id": h.weights_id.hex(), "coder_id": h.coder_id, "table_precision": h.table_precision,
             "width": h.width, "height": h.height, "channels": h.channels, "bit_depth": h.bit_depth,
             "flags": h.flags, "alpha": bool(h.flags & bitstream.FLAG_ALPHA), "latent_h": h.latent_h,
