@@ -113,11 +113,16 @@ def _level_tables() -> tuple[np.ndarray, list]:
     return probabilities, models
 
 
+@functools.cache
+def _level_code_lengths() -> np.ndarray:
+    """Bits (NUM_LEVELS, ALPHABET) each level charges each symbol; only the encoder's choice uses them."""
+    probabilities, _ = _level_tables()
+    return -np.log2(probabilities.astype(np.float64))
+
+
 def _cheapest_level(symbols: np.ndarray) -> int:
     """The level whose distribution codes these symbols in the fewest bits."""
-    probabilities, _ = _level_tables()
-    histogram = np.bincount(symbols, minlength=ALPHABET)
-    return int(np.argmin(-np.log2(probabilities.astype(np.float64)) @ histogram))
+    return int(np.argmin(_level_code_lengths() @ np.bincount(symbols, minlength=ALPHABET)))
 
 
 def _activity_buckets(quotients: np.ndarray, channel: int, frequency: int) -> np.ndarray:
