@@ -204,11 +204,9 @@ def color_planes(image: Image.Image) -> np.ndarray:
 
 
 def _planes(rgb: np.ndarray, mode: str) -> np.ndarray:
-    """The planes of decoded RGB that an image of ``mode`` keeps: the gray plane restore_image
-    makes for L/LA, the RGB otherwise (what color_planes gives of the restored image)."""
-    if mode in ("L", "LA"):
-        return np.asarray(Image.fromarray(np.ascontiguousarray(rgb), "RGB").convert("L"))
-    return rgb
+    """The planes of decoded RGB that an image of ``mode`` keeps: color_planes of what
+    restore_image makes of it (the gray plane for L/LA, the RGB otherwise)."""
+    return color_planes(restore_image(rgb, None, "L" if mode in ("L", "LA") else "RGB"))
 
 
 def source_planes(source: SourceImage) -> np.ndarray:
