@@ -43,7 +43,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from codec import bitstream
+from codec import bitstream, residual_layer
 from codec.anchors import Anchor, Measurement, measure, measure_decoded
 from codec.bdrate import bd_rate, psnr_overlap, why_not
 from codec.errors import InputError, OutputError
@@ -523,6 +523,14 @@ def _image_key(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix()
 
 
+def _layer_record(step: float | None) -> dict[str, float]:
+    """A layer point's part of its rate-point record: the step, and the encoder's rounding
+    offset (the same step writes other files under another dead zone)."""
+    if step is None:
+        return {}
+    return {"residual_step": step, "residual_rounding": residual_layer.ROUNDING}
+
+
 def _check_meta(out_dir: Path, meta_now: dict[str, Any]) -> dict[str, Any]:
     """Refuse to mix rows of other weights or other image files; return the merged meta."""
     path = out_dir / META_NAME
@@ -550,7 +558,7 @@ def _check_meta(out_dir: Path, meta_now: dict[str, Any]) -> dict[str, Any]:
             raise OutputError(f"{out_dir} holds results for other image {key} ({before[key]} vs {value} now); "
                               f"choose another -o or remove it")
     # The same weights give other files when a card gives a quality other stages, another
-    # rate weight (the encoder's λ) or another residual step. Folders from before the meta named them are taken as they are.
+    # rate weight (the encoder's λ) or another residual step or rounding. Folders from before the meta named them are taken as they are.
     before = old.get("rate_points", {})
     for quality, value in meta_now.get("rate_points", {}).items():
         if quality in before and before[quality] != value:
@@ -653,7 +661,7 @@ def _run_locked(opts: EvalOptions, say: Callable[[str], None], progress_stream: 
         "weights": {str(mid): lm.card.weights_id.hex() for mid, lm in loaded.items()},
         "images": hashes,
         "rate_points": {str(p.quality): {"stages": p.stages, "rate_weight": p.rate_weight, **searched,
-                                         **({"residual_step": p.residual_step} if p.residual_step else {})}
+                                         **_layer_record(p.residual_step)}
                         for p in points},
     })
     _write_json(opts.out_dir / META_NAME, meta)

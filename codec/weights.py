@@ -109,20 +109,31 @@ def card_rate_points(card: Card) -> list[RatePoint]:
     return points
 
 
+def _zoo_points(cards: list[Card]) -> list[RatePoint]:
+    return sorted((point for card in cards for point in card_rate_points(card)), key=lambda p: p.quality)
+
+
 def rate_points() -> list[RatePoint]:
-    return sorted((point for card in list_cards() for point in card_rate_points(card)), key=lambda p: p.quality)
+    return _zoo_points(list_cards())
 
 
 def resolve_quality(quality: int | None) -> RatePoint:
     """The rate point for ``-q``; None picks the default: the quality a card names as its
     ``default_quality``, else the middle of the zoo."""
-    points = rate_points()
+    cards = list_cards()
+    points = _zoo_points(cards)
     if not points:
         raise WeightsError(f"no models found in {weights_dir()}")
     if quality is None:
-        named = [card.data["default_quality"] for card in list_cards() if "default_quality" in card.data]
-        defaults = [p for p in points if named and p.quality == named[0]]
-        return defaults[0] if defaults else points[(len(points) - 1) // 2]
+        named = [(card.name, card.data["default_quality"]) for card in cards if "default_quality" in card.data]
+        if not named:
+            return points[(len(points) - 1) // 2]
+        name, default = named[0]
+        for point in points:
+            if point.quality == default:
+                return point
+        # A card that names a default it does not ship is broken, not a reason to pick another.
+        raise WeightsError(f"model card {name} names default_quality {default!r}, which is not one of its rate points")
     for point in points:
         if point.quality == quality:
             return point

@@ -3,8 +3,9 @@
 ``python scripts/encode_profile.py IMAGE_DIR [-q QUALITY] [--effort E]`` runs the steps of
 ``codec.pipeline.encode_source`` one by one on every image (after one warm-up encode) and
 prints the mean seconds per image of each: float32 analysis, codeword search with decision
-gaps, float64 re-decision of the unsure latents, entropy coding. It checks that the parts
-give the same payload as the encoder itself, so it times the real path.
+gaps, float64 re-decision of the unsure latents, entropy coding, and at a rate point with a
+residual layer the base's synthesis and the layer. It checks that the parts give the same
+payload and layer as the encoder itself, so it times the real path.
 """
 
 from __future__ import annotations
@@ -16,15 +17,16 @@ from pathlib import Path
 import torch
 from rate_weight_probe import exact_search_beam
 
-from codec import bitstream, entropy
+from codec import bitstream, entropy, residual_layer
 from codec.image_io import read_image
-from codec.pipeline import _to_tensor, encode_source
+from codec.pipeline import _planes, _to_tensor, _to_uint8, encode_source, source_planes
 from codec.weights import load_model, resolve_quality
 from models import tiling
 from models.autoencoder import search_options, unsure_choices
 from models.data import list_images
 
-PARTS = ("analysis", "search", "re-decision", "entropy coding")
+NETWORK_PARTS = ("analysis", "search", "re-decision", "entropy coding")
+LAYER_PARTS = ("synthesis", "residual layer")
 
 
 def main() -> None:
@@ -41,7 +43,8 @@ def main() -> None:
     search = search_options(rate, beam)
     sources = [read_image(path.read_bytes(), str(path)) for path in list_images(args.folder)]
     encode_source(sources[0], point.quality, "cpu", args.effort)
-    totals = dict.fromkeys(PARTS, 0.0)
+    parts = NETWORK_PARTS + (LAYER_PARTS if point.residual_step is not None else ())
+    totals = dict.fromkeys(parts, 0.0)
     unsure_count = 0
     with torch.no_grad():
         for source in sources:
@@ -62,11 +65,19 @@ def main() -> None:
             payload = entropy.encode_indices(indices.numpy(), loaded.tables, width, adaptive=True,
                                              second=loaded.second_tables)
             coded = time.perf_counter()
-            if payload != bitstream.unpack(encode_source(source, point.quality, "cpu", args.effort)).payload:
+            times = [analysed - start, searched - analysed, redecided - searched, coded - redecided]
+            layer = b""
+            if point.residual_step is not None:
+                base = model.decode_indices(indices, (latent.shape[2], width), *source.rgb.shape[:2])
+                synthesised = time.perf_counter()
+                layer = residual_layer.encode(source_planes(source), _planes(_to_uint8(base), source.mode),
+                                              point.residual_step)
+                times += [synthesised - coded, time.perf_counter() - synthesised]
+            container = bitstream.unpack(encode_source(source, point.quality, "cpu", args.effort))
+            if (payload, layer) != (container.payload, container.residual):
                 raise SystemExit("the parts do not give the encoder's payload: this script is out of date")
             unsure_count += unsure.numel()
-            for part, seconds in zip(PARTS, (analysed - start, searched - analysed, redecided - searched,
-                                            coded - redecided)):
+            for part, seconds in zip(parts, times):
                 totals[part] += seconds
     count = len(sources)
     print(f"quality {point.quality}, effort {args.effort or 1}, {count} images of {args.folder}, seconds per image: "

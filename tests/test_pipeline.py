@@ -14,7 +14,7 @@ from codec import bitstream, entropy
 from codec.errors import BitstreamError, CorruptBitstreamError, WeightsError
 from codec.metrics import bits_per_pixel, psnr
 from codec.pipeline import decode, decode_detailed, encode, encode_with_report
-from codec.weights import load_model, rate_points
+from codec.weights import load_model, rate_points, resolve_quality
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,6 @@ def test_odd_size_is_padded_and_cropped(lighthouse_path: Path) -> None:
 def test_bytes_identical_across_runs_and_indices_survive(parrots_path: Path) -> None:
     first, second = encode(parrots_path), encode(parrots_path)
     assert first == second
-    from codec.weights import load_model, resolve_quality
     header = bitstream.unpack(first).header
     loaded = load_model(header.model_id, "cpu")
     x = torch.from_numpy(np.asarray(Image.open(parrots_path).convert("RGB")).copy()).permute(2, 0, 1)[None].float() / 255
@@ -57,23 +56,21 @@ def test_the_rate_points_weight_trades_distortion_for_rate(parrots_path: Path, w
     """The encoder reads each rate point's λ from the card: a larger one writes fewer bits and a
     little more distortion (entropy-constrained choices), 0 the nearest codewords; the decoder
     reads every such file alike."""
-    from codec.weights import resolve_quality
-
     card_path = next(weights_copy.glob("*.json"))
     card = json.loads(card_path.read_text())
-    point = next(rp for rp in card["rate_points"] if rp["quality"] == 6)
+    point = next(rp for rp in card["rate_points"] if rp["quality"] == 5)  # the network alone
     reports = {}
     for weight in (0.0, 0.005, 0.05):
         point["rate_weight"] = weight
         card_path.write_text(json.dumps(card))
-        assert resolve_quality(6).rate_weight == weight
-        reports[weight] = encode_with_report(parrots_path, 6, "cpu")
+        assert resolve_quality(5).rate_weight == weight
+        reports[weight] = encode_with_report(parrots_path, 5, "cpu")
     sizes = [len(reports[w].data) for w in (0.0, 0.005, 0.05)]
     quality = [reports[w].psnr for w in (0.0, 0.005, 0.05)]
     assert sizes[0] > sizes[1] > sizes[2] and quality[0] > quality[2]
     del point["rate_weight"]  # a card without it: the nearest codewords
     card_path.write_text(json.dumps(card))
-    assert encode(parrots_path, quality=6) == reports[0.0].data
+    assert encode(parrots_path, quality=5) == reports[0.0].data
 
 
 @pytest.mark.parametrize("weight", [-0.01, "heavy", float("nan"), None])
@@ -86,6 +83,26 @@ def test_a_card_with_a_bad_rate_weight_is_refused(parrots_path: Path, weights_co
     card_path.write_text(json.dumps(card))
     with pytest.raises(WeightsError, match="rate"):
         encode(parrots_path, quality=1)
+
+
+def test_the_default_is_the_quality_the_card_names(weights_copy: Path) -> None:
+    card_path = next(weights_copy.glob("*.json"))
+    card = json.loads(card_path.read_text())
+    assert resolve_quality(None).quality == card["default_quality"]
+    card["default_quality"] = 2
+    card_path.write_text(json.dumps(card))
+    assert resolve_quality(None).quality == 2
+
+
+def test_a_card_naming_a_default_it_does_not_ship_is_refused(weights_copy: Path) -> None:
+    """Falling back to another rate point would change what a plain ``encode`` writes without a word."""
+    card_path = next(weights_copy.glob("*.json"))
+    card = json.loads(card_path.read_text())
+    card["default_quality"] = 99
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(WeightsError, match="default_quality 99"):
+        resolve_quality(None)
+    assert resolve_quality(1).quality == 1  # an explicit quality does not need the default
 
 
 def test_more_stages_cost_more_and_look_better(parrots_path: Path, qualities: list[int]) -> None:
@@ -167,7 +184,7 @@ def test_inconsistent_latent_grid_is_refused(parrots_path: Path) -> None:
 def test_files_of_the_earlier_coders_still_decode(parrots_path: Path, coder: int) -> None:
     """Files of the static coder (1) and of the adaptive one (2) decode to the same pixels;
     the new ones (coder 3) carry the same indices in fewer bytes."""
-    new = decode_detailed(encode(parrots_path, quality=6))
+    new = decode_detailed(encode(parrots_path, quality=5))
     assert new.header.coder_id == bitstream.CODER_TWO_CONTEXT_RANGE
     loaded = load_model(new.header.model_id)
     old_payload = entropy.encode_indices(new.indices, loaded.tables, new.header.latent_w,
@@ -176,7 +193,7 @@ def test_files_of_the_earlier_coders_still_decode(parrots_path: Path, coder: int
     old = decode_detailed(bitstream.pack(bitstream.Container(old_header, old_payload, b"")))
     assert np.array_equal(old.indices, new.indices)
     assert np.array_equal(np.asarray(old.image), np.asarray(new.image))
-    assert len(bitstream.unpack(encode(parrots_path, quality=6)).payload) < len(old_payload)
+    assert len(bitstream.unpack(encode(parrots_path, quality=5)).payload) < len(old_payload)
 
 
 def test_a_model_without_second_tables_writes_coder_2_and_refuses_coder_3(parrots_path: Path,
