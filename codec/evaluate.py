@@ -524,11 +524,13 @@ def _image_key(path: Path, root: Path) -> str:
 
 
 def _layer_record(step: float | None) -> dict[str, float]:
-    """A layer point's part of its rate-point record: the step, and the encoder's rounding
-    offset (the same step writes other files under another dead zone)."""
+    """A layer point's part of its rate-point record: the step and the encoder's own choices
+    (transform, rounding offset, rate–distortion weight): the same step writes other files
+    under others."""
     if step is None:
         return {}
-    return {"residual_step": step, "residual_rounding": residual_layer.ROUNDING}
+    return {"residual_step": step, "residual_transform": residual_layer.WRITTEN_TRANSFORM,
+            "residual_rounding": residual_layer.ROUNDING, "residual_rd_weight": residual_layer.RD_WEIGHT}
 
 
 def _check_meta(out_dir: Path, meta_now: dict[str, Any]) -> dict[str, Any]:

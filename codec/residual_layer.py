@@ -32,6 +32,7 @@ import functools
 import math
 import struct
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 from constriction import stream
@@ -39,7 +40,14 @@ from constriction import stream
 from codec.entropy import coder_errors
 from codec.errors import CorruptBitstreamError
 
+# Transform ids: how the quotients are grouped and how each group's table is named (both
+# 8×8 DCT with one flat step). 1: groups by the block's own activity (6 buckets), each
+# table index sent as 6 uniform bits. 2 (what the encoder writes): groups by the block's own
+# activity and its four neighbours' (8 buckets), each table index sent as its difference
+# from the index the same bucket used at the frequency before.
 TRANSFORM_DCT8 = 1
+TRANSFORM_DCT8_NEIGHBOURS = 2
+WRITTEN_TRANSFORM = TRANSFORM_DCT8_NEIGHBOURS
 BLOCK = 8
 MIN_STEP_SIXTEENTHS = 4  # a step of 0.25: every coefficient's quotient then fits the escape code
 # Quotients in [-MAX_DIRECT, MAX_DIRECT] are coded directly; larger ones as an escape symbol
@@ -58,16 +66,36 @@ NUM_LEVELS = 64
 FIRST_LEVEL_MEAN = 2.0**-8
 LEVEL_RATIO = 19 / 16
 FREQUENCY_SCALE = 1 << 24
-# Activity buckets: 0, 1, 2–3, 4–7, 8–15, ≥ 16.
-ACTIVITY_BUCKETS = 6
 ACTIVITY_SPAN = 3  # how many earlier frequencies of the same block count towards its activity
+# Transform 2 codes a group's table index as its difference from _LevelPredictor's guess,
+# with the two-sided geometric table of this level (mean magnitude about 2.7): the level
+# that coded those differences in the fewest bits on 12 training photos at steps 5–80,
+# 3.9 bits per group against the 6 of a uniform index.
+DELTA_LEVEL = 38
 # The encoder's rounding offset: a quotient is sign(c) · floor(|c| / step + ROUNDING), a dead
 # zone a little wider than nearest rounding's. Small coefficients are the many and cost the
 # most bits per unit of squared error they save; on 20 training photos 0.26–0.38 gave the
 # most PSNR at equal rate from 0.4 to 1.5 bpp, +0.5 to +0.8 dB over 0.5 (nearest)
 # (scripts/residual_layer_probe.py --rounding). The decoder does not depend on it.
 ROUNDING = 0.32
+RD_WEIGHT = 0.0
 STRIP_BLOCK_ROWS = 64  # block rows per strip of the transforms (512 pixel rows)
+
+
+
+@dataclass(frozen=True)
+class _Grouping:
+    """How one transform id groups a frequency's blocks and names each group's table."""
+
+    buckets: int  # activity buckets: 0, 1, 2–3, 4–7, … (the last one open-ended)
+    neighbours: bool  # activity is 2 · own + the four neighbour blocks' own activity
+    delta_levels: bool  # table index coded against the bucket's previous one (else uniform)
+
+
+_GROUPINGS = {
+    TRANSFORM_DCT8: _Grouping(buckets=6, neighbours=False, delta_levels=False),
+    TRANSFORM_DCT8_NEIGHBOURS: _Grouping(buckets=8, neighbours=True, delta_levels=True),
+}
 
 _LAYER_HEADER = struct.Struct("<BH")
 _LEVEL_MODEL = stream.model.Uniform(NUM_LEVELS)
@@ -127,20 +155,50 @@ def _level_code_lengths() -> np.ndarray:
     return -np.log2(probabilities.astype(np.float64))
 
 
-def _bucket_of(activity: np.ndarray) -> np.ndarray:
-    """Activity → bucket: 0, 1, 2–3, 4–7, 8–15, ≥ 16."""
-    return sum((activity >= 1 << i).astype(np.int64) for i in range(ACTIVITY_BUCKETS - 1))
+class _LevelPredictor:
+    """Transform 2's guess at a group's table index, which the index is coded against: the
+    index the same bucket used last (at an earlier frequency of this channel), or, for a
+    bucket not seen yet, the last index of the channel (0 at its start)."""
+
+    def __init__(self, buckets: int) -> None:
+        self._by_bucket: list[int | None] = [None] * buckets
+        self._last = 0
+
+    def guess(self, bucket: int) -> int:
+        known = self._by_bucket[bucket]
+        return self._last if known is None else known
+
+    def saw(self, bucket: int, level: int) -> None:
+        self._by_bucket[bucket] = self._last = level
 
 
-def _activity_buckets(quotients: np.ndarray, channel: int, frequency: int) -> np.ndarray:
-    """Each block's context group at one (channel, zigzag frequency), from coded quotients only."""
+def _bucket_of(activity: np.ndarray, buckets: int) -> np.ndarray:
+    """Activity → bucket: 0, 1, 2–3, 4–7, …, the last bucket open-ended."""
+    return sum((activity >= 1 << i).astype(np.int64) for i in range(buckets - 1))
+
+
+def _with_neighbours(own: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """2 · own activity + the sum of the four neighbour blocks' (edge blocks repeat themselves
+    for a missing neighbour); ``own`` is (blocks,) or (blocks, frequencies) in raster order."""
+    rows, cols = grid
+    tiles = own.reshape(rows, cols, -1)
+    padded = np.pad(tiles, ((1, 1), (1, 1), (0, 0)), mode="edge")
+    around = padded[:-2, 1:-1] + padded[2:, 1:-1] + padded[1:-1, :-2] + padded[1:-1, 2:]
+    return (2 * tiles + around).reshape(own.shape)
+
+
+def _activity_buckets(quotients: np.ndarray, channel: int, frequency: int, grid: tuple[int, int],
+                      grouping: _Grouping) -> np.ndarray:
+    """Each block's group at one (channel, zigzag frequency), from coded quotients only."""
     activity = np.abs(quotients[channel, :, max(0, frequency - ACTIVITY_SPAN):frequency]).sum(axis=1, dtype=np.int64)
     if channel:
         activity += np.abs(quotients[0, :, frequency])
-    return _bucket_of(activity)
+    if grouping.neighbours:
+        activity = _with_neighbours(activity, grid)
+    return _bucket_of(activity, grouping.buckets)
 
 
-def _all_buckets(quotients: np.ndarray, channel: int) -> np.ndarray:
+def _all_buckets(quotients: np.ndarray, channel: int, grid: tuple[int, int], grouping: _Grouping) -> np.ndarray:
     """_activity_buckets for every frequency of a channel at once, (blocks, 64): the encoder
     knows every quotient in advance, the decoder learns them frequency by frequency."""
     magnitudes = np.abs(quotients[channel]).astype(np.int64)
@@ -150,22 +208,34 @@ def _all_buckets(quotients: np.ndarray, channel: int) -> np.ndarray:
     activity = before[:, frequencies] - before[:, np.maximum(frequencies - ACTIVITY_SPAN, 0)]
     if channel:
         activity += np.abs(quotients[0]).astype(np.int64)
-    return _bucket_of(activity)
+    if grouping.neighbours:
+        activity = _with_neighbours(activity, grid)
+    return _bucket_of(activity, grouping.buckets)
 
 
-def _channel_groups(quotients: np.ndarray, channel: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+def _group_ids(quotients: np.ndarray, channel: int, grid: tuple[int, int], grouping: _Grouping) -> np.ndarray:
+    """Each coefficient's group, frequency · buckets + bucket, (blocks, 64)."""
+    return np.arange(BLOCK * BLOCK) * grouping.buckets + _all_buckets(quotients, channel, grid, grouping)
+
+
+def _cheapest_levels(groups: np.ndarray, symbols: np.ndarray, grouping: _Grouping) -> np.ndarray:
+    """Per group, the level whose distribution codes its symbols in the fewest bits."""
+    group_count = BLOCK * BLOCK * grouping.buckets
+    histograms = np.bincount((groups * ALPHABET + symbols).ravel(), minlength=group_count * ALPHABET)
+    return np.argmin(histograms.reshape(group_count, ALPHABET) @ _level_code_lengths().T, axis=1)
+
+
+def _channel_groups(quotients: np.ndarray, channel: int, grid: tuple[int, int],
+                    grouping: _Grouping) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
     """One channel's coded groups in the decoder's order (frequency, then bucket, then block):
-    each group's cheapest level, its symbols and its escaped excesses (int32)."""
-    groups = (np.arange(BLOCK * BLOCK) * ACTIVITY_BUCKETS + _all_buckets(quotients, channel)).T.ravel()
+    each group's bucket, cheapest level, symbols and escaped excesses (int32)."""
+    groups = _group_ids(quotients, channel, grid, grouping).T.ravel()
     order = np.argsort(groups, kind="stable")  # frequency-major, blocks in raster order within a group
     values = quotients[channel].T.ravel()[order].astype(np.int64)
     symbols = _to_symbols(values)
-    group_count = BLOCK * BLOCK * ACTIVITY_BUCKETS
     sorted_groups = groups[order]
-    histograms = np.bincount(sorted_groups * ALPHABET + symbols, minlength=group_count * ALPHABET)
-    # The level whose distribution codes each group's symbols in the fewest bits.
-    levels = np.argmin(histograms.reshape(group_count, ALPHABET) @ _level_code_lengths().T, axis=1)
-    ends = np.cumsum(np.bincount(sorted_groups, minlength=group_count))
+    levels = _cheapest_levels(sorted_groups, symbols, grouping)
+    ends = np.cumsum(np.bincount(sorted_groups, minlength=len(levels)))
     excess = (np.abs(values) - MAX_DIRECT - 1).astype(np.int32)
     escaped = np.abs(values) > MAX_DIRECT
     symbols = symbols.astype(np.int32)
@@ -173,7 +243,7 @@ def _channel_groups(quotients: np.ndarray, channel: int) -> Iterator[tuple[int, 
     for group, end in enumerate(ends):
         if end > start:
             members = slice(start, end)
-            yield int(levels[group]), symbols[members], excess[members][escaped[members]]
+            yield group % grouping.buckets, int(levels[group]), symbols[members], excess[members][escaped[members]]
         start = end
 
 
@@ -224,19 +294,50 @@ def _unblocks(coefficients: np.ndarray, height: int, width: int) -> np.ndarray:
     return tiles.transpose(0, 1, 3, 2, 4).reshape(count, rows * BLOCK, cols * BLOCK)[:, :height, :width]
 
 
+def _scaled_strips(source: np.ndarray, base: np.ndarray, step: float) -> Iterator[tuple[slice, np.ndarray]]:
+    """Strip by strip: its blocks (a slice of the raster order) and their DCT coefficients of
+    the colour-rotated difference, divided by the step, (C, strip blocks, 64) float64."""
+    height, width = source.shape[:2]
+    per_strip = STRIP_BLOCK_ROWS * -(-width // BLOCK)
+    for index, (top, bottom) in enumerate(_strips(height)):
+        difference = source[top:bottom].astype(np.float64) - base[top:bottom]
+        scaled = _blocks(_planes_to_channels(difference)) / step
+        yield slice(index * per_strip, index * per_strip + scaled.shape[1]), scaled
+
+
 def _quotients(source: np.ndarray, base: np.ndarray, step: float, rounding: float) -> np.ndarray:
     """The quantised DCT of the colour-rotated difference, (C, blocks, 64) int32, strip by strip:
     sign(c) · floor(|c| / step + rounding)."""
     height, width = source.shape[:2]
     channels = 1 if source.ndim == 2 else 3
-    per_strip = STRIP_BLOCK_ROWS * -(-width // BLOCK)
     quotients = np.empty((channels, -(-height // BLOCK) * -(-width // BLOCK), BLOCK * BLOCK), dtype=np.int32)
-    for index, (top, bottom) in enumerate(_strips(height)):
-        difference = source[top:bottom].astype(np.float64) - base[top:bottom]
-        scaled = _blocks(_planes_to_channels(difference)) / step
-        strip = np.copysign(np.floor(np.abs(scaled) + rounding), scaled)
-        quotients[:, index * per_strip:index * per_strip + strip.shape[1]] = strip
+    for blocks, scaled in _scaled_strips(source, base, step):
+        quotients[:, blocks] = np.copysign(np.floor(np.abs(scaled) + rounding), scaled)
     return quotients
+
+
+def _lower_where_cheaper(quotients: np.ndarray, source: np.ndarray, base: np.ndarray, step: float,
+                         grid: tuple[int, int], grouping: _Grouping, weight: float) -> None:
+    """Rate–distortion optimised quantisation, one greedy pass, in place: a nonzero quotient
+    moves one step towards zero where the squared error that adds is less than
+    weight · (2 ln 2 / 12) · step² per bit its group's table saves (the slope of a uniform
+    quantiser's distortion against its rate). Each group's table is the one the quotients
+    as they stand would get; the decoder only ever sees the result."""
+    lengths = _level_code_lengths()
+    levels = np.empty(quotients.shape, dtype=np.uint8)
+    for channel in range(quotients.shape[0]):
+        groups = _group_ids(quotients, channel, grid, grouping)
+        levels[channel] = _cheapest_levels(groups, _to_symbols(quotients[channel].astype(np.int64)), grouping)[groups]
+    slope = weight * 2 * math.log(2) / 12  # in step² per bit
+    for blocks, scaled in _scaled_strips(source, base, step):
+        strip = quotients[:, blocks]
+        magnitude = np.minimum(np.abs(strip), MAX_DIRECT)
+        level = levels[:, blocks]
+        saved = lengths[level, MAX_DIRECT + magnitude] - lengths[level, MAX_DIRECT + np.maximum(magnitude - 1, 0)]
+        added = 2 * (np.abs(scaled) - magnitude) + 1  # (|c| − (m − 1))² − (|c| − m)², in step²
+        lower = (strip != 0) & (np.abs(strip) <= MAX_DIRECT) & (added < slope * saved)
+        strip[lower] -= np.sign(strip[lower])
+        quotients[:, blocks] = strip
 
 
 def _reconstruct(quotients: np.ndarray, base: np.ndarray, step: float) -> np.ndarray:
@@ -257,11 +358,18 @@ def step_is_valid(step: float) -> bool:
     return math.isfinite(sixteenths) and sixteenths == int(sixteenths) and MIN_STEP_SIXTEENTHS <= sixteenths < 1 << 16
 
 
-def encode(source: np.ndarray, base: np.ndarray, step: float, rounding: float = ROUNDING) -> bytes:
+def _block_grid(height: int, width: int) -> tuple[int, int]:
+    return -(-height // BLOCK), -(-width // BLOCK)
+
+
+def encode(source: np.ndarray, base: np.ndarray, step: float, rounding: float = ROUNDING,
+           transform: int = WRITTEN_TRANSFORM, rd_weight: float = RD_WEIGHT) -> bytes:
     """The residual layer lifting ``base`` towards ``source`` (both uint8, (H, W) or (H, W, 3)).
 
-    ``rounding`` is the encoder's own choice (the decoder reconstructs q · step whatever it
-    was): 0.5 rounds to the nearest multiple; less widens the dead zone around zero."""
+    ``rounding`` and ``rd_weight`` are the encoder's own choices (the decoder reconstructs
+    q · step whatever they were): rounding 0.5 rounds to the nearest multiple, less widens the
+    dead zone around zero; a positive rd_weight then moves quotients towards zero where the
+    bits saved are worth the error (_lower_where_cheaper), 0 leaves them."""
     if source.shape != base.shape or source.dtype != np.uint8 or base.dtype != np.uint8:
         raise ValueError(f"source {source.dtype} {source.shape} and base {base.dtype} {base.shape} differ")
     if source.ndim not in (2, 3) or (source.ndim == 3 and source.shape[2] != 3):
@@ -271,17 +379,31 @@ def encode(source: np.ndarray, base: np.ndarray, step: float, rounding: float = 
                          f"{MIN_STEP_SIXTEENTHS / 16} up")
     if not 0.0 <= rounding <= 0.5:
         raise ValueError(f"rounding {rounding} is outside [0, 0.5]")
+    if transform not in _GROUPINGS:
+        raise ValueError(f"transform {transform} is not one of {sorted(_GROUPINGS)}")
+    if not 0.0 <= rd_weight < math.inf:
+        raise ValueError(f"rd_weight {rd_weight} is not a finite number ≥ 0")
     quotients = _quotients(source, base, step, rounding)
+    grid = _block_grid(source.shape[0], source.shape[1])
+    grouping = _GROUPINGS[transform]
+    if rd_weight:
+        _lower_where_cheaper(quotients, source, base, step, grid, grouping, rd_weight)
     _, models = _level_tables()
     encoder = stream.queue.RangeEncoder()
     for channel in range(quotients.shape[0]):
-        for level, symbols, escaped in _channel_groups(quotients, channel):
-            encoder.encode(np.array([level], dtype=np.int32), _LEVEL_MODEL)
+        predictor = _LevelPredictor(grouping.buckets)
+        for bucket, level, symbols, escaped in _channel_groups(quotients, channel, grid, grouping):
+            if grouping.delta_levels:
+                encoder.encode(np.array([level - predictor.guess(bucket) + MAX_DIRECT], dtype=np.int32),
+                               models[DELTA_LEVEL])
+                predictor.saw(bucket, level)
+            else:
+                encoder.encode(np.array([level], dtype=np.int32), _LEVEL_MODEL)
             encoder.encode(symbols, models[level])
             if escaped.size:
                 encoder.encode(escaped, _ESCAPE_MODEL)
     words = encoder.get_compressed().astype("<u4").tobytes()
-    return _LAYER_HEADER.pack(TRANSFORM_DCT8, int(step * 16)) + words
+    return _LAYER_HEADER.pack(transform, int(step * 16)) + words
 
 
 def _minimum_bits(symbol_count: int) -> float:
@@ -297,14 +419,17 @@ def decode(layer: bytes, base: np.ndarray) -> np.ndarray:
     if len(layer) <= _LAYER_HEADER.size or (len(layer) - _LAYER_HEADER.size) % 4:
         raise CorruptBitstreamError(f"residual layer of {len(layer)} bytes is not a layer header and whole words")
     transform, sixteenths = _LAYER_HEADER.unpack_from(layer)
-    if transform != TRANSFORM_DCT8:
-        raise CorruptBitstreamError(f"residual layer declares transform {transform}; this build knows {TRANSFORM_DCT8}")
+    if transform not in _GROUPINGS:
+        raise CorruptBitstreamError(f"residual layer declares transform {transform}; this build knows "
+                                    f"{', '.join(map(str, sorted(_GROUPINGS)))}")
+    grouping = _GROUPINGS[transform]
     if sixteenths < MIN_STEP_SIXTEENTHS:
         raise CorruptBitstreamError(f"residual layer declares a step of {sixteenths}/16, below the "
                                     f"smallest, {MIN_STEP_SIXTEENTHS}/16")
     height, width = base.shape[:2]
     channels = 1 if base.ndim == 2 else 3
-    blocks = -(-height // BLOCK) * -(-width // BLOCK)
+    grid = _block_grid(height, width)
+    blocks = grid[0] * grid[1]
     words = np.frombuffer(layer, dtype="<u4", offset=_LAYER_HEADER.size).astype(np.uint32)
     # A few bytes declaring a huge image cost neither time nor memory: refuse a layer too
     # short for the symbols it must hold before decoding any.
@@ -316,15 +441,23 @@ def decode(layer: bytes, base: np.ndarray) -> np.ndarray:
     decoder = stream.queue.RangeDecoder(words)
     with coder_errors("residual layer"):
         for channel in range(channels):
+            predictor = _LevelPredictor(grouping.buckets)
             for frequency in range(BLOCK * BLOCK):
-                buckets = _activity_buckets(quotients, channel, frequency)
+                buckets = _activity_buckets(quotients, channel, frequency, grid, grouping)
                 column = np.zeros(blocks, dtype=np.int64)
-                for bucket in range(ACTIVITY_BUCKETS):
+                for bucket in range(grouping.buckets):
                     members = buckets == bucket
                     count = int(members.sum())
                     if not count:
                         continue
-                    level = int(decoder.decode(_LEVEL_MODEL, 1)[0])
+                    if grouping.delta_levels:
+                        level = predictor.guess(bucket) + int(decoder.decode(models[DELTA_LEVEL], 1)[0]) - MAX_DIRECT
+                        if not 0 <= level < NUM_LEVELS:
+                            raise CorruptBitstreamError(f"residual layer names table {level}, not one of "
+                                                        f"0–{NUM_LEVELS - 1}")
+                        predictor.saw(bucket, level)
+                    else:
+                        level = int(decoder.decode(_LEVEL_MODEL, 1)[0])
                     symbols = decoder.decode(models[level], count).astype(np.int64)
                     values = symbols - MAX_DIRECT
                     escaped = symbols >= ESCAPE_POSITIVE

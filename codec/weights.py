@@ -117,6 +117,12 @@ def rate_points() -> list[RatePoint]:
     return _zoo_points(list_cards())
 
 
+def network_rate_points() -> list[RatePoint]:
+    """The rate points the network codes alone (no residual layer): what the probes of the
+    network's own choices (λ, beam, refinement) measure."""
+    return [point for point in rate_points() if point.residual_step is None]
+
+
 def resolve_quality(quality: int | None) -> RatePoint:
     """The rate point for ``-q``; None picks the default: the quality a card names as its
     ``default_quality``, else the middle of the zoo."""

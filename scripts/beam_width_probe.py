@@ -23,7 +23,7 @@ from PIL import Image
 from rate_weight_probe import coded_bits_and_psnr, gain_over
 
 from codec.pipeline import _to_tensor
-from codec.weights import load_model, rate_points
+from codec.weights import load_model, network_rate_points
 from models import tiling
 from models.data import list_images
 
@@ -33,11 +33,13 @@ def main() -> None:
     parser.add_argument("folder", type=Path)
     parser.add_argument("--every", type=int, default=24)
     parser.add_argument("--widths", default="1,2,4,8", help="beam widths; 1 (the greedy search) is always run")
-    parser.add_argument("-q", "--quality", default="4,8,12", help="rate points to probe")
+    parser.add_argument("-q", "--quality", default="2,4,5", help="rate points of the network alone to probe")
     args = parser.parse_args()
     widths = sorted({1, *(int(w) for w in args.widths.split(","))})
     wanted = {int(q) for q in args.quality.split(",")}
-    points = [p for p in rate_points() if p.quality in wanted]
+    points = [p for p in network_rate_points() if p.quality in wanted]
+    if len(points) != len(wanted):
+        parser.error(f"choose among the network's own rate points {[p.quality for p in network_rate_points()]}")
     loaded = load_model(points[0].model_id, "cpu")
     if any(p.model_id != loaded.card.model_id for p in points):
         raise SystemExit("the probe expects one residual model behind the rate points")

@@ -32,7 +32,7 @@ from PIL import Image
 from codec import entropy
 from codec.metrics import psnr
 from codec.pipeline import _to_tensor, _to_uint8, effort_settings
-from codec.weights import LoadedModel, load_model, rate_points
+from codec.weights import LoadedModel, load_model, network_rate_points
 from models import tiling
 from models.data import list_images
 
@@ -93,13 +93,13 @@ def main() -> None:
     if args.card is not None and beam > 1:
         raise SystemExit("a card's rate_weight is the default effort's: --card goes with effort 1 only")
     started = time.perf_counter()
-    every_point = rate_points()
+    every_point = network_rate_points()
     loaded = load_model(every_point[-1].model_id, "cpu")
     model = loaded.model
     if any(p.model_id != loaded.card.model_id for p in every_point):
         raise SystemExit("the probe expects one residual model behind every rate point")
-    # One rate point per stage count is tuned; a later one with the same stages (the zoo's top
-    # point) keeps the nearest codewords: the most faithful file those stages can give.
+    # One rate point per stage count is tuned; a later one with the same stages keeps the
+    # nearest codewords: the most faithful file those stages can give.
     points = list({p.stages: p for p in reversed(every_point)}.values())[::-1]
     paths = list_images(args.folder)[1::args.every]
     images, latents = [], []
@@ -137,8 +137,11 @@ def main() -> None:
                 f"(α=0: {nearest[points.index(point), 0]:.4f} bpp, {nearest[points.index(point), 1]:.3f} dB)")
     if args.card is not None:
         card = json.loads(args.card.read_text())
+        # A layer point's λ is its base's: the network point of the same stages.
+        base_of = {p.stages: p.quality for p in points}
         for rp in card["rate_points"]:
-            rp["rate_weight"] = float(f"{chosen.get(int(rp['quality']), 0.0):.4g}")
+            quality = base_of.get(int(rp["stages"])) if "residual_step" in rp else int(rp["quality"])
+            rp["rate_weight"] = float(f"{chosen.get(quality, 0.0):.4g}")
         card["rate_weight_chosen_by"] = (f"python scripts/rate_weight_probe.py {args.folder} --every {args.every} "
                                          f"--card {args.card} ({len(images)} training photos, α grid {list(ALPHAS)})")
         args.card.write_text(json.dumps(card, indent=1) + "\n")

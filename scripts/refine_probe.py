@@ -23,7 +23,7 @@ from PIL import Image
 from rate_weight_probe import coded_bits_and_psnr, gain_over
 
 from codec.pipeline import _to_tensor
-from codec.weights import load_model, rate_points
+from codec.weights import load_model, network_rate_points
 from models import refine
 from models.autoencoder import search_options
 from models.data import list_images
@@ -34,13 +34,15 @@ def main() -> None:
     parser.add_argument("folder", type=Path)
     parser.add_argument("--first", type=int, default=5)
     parser.add_argument("--every", type=int, default=80)
-    parser.add_argument("-q", "--quality", default="4,8,12", help="rate points to refine")
+    parser.add_argument("-q", "--quality", default="2,4,5", help="rate points of the network alone to refine")
     parser.add_argument("--beam", type=int, default=4, help="the search's beam width (effort 3's: 4)")
     parser.add_argument("--steps", type=int, default=refine.STEPS)
     parser.add_argument("--step-size", type=float, default=refine.STEP_SIZE)
     args = parser.parse_args()
     wanted = {int(q) for q in args.quality.split(",")}
-    curve_points = [p for p in rate_points() if p.stages == p.quality]  # 1–12, each at its λ
+    curve_points = network_rate_points()  # each at its λ
+    if not wanted <= {p.quality for p in curve_points}:
+        parser.error(f"choose among the network's own rate points {[p.quality for p in curve_points]}")
     loaded = load_model(curve_points[0].model_id, "cpu")
     model = loaded.model
     paths = list_images(args.folder)[args.first::args.every]

@@ -1,13 +1,16 @@
 """Which network rate point should carry the residual layer, at which steps?
 
-``python scripts/residual_layer_probe.py IMAGE_DIR [--every 34] [--bases 1,3,5,7] [--steps 4,6,8,...] [--rounding 0.5,0.4]``
+``python scripts/residual_layer_probe.py IMAGE_DIR [--every 34] [--bases 1,3,5,7] [--steps 4,6,8,...] [--rounding 0.5,0.4] [--rd-weight 0,1]``
 
 For every training photo picked, every base rate point and every step, it codes the photo
 through the real path (the base file from ``codec.pipeline.encode``, the layer from
 ``codec.residual_layer.encode`` against the decoded base, 4 more header bytes) and decodes
 the layer, then prints each (base, step)'s mean bpp and PSNR (per image, an identical
 decode counted as 60 dB) and the pairs on the upper hull of them all: the rate points worth
-shipping. Run it on training photos, never on the evaluation set.
+shipping. With several encoder settings (rounding offsets × rate–distortion weights) it
+also prints, for each base, each setting's PSNR over the first setting's curve at equal
+rate (interpolated in log bpp, so give dense steps). Run it on training photos, never on
+the evaluation set.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from PIL import Image
 
 from codec import bitstream, pipeline, residual_layer
 from codec.metrics import bits_per_pixel, psnr
-from codec.weights import resolve_quality
+from codec.weights import network_rate_points
 from models.data import list_images, load_rgb
 
 
@@ -50,44 +53,61 @@ def main() -> None:
     parser.add_argument("--steps", default="4,5,6,8,10,12,16,20,24,32,40,48")
     parser.add_argument("--rounding", default=str(residual_layer.ROUNDING),
                         help="the encoder's rounding offsets to try, comma-separated (0.5: nearest)")
+    parser.add_argument("--rd-weight", default=str(residual_layer.RD_WEIGHT),
+                        help="the encoder's rate–distortion weights to try, comma-separated (0: none)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     bases = [int(q) for q in args.bases.split(",")]
-    layered = [q for q in bases if resolve_quality(q).residual_step is not None]
-    if layered:
-        parser.error(f"qualities {layered} carry a residual layer already; bases must be the network alone")
-    steps = [float(s) for s in args.steps.split(",")]
-    roundings = [float(r) for r in args.rounding.split(",")]
+    network = [p.quality for p in network_rate_points()]
+    if not set(bases) <= set(network):
+        parser.error(f"bases must be rate points of the network alone, {network}")
+    steps = sorted({float(s) for s in args.steps.split(",")}, reverse=True)
+    settings = [(float(r), float(w)) for r in args.rounding.split(",") for w in args.rd_weight.split(",")]
     paths = list_images(args.images)[:: args.every]
     extra = bitstream.HEADER_SIZE_V2 - bitstream.HEADER_SIZE
-    results: dict[tuple[int, float], list[tuple[float, float]]] = {}
+    alone: dict[int, list[tuple[float, float]]] = {}
+    results: dict[tuple[int, tuple[float, float], float], list[tuple[float, float]]] = {}
     for path in paths:
         rgb = load_rgb(path, None).permute(1, 2, 0).numpy()
         height, width = rgb.shape[:2]
         for quality in bases:
             data = pipeline.encode(Image.fromarray(rgb, "RGB"), quality=quality, device="cpu")
             base = np.asarray(pipeline.decode(data, "cpu"))
-            results.setdefault((quality, 0.0, 0.0), []).append((bits_per_pixel(len(data), width, height), psnr(rgb, base)))
-            for step in steps:
-                for rounding in roundings:
-                    layer = residual_layer.encode(rgb, base, step, rounding)
+            alone.setdefault(quality, []).append((bits_per_pixel(len(data), width, height), psnr(rgb, base)))
+            for setting in settings:
+                for step in steps:
+                    layer = residual_layer.encode(rgb, base, step, rounding=setting[0], rd_weight=setting[1])
                     decoded = residual_layer.decode(layer, base)
                     size = len(data) + extra + len(layer)
-                    results.setdefault((quality, step, rounding), []).append(
+                    results.setdefault((quality, setting, step), []).append(
                         (bits_per_pixel(size, width, height), min(psnr(rgb, decoded), 60.0)))
     print(f"{len(paths)} photos from {args.images}")
-    print("base  step  rounding     bpp   PSNR")
-    curves: dict[float, list[tuple[float, float, str]]] = {rounding: [] for rounding in roundings}
-    for (quality, step, rounding), values in sorted(results.items()):
+    print("base  step  rounding  rd_weight     bpp   PSNR")
+    points = [(*np.mean(values, axis=0), f"q{quality}") for quality, values in alone.items()]
+    curves: dict[tuple[int, tuple[float, float]], list[tuple[float, float]]] = {}
+    for (quality, setting, step), values in results.items():
         bpp, db = np.mean(values, axis=0)
-        label = f"q{quality}" + (f"+{step:g}" if step else "")
-        # The network alone belongs to every rounding's curve.
-        for curve in ([curves[rounding]] if step else curves.values()):
-            curve.append((float(bpp), float(db), label))
-        print(f"{quality:4d} {step:5g} {rounding:9g} {bpp:7.4f} {db:6.2f}")
-    for rounding, points in curves.items():
-        print(f"upper hull, rounding {rounding:g}:",
-              ", ".join(f"{label} ({bpp:.3f} bpp, {db:.2f} dB)" for bpp, db, label in upper_hull(points)))
+        curves.setdefault((quality, setting), []).append((float(bpp), float(db)))
+        points.append((float(bpp), float(db), f"q{quality}+{step:g} ({setting[0]:g}, {setting[1]:g})"))
+        print(f"{quality:4d} {step:5g} {setting[0]:9g} {setting[1]:10g} {bpp:7.4f} {db:6.2f}")
+    for bpp, db, label in sorted(points):
+        if label.count("+") == 0:
+            print(f"{label} alone: {bpp:.4f} bpp, {db:.2f} dB")
+    print("upper hull:", ", ".join(f"{label} ({bpp:.3f} bpp, {db:.2f} dB)" for bpp, db, label in upper_hull(points)))
+    for quality in bases:
+        reference = curves[(quality, settings[0])]
+        for setting in settings[1:]:
+            gains = [db - at_rate(reference, bpp) for bpp, db in curves[(quality, setting)]
+                     if reference[0][0] <= bpp <= reference[-1][0]]
+            print(f"q{quality}, rounding {setting[0]:g}, rd_weight {setting[1]:g}: dB over rounding "
+                  f"{settings[0][0]:g}, rd_weight {settings[0][1]:g} at equal rate, step by step: "
+                  + " ".join(f"{g:+.3f}" for g in gains))
+
+
+def at_rate(curve: list[tuple[float, float]], bpp: float) -> float:
+    """A curve's PSNR at ``bpp``, interpolated linearly in log bpp between its points."""
+    rates, dbs = zip(*sorted(curve))
+    return float(np.interp(np.log(bpp), np.log(rates), dbs))
 
 
 if __name__ == "__main__":

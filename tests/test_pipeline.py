@@ -224,10 +224,14 @@ def test_a_model_without_second_tables_writes_coder_2_and_refuses_coder_3(parrot
         decode(bitstream.pack(bitstream.Container(claimed, container.payload, b"")))
 
 
-def test_header_counts_in_bpp(parrots_path: Path) -> None:
-    data = encode(parrots_path)
+@pytest.mark.parametrize("quality", [1, None])  # a version-1 file, and the default's version 2
+def test_header_counts_in_bpp(parrots_path: Path, quality: int | None) -> None:
+    data = encode(parrots_path, quality=quality)
     container = bitstream.unpack(data)
-    assert len(data) == bitstream.HEADER_SIZE + len(container.payload) + len(container.alpha) + bitstream.TRAILER_SIZE
+    header = bitstream.HEADER_SIZE_V2 if container.residual else bitstream.HEADER_SIZE
+    assert data[4] == (2 if container.residual else 1)
+    assert len(data) == (header + len(container.payload) + len(container.alpha) + len(container.residual)
+                         + bitstream.TRAILER_SIZE)
 
 
 def test_cards_carry_the_required_fields() -> None:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from codec.weights import LoadedModel, load_model, resolve_quality
+from codec.weights import LoadedModel, load_model, network_rate_points, resolve_quality
 from models import refine, tiling
 from models.autoencoder import search_options
 
@@ -29,7 +29,7 @@ def _image(path: Path) -> torch.Tensor:
 
 
 def _search(loaded: LoadedModel) -> tuple[int, dict[str, object]]:
-    point = resolve_quality(None)
+    point = network_rate_points()[-1]  # the network's most stages: refinement's clearest case
     return point.stages, search_options(loaded.rate_costs(point.rate_weight), 4)
 
 

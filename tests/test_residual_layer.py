@@ -51,11 +51,15 @@ def _expected(source: np.ndarray, base: np.ndarray, step: float,
     return np.clip(np.rint(base + restored), 0, 255).astype(np.uint8)
 
 
+@pytest.mark.parametrize("transform", [residual_layer.TRANSFORM_DCT8, residual_layer.TRANSFORM_DCT8_NEIGHBOURS])
 @pytest.mark.parametrize(("step", "rounding"), [(2.0, 0.5), (12.5, residual_layer.ROUNDING), (40.0, 0.1)])
 def test_the_layer_decodes_to_the_quantised_dct_of_the_difference(photo_and_base, step: float,
-                                                                  rounding: float) -> None:
+                                                                  rounding: float, transform: int) -> None:
+    """Both transform ids decode (files of the first are in the world), to the same pixels."""
     source, base = photo_and_base
-    decoded = residual_layer.decode(residual_layer.encode(source, base, step, rounding), base)
+    layer = residual_layer.encode(source, base, step, rounding, transform)
+    assert layer[0] == transform
+    decoded = residual_layer.decode(layer, base)
     expected = _expected(source, base, step, rounding)
     # The same quotients on both sides; the float transforms may round a pixel on a .5 tie differently.
     assert np.abs(decoded.astype(int) - expected).max() <= 1
@@ -82,6 +86,23 @@ def test_finer_steps_cost_more_bits_and_give_more_db(photo_and_base) -> None:
         gains.append(psnr(source, residual_layer.decode(layer, base)))
     assert sizes[0] < sizes[1] < sizes[2]
     assert psnr(source, base) < gains[0] < gains[1] < gains[2]
+
+
+def test_neighbour_contexts_and_predicted_table_indices_save_bits(photo_and_base) -> None:
+    """Transform 2 (what the encoder writes) against transform 1: the same quotients in fewer bytes."""
+    source, base = photo_and_base
+    assert residual_layer.WRITTEN_TRANSFORM == residual_layer.TRANSFORM_DCT8_NEIGHBOURS
+    for step in (40.0, 12.0, 3.0):
+        first = residual_layer.encode(source, base, step, transform=residual_layer.TRANSFORM_DCT8)
+        second = residual_layer.encode(source, base, step)
+        assert len(second) < len(first)
+        assert np.array_equal(residual_layer.decode(first, base), residual_layer.decode(second, base))
+
+
+def test_encode_refuses_an_unknown_transform(photo_and_base) -> None:
+    source, base = photo_and_base
+    with pytest.raises(ValueError, match="transform"):
+        residual_layer.encode(source, base, 8.0, transform=3)
 
 
 def test_a_wider_dead_zone_trades_squared_error_for_bits(photo_and_base) -> None:
@@ -147,7 +168,7 @@ def _damaged(layer: bytes) -> dict[str, bytes]:
     return {
         "empty": b"",
         "header only": layer[:3],
-        "unknown transform": bytes([2]) + layer[1:],
+        "unknown transform": bytes([3]) + layer[1:],
         "step below the smallest": layer[:1] + (3).to_bytes(2, "little") + layer[3:],
         "not whole words": layer + b"\x00",
         "garbage": layer[:3] + bytes(range(256)) * 2,
@@ -176,12 +197,18 @@ def _residual_quality() -> int:
 
 
 def test_the_shipped_zoo_has_residual_points_above_the_network_points() -> None:
+    """Qualities climb in bpp: the network's points first, then the layer's ever finer steps
+    on one base, so that a higher quality never writes a coarser file."""
     points = rate_points()
     network = [p for p in points if p.residual_step is None]
     layered = [p for p in points if p.residual_step is not None]
-    assert len(network) >= 6 and len(layered) >= 3
+    assert len(network) >= 3 and len(layered) >= 6
     assert min(p.quality for p in layered) > max(p.quality for p in network)
-    assert resolve_quality(None).residual_step is None  # the default stays a network point
+    assert len({(p.stages, p.rate_weight) for p in layered}) == 1
+    steps = [p.residual_step for p in sorted(layered, key=lambda p: p.quality)]
+    assert steps == sorted(steps, reverse=True) and len(set(steps)) == len(steps)
+    measured = [p.kodak_bpp for p in points]
+    assert None not in measured and measured == sorted(measured)
 
 
 def test_a_residual_rate_point_writes_a_version_2_file_that_decodes_better(parrots_path: Path) -> None:
