@@ -57,7 +57,7 @@ def test_the_layer_decodes_to_the_quantised_dct_of_the_difference(photo_and_base
                                                                   rounding: float, transform: int) -> None:
     """Both transform ids decode (files of the first are in the world), to the same pixels."""
     source, base = photo_and_base
-    layer = residual_layer.encode(source, base, step, rounding, transform)
+    layer = residual_layer.encode(source, base, step, rounding, transform, rd_weight=0.0)
     assert layer[0] == transform
     decoded = residual_layer.decode(layer, base)
     expected = _expected(source, base, step, rounding)
@@ -73,7 +73,7 @@ def test_images_taller_than_a_strip_are_coded_as_one(shape: tuple[int, ...]) -> 
     rng = np.random.default_rng(6)
     source = rng.integers(0, 256, shape, dtype=np.uint8)
     base = np.clip(source.astype(int) + rng.integers(-9, 10, shape), 0, 255).astype(np.uint8)
-    decoded = residual_layer.decode(residual_layer.encode(source, base, 3.0), base)
+    decoded = residual_layer.decode(residual_layer.encode(source, base, 3.0, rd_weight=0.0), base)
     assert (decoded != _expected(source, base, 3.0)).mean() < 1e-4
 
 
@@ -93,8 +93,8 @@ def test_neighbour_contexts_and_predicted_table_indices_save_bits(photo_and_base
     source, base = photo_and_base
     assert residual_layer.WRITTEN_TRANSFORM == residual_layer.TRANSFORM_DCT8_NEIGHBOURS
     for step in (40.0, 12.0, 3.0):
-        first = residual_layer.encode(source, base, step, transform=residual_layer.TRANSFORM_DCT8)
-        second = residual_layer.encode(source, base, step)
+        first = residual_layer.encode(source, base, step, transform=residual_layer.TRANSFORM_DCT8, rd_weight=0.0)
+        second = residual_layer.encode(source, base, step, rd_weight=0.0)
         assert len(second) < len(first)
         assert np.array_equal(residual_layer.decode(first, base), residual_layer.decode(second, base))
 
@@ -105,19 +105,42 @@ def test_encode_refuses_an_unknown_transform(photo_and_base) -> None:
         residual_layer.encode(source, base, 8.0, transform=3)
 
 
-def test_a_wider_dead_zone_trades_squared_error_for_bits(photo_and_base) -> None:
-    """The encoder's rounding offset is its own choice: every offset decodes, smaller ones
-    zero more coefficients, and the shipped one beats nearest rounding at equal rate here too."""
+def test_the_shipped_quantiser_beats_nearest_rounding_at_equal_rate(photo_and_base) -> None:
+    """The encoder's quantiser is its own choice: every setting decodes, a wider dead zone
+    zeroes more coefficients, and the shipped one (a dead zone, then the rate–distortion
+    pass) writes fewer bytes for more dB than nearest rounding or a plain dead zone here too."""
     source, base = photo_and_base
     results = {}
-    for rounding in (0.5, residual_layer.ROUNDING, 0.0):
+    for setting in ((0.5, 0.0), (0.32, 0.0), (residual_layer.ROUNDING, residual_layer.RD_WEIGHT), (0.0, 0.0)):
         for step in (10.0, 12.0, 16.0):
-            layer = residual_layer.encode(source, base, step, rounding)
-            results[rounding, step] = (len(layer), psnr(source, residual_layer.decode(layer, base)))
-    assert results[0.0, 16.0][0] < results[residual_layer.ROUNDING, 16.0][0] < results[0.5, 16.0][0]
-    # The shipped offset at step 10 against nearest rounding at step 12: fewer bytes, more dB.
-    assert results[residual_layer.ROUNDING, 10.0][0] < results[0.5, 12.0][0]
-    assert results[residual_layer.ROUNDING, 10.0][1] > results[0.5, 12.0][1]
+            layer = residual_layer.encode(source, base, step, setting[0], rd_weight=setting[1])
+            results[setting, step] = (len(layer), psnr(source, residual_layer.decode(layer, base)))
+    shipped = (residual_layer.ROUNDING, residual_layer.RD_WEIGHT)
+    assert results[(0.0, 0.0), 16.0][0] < results[shipped, 16.0][0] < results[(0.5, 0.0), 16.0][0]
+    for other in (results[(0.5, 0.0), 12.0], results[(0.32, 0.0), 10.0]):
+        assert results[shipped, 10.0][0] < other[0] and results[shipped, 10.0][1] > other[1]
+
+
+def test_the_rate_distortion_pass_only_moves_quotients_one_towards_zero(photo_and_base) -> None:
+    source, base = photo_and_base
+    grid = residual_layer._block_grid(*source.shape[:2])
+    grouping = residual_layer._GROUPINGS[residual_layer.WRITTEN_TRANSFORM]
+    before = residual_layer._quotients(source, base, 6.0, 0.5)
+    after = before.copy()
+    residual_layer._lower_where_cheaper(after, source, base, 6.0, grid, grouping, 1.0)
+    moved = after != before
+    assert moved.any() and np.all(np.abs(after[moved]) == np.abs(before[moved]) - 1)
+    assert np.all(np.sign(after[moved]) * np.sign(before[moved]) >= 0)
+    # It pays for itself: fewer bytes than the same dead zone without it.
+    assert len(residual_layer.encode(source, base, 6.0, 0.5, rd_weight=1.0)) < len(
+        residual_layer.encode(source, base, 6.0, 0.5, rd_weight=0.0))
+
+
+@pytest.mark.parametrize("weight", [-1.0, float("inf"), float("nan")])
+def test_encode_refuses_a_meaningless_rate_distortion_weight(photo_and_base, weight: float) -> None:
+    source, base = photo_and_base
+    with pytest.raises(ValueError, match="rd_weight"):
+        residual_layer.encode(source, base, 8.0, rd_weight=weight)
 
 
 @pytest.mark.parametrize("rounding", [-0.1, 0.51, float("nan")])
