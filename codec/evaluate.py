@@ -560,7 +560,8 @@ def _check_meta(out_dir: Path, meta_now: dict[str, Any]) -> dict[str, Any]:
             raise OutputError(f"{out_dir} holds results for other image {key} ({before[key]} vs {value} now); "
                               f"choose another -o or remove it")
     # The same weights give other files when a card gives a quality other stages, another
-    # rate weight (the encoder's λ) or another residual step or rounding. Folders from before the meta named them are taken as they are.
+    # rate weight (the encoder's λ) or another residual layer (_layer_record). Folders from
+    # before the meta named them are taken as they are.
     before = old.get("rate_points", {})
     for quality, value in meta_now.get("rate_points", {}).items():
         if quality in before and before[quality] != value:

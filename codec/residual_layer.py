@@ -10,16 +10,18 @@ on) and range-coded. The decoder adds what it decodes to its own base planes and
 
 Layout of the layer (the container's residual section, codec/bitstream.py):
 
-     0 transform  u8   TRANSFORM_DCT8
+     0 transform  u8   TRANSFORM_DCT8 or TRANSFORM_DCT8_NEIGHBOURS (see _GROUPINGS)
      1 step       u16  the quantiser's step, in 1/16 of an 8-bit level (≥ MIN_STEP_SIXTEENTHS)
      3 words           the range-coded symbols, little-endian u32 words
 
 Coding order: channel by channel, each channel's 64 frequencies in zigzag order, and within
 one frequency the blocks in raster order, split into groups by *activity*: the sum of the
 magnitudes this block coded at the three frequencies before (plus, for the second and third
-channel, the first channel's magnitude at this frequency), bucketed by powers of two. Each
-group's symbols share one two-sided geometric distribution, of which the encoder picks one
-of NUM_LEVELS (by mean magnitude) and sends the pick in front of the group. Everything a
+channel, the first channel's magnitude at this frequency), under transform 2 doubled and
+added to its four neighbour blocks' own, bucketed by powers of two. Each group's symbols
+share one two-sided geometric distribution, of which the encoder picks one of NUM_LEVELS
+(by mean magnitude) and sends the pick in front of the group: as 6 plain bits under
+transform 1, as its difference from _LevelPredictor's guess under transform 2. Everything a
 distribution depends on is an integer the decoder already has, and its tables are built
 with exactly rounded IEEE operations only (see _level_frequencies), so both sides hold the
 same probabilities on every machine. The pixels a file decodes to agree across machines to
@@ -85,7 +87,6 @@ DELTA_LEVEL = 38
 ROUNDING = 0.45
 RD_WEIGHT = 1.0
 STRIP_BLOCK_ROWS = 64  # block rows per strip of the transforms (512 pixel rows)
-
 
 
 @dataclass(frozen=True)
@@ -273,11 +274,14 @@ def _channels_to_planes(channels: np.ndarray) -> np.ndarray:
     return np.einsum("ji,jhw->hwi", _ROTATION, channels)
 
 
-def _strips(height: int) -> list[tuple[int, int]]:
-    """Pixel rows (top, bottom) of the strips of STRIP_BLOCK_ROWS block rows the transforms
-    work in, so that their float temporaries stay a strip's size on a large image."""
+def _strips(height: int, width: int) -> Iterator[tuple[slice, int, int]]:
+    """The strips of STRIP_BLOCK_ROWS block rows the transforms work in, so that their float
+    temporaries stay a strip's size on a large image: each strip's blocks (a slice of the
+    raster order) and its pixel rows (top, bottom)."""
     rows = STRIP_BLOCK_ROWS * BLOCK
-    return [(top, min(top + rows, height)) for top in range(0, height, rows)]
+    per_strip = STRIP_BLOCK_ROWS * _block_grid(height, width)[1]
+    for index, top in enumerate(range(0, height, rows)):
+        yield slice(index * per_strip, (index + 1) * per_strip), top, min(top + rows, height)
 
 
 def _blocks(channels: np.ndarray) -> np.ndarray:
@@ -303,20 +307,17 @@ def _unblocks(coefficients: np.ndarray, height: int, width: int) -> np.ndarray:
 def _scaled_strips(source: np.ndarray, base: np.ndarray, step: float) -> Iterator[tuple[slice, np.ndarray]]:
     """Strip by strip: its blocks (a slice of the raster order) and their DCT coefficients of
     the colour-rotated difference, divided by the step, (C, strip blocks, 64) float64."""
-    height, width = source.shape[:2]
-    per_strip = STRIP_BLOCK_ROWS * -(-width // BLOCK)
-    for index, (top, bottom) in enumerate(_strips(height)):
+    for blocks, top, bottom in _strips(*source.shape[:2]):
         difference = source[top:bottom].astype(np.float64) - base[top:bottom]
-        scaled = _blocks(_planes_to_channels(difference)) / step
-        yield slice(index * per_strip, index * per_strip + scaled.shape[1]), scaled
+        yield blocks, _blocks(_planes_to_channels(difference)) / step
 
 
 def _quotients(source: np.ndarray, base: np.ndarray, step: float, rounding: float) -> np.ndarray:
     """The quantised DCT of the colour-rotated difference, (C, blocks, 64) int32, strip by strip:
     sign(c) · floor(|c| / step + rounding)."""
-    height, width = source.shape[:2]
+    rows, cols = _block_grid(*source.shape[:2])
     channels = 1 if source.ndim == 2 else 3
-    quotients = np.empty((channels, -(-height // BLOCK) * -(-width // BLOCK), BLOCK * BLOCK), dtype=np.int32)
+    quotients = np.empty((channels, rows * cols, BLOCK * BLOCK), dtype=np.int32)
     for blocks, scaled in _scaled_strips(source, base, step):
         quotients[:, blocks] = np.copysign(np.floor(np.abs(scaled) + rounding), scaled)
     return quotients
@@ -349,11 +350,9 @@ def _lower_where_cheaper(quotients: np.ndarray, source: np.ndarray, base: np.nda
 def _reconstruct(quotients: np.ndarray, base: np.ndarray, step: float) -> np.ndarray:
     """``base`` plus the dequantised, inverse-transformed quotients, rounded to uint8, strip by strip."""
     height, width = base.shape[:2]
-    per_strip = STRIP_BLOCK_ROWS * -(-width // BLOCK)
     out = np.empty_like(base)
-    for index, (top, bottom) in enumerate(_strips(height)):
-        strip = quotients[:, index * per_strip:(index + 1) * per_strip] * step
-        difference = _channels_to_planes(_unblocks(strip, bottom - top, width))
+    for blocks, top, bottom in _strips(height, width):
+        difference = _channels_to_planes(_unblocks(quotients[:, blocks] * step, bottom - top, width))
         out[top:bottom] = np.clip(np.rint(base[top:bottom] + difference), 0, 255)
     return out
 
