@@ -1,6 +1,6 @@
 """Which network rate point should carry the residual layer, at which steps?
 
-``python scripts/residual_layer_probe.py IMAGE_DIR [--every 34] [--bases 1,3,5,7] [--steps 4,6,8,...] [--rounding 0.5,0.4] [--rd-weight 0,1]``
+``python scripts/residual_layer_probe.py IMAGE_DIR [--every 34] [--bases 1,3,5] [--steps 4,6,8,...] [--rounding 0.5,0.4] [--rd-weight 0,1]``
 
 For every training photo picked, every base rate point and every step, it codes the photo
 through the real path (the base file from ``codec.pipeline.encode``, the layer from
@@ -49,7 +49,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("images", type=Path)
     parser.add_argument("--every", type=int, default=34, help="take every N-th photo (sorted by path)")
-    parser.add_argument("--bases", default="1,3,5,7", help="network rate points (no layer of their own)")
+    parser.add_argument("--bases", default="1,3,5", help="network rate points (no layer of their own)")
     parser.add_argument("--steps", default="4,5,6,8,10,12,16,20,24,32,40,48")
     parser.add_argument("--rounding", default=str(residual_layer.ROUNDING),
                         help="the encoder's rounding offsets to try, comma-separated (0.5: nearest)")
@@ -90,9 +90,9 @@ def main() -> None:
         curves.setdefault((quality, setting), []).append((float(bpp), float(db)))
         points.append((float(bpp), float(db), f"q{quality}+{step:g} ({setting[0]:g}, {setting[1]:g})"))
         print(f"{quality:4d} {step:5g} {setting[0]:9g} {setting[1]:10g} {bpp:7.4f} {db:6.2f}")
-    for bpp, db, label in sorted(points):
-        if label.count("+") == 0:
-            print(f"{label} alone: {bpp:.4f} bpp, {db:.2f} dB")
+    for quality, values in alone.items():
+        bpp, db = np.mean(values, axis=0)
+        print(f"q{quality} alone: {bpp:.4f} bpp, {db:.2f} dB")
     print("upper hull:", ", ".join(f"{label} ({bpp:.3f} bpp, {db:.2f} dB)" for bpp, db, label in upper_hull(points)))
     for quality in bases:
         reference = curves[(quality, settings[0])]
