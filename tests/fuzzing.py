@@ -66,8 +66,8 @@ def base_images() -> dict[str, tuple[Image.Image, int | None]]:
 
 
 def make_bases(device: str = "cpu") -> dict[str, bytes]:
-    """The valid .dvq files of :func:`base_images`, at the lowest, middle and highest rate points
-    (the highest adds a residual layer, so two of them are format version 2)."""
+    """The valid .dvq files of :func:`base_images`, at the lowest rate point, the default and
+    the highest (the default and the highest add a residual layer: format version 2)."""
     from codec.pipeline import encode
     from codec.weights import rate_points
 
