@@ -336,6 +336,8 @@ def _lower_where_cheaper(quotients: np.ndarray, source: np.ndarray, base: np.nda
         groups = _group_ids(quotients, channel, grid, grouping)
         levels[channel] = _cheapest_levels(groups, _to_symbols(quotients[channel].astype(np.int64)), grouping)[groups]
     slope = weight * 2 * math.log(2) / 12  # in step² per bit
+    # The coefficients are transformed again, strip by strip, rather than kept from
+    # _quotients: kept, they would be 8 bytes per pixel and channel for the whole image.
     for blocks, scaled in _scaled_strips(source, base, step):
         strip = quotients[:, blocks]
         magnitude = np.minimum(np.abs(strip), MAX_DIRECT)
