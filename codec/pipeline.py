@@ -19,7 +19,7 @@ from codec import bitstream, entropy, residual_layer
 from codec.errors import CorruptBitstreamError, UnsupportedVersionError, WeightsError
 from codec.image_io import SourceImage, alpha_from_bytes, alpha_to_bytes, read_image, restore_image
 from codec.metrics import bits_per_pixel, psnr
-from codec.weights import LoadedModel, card_for_model_id, load_model, resolve_quality
+from codec.weights import LoadedModel, RatePoint, card_for_model_id, load_model, resolve_quality
 from models import refine
 from models.autoencoder import search_options
 
@@ -95,8 +95,13 @@ def effort_settings(effort: int | None) -> Effort:
 
 def encode_source(source: SourceImage, quality: int | None = None, device: str = "auto",
                   effort: int | None = None) -> bytes:
+    return encode_at_point(source, resolve_quality(quality), device, effort)
+
+
+def encode_at_point(source: SourceImage, point: RatePoint, device: str = "auto", effort: int | None = None) -> bytes:
+    """encode_source at an explicit rate point: the probes that choose a card's settings try
+    points the card does not list yet (another λ or step), through the encoder itself."""
     settings = effort_settings(effort)
-    point = resolve_quality(quality)
     loaded = load_model(point.model_id, resolve_device(device))
     model = loaded.model
     height, width = source.rgb.shape[:2]

@@ -10,7 +10,7 @@ on) and range-coded. The decoder adds what it decodes to its own base planes and
 
 Layout of the layer (the container's residual section, codec/bitstream.py):
 
-     0 transform  u8   TRANSFORM_DCT8 or TRANSFORM_DCT8_NEIGHBOURS (see _GROUPINGS)
+     0 transform  u8   TRANSFORM_DCT8, _NEIGHBOURS or _EMPTY_FLAGS (see _GROUPINGS)
      1 step       u16  the quantiser's step, in 1/16 of an 8-bit level (≥ MIN_STEP_SIXTEENTHS)
      3 words           the range-coded symbols, little-endian u32 words
 
@@ -21,7 +21,9 @@ channel, the first channel's magnitude at this frequency), under transform 2 dou
 added to its four neighbour blocks' own, bucketed by powers of two. Each group's symbols
 share one two-sided geometric distribution, of which the encoder picks one of NUM_LEVELS
 (by mean magnitude) and sends the pick in front of the group: as 6 plain bits under
-transform 1, as its difference from _LevelPredictor's guess under transform 2. Everything a
+transform 1, as its difference from _LevelPredictor's guess under transforms 2 and 3.
+Transform 3 first sends a flag for the group, with _EmptyOdds, and a group flagged empty
+(every quotient zero) sends nothing more: most groups at the higher frequencies. Everything a
 distribution depends on is an integer the decoder already has, and its tables are built
 with exactly rounded IEEE operations only (see _level_frequencies), so both sides hold the
 same probabilities on every machine. The pixels a file decodes to agree across machines to
@@ -46,10 +48,12 @@ from codec.errors import CorruptBitstreamError
 # 8×8 DCT with one flat step). 1: groups by the block's own activity (6 buckets), each
 # table index sent as 6 uniform bits. 2 (what the encoder writes): groups by the block's own
 # activity and its four neighbours' (8 buckets), each table index sent as its difference
-# from the index the same bucket used at the frequency before.
+# from the index the same bucket used at the frequency before. 3: as 2, with a flag in front
+# of every group that says whether it holds nothing but zeros (then nothing else is sent).
 TRANSFORM_DCT8 = 1
 TRANSFORM_DCT8_NEIGHBOURS = 2
-WRITTEN_TRANSFORM = TRANSFORM_DCT8_NEIGHBOURS
+TRANSFORM_DCT8_EMPTY_FLAGS = 3
+WRITTEN_TRANSFORM = TRANSFORM_DCT8_EMPTY_FLAGS
 BLOCK = 8
 MIN_STEP_SIXTEENTHS = 4  # a step of 0.25: every coefficient's quotient then fits the escape code
 # Quotients in [-MAX_DIRECT, MAX_DIRECT] are coded directly; larger ones as an escape symbol
@@ -73,6 +77,11 @@ ACTIVITY_SPAN = 3  # how many earlier frequencies of the same block count toward
 # with the two-sided geometric table of this level (mean magnitude about 2.7): the level
 # that coded those differences in the fewest bits on 12 training photos at steps 5–80.
 DELTA_LEVEL = 38
+# Transform 3's empty-group flags are coded with adaptive odds per activity bucket: counts
+# of empty and filled groups seen so far in the channel, from 1 each, halved when their total
+# passes this (the odds follow the frequencies, which empty out as they rise, and the
+# distinct count pairs, each a cached model, stay few).
+FLAG_COUNT_LIMIT = 64
 # The encoder's quantiser, its own choice (the decoder reconstructs q · step whatever it was):
 # a quotient starts as sign(c) · floor(|c| / step + ROUNDING), a dead zone a little wider
 # than nearest rounding's, and then _lower_where_cheaper moves it one towards zero where the
@@ -96,11 +105,13 @@ class _Grouping:
     buckets: int  # activity buckets: 0, 1, 2–3, 4–7, … (the last one open-ended)
     neighbours: bool  # activity is 2 · own + the four neighbour blocks' own activity
     delta_levels: bool  # table index coded against the bucket's previous one (else uniform)
+    empty_flags: bool = False  # each group first says whether it is all zeros (_EmptyOdds)
 
 
 _GROUPINGS = {
     TRANSFORM_DCT8: _Grouping(buckets=6, neighbours=False, delta_levels=False),
     TRANSFORM_DCT8_NEIGHBOURS: _Grouping(buckets=8, neighbours=True, delta_levels=True),
+    TRANSFORM_DCT8_EMPTY_FLAGS: _Grouping(buckets=8, neighbours=True, delta_levels=True, empty_flags=True),
 }
 
 _LAYER_HEADER = struct.Struct("<BH")
@@ -178,10 +189,37 @@ class _LevelPredictor:
         self._by_bucket[bucket] = self._last = level
 
 
+class _EmptyOdds:
+    """Transform 3's model of each group's empty flag (1: the group holds only zeros): the
+    counts of empty and filled groups of the same bucket so far in this channel, as in
+    FLAG_COUNT_LIMIT's comment."""
+
+    def __init__(self, buckets: int) -> None:
+        self._counts = [[1, 1] for _ in range(buckets)]
+
+    def model(self, bucket: int) -> object:
+        filled, empty = self._counts[bucket]
+        return _flag_model(filled, empty)
+
+    def saw(self, bucket: int, empty: bool) -> None:
+        counts = self._counts[bucket]
+        counts[empty] += 1
+        if counts[0] + counts[1] > FLAG_COUNT_LIMIT:
+            counts[:] = [(count + 1) // 2 for count in counts]
+
+
+@functools.cache
+def _flag_model(filled: int, empty: int) -> object:
+    """The flag's distribution for these counts; a quotient of small integers, exactly rounded,
+    so both sides hold the same probabilities."""
+    return stream.model.Categorical(np.array([filled / (filled + empty), empty / (filled + empty)],
+                                             dtype=np.float32), perfect=False)
+
+
 def _bucket_of(activity: np.ndarray, buckets: int) -> np.ndarray:
     """Activity (integers ≥ 0) → bucket: 0, 1, 2–3, 4–7, …, the last bucket open-ended."""
     # frexp's exponent of an integer a ≥ 1 is floor(log2 a) + 1, exactly; of 0 it is 0.
-    return np.minimum(np.frexp(activity)[1], buckets - 1).astype(np.int64)
+    return np.minimum(np.frexp(activity)[1], buckets - 1).astype(np.int16)
 
 
 def _with_neighbours(own: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
@@ -189,9 +227,18 @@ def _with_neighbours(own: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     for a missing neighbour); ``own`` is (blocks,) or (blocks, frequencies) in raster order."""
     rows, cols = grid
     tiles = own.reshape(rows, cols, -1)
-    padded = np.pad(tiles, ((1, 1), (1, 1), (0, 0)), mode="edge")
-    around = padded[:-2, 1:-1] + padded[2:, 1:-1] + padded[1:-1, :-2] + padded[1:-1, 2:]
-    return (2 * tiles + around).reshape(own.shape)
+    total = 2 * tiles
+    # Each neighbour shifted in, the edge row or column standing in for the one beyond it
+    # (in place: a padded copy of the whole map took twice as long).
+    total[1:] += tiles[:-1]
+    total[:1] += tiles[:1]
+    total[:-1] += tiles[1:]
+    total[-1:] += tiles[-1:]
+    total[:, 1:] += tiles[:, :-1]
+    total[:, :1] += tiles[:, :1]
+    total[:, :-1] += tiles[:, 1:]
+    total[:, -1:] += tiles[:, -1:]
+    return total.reshape(own.shape)
 
 
 def _activity_buckets(quotients: np.ndarray, channel: int, frequency: int, grid: tuple[int, int],
@@ -221,14 +268,16 @@ def _all_buckets(quotients: np.ndarray, channel: int, grid: tuple[int, int], gro
 
 
 def _group_ids(quotients: np.ndarray, channel: int, grid: tuple[int, int], grouping: _Grouping) -> np.ndarray:
-    """Each coefficient's group, frequency · buckets + bucket, (blocks, 64)."""
-    return np.arange(BLOCK * BLOCK) * grouping.buckets + _all_buckets(quotients, channel, grid, grouping)
+    """Each coefficient's group, frequency · buckets + bucket, (blocks, 64) int16: small
+    integers, which numpy's stable argsort orders by radix sort, in linear time."""
+    frequencies = np.arange(BLOCK * BLOCK, dtype=np.int16) * np.int16(grouping.buckets)
+    return frequencies + _all_buckets(quotients, channel, grid, grouping)
 
 
 def _cheapest_levels(groups: np.ndarray, symbols: np.ndarray, grouping: _Grouping) -> np.ndarray:
     """Per group, the level whose distribution codes its symbols in the fewest bits."""
     group_count = BLOCK * BLOCK * grouping.buckets
-    histograms = np.bincount((groups * ALPHABET + symbols).ravel(), minlength=group_count * ALPHABET)
+    histograms = np.bincount((groups.astype(np.int32) * ALPHABET + symbols).ravel(), minlength=group_count * ALPHABET)
     return np.argmin(histograms.reshape(group_count, ALPHABET) @ _level_code_lengths().T, axis=1)
 
 
@@ -236,16 +285,17 @@ def _channel_groups(quotients: np.ndarray, channel: int, grid: tuple[int, int],
                     grouping: _Grouping) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
     """One channel's coded groups in the decoder's order (frequency, then bucket, then block):
     each group's bucket, cheapest level, symbols and escaped excesses (int32)."""
-    groups = _group_ids(quotients, channel, grid, grouping).T.ravel()
-    order = np.argsort(groups, kind="stable")  # frequency-major, blocks in raster order within a group
-    values = quotients[channel].T.ravel()[order].astype(np.int64)
-    symbols = _to_symbols(values)
-    sorted_groups = groups[order]
-    levels = _cheapest_levels(sorted_groups, symbols, grouping)
-    ends = np.cumsum(np.bincount(sorted_groups, minlength=len(levels)))
-    excess = (np.abs(values) - MAX_DIRECT - 1).astype(np.int32)
+    groups = _group_ids(quotients, channel, grid, grouping).ravel()
+    all_symbols = _to_symbols(quotients[channel].ravel())
+    levels = _cheapest_levels(groups, all_symbols, grouping)
+    # Stable, so within a group the blocks keep their raster order (the coefficients are
+    # block-major here; the group ids put frequency first).
+    order = np.argsort(groups, kind="stable")
+    values = quotients[channel].ravel()[order]
+    symbols = all_symbols[order]
+    ends = np.cumsum(np.bincount(groups, minlength=len(levels)))
     escaped = np.abs(values) > MAX_DIRECT
-    symbols = symbols.astype(np.int32)
+    excess = np.abs(values) - MAX_DIRECT - 1
     start = 0
     for group, end in enumerate(ends):
         if end > start:
@@ -259,13 +309,6 @@ def _to_symbols(quotients: np.ndarray) -> np.ndarray:
     symbols[quotients > MAX_DIRECT] = ESCAPE_POSITIVE
     symbols[quotients < -MAX_DIRECT] = ESCAPE_NEGATIVE
     return symbols
-
-
-def _planes_to_channels(planes: np.ndarray) -> np.ndarray:
-    """(H, W) or (H, W, 3) float planes → (channels, H, W), colour-rotated when there are three."""
-    if planes.ndim == 2:
-        return planes[None]
-    return np.einsum("ij,hwj->ihw", _ROTATION, planes)
 
 
 def _channels_to_planes(channels: np.ndarray) -> np.ndarray:
@@ -284,14 +327,26 @@ def _strips(height: int, width: int) -> Iterator[tuple[slice, int, int]]:
         yield slice(index * per_strip, (index + 1) * per_strip), top, min(top + rows, height)
 
 
-def _blocks(channels: np.ndarray) -> np.ndarray:
-    """(C, h, W) → (C, blocks, 64) DCT coefficients in zigzag order; edges padded by repetition."""
-    count, height, width = channels.shape
-    padded = np.pad(channels, ((0, 0), (0, -height % BLOCK), (0, -width % BLOCK)), mode="edge")
-    rows, cols = padded.shape[1] // BLOCK, padded.shape[2] // BLOCK
-    tiles = padded.reshape(count, rows, BLOCK, cols, BLOCK).transpose(0, 1, 3, 2, 4)
-    coefficients = _DCT @ tiles @ _DCT.T
-    return coefficients.reshape(count, rows * cols, BLOCK * BLOCK)[:, :, _ZIGZAG]
+@functools.cache
+def _forward_matrix(channels: int) -> np.ndarray:
+    """The colour rotation, the 2-D DCT and the zigzag order as one (C·64, C·64) matrix, rows
+    (channel, zigzag frequency), columns (plane, pixel of the block in raster order): applied
+    to a strip's blocks as one matrix product, it is 2–3 times faster than the three steps
+    apart (which the decoder's _unblocks still takes, in the other direction)."""
+    rotation = _ROTATION if channels == 3 else np.ones((1, 1))
+    return np.kron(rotation, np.kron(_DCT, _DCT)[_ZIGZAG])
+
+
+def _blocks(planes: np.ndarray) -> np.ndarray:
+    """(h, W) or (h, W, 3) float planes → (C, blocks, 64) coefficients of the colour-rotated
+    planes' DCT in zigzag order; edges padded by repetition."""
+    pixels = planes.reshape(*planes.shape[:2], -1)
+    height, width, count = pixels.shape
+    padded = np.pad(pixels, ((0, -height % BLOCK), (0, -width % BLOCK), (0, 0)), mode="edge")
+    rows, cols = padded.shape[0] // BLOCK, padded.shape[1] // BLOCK
+    tiles = padded.reshape(rows, BLOCK, cols, BLOCK, count).transpose(0, 2, 4, 1, 3)
+    coefficients = tiles.reshape(rows * cols, count * BLOCK * BLOCK) @ _forward_matrix(count).T
+    return coefficients.reshape(rows * cols, count, BLOCK * BLOCK).transpose(1, 0, 2)
 
 
 def _unblocks(coefficients: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -304,49 +359,49 @@ def _unblocks(coefficients: np.ndarray, height: int, width: int) -> np.ndarray:
     return tiles.transpose(0, 1, 3, 2, 4).reshape(count, rows * BLOCK, cols * BLOCK)[:, :height, :width]
 
 
-def _scaled_strips(source: np.ndarray, base: np.ndarray, step: float) -> Iterator[tuple[slice, np.ndarray]]:
-    """Strip by strip: its blocks (a slice of the raster order) and their DCT coefficients of
-    the colour-rotated difference, divided by the step, (C, strip blocks, 64) float64."""
-    for blocks, top, bottom in _strips(*source.shape[:2]):
-        difference = source[top:bottom].astype(np.float64) - base[top:bottom]
-        yield blocks, _blocks(_planes_to_channels(difference)) / step
-
-
-def _quotients(source: np.ndarray, base: np.ndarray, step: float, rounding: float) -> np.ndarray:
+def _quotients(source: np.ndarray, base: np.ndarray, step: float, rounding: float) -> tuple[np.ndarray, np.ndarray]:
     """The quantised DCT of the colour-rotated difference, (C, blocks, 64) int32, strip by strip:
-    sign(c) · floor(|c| / step + rounding)."""
+    sign(c) · floor(|c| / step + rounding); and beside it what moving each quotient one step
+    towards zero would add to its squared error, in step², (|c| − (m − 1))² − (|c| − m)² =
+    2 (|c| − m) + 1 for c / step's magnitude |c| and the quotient's m (float32: it is only ever
+    compared with a rate, by _lower_where_cheaper)."""
     rows, cols = _block_grid(*source.shape[:2])
     channels = 1 if source.ndim == 2 else 3
     quotients = np.empty((channels, rows * cols, BLOCK * BLOCK), dtype=np.int32)
-    for blocks, scaled in _scaled_strips(source, base, step):
-        quotients[:, blocks] = np.copysign(np.floor(np.abs(scaled) + rounding), scaled)
-    return quotients
+    lowering_costs = np.empty(quotients.shape, dtype=np.float32)
+    for blocks, top, bottom in _strips(*source.shape[:2]):
+        scaled = _blocks(source[top:bottom].astype(np.float64) - base[top:bottom]) / step
+        magnitude = np.abs(scaled)
+        whole = np.floor(magnitude + rounding)
+        quotients[:, blocks] = np.copysign(whole, scaled)
+        lowering_costs[:, blocks] = 2 * (magnitude - whole) + 1
+    return quotients, lowering_costs
 
 
-def _lower_where_cheaper(quotients: np.ndarray, source: np.ndarray, base: np.ndarray, step: float,
-                         grid: tuple[int, int], grouping: _Grouping, weight: float) -> None:
+def _lower_where_cheaper(quotients: np.ndarray, lowering_costs: np.ndarray, grid: tuple[int, int],
+                         grouping: _Grouping, weight: float) -> None:
     """Rate–distortion optimised quantisation, one greedy pass, in place: a nonzero quotient
-    moves one step towards zero where the squared error that adds is less than
-    weight · (2 ln 2 / 12) · step² per bit its group's table saves (the slope of a uniform
-    quantiser's distortion against its rate). Each group's table is the one the quotients
-    as they stand would get; the decoder only ever sees the result."""
+    moves one step towards zero where the squared error that adds (``lowering_costs``, in
+    step²) is less than weight · (2 ln 2 / 12) · step² per bit its group's table saves (the
+    slope of a uniform quantiser's distortion against its rate). Each group's table is the
+    one the quotients as they stand would get, in every channel before any moves (the later
+    channels' groups depend on the first's quotients); the decoder only ever sees the result."""
     lengths = _level_code_lengths()
-    levels = np.empty(quotients.shape, dtype=np.uint8)
-    for channel in range(quotients.shape[0]):
-        groups = _group_ids(quotients, channel, grid, grouping)
-        levels[channel] = _cheapest_levels(groups, _to_symbols(quotients[channel].astype(np.int64)), grouping)[groups]
     slope = weight * 2 * math.log(2) / 12  # in step² per bit
-    # The coefficients are transformed again, strip by strip, rather than kept from
-    # _quotients: kept, they would be 8 bytes per pixel and channel for the whole image.
-    for blocks, scaled in _scaled_strips(source, base, step):
-        strip = quotients[:, blocks]
-        magnitude = np.minimum(np.abs(strip), MAX_DIRECT)
-        level = levels[:, blocks]
-        saved = lengths[level, MAX_DIRECT + magnitude] - lengths[level, MAX_DIRECT + np.maximum(magnitude - 1, 0)]
-        added = 2 * (np.abs(scaled) - magnitude) + 1  # (|c| − (m − 1))² − (|c| − m)², in step²
-        lower = (strip != 0) & (np.abs(strip) <= MAX_DIRECT) & (added < slope * saved)
-        strip[lower] -= np.sign(strip[lower])
-        quotients[:, blocks] = strip
+    lowered = []
+    for channel in range(quotients.shape[0]):
+        values = quotients[channel].ravel()
+        groups = _group_ids(quotients, channel, grid, grouping).ravel()
+        levels = _cheapest_levels(groups, _to_symbols(values), grouping)
+        # Only nonzero quotients within the direct alphabet can move; at most steps they are few.
+        candidates = np.flatnonzero((values != 0) & (np.abs(values) <= MAX_DIRECT))
+        magnitude = np.abs(values[candidates])
+        level = levels[groups[candidates]]
+        saved = lengths[level, MAX_DIRECT + magnitude] - lengths[level, MAX_DIRECT + magnitude - 1]
+        lowered.append(candidates[lowering_costs[channel].ravel()[candidates] < slope * saved])
+    for channel, positions in enumerate(lowered):
+        values = quotients[channel].reshape(-1)
+        values[positions] -= np.sign(values[positions])
 
 
 def _reconstruct(quotients: np.ndarray, base: np.ndarray, step: float) -> np.ndarray:
@@ -390,16 +445,24 @@ def encode(source: np.ndarray, base: np.ndarray, step: float, rounding: float = 
         raise ValueError(f"transform {transform} is not one of {sorted(_GROUPINGS)}")
     if not 0.0 <= rd_weight < math.inf:
         raise ValueError(f"rd_weight {rd_weight} is not a finite number ≥ 0")
-    quotients = _quotients(source, base, step, rounding)
+    quotients, lowering_costs = _quotients(source, base, step, rounding)
     grid = _block_grid(source.shape[0], source.shape[1])
     grouping = _GROUPINGS[transform]
     if rd_weight:
-        _lower_where_cheaper(quotients, source, base, step, grid, grouping, rd_weight)
+        _lower_where_cheaper(quotients, lowering_costs, grid, grouping, rd_weight)
+    del lowering_costs  # 4 bytes a coefficient, not needed by the coding that follows
     _, models = _level_tables()
     encoder = stream.queue.RangeEncoder()
     for channel in range(quotients.shape[0]):
         predictor = _LevelPredictor(grouping.buckets)
+        odds = _EmptyOdds(grouping.buckets)
         for bucket, level, symbols, escaped in _channel_groups(quotients, channel, grid, grouping):
+            if grouping.empty_flags:
+                empty = not np.any(symbols != MAX_DIRECT)  # the symbol of a zero quotient
+                encoder.encode(np.array([empty], dtype=np.int32), odds.model(bucket))
+                odds.saw(bucket, empty)
+                if empty:
+                    continue
             if grouping.delta_levels:
                 encoder.encode(np.array([level - predictor.guess(bucket) + MAX_DIRECT], dtype=np.int32),
                                models[DELTA_LEVEL])
@@ -439,8 +502,10 @@ def decode(layer: bytes, base: np.ndarray) -> np.ndarray:
     blocks = grid[0] * grid[1]
     words = np.frombuffer(layer, dtype="<u4", offset=_LAYER_HEADER.size).astype(np.uint32)
     # A few bytes declaring a huge image cost neither time nor memory: refuse a layer too
-    # short for the symbols it must hold before decoding any.
-    if len(words) * 32 * 1.01 + 64 < _minimum_bits(channels * blocks * BLOCK * BLOCK):
+    # short for the symbols it must hold before decoding any. Under empty flags a layer of
+    # empty groups is rightly a few bytes for any size; there the base's payload, decoded
+    # first and bounded the same way (codec/entropy.py), is what ties the size to the file.
+    if not grouping.empty_flags and len(words) * 32 * 1.01 + 64 < _minimum_bits(channels * blocks * BLOCK * BLOCK):
         raise CorruptBitstreamError(f"residual layer of {len(layer)} bytes is too short for a "
                                     f"{width}×{height} image")
     _, models = _level_tables()
@@ -449,6 +514,7 @@ def decode(layer: bytes, base: np.ndarray) -> np.ndarray:
     with coder_errors("residual layer"):
         for channel in range(channels):
             predictor = _LevelPredictor(grouping.buckets)
+            odds = _EmptyOdds(grouping.buckets)
             for frequency in range(BLOCK * BLOCK):
                 buckets = _activity_buckets(quotients, channel, frequency, grid, grouping)
                 column = np.zeros(blocks, dtype=np.int64)
@@ -457,6 +523,11 @@ def decode(layer: bytes, base: np.ndarray) -> np.ndarray:
                     count = int(members.sum())
                     if not count:
                         continue
+                    if grouping.empty_flags:
+                        empty = bool(decoder.decode(odds.model(bucket), 1)[0])
+                        odds.saw(bucket, empty)
+                        if empty:
+                            continue
                     if grouping.delta_levels:
                         level = predictor.guess(bucket) + int(decoder.decode(models[DELTA_LEVEL], 1)[0]) - MAX_DIRECT
                         if not 0 <= level < NUM_LEVELS:

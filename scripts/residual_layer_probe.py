@@ -1,21 +1,26 @@
 """Which network rate point should carry the residual layer, at which steps?
 
-``python scripts/residual_layer_probe.py IMAGE_DIR [--every 34] [--bases 1,3,5] [--steps 4,6,8,...] [--rounding 0.5,0.4] [--rd-weight 0,1]``
+``python scripts/residual_layer_probe.py IMAGE_DIR [--every 34] [--bases 1,3,5] [--base-rate-weights 0.007,0.0035]
+[--steps 4,6,8,...] [--rounding 0.5,0.4] [--rd-weight 0,1]``
 
 For every training photo picked, every base rate point and every step, it codes the photo
 through the real path (the base file from ``codec.pipeline.encode``, the layer from
 ``codec.residual_layer.encode`` against the decoded base, 4 more header bytes) and decodes
 the layer, then prints each (base, step)'s mean bpp and PSNR (per image, an identical
 decode counted as 60 dB) and the pairs on the upper hull of them all: the rate points worth
-shipping. With several encoder settings (rounding offsets × rate–distortion weights) it
-also prints, for each base, each setting's PSNR over the first setting's curve at equal
-rate (interpolated in log bpp, so give dense steps). Run it on training photos, never on
-the evaluation set.
+shipping. A base is a network rate point, coded at its own λ or at each of
+``--base-rate-weights`` (the λ of its entropy-constrained codeword choice, which a layer
+point sets apart from the network point it shares stages with). With several bases or
+encoder settings (rounding offsets × rate–distortion weights) it also prints each (base,
+setting) curve's PSNR over the first one's at equal rate (interpolated in log bpp, so give
+dense steps). Run it on training photos, never on the evaluation set.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +29,8 @@ from PIL import Image
 
 from codec import bitstream, pipeline, residual_layer
 from codec.metrics import bits_per_pixel, psnr
-from codec.weights import network_rate_points
+from codec.image_io import read_image
+from codec.weights import RatePoint, network_rate_points
 from models.data import list_images, load_rgb
 
 
@@ -50,6 +56,8 @@ def main() -> None:
     parser.add_argument("images", type=Path)
     parser.add_argument("--every", type=int, default=34, help="take every N-th photo (sorted by path)")
     parser.add_argument("--bases", default="1,3,5", help="network rate points (no layer of their own)")
+    parser.add_argument("--base-rate-weights", default=None,
+                        help="λ values to code each base at, comma-separated (default: the card's own)")
     parser.add_argument("--steps", default="4,5,6,8,10,12,16,20,24,32,40,48")
     parser.add_argument("--rounding", default=str(residual_layer.ROUNDING),
                         help="the encoder's rounding offsets to try, comma-separated (0.5: nearest)")
@@ -57,51 +65,65 @@ def main() -> None:
                         help="the encoder's rate–distortion weights to try, comma-separated (0: none)")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    bases = [int(q) for q in args.bases.split(",")]
-    network = [p.quality for p in network_rate_points()]
-    if not set(bases) <= set(network):
-        parser.error(f"bases must be rate points of the network alone, {network}")
+    network = {p.quality: p for p in network_rate_points()}
+    qualities = [int(q) for q in args.bases.split(",")]
+    if not set(qualities) <= set(network):
+        parser.error(f"bases must be rate points of the network alone, {sorted(network)}")
+    bases = base_points([network[q] for q in qualities], args.base_rate_weights)
     steps = sorted({float(s) for s in args.steps.split(",")}, reverse=True)
     settings = [(float(r), float(w)) for r in args.rounding.split(",") for w in args.rd_weight.split(",")]
     paths = list_images(args.images)[:: args.every]
     extra = bitstream.HEADER_SIZE_V2 - bitstream.HEADER_SIZE
-    alone: dict[int, list[tuple[float, float]]] = {}
-    results: dict[tuple[int, tuple[float, float], float], list[tuple[float, float]]] = {}
+    alone: dict[str, list[tuple[float, float]]] = {}
+    results: dict[tuple[str, tuple[float, float], float], list[tuple[float, float]]] = {}
     for path in paths:
         rgb = load_rgb(path, None).permute(1, 2, 0).numpy()
         height, width = rgb.shape[:2]
-        for quality in bases:
-            data = pipeline.encode(Image.fromarray(rgb, "RGB"), quality=quality, device="cpu")
+        source = read_image(_png(rgb), str(path))
+        for label, point in bases.items():
+            data = pipeline.encode_at_point(source, point, device="cpu")
             base = np.asarray(pipeline.decode(data, "cpu"))
-            alone.setdefault(quality, []).append((bits_per_pixel(len(data), width, height), psnr(rgb, base)))
+            alone.setdefault(label, []).append((bits_per_pixel(len(data), width, height), psnr(rgb, base)))
             for setting in settings:
                 for step in steps:
                     layer = residual_layer.encode(rgb, base, step, rounding=setting[0], rd_weight=setting[1])
                     decoded = residual_layer.decode(layer, base)
                     size = len(data) + extra + len(layer)
-                    results.setdefault((quality, setting, step), []).append(
+                    results.setdefault((label, setting, step), []).append(
                         (bits_per_pixel(size, width, height), min(psnr(rgb, decoded), 60.0)))
     print(f"{len(paths)} photos from {args.images}")
-    print("base  step  rounding  rd_weight     bpp   PSNR")
-    points = [(*np.mean(values, axis=0), f"q{quality}") for quality, values in alone.items()]
-    curves: dict[tuple[int, tuple[float, float]], list[tuple[float, float]]] = {}
-    for (quality, setting, step), values in results.items():
+    print("base               step  rounding  rd_weight     bpp   PSNR")
+    points = [(*np.mean(values, axis=0), label) for label, values in alone.items()]
+    curves: dict[tuple[str, tuple[float, float]], list[tuple[float, float]]] = {}
+    for (label, setting, step), values in results.items():
         bpp, db = np.mean(values, axis=0)
-        curves.setdefault((quality, setting), []).append((float(bpp), float(db)))
-        points.append((float(bpp), float(db), f"q{quality}+{step:g} ({setting[0]:g}, {setting[1]:g})"))
-        print(f"{quality:4d} {step:5g} {setting[0]:9g} {setting[1]:10g} {bpp:7.4f} {db:6.2f}")
-    for quality, values in alone.items():
+        curves.setdefault((label, setting), []).append((float(bpp), float(db)))
+        points.append((float(bpp), float(db), f"{label}+{step:g} ({setting[0]:g}, {setting[1]:g})"))
+        print(f"{label:16s} {step:6g} {setting[0]:9g} {setting[1]:10g} {bpp:7.4f} {db:6.2f}")
+    for label, values in alone.items():
         bpp, db = np.mean(values, axis=0)
-        print(f"q{quality} alone: {bpp:.4f} bpp, {db:.2f} dB")
+        print(f"{label} alone: {bpp:.4f} bpp, {db:.2f} dB")
     print("upper hull:", ", ".join(f"{label} ({bpp:.3f} bpp, {db:.2f} dB)" for bpp, db, label in upper_hull(points)))
-    for quality in bases:
-        reference = curves[(quality, settings[0])]
-        for setting in settings[1:]:
-            gains = [db - at_rate(reference, bpp) for bpp, db in curves[(quality, setting)]
-                     if reference[0][0] <= bpp <= reference[-1][0]]
-            print(f"q{quality}, rounding {setting[0]:g}, rd_weight {setting[1]:g}: dB over rounding "
-                  f"{settings[0][0]:g}, rd_weight {settings[0][1]:g} at equal rate, step by step: "
-                  + " ".join(f"{g:+.3f}" for g in gains))
+    (first_label, first_setting), reference = next(iter(curves.items()))
+    for (label, setting), curve in list(curves.items())[1:]:
+        gains = [db - at_rate(reference, bpp) for bpp, db in curve if reference[0][0] <= bpp <= reference[-1][0]]
+        print(f"{label}, rounding {setting[0]:g}, rd_weight {setting[1]:g}: dB over {first_label}, rounding "
+              f"{first_setting[0]:g}, rd_weight {first_setting[1]:g} at equal rate, step by step: "
+              + " ".join(f"{g:+.3f}" for g in gains))
+
+
+def base_points(points: list[RatePoint], rate_weights: str | None) -> dict[str, RatePoint]:
+    """Each base point by its label, at its own λ or at each λ of the comma-separated list."""
+    if rate_weights is None:
+        return {f"q{p.quality} λ {p.rate_weight:g}": p for p in points}
+    weights = [float(w) for w in rate_weights.split(",")]
+    return {f"q{p.quality} λ {w:g}": replace(p, rate_weight=w) for p in points for w in weights}
+
+
+def _png(rgb: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(rgb, "RGB").save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def at_rate(curve: list[tuple[float, float]], bpp: float) -> float:

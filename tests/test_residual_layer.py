@@ -51,11 +51,11 @@ def _expected(source: np.ndarray, base: np.ndarray, step: float,
     return np.clip(np.rint(base + restored), 0, 255).astype(np.uint8)
 
 
-@pytest.mark.parametrize("transform", [residual_layer.TRANSFORM_DCT8, residual_layer.TRANSFORM_DCT8_NEIGHBOURS])
+@pytest.mark.parametrize("transform", sorted(residual_layer._GROUPINGS))
 @pytest.mark.parametrize(("step", "rounding"), [(2.0, 0.5), (12.5, residual_layer.ROUNDING), (40.0, 0.1)])
 def test_the_layer_decodes_to_the_quantised_dct_of_the_difference(photo_and_base, step: float,
                                                                   rounding: float, transform: int) -> None:
-    """Both transform ids decode (files of the first are in the world), to the same pixels."""
+    """Every transform id decodes (files of the earlier ones are in the world), to the same pixels."""
     source, base = photo_and_base
     layer = residual_layer.encode(source, base, step, rounding, transform, rd_weight=0.0)
     assert layer[0] == transform
@@ -88,21 +88,32 @@ def test_finer_steps_cost_more_bits_and_give_more_db(photo_and_base) -> None:
     assert psnr(source, base) < gains[0] < gains[1] < gains[2]
 
 
-def test_neighbour_contexts_and_predicted_table_indices_save_bits(photo_and_base) -> None:
-    """Transform 2 (what the encoder writes) against transform 1: the same quotients in fewer bytes."""
+def test_each_transform_codes_the_same_quotients_in_fewer_bytes_than_the_one_before(photo_and_base) -> None:
+    """Transform 2's neighbour contexts and predicted table indices beat transform 1, and
+    transform 3's empty-group flags (what the encoder writes) beat transform 2."""
     source, base = photo_and_base
-    assert residual_layer.WRITTEN_TRANSFORM == residual_layer.TRANSFORM_DCT8_NEIGHBOURS
-    for step in (40.0, 12.0, 3.0):
-        first = residual_layer.encode(source, base, step, transform=residual_layer.TRANSFORM_DCT8, rd_weight=0.0)
-        second = residual_layer.encode(source, base, step, rd_weight=0.0)
-        assert len(second) < len(first)
-        assert np.array_equal(residual_layer.decode(first, base), residual_layer.decode(second, base))
+    assert residual_layer.WRITTEN_TRANSFORM == residual_layer.TRANSFORM_DCT8_EMPTY_FLAGS
+    for step in (80.0, 40.0, 12.0, 3.0):
+        layers = [residual_layer.encode(source, base, step, transform=transform, rd_weight=0.0)
+                  for transform in sorted(residual_layer._GROUPINGS)]
+        assert [len(layer) for layer in layers] == sorted({len(layer) for layer in layers}, reverse=True)
+        decoded = residual_layer.decode(layers[0], base)
+        assert all(np.array_equal(residual_layer.decode(layer, base), decoded) for layer in layers[1:])
+
+
+def test_a_layer_of_empty_groups_is_a_few_bytes_and_decodes_to_the_base() -> None:
+    """Where the residual quantises to nothing, transform 3 sends one cheap flag a group."""
+    rng = np.random.default_rng(3)
+    base = rng.integers(0, 256, (512, 768, 3), dtype=np.uint8)
+    layer = residual_layer.encode(base, base, 16.0)
+    assert len(layer) < 64
+    assert np.array_equal(residual_layer.decode(layer, base), base)
 
 
 def test_encode_refuses_an_unknown_transform(photo_and_base) -> None:
     source, base = photo_and_base
     with pytest.raises(ValueError, match="transform"):
-        residual_layer.encode(source, base, 8.0, transform=3)
+        residual_layer.encode(source, base, 8.0, transform=max(residual_layer._GROUPINGS) + 1)
 
 
 def test_the_shipped_quantiser_beats_nearest_rounding_at_equal_rate(photo_and_base) -> None:
@@ -125,9 +136,9 @@ def test_the_rate_distortion_pass_only_moves_quotients_one_towards_zero(photo_an
     source, base = photo_and_base
     grid = residual_layer._block_grid(*source.shape[:2])
     grouping = residual_layer._GROUPINGS[residual_layer.WRITTEN_TRANSFORM]
-    before = residual_layer._quotients(source, base, 6.0, 0.5)
+    before, lowering_costs = residual_layer._quotients(source, base, 6.0, 0.5)
     after = before.copy()
-    residual_layer._lower_where_cheaper(after, source, base, 6.0, grid, grouping, 1.0)
+    residual_layer._lower_where_cheaper(after, lowering_costs, grid, grouping, 1.0)
     moved = after != before
     assert moved.any() and np.all(np.abs(after[moved]) == np.abs(before[moved]) - 1)
     assert np.all(np.sign(after[moved]) * np.sign(before[moved]) >= 0)
@@ -191,7 +202,7 @@ def _damaged(layer: bytes) -> dict[str, bytes]:
     return {
         "empty": b"",
         "header only": layer[:3],
-        "unknown transform": bytes([3]) + layer[1:],
+        "unknown transform": bytes([max(residual_layer._GROUPINGS) + 1]) + layer[1:],
         "step below the smallest": layer[:1] + (3).to_bytes(2, "little") + layer[3:],
         "not whole words": layer + b"\x00",
         "garbage": layer[:3] + bytes(range(256)) * 2,
