@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("folder", type=Path)
     parser.add_argument("--every", type=int, default=24)
     parser.add_argument("--widths", default="1,2,4,8", help="beam widths; 1 (the greedy search) is always run")
-    parser.add_argument("-q", "--quality", default="2,4,5", help="rate points of the network alone to probe")
+    parser.add_argument("-q", "--quality", default="2,3,4", help="rate points of the network alone to probe")
     args = parser.parse_args()
     widths = sorted({1, *(int(w) for w in args.widths.split(","))})
     wanted = {int(q) for q in args.quality.split(",")}

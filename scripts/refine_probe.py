@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("folder", type=Path)
     parser.add_argument("--first", type=int, default=5)
     parser.add_argument("--every", type=int, default=80)
-    parser.add_argument("-q", "--quality", default="2,4,5", help="rate points of the network alone to refine")
+    parser.add_argument("-q", "--quality", default="2,3,4", help="rate points of the network alone to refine")
     parser.add_argument("--beam", type=int, default=4, help="the search's beam width (effort 3's: 4)")
     parser.add_argument("--steps", type=int, default=refine.STEPS)
     parser.add_argument("--step-size", type=float, default=refine.STEP_SIZE)

@@ -1,6 +1,6 @@
 """Which network rate point should carry the residual layer, at which steps?
 
-``python scripts/residual_layer_probe.py IMAGE_DIR [--every 34] [--bases 1,3,5] [--base-rate-weights 0.007,0.0035]
+``python scripts/residual_layer_probe.py IMAGE_DIR [--every 34] [--bases 1,3,4] [--base-rate-weights 0.007,0.0035]
 [--steps 4,6,8,...] [--rounding 0.5,0.4] [--rd-weight 0,1]``
 
 For every training photo picked, every base rate point and every step, it codes the photo
@@ -55,7 +55,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("images", type=Path)
     parser.add_argument("--every", type=int, default=34, help="take every N-th photo (sorted by path)")
-    parser.add_argument("--bases", default="1,3,5", help="network rate points (no layer of their own)")
+    parser.add_argument("--bases", default="1,3,4", help="network rate points (no layer of their own)")
     parser.add_argument("--base-rate-weights", default=None,
                         help="λ values to code each base at, comma-separated (default: the card's own)")
     parser.add_argument("--steps", default="4,5,6,8,10,12,16,20,24,32,40,48")

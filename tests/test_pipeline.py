@@ -58,19 +58,19 @@ def test_the_rate_points_weight_trades_distortion_for_rate(parrots_path: Path, w
     reads every such file alike."""
     card_path = next(weights_copy.glob("*.json"))
     card = json.loads(card_path.read_text())
-    point = next(rp for rp in card["rate_points"] if rp["quality"] == 5)  # the network alone
+    point = next(rp for rp in card["rate_points"] if rp["quality"] == 4)  # the network alone
     reports = {}
     for weight in (0.0, 0.005, 0.05):
         point["rate_weight"] = weight
         card_path.write_text(json.dumps(card))
-        assert resolve_quality(5).rate_weight == weight
-        reports[weight] = encode_with_report(parrots_path, 5, "cpu")
+        assert resolve_quality(4).rate_weight == weight
+        reports[weight] = encode_with_report(parrots_path, 4, "cpu")
     sizes = [len(reports[w].data) for w in (0.0, 0.005, 0.05)]
     quality = [reports[w].psnr for w in (0.0, 0.005, 0.05)]
     assert sizes[0] > sizes[1] > sizes[2] and quality[0] > quality[2]
     del point["rate_weight"]  # a card without it: the nearest codewords
     card_path.write_text(json.dumps(card))
-    assert encode(parrots_path, quality=5) == reports[0.0].data
+    assert encode(parrots_path, quality=4) == reports[0.0].data
 
 
 @pytest.mark.parametrize("weight", [-0.01, "heavy", float("nan"), None])
@@ -184,7 +184,7 @@ def test_inconsistent_latent_grid_is_refused(parrots_path: Path) -> None:
 def test_files_of_the_earlier_coders_still_decode(parrots_path: Path, coder: int) -> None:
     """Files of the static coder (1) and of the adaptive one (2) decode to the same pixels;
     the new ones (coder 3) carry the same indices in fewer bytes."""
-    new = decode_detailed(encode(parrots_path, quality=5))
+    new = decode_detailed(encode(parrots_path, quality=4))
     assert new.header.coder_id == bitstream.CODER_TWO_CONTEXT_RANGE
     loaded = load_model(new.header.model_id)
     old_payload = entropy.encode_indices(new.indices, loaded.tables, new.header.latent_w,
@@ -193,7 +193,7 @@ def test_files_of_the_earlier_coders_still_decode(parrots_path: Path, coder: int
     old = decode_detailed(bitstream.pack(bitstream.Container(old_header, old_payload, b"")))
     assert np.array_equal(old.indices, new.indices)
     assert np.array_equal(np.asarray(old.image), np.asarray(new.image))
-    assert len(bitstream.unpack(encode(parrots_path, quality=5)).payload) < len(old_payload)
+    assert len(bitstream.unpack(encode(parrots_path, quality=4)).payload) < len(old_payload)
 
 
 def test_a_model_without_second_tables_writes_coder_2_and_refuses_coder_3(parrots_path: Path,
