@@ -1,7 +1,7 @@
 """Which network rate point should carry the residual layer, at which steps?
 
 ``python scripts/residual_layer_probe.py IMAGE_DIR [--every 34] [--bases 1,3,4] [--base-rate-weights 0.007,0.0035]
-[--steps 4,6,8,...] [--rounding 0.5,0.4] [--rd-weight 0,1]``
+[--steps 4,6,8,...] [--rounding 0.5,0.4] [--rd-weight 0,1] [--transforms 2,3]``
 
 For every training photo picked, every base rate point and every step, it codes the photo
 through the real path (the base file from ``codec.pipeline.encode``, the layer from
@@ -11,7 +11,7 @@ decode counted as 60 dB) and the pairs on the upper hull of them all: the rate p
 shipping. A base is a network rate point, coded at its own λ or at each of
 ``--base-rate-weights`` (the λ of its entropy-constrained codeword choice, which a layer
 point sets apart from the network point it shares stages with). With several bases or
-encoder settings (rounding offsets × rate–distortion weights) it also prints each (base,
+encoder settings (rounding offsets × rate–distortion weights × layer transforms) it also prints each (base,
 setting) curve's PSNR over the first one's at equal rate (interpolated in log bpp, so give
 dense steps). Run it on training photos, never on the evaluation set.
 """
@@ -63,6 +63,8 @@ def main() -> None:
                         help="the encoder's rounding offsets to try, comma-separated (0.5: nearest)")
     parser.add_argument("--rd-weight", default=str(residual_layer.RD_WEIGHT),
                         help="the encoder's rate–distortion weights to try, comma-separated (0: none)")
+    parser.add_argument("--transforms", default=str(residual_layer.WRITTEN_TRANSFORM),
+                        help="the layer transforms to try, comma-separated (see codec/residual_layer.py)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     network = {p.quality: p for p in network_rate_points()}
@@ -71,7 +73,8 @@ def main() -> None:
         parser.error(f"bases must be rate points of the network alone, {sorted(network)}")
     bases = base_points([network[q] for q in qualities], args.base_rate_weights)
     steps = sorted({float(s) for s in args.steps.split(",")}, reverse=True)
-    settings = [(float(r), float(w)) for r in args.rounding.split(",") for w in args.rd_weight.split(",")]
+    settings = [(float(r), float(w), int(t)) for r in args.rounding.split(",") for w in args.rd_weight.split(",")
+                for t in args.transforms.split(",")]
     paths = list_images(args.images)[:: args.every]
     extra = bitstream.HEADER_SIZE_V2 - bitstream.HEADER_SIZE
     alone: dict[str, list[tuple[float, float]]] = {}
@@ -86,20 +89,21 @@ def main() -> None:
             alone.setdefault(label, []).append((bits_per_pixel(len(data), width, height), psnr(rgb, base)))
             for setting in settings:
                 for step in steps:
-                    layer = residual_layer.encode(rgb, base, step, rounding=setting[0], rd_weight=setting[1])
+                    layer = residual_layer.encode(rgb, base, step, rounding=setting[0], rd_weight=setting[1],
+                                                  transform=setting[2])
                     decoded = residual_layer.decode(layer, base)
                     size = len(data) + extra + len(layer)
                     results.setdefault((label, setting, step), []).append(
                         (bits_per_pixel(size, width, height), min(psnr(rgb, decoded), 60.0)))
     print(f"{len(paths)} photos from {args.images}")
-    print("base               step  rounding  rd_weight     bpp   PSNR")
+    print("base               step  rounding  rd_weight transform     bpp   PSNR")
     points = [(*np.mean(values, axis=0), label) for label, values in alone.items()]
     curves: dict[tuple[str, tuple[float, float]], list[tuple[float, float]]] = {}
     for (label, setting, step), values in results.items():
         bpp, db = np.mean(values, axis=0)
         curves.setdefault((label, setting), []).append((float(bpp), float(db)))
-        points.append((float(bpp), float(db), f"{label}+{step:g} ({setting[0]:g}, {setting[1]:g})"))
-        print(f"{label:16s} {step:6g} {setting[0]:9g} {setting[1]:10g} {bpp:7.4f} {db:6.2f}")
+        points.append((float(bpp), float(db), f"{label}+{step:g} ({setting[0]:g}, {setting[1]:g}, {setting[2]})"))
+        print(f"{label:16s} {step:6g} {setting[0]:9g} {setting[1]:10g} {setting[2]:9d} {bpp:7.4f} {db:6.2f}")
     for label, values in alone.items():
         bpp, db = np.mean(values, axis=0)
         print(f"{label} alone: {bpp:.4f} bpp, {db:.2f} dB")
@@ -107,8 +111,9 @@ def main() -> None:
     (first_label, first_setting), reference = next(iter(curves.items()))
     for (label, setting), curve in list(curves.items())[1:]:
         gains = [db - at_rate(reference, bpp) for bpp, db in curve if reference[0][0] <= bpp <= reference[-1][0]]
-        print(f"{label}, rounding {setting[0]:g}, rd_weight {setting[1]:g}: dB over {first_label}, rounding "
-              f"{first_setting[0]:g}, rd_weight {first_setting[1]:g} at equal rate, step by step: "
+        print(f"{label}, rounding {setting[0]:g}, rd_weight {setting[1]:g}, transform {setting[2]}: dB over "
+              f"{first_label}, rounding {first_setting[0]:g}, rd_weight {first_setting[1]:g}, transform "
+              f"{first_setting[2]} at equal rate, step by step: "
               + " ".join(f"{g:+.3f}" for g in gains))
 
 
