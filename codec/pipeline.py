@@ -17,9 +17,21 @@ from PIL import Image
 
 from codec import bitstream, entropy, residual_layer
 from codec.errors import CorruptBitstreamError, UnsupportedVersionError, WeightsError
-from codec.image_io import SourceImage, alpha_from_bytes, alpha_to_bytes, read_image, restore_image
+from codec.image_io import (
+    SourceImage,
+    alpha_from_bytes,
+    alpha_to_bytes,
+    read_image,
+    restore_image,
+)
 from codec.metrics import bits_per_pixel, psnr
-from codec.weights import LoadedModel, RatePoint, card_for_model_id, load_model, resolve_quality
+from codec.weights import (
+    LoadedModel,
+    RatePoint,
+    card_for_model_id,
+    load_model,
+    resolve_quality,
+)
 from models import refine
 from models.autoencoder import search_options
 

@@ -28,8 +28,8 @@ import torch
 from PIL import Image
 
 from codec import bitstream, pipeline, residual_layer
-from codec.metrics import bits_per_pixel, psnr
 from codec.image_io import read_image
+from codec.metrics import bits_per_pixel, psnr
 from codec.weights import RatePoint, network_rate_points
 from models.data import list_images, load_rgb
 

@@ -53,7 +53,9 @@ def test_refined_codewords_decode_closer_to_the_image(loaded: LoadedModel, light
     after, refined_grid = refine.refined_indices(loaded.model, x, stages, search)
     assert refined_grid == tuple(grid) and after.shape == before.shape
     assert (after != before).any(dim=0).float().mean() > 0.05  # many latents took other codewords
-    assert _decoded_error(loaded, x, after, grid) < 0.95 * _decoded_error(loaded, x, before, grid)
+    # 4.2 % less squared error here at 4 stages (the network's most since quality 5 became a
+    # layer point); over 5 % at 5 stages, which the test asked for until then.
+    assert _decoded_error(loaded, x, after, grid) < 0.97 * _decoded_error(loaded, x, before, grid)
 
 
 def test_refinement_is_the_same_under_no_grad(loaded: LoadedModel, parrots_path: Path) -> None:
@@ -98,7 +100,8 @@ def test_a_large_image_is_refined_tile_by_tile(loaded: LoadedModel, lighthouse_p
     monkeypatch.undo()
     before, grid = _analysis_indices(loaded, x, stages, search)
     after = refine.latent_indices(model, refined, stages, search)
-    assert _decoded_error(loaded, x, after, grid) < 0.95 * _decoded_error(loaded, x, before, grid)
+    # 4.6 % less squared error here at 4 stages (see the test above).
+    assert _decoded_error(loaded, x, after, grid) < 0.97 * _decoded_error(loaded, x, before, grid)
 
 
 def _recording(forward, seen: list[tuple[int, int]]):

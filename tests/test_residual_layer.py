@@ -13,9 +13,15 @@ from PIL import Image
 
 from codec import bitstream, residual_layer
 from codec.errors import BitstreamError, CorruptBitstreamError
-from codec.metrics import psnr
 from codec.image_io import read_image
-from codec.pipeline import decode, decode_detailed, encode, encode_at_point, encode_with_report
+from codec.metrics import psnr
+from codec.pipeline import (
+    decode,
+    decode_detailed,
+    encode,
+    encode_at_point,
+    encode_with_report,
+)
 from codec.weights import rate_points, resolve_quality
 
 
