@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional
 import typer
 
 from codec import bitstream
+from codec.allocator import keep_freed_memory
 from codec.cli_options import EFFORT_HELP, Device
 from codec.errors import CodecError, InputError
 from codec.fileio import check_output, read_input, write_output
@@ -228,6 +229,7 @@ def main() -> None:
     # SIGPIPE instead of reporting a BrokenPipeError.
     if hasattr(signal, "SIGPIPE"):
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    keep_freed_memory()
     app()
 
 
