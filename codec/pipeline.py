@@ -110,9 +110,11 @@ def encode_source(source: SourceImage, quality: int | None = None, device: str =
     return encode_at_point(source, resolve_quality(quality), device, effort)
 
 
-def encode_at_point(source: SourceImage, point: RatePoint, device: str = "auto", effort: int | None = None) -> bytes:
-    """encode_source at an explicit rate point: the probes that choose a card's settings try
-    points the card does not list yet (another λ or step), through the encoder itself."""
+def encode_at_point(image: Image.Image | bytes | str | Path | SourceImage, point: RatePoint, device: str = "auto",
+                    effort: int | None = None) -> bytes:
+    """encode at an explicit rate point: the probes that choose a card's settings try points
+    the card does not list yet (another λ or step), through the encoder itself."""
+    source = _as_source(image)
     settings = effort_settings(effort)
     loaded = load_model(point.model_id, resolve_device(device))
     model = loaded.model

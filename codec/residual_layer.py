@@ -281,13 +281,20 @@ def _cheapest_levels(groups: np.ndarray, symbols: np.ndarray, grouping: _Groupin
     return np.argmin(histograms.reshape(group_count, ALPHABET) @ _level_code_lengths().T, axis=1)
 
 
+def _channel_tables(quotients: np.ndarray, channel: int, grid: tuple[int, int],
+                    grouping: _Grouping) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One channel's coefficients as the coder sees them, in raster order of blocks then
+    frequency: each one's group and symbol, and each group's cheapest level."""
+    groups = _group_ids(quotients, channel, grid, grouping).ravel()
+    symbols = _to_symbols(quotients[channel].ravel())
+    return groups, symbols, _cheapest_levels(groups, symbols, grouping)
+
+
 def _channel_groups(quotients: np.ndarray, channel: int, grid: tuple[int, int],
                     grouping: _Grouping) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
     """One channel's coded groups in the decoder's order (frequency, then bucket, then block):
     each group's bucket, cheapest level, symbols and escaped excesses (int32)."""
-    groups = _group_ids(quotients, channel, grid, grouping).ravel()
-    all_symbols = _to_symbols(quotients[channel].ravel())
-    levels = _cheapest_levels(groups, all_symbols, grouping)
+    groups, all_symbols, levels = _channel_tables(quotients, channel, grid, grouping)
     # Stable, so within a group the blocks keep their raster order (the coefficients are
     # block-major here; the group ids put frequency first).
     order = np.argsort(groups, kind="stable")
@@ -391,8 +398,7 @@ def _lower_where_cheaper(quotients: np.ndarray, lowering_costs: np.ndarray, grid
     lowered = []
     for channel in range(quotients.shape[0]):
         values = quotients[channel].ravel()
-        groups = _group_ids(quotients, channel, grid, grouping).ravel()
-        levels = _cheapest_levels(groups, _to_symbols(values), grouping)
+        groups, _, levels = _channel_tables(quotients, channel, grid, grouping)
         # Only nonzero quotients within the direct alphabet can move; at most steps they are few.
         candidates = np.flatnonzero((values != 0) & (np.abs(values) <= MAX_DIRECT))
         magnitude = np.abs(values[candidates])

@@ -19,7 +19,6 @@ dense steps). Run it on training photos, never on the evaluation set.
 from __future__ import annotations
 
 import argparse
-import io
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,7 +27,6 @@ import torch
 from PIL import Image
 
 from codec import bitstream, pipeline, residual_layer
-from codec.image_io import read_image
 from codec.metrics import bits_per_pixel, psnr
 from codec.weights import RatePoint, network_rate_points
 from models.data import list_images, load_rgb
@@ -78,13 +76,13 @@ def main() -> None:
     paths = list_images(args.images)[:: args.every]
     extra = bitstream.HEADER_SIZE_V2 - bitstream.HEADER_SIZE
     alone: dict[str, list[tuple[float, float]]] = {}
-    results: dict[tuple[str, tuple[float, float], float], list[tuple[float, float]]] = {}
+    results: dict[tuple[str, tuple[float, float, int], float], list[tuple[float, float]]] = {}
     for path in paths:
         rgb = load_rgb(path, None).permute(1, 2, 0).numpy()
         height, width = rgb.shape[:2]
-        source = read_image(_png(rgb), str(path))
+        image = Image.fromarray(rgb, "RGB")
         for label, point in bases.items():
-            data = pipeline.encode_at_point(source, point, device="cpu")
+            data = pipeline.encode_at_point(image, point, device="cpu")
             base = np.asarray(pipeline.decode(data, "cpu"))
             alone.setdefault(label, []).append((bits_per_pixel(len(data), width, height), psnr(rgb, base)))
             for setting in settings:
@@ -98,7 +96,7 @@ def main() -> None:
     print(f"{len(paths)} photos from {args.images}")
     print("base               step  rounding  rd_weight transform     bpp   PSNR")
     points = [(*np.mean(values, axis=0), label) for label, values in alone.items()]
-    curves: dict[tuple[str, tuple[float, float]], list[tuple[float, float]]] = {}
+    curves: dict[tuple[str, tuple[float, float, int]], list[tuple[float, float]]] = {}
     for (label, setting, step), values in results.items():
         bpp, db = np.mean(values, axis=0)
         curves.setdefault((label, setting), []).append((float(bpp), float(db)))
@@ -123,12 +121,6 @@ def base_points(points: list[RatePoint], rate_weights: str | None) -> dict[str, 
         return {f"q{p.quality} λ {p.rate_weight:g}": p for p in points}
     weights = [float(w) for w in rate_weights.split(",")]
     return {f"q{p.quality} λ {w:g}": replace(p, rate_weight=w) for p in points for w in weights}
-
-
-def _png(rgb: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(rgb, "RGB").save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def at_rate(curve: list[tuple[float, float]], bpp: float) -> float:
