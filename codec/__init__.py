@@ -13,7 +13,7 @@ __all__ = ["encode", "decode"]
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        from codec import pipeline
+        from diveq_codec.codec import pipeline
 
         return getattr(pipeline, name)
     raise AttributeError(f"module 'codec' has no attribute {name!r}")

@@ -17,8 +17,8 @@ from pathlib import PurePath
 import numpy as np
 from PIL import Image, ImageOps
 
-from codec.errors import CorruptBitstreamError, InputError, OutputError
-from codec.limits import check_dimensions
+from diveq_codec.codec.errors import CorruptBitstreamError, InputError, OutputError
+from diveq_codec.codec.limits import check_dimensions
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 REDUCED_16 = "16-bit input reduced to 8 bits"

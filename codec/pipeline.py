@@ -15,35 +15,35 @@ import numpy as np
 import torch
 from PIL import Image
 
-from codec import bitstream, entropy, residual_layer
-from codec.errors import CorruptBitstreamError, UnsupportedVersionError, WeightsError
-from codec.image_io import (
+from diveq_codec.codec import container, dct_layer, index_coder
+from diveq_codec.codec.errors import CorruptBitstreamError, UnsupportedVersionError, WeightsError
+from diveq_codec.codec.image_io import (
     SourceImage,
     alpha_from_bytes,
     alpha_to_bytes,
     read_image,
     restore_image,
 )
-from codec.metrics import bits_per_pixel, psnr
-from codec.weights import (
+from diveq_codec.codec.metrics import bits_per_pixel, psnr
+from diveq_codec.codec.zoo import (
     LoadedModel,
     RatePoint,
     card_for_model_id,
     load_model,
     resolve_quality,
 )
-from models import refine
-from models.autoencoder import search_options
+from diveq_codec.models import refine
+from diveq_codec.models.autoencoder import search_options
 
 CHANNELS_TO_MODE = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 MODE_TO_CHANNELS = {mode: n for n, mode in CHANNELS_TO_MODE.items()}
 # The entropy coder new files get (coder 2 with a model exported before coder 3's tables);
-# the decoder reads every coder in bitstream.CODERS.
-WRITTEN_CODER = bitstream.CODER_TWO_CONTEXT_RANGE
+# the decoder reads every coder in container.CODERS.
+WRITTEN_CODER = container.CODER_TWO_CONTEXT_RANGE
 
 
 def _coder_for(loaded: LoadedModel) -> int:
-    return WRITTEN_CODER if loaded.second_tables is not None else bitstream.CODER_ADAPTIVE_RANGE
+    return WRITTEN_CODER if loaded.second_tables is not None else container.CODER_ADAPTIVE_RANGE
 
 
 def resolve_device(device: str) -> str:
@@ -133,26 +133,26 @@ def encode_at_point(image: Image.Image | bytes | str | Path | SourceImage, point
         exact = torch.float32 if device_type == "cpu" else torch.float64
         indices, (grid_h, grid_w) = model.encode_indices(x, point.stages, dtype=exact, **search)
     # Second-context tables (coder 3) when the model has them; coder 2 without.
-    payload = entropy.encode_indices(indices.cpu().numpy(), loaded.tables, grid_w, adaptive=True,
+    payload = index_coder.encode_indices(indices.cpu().numpy(), loaded.tables, grid_w, adaptive=True,
                                      second=loaded.second_tables)
     residual = b""
     if point.residual_step is not None:
         # The layer codes what the decoder's own base planes miss, so it is measured against
         # the base exactly as decode_detailed will rebuild it.
         base = model.decode_indices(indices, (grid_h, grid_w), height, width)
-        residual = residual_layer.encode(source_planes(source), _planes(_to_uint8(base), source.mode),
+        residual = dct_layer.encode(source_planes(source), _planes(_to_uint8(base), source.mode),
                                          point.residual_step)
     alpha = alpha_to_bytes(source.alpha) if source.alpha is not None else b""
-    flags = (bitstream.FLAG_ALPHA if source.alpha is not None else 0)
-    flags |= bitstream.FLAG_FROM_16BIT if source.bit_depth == 16 else 0
-    flags |= bitstream.FLAG_FROM_PALETTE if source.from_palette else 0
-    header = bitstream.Header(
+    flags = (container.FLAG_ALPHA if source.alpha is not None else 0)
+    flags |= container.FLAG_FROM_16BIT if source.bit_depth == 16 else 0
+    flags |= container.FLAG_FROM_PALETTE if source.from_palette else 0
+    header = container.Header(
         model_id=loaded.card.model_id, quality=point.quality, weights_id=loaded.card.weights_id,
-        coder_id=_coder_for(loaded), table_precision=entropy.TABLE_PRECISION,
+        coder_id=_coder_for(loaded), table_precision=index_coder.TABLE_PRECISION,
         width=width, height=height, channels=MODE_TO_CHANNELS[source.mode], bit_depth=source.bit_depth,
         flags=flags, latent_h=grid_h, latent_w=grid_w, stages=point.stages,
     )
-    return bitstream.pack(bitstream.Container(header, payload, alpha, residual))
+    return container.pack(container.Container(header, payload, alpha, residual))
 
 
 def encode(image: Image.Image | bytes | str | Path, quality: int | None = None, device: str = "auto",
@@ -165,11 +165,11 @@ def encode(image: Image.Image | bytes | str | Path, quality: int | None = None, 
 class Decoded:
     image: Image.Image
     indices: np.ndarray  # (stages, latent_h·latent_w)
-    header: bitstream.Header
+    header: container.Header
 
 
-def _model_for(header: bitstream.Header, device: str) -> LoadedModel:
-    if header.coder_id not in bitstream.CODERS or header.table_precision != entropy.TABLE_PRECISION:
+def _model_for(header: container.Header, device: str) -> LoadedModel:
+    if header.coder_id not in container.CODERS or header.table_precision != index_coder.TABLE_PRECISION:
         raise UnsupportedVersionError(f"entropy coder {header.coder_id}/{header.table_precision} bits is not supported")
     card = card_for_model_id(header.model_id)
     if card.weights_id != header.weights_id:
@@ -179,8 +179,8 @@ def _model_for(header: bitstream.Header, device: str) -> LoadedModel:
 
 
 def decode_detailed(data: bytes, device: str = "auto") -> Decoded:
-    container = bitstream.unpack(data)
-    header = container.header
+    parsed = container.unpack(data)
+    header = parsed.header
     loaded = _model_for(header, device)
     model = loaded.model
     stride = model.stride
@@ -191,21 +191,21 @@ def decode_detailed(data: bytes, device: str = "auto") -> Decoded:
         raise CorruptBitstreamError(f"file declares {header.stages} stages; the model has {model.num_stages}")
     count = header.latent_h * header.latent_w
     second = None
-    if header.coder_id == bitstream.CODER_TWO_CONTEXT_RANGE:
+    if header.coder_id == container.CODER_TWO_CONTEXT_RANGE:
         second = loaded.second_tables
         if second is None:
             raise CorruptBitstreamError(f"file declares entropy coder 3, whose second-context tables model "
                                         f"{header.model_id} does not have")
-    indices = entropy.decode_indices(container.payload, loaded.tables, header.stages, count, header.latent_w,
-                                     adaptive=header.coder_id != bitstream.CODER_CONSTRICTION_RANGE, second=second)
-    alpha = alpha_from_bytes(container.alpha, header.width, header.height) if container.alpha else None
+    indices = index_coder.decode_indices(parsed.payload, loaded.tables, header.stages, count, header.latent_w,
+                                     adaptive=header.coder_id != container.CODER_CONSTRICTION_RANGE, second=second)
+    alpha = alpha_from_bytes(parsed.alpha, header.width, header.height) if parsed.alpha else None
     device_type = next(model.parameters()).device.type
     x_hat = model.decode_indices(torch.from_numpy(indices).to(device_type), (header.latent_h, header.latent_w),
                                  header.height, header.width)
     mode = CHANNELS_TO_MODE[header.channels]
     rgb = _to_uint8(x_hat)
-    if container.residual:
-        planes = residual_layer.decode(container.residual, _planes(rgb, mode))
+    if parsed.residual:
+        planes = dct_layer.decode(parsed.residual, _planes(rgb, mode))
         rgb = planes if planes.ndim == 3 else np.repeat(planes[..., None], 3, axis=2)
     return Decoded(restore_image(rgb, alpha, mode), indices, header)
 

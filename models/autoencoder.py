@@ -16,12 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import tiling
-from models.config import ModelConfig
-from models.diveq import DiVeQ, DiVeQDetach
-from models.quantizer import Quantizer, QuantizerOutput
-from models.residual import RateCosts, ResidualDiVeQ
-from models.sf_diveq import SFDiVeQ, SFDiVeQDetach
+from diveq_codec.models import tiling
+from diveq_codec.models.config import ModelConfig
+from diveq_codec.models.diveq import DiVeQ, DiVeQDetach
+from diveq_codec.models.quantizer import Quantizer, QuantizerOutput
+from diveq_codec.models.residual import RateCosts, ResidualDiVeQ
+from diveq_codec.models.sf_diveq import SFDiVeQ, SFDiVeQDetach
 
 
 # Pixels per piece of SimplifiedGDN's CPU inference path: 128 channels × 4096 float32 values

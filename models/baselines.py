@@ -30,9 +30,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from models.codebook import init_from_samples, nearest_codeword
-from models.quantizer import QuantizerOutput
-from models.single_codebook import SingleCodebookQuantizer
+from diveq_codec.models.codebook import init_from_samples, nearest_codeword
+from diveq_codec.models.quantizer import QuantizerOutput
+from diveq_codec.models.single_codebook import SingleCodebookQuantizer
 
 
 def vq_losses(z: torch.Tensor, chosen: torch.Tensor, beta: float) -> torch.Tensor:

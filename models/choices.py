@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from models import tiling
-from models.autoencoder import VQAutoencoder
-from models.residual import RateCosts
+from diveq_codec.models import tiling
+from diveq_codec.models.autoencoder import VQAutoencoder
+from diveq_codec.models.residual import RateCosts
 
 # (stages, λ) of each rate point.
 Points = list[tuple[int, float]]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from models.quantizer import QuantizerOutput, directional_reparam
-from models.single_codebook import SingleCodebookQuantizer
+from diveq_codec.models.quantizer import QuantizerOutput, directional_reparam
+from diveq_codec.models.single_codebook import SingleCodebookQuantizer
 
 
 class DiVeQ(SingleCodebookQuantizer):

@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from models import tiling
-from models.autoencoder import VQAutoencoder
+from diveq_codec.models import tiling
+from diveq_codec.models.autoencoder import VQAutoencoder
 
 STEPS = 10
 STEP_SIZE = 1e-3

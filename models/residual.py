@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.codebook import (
+from diveq_codec.models.codebook import (
     CodebookCare,
     init_from_samples,
     nearest_codeword,
@@ -16,7 +16,7 @@ from models.codebook import (
     perplexity,
     search_dtype,
 )
-from models.quantizer import Quantizer, QuantizerOutput, directional_reparam
+from diveq_codec.models.quantizer import Quantizer, QuantizerOutput, directional_reparam
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.codebook import perplexity, search_dtype
-from models.quantizer import Quantizer, QuantizerOutput
+from diveq_codec.models.codebook import perplexity, search_dtype
+from diveq_codec.models.quantizer import Quantizer, QuantizerOutput
 
 
 class SFDiVeQ(Quantizer):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.codebook import (
+from diveq_codec.models.codebook import (
     CodebookCare,
     init_from_samples,
     nearest_codeword,
@@ -14,7 +14,7 @@ from models.codebook import (
     perplexity,
     reset_adam_rows,
 )
-from models.quantizer import Quantizer, QuantizerOutput
+from diveq_codec.models.quantizer import Quantizer, QuantizerOutput
 
 
 class SingleCodebookQuantizer(Quantizer):

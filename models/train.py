@@ -25,10 +25,10 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from codec.weights import file_sha256, read_weights_file
-from models.autoencoder import VQAutoencoder, with_residual_blocks
-from models.config import QUANTIZERS, ModelConfig
-from models.data import CropSampler
+from diveq_codec.models.autoencoder import VQAutoencoder, with_residual_blocks
+from diveq_codec.models.config import QUANTIZERS, ModelConfig
+from diveq_codec.models.data import CropSampler
+from diveq_codec.models.weights_file import file_sha256, read_tensors
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -193,8 +193,9 @@ def load_initial_weights(path: Path) -> tuple[ModelConfig, dict[str, torch.Tenso
     """(config, state dict, provenance) from a training checkpoint or a shipped safetensors file."""
     if path.suffix == ".safetensors":
         # The entropy tables belong to the coder, not to the network being trained.
-        config, tensors, _, _ = read_weights_file(path)
-        return config, tensors, {"path": str(path), "sha256": file_sha256(path)}
+        config, tensors = read_tensors(path)
+        network = VQAutoencoder(config).state_dict().keys()
+        return config, {k: v for k, v in tensors.items() if k in network}, {"path": str(path), "sha256": file_sha256(path)}
     state = torch.load(path, map_location="cpu", weights_only=True)
     provenance = {"path": str(path), "sha256": file_sha256(path), "steps": int(state["step"]),
                   "wall_time_s": round(float(state["elapsed_s"]), 1), "images_seen": int(state["images_seen"]),

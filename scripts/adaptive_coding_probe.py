@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from codec.entropy import _contexts, _StageTables
-from codec.weights import load_model, resolve_quality
-from models.data import list_images, load_rgb
+from diveq_codec.codec.index_coder import _contexts, _StageTables
+from diveq_codec.codec.zoo import load_model, resolve_quality
+from diveq_codec.models.data import list_images, load_rgb
 
 
 def stage_bits(indices: np.ndarray, width: int, counts: np.ndarray, stage: int, weight: int | None) -> float:

@@ -22,10 +22,10 @@ import torch
 from PIL import Image
 from rate_weight_probe import coded_bits_and_psnr, gain_over
 
-from codec.pipeline import _to_tensor
-from codec.weights import load_model, network_rate_points
-from models import tiling
-from models.data import list_images
+from diveq_codec.codec.pipeline import _to_tensor
+from diveq_codec.codec.zoo import load_model, network_rate_points
+from diveq_codec.models import tiling
+from diveq_codec.models.data import list_images
 
 
 def main() -> None:

@@ -38,7 +38,7 @@ if len(sys.argv) > 2 and sys.argv[2] == "--threads":
     import torch
     torch.set_num_threads(int(sys.argv[3]))
     del sys.argv[2:4]
-from codec.cli import main
+from diveq_codec.codec.cli.app import main
 sys.argv = ["diveq-codec"] + sys.argv[2:]
 main()
 """

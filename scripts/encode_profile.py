@@ -17,14 +17,14 @@ from pathlib import Path
 import torch
 from rate_weight_probe import exact_search_beam
 
-from codec import bitstream, entropy, residual_layer
-from codec.allocator import keep_freed_memory
-from codec.image_io import read_image
-from codec.pipeline import _planes, _to_tensor, _to_uint8, encode_source, source_planes
-from codec.weights import load_model, resolve_quality
-from models import tiling
-from models.autoencoder import search_options, unsure_choices
-from models.data import list_images
+from diveq_codec.codec import container, dct_layer, index_coder
+from diveq_codec.codec.cli.allocator import keep_freed_memory
+from diveq_codec.codec.image_io import read_image
+from diveq_codec.codec.pipeline import _planes, _to_tensor, _to_uint8, encode_source, source_planes
+from diveq_codec.codec.zoo import load_model, resolve_quality
+from diveq_codec.models import tiling
+from diveq_codec.models.autoencoder import search_options, unsure_choices
+from diveq_codec.models.data import list_images
 
 NETWORK_PARTS = ("analysis", "search", "re-decision", "entropy coding")
 LAYER_PARTS = ("synthesis", "residual layer")
@@ -64,7 +64,7 @@ def main() -> None:
                 exact = tiling.analysis_at(model.float64_analysis(), x, model.stride, cells)
                 indices[:, unsure] = model.quantizer.indices(exact, point.stages, **search)
             redecided = time.perf_counter()
-            payload = entropy.encode_indices(indices.numpy(), loaded.tables, width, adaptive=True,
+            payload = index_coder.encode_indices(indices.numpy(), loaded.tables, width, adaptive=True,
                                              second=loaded.second_tables)
             coded = time.perf_counter()
             times = [analysed - start, searched - analysed, redecided - searched, coded - redecided]
@@ -72,11 +72,11 @@ def main() -> None:
             if point.residual_step is not None:
                 base = model.decode_indices(indices, (latent.shape[2], width), *source.rgb.shape[:2])
                 synthesised = time.perf_counter()
-                layer = residual_layer.encode(source_planes(source), _planes(_to_uint8(base), source.mode),
+                layer = dct_layer.encode(source_planes(source), _planes(_to_uint8(base), source.mode),
                                               point.residual_step)
                 times += [synthesised - coded, time.perf_counter() - synthesised]
-            container = bitstream.unpack(encode_source(source, point.quality, "cpu", args.effort))
-            if (payload, layer) != (container.payload, container.residual):
+            parsed = container.unpack(encode_source(source, point.quality, "cpu", args.effort))
+            if (payload, layer) != (parsed.payload, parsed.residual):
                 raise SystemExit("the parts do not give the encoder's payload: this script is out of date")
             unsure_count += unsure.numel()
             for part, seconds in zip(parts, times):

@@ -22,10 +22,10 @@ import torch
 from PIL import Image
 from rate_weight_probe import exact_search_beam
 
-from codec.pipeline import _to_tensor
-from codec.weights import load_model, resolve_quality
-from models import autoencoder, tiling
-from models.data import list_images
+from diveq_codec.codec.pipeline import _to_tensor
+from diveq_codec.codec.zoo import load_model, resolve_quality
+from diveq_codec.models import autoencoder, tiling
+from diveq_codec.models.data import list_images
 
 
 def main() -> None:

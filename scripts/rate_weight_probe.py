@@ -29,12 +29,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from codec import entropy
-from codec.metrics import psnr
-from codec.pipeline import _to_tensor, _to_uint8, effort_settings
-from codec.weights import LoadedModel, load_model, network_rate_points
-from models import tiling
-from models.data import list_images
+from diveq_codec.codec import index_coder
+from diveq_codec.codec.metrics import psnr
+from diveq_codec.codec.pipeline import _to_tensor, _to_uint8, effort_settings
+from diveq_codec.codec.zoo import LoadedModel, load_model, network_rate_points
+from diveq_codec.models import tiling
+from diveq_codec.models.data import list_images
 
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5)
 
@@ -62,7 +62,7 @@ def exact_search_beam(effort: int | None) -> int:
 def coded_bits_and_psnr(loaded: LoadedModel, indices: torch.Tensor, grid: tuple[int, int],
                         rgb: np.ndarray) -> tuple[int, float]:
     """The payload bits of ``indices`` under the real coder and the PSNR of their real decode."""
-    payload = entropy.encode_indices(indices.numpy(), loaded.tables, grid[1], adaptive=True,
+    payload = index_coder.encode_indices(indices.numpy(), loaded.tables, grid[1], adaptive=True,
                                      second=loaded.second_tables)
     decoded = _to_uint8(loaded.model.decode_indices(indices, grid, rgb.shape[0], rgb.shape[1]))
     return len(payload) * 8, psnr(rgb, decoded)
@@ -110,7 +110,7 @@ def main() -> None:
             images.append(rgb)
             latents.append(latent)
         slopes = stage_slopes(model.quantizer, [model.to_vectors(t) for t in latents],
-                              entropy.table_entropy_bits(loaded.tables))
+                              index_coder.table_entropy_bits(loaded.tables))
         totals = {(p.quality, a): np.zeros(2) for p in points for a in ALPHAS}
         pixels = sum(rgb.shape[0] * rgb.shape[1] for rgb in images)
         for rgb, latent in zip(images, latents):

@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from codec import bitstream, pipeline, residual_layer
-from codec.metrics import bits_per_pixel, psnr
-from codec.weights import RatePoint, network_rate_points
-from models.data import list_images, load_rgb
+from diveq_codec.codec import container, dct_layer, pipeline
+from diveq_codec.codec.metrics import bits_per_pixel, psnr
+from diveq_codec.codec.zoo import RatePoint, network_rate_points
+from diveq_codec.models.data import list_images, load_rgb
 
 
 def upper_hull(points: list[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
@@ -57,12 +57,12 @@ def main() -> None:
     parser.add_argument("--base-rate-weights", default=None,
                         help="λ values to code each base at, comma-separated (default: the card's own)")
     parser.add_argument("--steps", default="4,5,6,8,10,12,16,20,24,32,40,48")
-    parser.add_argument("--rounding", default=str(residual_layer.ROUNDING),
+    parser.add_argument("--rounding", default=str(dct_layer.ROUNDING),
                         help="the encoder's rounding offsets to try, comma-separated (0.5: nearest)")
-    parser.add_argument("--rd-weight", default=str(residual_layer.RD_WEIGHT),
+    parser.add_argument("--rd-weight", default=str(dct_layer.RD_WEIGHT),
                         help="the encoder's rate–distortion weights to try, comma-separated (0: none)")
-    parser.add_argument("--transforms", default=str(residual_layer.WRITTEN_TRANSFORM),
-                        help="the layer transforms to try, comma-separated (see codec/residual_layer.py)")
+    parser.add_argument("--transforms", default=str(dct_layer.WRITTEN_TRANSFORM),
+                        help="the layer transforms to try, comma-separated (see codec/dct_layer.py)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     network = {p.quality: p for p in network_rate_points()}
@@ -74,7 +74,7 @@ def main() -> None:
     settings = [(float(r), float(w), int(t)) for r in args.rounding.split(",") for w in args.rd_weight.split(",")
                 for t in args.transforms.split(",")]
     paths = list_images(args.images)[:: args.every]
-    extra = bitstream.HEADER_SIZE_V2 - bitstream.HEADER_SIZE
+    extra = container.HEADER_SIZE_V2 - container.HEADER_SIZE
     alone: dict[str, list[tuple[float, float]]] = {}
     results: dict[tuple[str, tuple[float, float, int], float], list[tuple[float, float]]] = {}
     for path in paths:
@@ -87,9 +87,9 @@ def main() -> None:
             alone.setdefault(label, []).append((bits_per_pixel(len(data), width, height), psnr(rgb, base)))
             for setting in settings:
                 for step in steps:
-                    layer = residual_layer.encode(rgb, base, step, rounding=setting[0], rd_weight=setting[1],
+                    layer = dct_layer.encode(rgb, base, step, rounding=setting[0], rd_weight=setting[1],
                                                   transform=setting[2])
-                    decoded = residual_layer.decode(layer, base)
+                    decoded = dct_layer.decode(layer, base)
                     size = len(data) + extra + len(layer)
                     results.setdefault((label, setting, step), []).append(
                         (bits_per_pixel(size, width, height), min(psnr(rgb, decoded), 60.0)))

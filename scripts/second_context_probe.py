@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from codec.entropy import (
+from diveq_codec.codec.index_coder import (
     _contexts,
     _second_contexts,
     _StageTables,
@@ -37,8 +37,8 @@ from codec.entropy import (
     second_context_counts,
     smoothed_counts,
 )
-from codec.weights import load_model, resolve_quality
-from models.data import list_images, load_rgb
+from diveq_codec.codec.zoo import load_model, resolve_quality
+from diveq_codec.models.data import list_images, load_rgb
 
 Contexts = Callable[[np.ndarray, int, int, int], np.ndarray]
 

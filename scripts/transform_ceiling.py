@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from codec.metrics import psnr
-from codec.pipeline import _to_tensor, _to_uint8
-from codec.weights import load_model, resolve_quality
-from models.autoencoder import crop_to, pad_to_multiple
+from diveq_codec.codec.metrics import psnr
+from diveq_codec.codec.pipeline import _to_tensor, _to_uint8
+from diveq_codec.codec.zoo import load_model, resolve_quality
+from diveq_codec.models.autoencoder import crop_to, pad_to_multiple
 
 
 def main() -> None:

@@ -27,14 +27,14 @@ def lighthouse_path() -> Path:
 @pytest.fixture
 def weights_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A private copy of weights/ that a test may damage; the codec is pointed at it."""
-    from codec import weights
+    from diveq_codec.codec import zoo
 
     target = tmp_path / "weights"
-    shutil.copytree(weights.weights_dir(), target, ignore=shutil.ignore_patterns("__pycache__", "*.py"))
-    monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(target))
-    weights._load.cache_clear()
+    shutil.copytree(zoo.weights_dir(), target, ignore=shutil.ignore_patterns("__pycache__", "*.py"))
+    monkeypatch.setenv(zoo.WEIGHTS_DIR_ENV, str(target))
+    zoo._load.cache_clear()
     yield target
-    weights._load.cache_clear()
+    zoo._load.cache_clear()
 
 
 @pytest.fixture

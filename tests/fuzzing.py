@@ -27,16 +27,16 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from codec import bitstream
-from codec.errors import CodecError
-from codec.limits import MAX_PIXELS, MAX_SIDE, check_dimensions
+from diveq_codec.codec import container
+from diveq_codec.codec.errors import CodecError
+from diveq_codec.codec.limits import MAX_PIXELS, MAX_SIDE, check_dimensions
 
 MiB = 1 << 20
 MODEL_ALLOWANCE = 64 * MiB  # fixed allowance for the model's own working memory
 BYTES_PER_PIXEL = 64  # allowance per declared pixel
 TIME_LIMIT_S = 5.0
 
-# name -> (offset, struct code): the layout of codec/bitstream.py, written out independently.
+# name -> (offset, struct code): the layout of codec/container.py, written out independently.
 FIELDS: dict[str, tuple[int, str]] = {
     "magic": (0, "4s"), "version": (4, "B"), "flags": (5, "B"), "model_id": (6, "H"), "quality": (8, "B"),
     "weights_id": (9, "8s"), "coder_id": (17, "B"), "table_precision": (18, "B"), "width": (19, "I"),
@@ -68,8 +68,8 @@ def base_images() -> dict[str, tuple[Image.Image, int | None]]:
 def make_bases(device: str = "cpu") -> dict[str, bytes]:
     """The valid .dvq files of :func:`base_images`, at the lowest rate point, the default and
     the highest (the default and the highest add a residual layer: format version 2)."""
-    from codec.pipeline import encode
-    from codec.weights import rate_points
+    from diveq_codec.codec.pipeline import encode
+    from diveq_codec.codec.zoo import rate_points
 
     qualities = [p.quality for p in rate_points()]
     pick = {"min": qualities[0], "max": qualities[-1], None: None}
@@ -280,7 +280,7 @@ def replace_alpha(rng: random.Random, data: bytes) -> bytes:
         new = b""
     if rng.random() < 0.3:  # keep the flag consistent with the plane's presence, or not
         flags = int(get_field(data, "flags") or 0)
-        data = set_field(data, "flags", flags ^ bitstream.FLAG_ALPHA)
+        data = set_field(data, "flags", flags ^ container.FLAG_ALPHA)
     return _with_lengths(data, payload, new)
 
 
@@ -398,7 +398,7 @@ class Summary:
 
 def run_case(data: bytes, device: str = "cpu") -> tuple[str, BaseException | None, object]:
     """Decode once: ("decoded" | exception class name, unexpected exception or None, image or None)."""
-    from codec.pipeline import decode
+    from diveq_codec.codec.pipeline import decode
 
     try:
         image = decode(data, device=device)

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from models import autoencoder as autoencoder_module
-from models.autoencoder import SimplifiedGDN, VQAutoencoder, crop_to, pad_to_multiple, with_residual_blocks
-from models.config import QUANTIZERS, ModelConfig
-from models.residual import ResidualDiVeQ
+from diveq_codec.models import autoencoder as autoencoder_module
+from diveq_codec.models.autoencoder import SimplifiedGDN, VQAutoencoder, crop_to, pad_to_multiple, with_residual_blocks
+from diveq_codec.models.config import QUANTIZERS, ModelConfig
+from diveq_codec.models.residual import ResidualDiVeQ
 
 SIZES = [(1, 1), (1, 13), (13, 1), (5, 13), (17, 9), (7, 7), (8, 16), (16, 8), (24, 24)]
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from snapshots import assert_same_snapshot
 
-from models.baselines import (
+from diveq_codec.models.baselines import (
     BASELINES,
     EMAQuantizer,
     GumbelQuantizer,
@@ -20,7 +20,7 @@ from models.baselines import (
     gumbel_temperature,
     rotate_to,
 )
-from models.codebook import nearest_codeword
+from diveq_codec.models.codebook import nearest_codeword
 
 K, D, N = 12, 6, 40
 

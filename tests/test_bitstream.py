@@ -11,12 +11,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from codec.bitstream import (
+from diveq_codec.codec.container import (
     CODER_CONSTRICTION_RANGE, FLAG_ALPHA, FLAG_FROM_16BIT, FLAG_FROM_PALETTE, HEADER_SIZE, HEADER_SIZE_V2, MAGIC,
     TRAILER_SIZE, Container, Header, pack, peek_header, unpack,
 )
-from codec.errors import BitstreamError, CorruptBitstreamError, UnsupportedVersionError
-from codec.limits import MAX_PIXELS, MAX_SIDE
+from diveq_codec.codec.errors import BitstreamError, CorruptBitstreamError, UnsupportedVersionError
+from diveq_codec.codec.limits import MAX_PIXELS, MAX_SIDE
 
 # The layout written out independently of codec/bitstream.py: name -> (offset, struct code).
 FIELDS = {

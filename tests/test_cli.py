@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from codec.cli import app
-from codec.metrics import psnr
+from diveq_codec.codec.cli.app import app
+from diveq_codec.codec.metrics import psnr
 
 runner = CliRunner()
 
@@ -136,11 +136,11 @@ def test_unwritable_output(tmp_path: Path, parrots_path: Path) -> None:
 
 
 def test_missing_weights_exit_code(tmp_path: Path, encoded: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from codec import weights
-    monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(tmp_path / "empty"))
-    weights._load.cache_clear()
+    from diveq_codec.codec import zoo
+    monkeypatch.setenv(zoo.WEIGHTS_DIR_ENV, str(tmp_path / "empty"))
+    zoo._load.cache_clear()
     assert run("decode", str(encoded), str(tmp_path / "o.png")).exit_code == 4
-    weights._load.cache_clear()
+    zoo._load.cache_clear()
 
 
 def test_bad_quality_and_usage(tmp_path: Path, parrots_path: Path) -> None:

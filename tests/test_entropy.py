@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from codec.entropy import (
+from diveq_codec.codec.index_coder import (
     ADAPTIVE_COUNT_CAP,
     ADAPTIVE_PRIOR_WEIGHT,
     _StageTables,
@@ -22,7 +22,7 @@ from codec.entropy import (
     smoothed_counts,
     table_entropy_bits,
 )
-from codec.errors import CorruptBitstreamError
+from diveq_codec.codec.errors import CorruptBitstreamError
 
 ALPHABET = 8
 

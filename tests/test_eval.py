@@ -19,12 +19,12 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner, Result
 
-from codec.anchors import ANCHORS, measure, resolve_anchors
-from codec.bdrate import bd_rate, why_not
-from codec.evaluate import (CSV_FIELDS, Curve, load_published, matched_markdown, matched_rate_rows, parse_qualities,
+from diveq_codec.codec.evaluation.anchors import ANCHORS, measure, resolve_anchors
+from diveq_codec.codec.evaluation.bdrate import bd_rate, why_not
+from diveq_codec.codec.evaluation.runner import (CSV_FIELDS, Curve, load_published, matched_markdown, matched_rate_rows, parse_qualities,
                             summarize)
-from codec.metrics import bits_per_pixel, psnr
-from codec.msssim import MIN_SIDE, ms_ssim, ms_ssim_db
+from diveq_codec.codec.metrics import bits_per_pixel, psnr
+from diveq_codec.codec.evaluation.msssim import MIN_SIDE, ms_ssim, ms_ssim_db
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "samples"
@@ -227,9 +227,10 @@ def test_load_published_schemas(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def tiny_weights(tmp_path_factory: pytest.TempPathFactory):
     """A tiny random model with 2 rate points, exported the real way, made the zoo."""
-    from codec import export, weights
-    from models.autoencoder import VQAutoencoder
-    from models.config import ModelConfig
+    from diveq_codec.codec.release import export
+    from diveq_codec.codec import zoo
+    from diveq_codec.models.autoencoder import VQAutoencoder
+    from diveq_codec.models.config import ModelConfig
 
     root = tmp_path_factory.mktemp("tiny")
     torch.manual_seed(0)
@@ -242,13 +243,13 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory):
     assert export.main([str(checkpoint), "--name", "tiny", "--model-id", "9", "--data", str(SAMPLES),
                         "--table-images", "2", "--max-side", "256", "--out", str(out)]) == 0
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(weights.WEIGHTS_DIR_ENV, str(out))
+        mp.setenv(zoo.WEIGHTS_DIR_ENV, str(out))
         yield out
-    weights._load.cache_clear()
+    zoo._load.cache_clear()
 
 
 def _app() -> typer.Typer:
-    from codec.cli_eval import bench_command, eval_command
+    from diveq_codec.codec.cli.evaluation_commands import bench_command, eval_command
 
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     app.command("eval")(eval_command)

@@ -15,11 +15,11 @@ import pytest
 import torch
 from PIL import Image
 
-from models import autoencoder, residual, tiling
-from models.autoencoder import VQAutoencoder, pad_to_multiple
-from models.codebook import nearest_codeword, nearest_codeword_with_gap
-from models.config import ModelConfig
-from models.residual import RateCosts, ResidualDiVeQ
+from diveq_codec.models import autoencoder, residual, tiling
+from diveq_codec.models.autoencoder import VQAutoencoder, pad_to_multiple
+from diveq_codec.models.codebook import nearest_codeword, nearest_codeword_with_gap
+from diveq_codec.models.config import ModelConfig
+from diveq_codec.models.residual import RateCosts, ResidualDiVeQ
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -136,7 +136,7 @@ def test_no_move_shorter_than_the_beam_gap_changes_the_beams_choice(rate_term: b
 
 @pytest.fixture(scope="module")
 def shipped() -> VQAutoencoder:
-    from codec.weights import load_model, resolve_quality
+    from diveq_codec.codec.zoo import load_model, resolve_quality
 
     return load_model(resolve_quality(None).model_id, "cpu").model
 
@@ -211,7 +211,7 @@ def test_a_duplicated_codeword_is_a_tie_not_a_nan() -> None:
 
 
 def test_cpu_path_with_a_rate_term_gives_the_float64_indices(shipped: VQAutoencoder, lighthouse_path: Path) -> None:
-    from codec.weights import load_model, resolve_quality
+    from diveq_codec.codec.zoo import load_model, resolve_quality
 
     loaded = load_model(resolve_quality(None).model_id, "cpu")
     rate = loaded.rate_costs(0.01)
@@ -222,7 +222,7 @@ def test_cpu_path_with_a_rate_term_gives_the_float64_indices(shipped: VQAutoenco
 
 
 def test_cpu_path_with_a_beam_gives_the_float64_indices(shipped: VQAutoencoder, lighthouse_path: Path) -> None:
-    from codec.weights import load_model, resolve_quality
+    from diveq_codec.codec.zoo import load_model, resolve_quality
 
     rate = load_model(resolve_quality(None).model_id, "cpu").rate_costs(0.01)
     x = _lighthouse(lighthouse_path.parent)

@@ -1,4 +1,4 @@
-"""codec.fileio: bounded reads, preflight refusals, and writes that are atomic even under SIGKILL."""
+"""codec.file_io: bounded reads, preflight refusals, and writes that are atomic even under SIGKILL."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from codec import fileio
-from codec.errors import InputError, OutputError
-from codec.fileio import check_output, read_input, write_output
+from diveq_codec.codec import file_io
+from diveq_codec.codec.errors import InputError, OutputError
+from diveq_codec.codec.file_io import check_output, read_input, write_output
 
 REPO = Path(__file__).resolve().parents[1]
 IS_ROOT = os.geteuid() == 0  # root bypasses permission bits, so those refusals cannot be provoked
@@ -55,7 +55,7 @@ def test_read_stdin(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_read_stdin_over_limit(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fileio, "MAX_FILE_BYTES", 10)
+    monkeypatch.setattr(file_io, "MAX_FILE_BYTES", 10)
     monkeypatch.setattr(sys, "stdin", types.SimpleNamespace(buffer=io.BytesIO(bytes(11))))
     with pytest.raises(InputError) as caught:
         read_input("-")
@@ -65,7 +65,7 @@ def test_read_stdin_over_limit(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_read_file_over_limit_is_refused_from_stat(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "big.bin"
     path.write_bytes(bytes(11))
-    monkeypatch.setattr(fileio, "MAX_FILE_BYTES", 10)
+    monkeypatch.setattr(file_io, "MAX_FILE_BYTES", 10)
     monkeypatch.setattr("builtins.open", lambda *args, **kwargs: pytest.fail("opened despite its size"))
     with pytest.raises(InputError) as caught:
         read_input(str(path))
@@ -247,7 +247,7 @@ def test_write_stdout(capsysbinary: pytest.CaptureFixture[bytes]) -> None:
 
 _WRITER = """
 import sys
-from codec.fileio import write_output
+from diveq_codec.codec.file_io import write_output
 target, size = sys.argv[1], int(sys.argv[2])
 payloads = [bytes([k]) * (size + k) for k in (1, 2)]
 print("ready", flush=True)

@@ -27,10 +27,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import fuzzing
-from codec import bitstream, fileio
-from codec.cli import app
-from codec.limits import MAX_PIXELS, MAX_SIDE
-from codec.pipeline import decode, decode_detailed, encode
+from diveq_codec.codec import container, file_io
+from diveq_codec.codec.cli.app import app
+from diveq_codec.codec.limits import MAX_PIXELS, MAX_SIDE
+from diveq_codec.codec.pipeline import decode, decode_detailed, encode
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "samples"
@@ -119,7 +119,7 @@ def test_giant_declared_image_behind_a_valid_crc(bases: dict[str, bytes], width:
     data = fuzzing.fix_crc(data)
     tracemalloc.start()
     try:
-        with pytest.raises(bitstream.BitstreamError, match=error):
+        with pytest.raises(container.BitstreamError, match=error):
             decode(data, device="cpu")
         peak = tracemalloc.get_traced_memory()[1]
     finally:
@@ -279,7 +279,7 @@ def test_full_disk_on_encode_keeps_the_old_file(tmp_path: Path, monkeypatch: pyt
             raise OSError(err, os.strerror(err))
         real_fsync(fd)
 
-    monkeypatch.setattr(fileio.os, failing, write if failing == "write" else fsync)
+    monkeypatch.setattr(file_io.os, failing, write if failing == "write" else fsync)
     result = cli("encode", str(SAMPLES / "lighthouse.png"), str(out), "--force")
     monkeypatch.undo()
     assert_refused(result, 6, tmp_path, {"out.dvq"}, "disk full")
@@ -296,7 +296,7 @@ def test_full_disk_on_decode_leaves_nothing(tmp_path: Path, monkeypatch: pytest.
             raise OSError(errno.ENOSPC, "No space left on device")
         real_fsync(fd)
 
-    monkeypatch.setattr(fileio.os, "fsync", fsync)
+    monkeypatch.setattr(file_io.os, "fsync", fsync)
     result = cli("decode", str(coded), str(tmp_path / "out.png"))
     monkeypatch.undo()
     assert_refused(result, 6, tmp_path, {"in.dvq"}, "disk full")
@@ -306,7 +306,7 @@ def test_read_only_file_system(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     def mkstemp(*args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr(fileio.tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(file_io.tempfile, "mkstemp", mkstemp)
     result = cli("encode", str(SAMPLES / "lighthouse.png"), str(tmp_path / "out.dvq"))
     monkeypatch.undo()
     assert_refused(result, 6, tmp_path, set(), "read-only")
@@ -356,7 +356,7 @@ def test_never_overwrites_the_input_through_a_link(tmp_path: Path, link: str) ->
 
 def _cli_command() -> list[str]:
     script = Path(sys.executable).parent / "diveq-codec"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "codec.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "diveq_codec.codec.cli.app"]
 
 
 def _env(threads: int | None = None) -> dict[str, str]:
@@ -372,7 +372,7 @@ import sys
 import numpy as np
 import torch
 torch.set_num_threads(int(sys.argv[1]))
-from codec.pipeline import decode, encode
+from diveq_codec.codec.pipeline import decode, encode
 folder = sys.argv[2]
 for i, path in enumerate(sys.argv[3:]):
     data = encode(path, device="cpu")
@@ -423,8 +423,8 @@ def test_bytes_identical_across_threads_processes_and_cli(tmp_path: Path, determ
 def test_cpu_choices_are_the_float64_ones(determinism_inputs: list[Path]) -> None:
     """An accelerator encodes in float64 (exact choices on any device), the CPU in float32
     with near-boundary latents re-decided in float64: both must give the same indices."""
-    from codec.pipeline import _to_tensor
-    from codec.weights import load_model, resolve_quality
+    from diveq_codec.codec.pipeline import _to_tensor
+    from diveq_codec.codec.zoo import load_model, resolve_quality
 
     point = resolve_quality(None)
     model = load_model(point.model_id, "cpu").model

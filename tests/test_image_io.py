@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from codec.errors import CorruptBitstreamError, InputError, OutputError
-from codec.image_io import (
+from diveq_codec.codec.errors import CorruptBitstreamError, InputError, OutputError
+from diveq_codec.codec.image_io import (
     SourceImage,
     alpha_from_bytes,
     alpha_to_bytes,
@@ -27,7 +27,7 @@ from codec.image_io import (
     read_image,
     restore_image,
 )
-from codec.limits import MAX_PIXELS, MAX_SIDE
+from diveq_codec.codec.limits import MAX_PIXELS, MAX_SIDE
 
 RNG = np.random.default_rng(1234)
 

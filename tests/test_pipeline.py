@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from codec import bitstream, entropy
-from codec.errors import BitstreamError, CorruptBitstreamError, WeightsError
-from codec.metrics import bits_per_pixel, psnr
-from codec.pipeline import decode, decode_detailed, encode, encode_with_report
-from codec.weights import load_model, rate_points, resolve_quality
+from diveq_codec.codec import container, index_coder
+from diveq_codec.codec.errors import BitstreamError, CorruptBitstreamError, WeightsError
+from diveq_codec.codec.metrics import bits_per_pixel, psnr
+from diveq_codec.codec.pipeline import decode, decode_detailed, encode, encode_with_report
+from diveq_codec.codec.zoo import load_model, rate_points, resolve_quality
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_every_rate_point_writes_a_file_that_decodes(parrots_path: Path, qualiti
     for quality in qualities:
         data = encode(crop, quality=quality)
         assert data[4] == (1 if resolve_quality(quality).residual_step is None else 2)
-        assert bitstream.unpack(data).header.quality == quality and decode(data).size == crop.size
+        assert container.unpack(data).header.quality == quality and decode(data).size == crop.size
 
 
 def test_odd_size_is_padded_and_cropped(lighthouse_path: Path) -> None:
@@ -55,7 +55,7 @@ def test_odd_size_is_padded_and_cropped(lighthouse_path: Path) -> None:
 def test_bytes_identical_across_runs_and_indices_survive(parrots_path: Path) -> None:
     first, second = encode(parrots_path), encode(parrots_path)
     assert first == second
-    header = bitstream.unpack(first).header
+    header = container.unpack(first).header
     loaded = load_model(header.model_id, "cpu")
     x = torch.from_numpy(np.asarray(Image.open(parrots_path).convert("RGB")).copy()).permute(2, 0, 1)[None].float() / 255
     rate = loaded.rate_costs(resolve_quality(header.quality).rate_weight)
@@ -154,10 +154,10 @@ def test_tiny_images(size: tuple[int, int]) -> None:
 
 def test_weights_mismatch_is_refused(parrots_path: Path, weights_copy: Path) -> None:
     data = encode(parrots_path)
-    container = bitstream.unpack(data)
-    other = bitstream.Header(**{**container.header.__dict__, "weights_id": b"\x00" * 8})
+    parsed = container.unpack(data)
+    other = container.Header(**{**parsed.header.__dict__, "weights_id": b"\x00" * 8})
     with pytest.raises(WeightsError):
-        decode(bitstream.pack(bitstream.Container(other, container.payload, container.alpha)))
+        decode(container.pack(container.Container(other, parsed.payload, parsed.alpha)))
 
 
 def test_tampered_weights_file_is_refused(parrots_path: Path, weights_copy: Path) -> None:
@@ -178,33 +178,33 @@ def test_missing_model_is_refused(parrots_path: Path, weights_copy: Path) -> Non
 
 
 def test_unknown_model_id_is_refused(parrots_path: Path) -> None:
-    container = bitstream.unpack(encode(parrots_path))
-    other = bitstream.Header(**{**container.header.__dict__, "model_id": 999})
+    parsed = container.unpack(encode(parrots_path))
+    other = container.Header(**{**parsed.header.__dict__, "model_id": 999})
     with pytest.raises(WeightsError):
-        decode(bitstream.pack(bitstream.Container(other, container.payload, container.alpha)))
+        decode(container.pack(container.Container(other, parsed.payload, parsed.alpha)))
 
 
 def test_inconsistent_latent_grid_is_refused(parrots_path: Path) -> None:
-    container = bitstream.unpack(encode(parrots_path))
-    other = bitstream.Header(**{**container.header.__dict__, "latent_w": container.header.latent_w + 1})
+    parsed = container.unpack(encode(parrots_path))
+    other = container.Header(**{**parsed.header.__dict__, "latent_w": parsed.header.latent_w + 1})
     with pytest.raises(BitstreamError):
-        decode(bitstream.pack(bitstream.Container(other, container.payload, container.alpha)))
+        decode(container.pack(container.Container(other, parsed.payload, parsed.alpha)))
 
 
-@pytest.mark.parametrize("coder", [bitstream.CODER_CONSTRICTION_RANGE, bitstream.CODER_ADAPTIVE_RANGE])
+@pytest.mark.parametrize("coder", [container.CODER_CONSTRICTION_RANGE, container.CODER_ADAPTIVE_RANGE])
 def test_files_of_the_earlier_coders_still_decode(parrots_path: Path, coder: int) -> None:
     """Files of the static coder (1) and of the adaptive one (2) decode to the same pixels;
     the new ones (coder 3) carry the same indices in fewer bytes."""
     new = decode_detailed(encode(parrots_path, quality=4))
-    assert new.header.coder_id == bitstream.CODER_TWO_CONTEXT_RANGE
+    assert new.header.coder_id == container.CODER_TWO_CONTEXT_RANGE
     loaded = load_model(new.header.model_id)
-    old_payload = entropy.encode_indices(new.indices, loaded.tables, new.header.latent_w,
-                                         adaptive=coder == bitstream.CODER_ADAPTIVE_RANGE)
-    old_header = bitstream.Header(**{**new.header.__dict__, "coder_id": coder})
-    old = decode_detailed(bitstream.pack(bitstream.Container(old_header, old_payload, b"")))
+    old_payload = index_coder.encode_indices(new.indices, loaded.tables, new.header.latent_w,
+                                         adaptive=coder == container.CODER_ADAPTIVE_RANGE)
+    old_header = container.Header(**{**new.header.__dict__, "coder_id": coder})
+    old = decode_detailed(container.pack(container.Container(old_header, old_payload, b"")))
     assert np.array_equal(old.indices, new.indices)
     assert np.array_equal(np.asarray(old.image), np.asarray(new.image))
-    assert len(bitstream.unpack(encode(parrots_path, quality=4)).payload) < len(old_payload)
+    assert len(container.unpack(encode(parrots_path, quality=4)).payload) < len(old_payload)
 
 
 def test_a_model_without_second_tables_writes_coder_2_and_refuses_coder_3(parrots_path: Path,
@@ -214,39 +214,39 @@ def test_a_model_without_second_tables_writes_coder_2_and_refuses_coder_3(parrot
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from codec import weights
+    from diveq_codec.codec import zoo
 
     card_path = next(weights_copy.glob("*.json"))
     card = json.loads(card_path.read_text())
     file = weights_copy / card["file"]
     with safe_open(str(file), framework="pt") as fh:
         metadata, tensors = fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}
-    del tensors[weights.SECOND_ENTROPY_TENSOR]
+    del tensors[zoo.SECOND_ENTROPY_TENSOR]
     save_file(tensors, str(file), metadata=metadata)
-    card["sha256"] = weights.file_sha256(file)
+    card["sha256"] = zoo.file_sha256(file)
     card_path.write_text(json.dumps(card))
-    weights._load.cache_clear()
+    zoo._load.cache_clear()
     data = encode(parrots_path, quality=3)
-    container = bitstream.unpack(data)
-    assert container.header.coder_id == bitstream.CODER_ADAPTIVE_RANGE
+    parsed = container.unpack(data)
+    assert parsed.header.coder_id == container.CODER_ADAPTIVE_RANGE
     assert decode_detailed(data).image.size == Image.open(parrots_path).size
-    claimed = bitstream.Header(**{**container.header.__dict__, "coder_id": bitstream.CODER_TWO_CONTEXT_RANGE})
+    claimed = container.Header(**{**parsed.header.__dict__, "coder_id": container.CODER_TWO_CONTEXT_RANGE})
     with pytest.raises(CorruptBitstreamError, match="second-context tables"):
-        decode(bitstream.pack(bitstream.Container(claimed, container.payload, b"")))
+        decode(container.pack(container.Container(claimed, parsed.payload, b"")))
 
 
 @pytest.mark.parametrize("quality", [1, None])  # a version-1 file, and the default's version 2
 def test_header_counts_in_bpp(parrots_path: Path, quality: int | None) -> None:
     data = encode(parrots_path, quality=quality)
-    container = bitstream.unpack(data)
-    header = bitstream.HEADER_SIZE_V2 if container.residual else bitstream.HEADER_SIZE
-    assert data[4] == (2 if container.residual else 1)
-    assert len(data) == (header + len(container.payload) + len(container.alpha) + len(container.residual)
-                         + bitstream.TRAILER_SIZE)
+    parsed = container.unpack(data)
+    header = container.HEADER_SIZE_V2 if parsed.residual else container.HEADER_SIZE
+    assert data[4] == (2 if parsed.residual else 1)
+    assert len(data) == (header + len(parsed.payload) + len(parsed.alpha) + len(parsed.residual)
+                         + container.TRAILER_SIZE)
 
 
 def test_cards_carry_the_required_fields() -> None:
-    from codec.weights import list_cards
+    from diveq_codec.codec.zoo import list_cards
     for card in list_cards():
         for key in ("config", "sha256", "entropy_tables", "training", "rate_points"):
             assert key in card.data
@@ -257,7 +257,7 @@ def test_cards_carry_the_required_fields() -> None:
 
 
 def test_package_level_api(parrots_path: Path) -> None:
-    import codec
+    from diveq_codec import codec
 
     data = codec.encode(parrots_path, quality=1)
     assert codec.decode(data).size == (256, 192)

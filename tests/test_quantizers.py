@@ -22,10 +22,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from snapshots import assert_same_snapshot
 
-from models.diveq import DiVeQ, DiVeQDetach
-from models.quantizer import directional_reparam
-from models.residual import ResidualDiVeQ
-from models.sf_diveq import SFDiVeQ, SFDiVeQDetach
+from diveq_codec.models.diveq import DiVeQ, DiVeQDetach
+from diveq_codec.models.quantizer import directional_reparam
+from diveq_codec.models.residual import ResidualDiVeQ
+from diveq_codec.models.sf_diveq import SFDiVeQ, SFDiVeQDetach
 
 F64 = torch.float64
 

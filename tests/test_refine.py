@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from codec.weights import LoadedModel, load_model, network_rate_points, resolve_quality
-from models import refine, tiling
-from models.autoencoder import search_options
+from diveq_codec.codec.zoo import LoadedModel, load_model, network_rate_points, resolve_quality
+from diveq_codec.models import refine, tiling
+from diveq_codec.models.autoencoder import search_options
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -1,4 +1,4 @@
-"""The residual layer (codec/residual_layer.py) on its own, and inside .dvq files."""
+"""The residual layer (codec/dct_layer.py) on its own, and inside .dvq files."""
 
 from __future__ import annotations
 
@@ -11,18 +11,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from codec import bitstream, residual_layer
-from codec.errors import BitstreamError, CorruptBitstreamError
-from codec.image_io import read_image
-from codec.metrics import psnr
-from codec.pipeline import (
+from diveq_codec.codec import container, dct_layer
+from diveq_codec.codec.errors import BitstreamError, CorruptBitstreamError
+from diveq_codec.codec.image_io import read_image
+from diveq_codec.codec.metrics import psnr
+from diveq_codec.codec.pipeline import (
     decode,
     decode_detailed,
     encode,
     encode_at_point,
     encode_with_report,
 )
-from codec.weights import rate_points, resolve_quality
+from diveq_codec.codec.zoo import rate_points, resolve_quality
 
 
 def _photo_and_base(path: Path, quality: int = 4) -> tuple[np.ndarray, np.ndarray]:
@@ -36,7 +36,7 @@ def photo_and_base() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _expected(source: np.ndarray, base: np.ndarray, step: float,
-              rounding: float = residual_layer.ROUNDING) -> np.ndarray:
+              rounding: float = dct_layer.ROUNDING) -> np.ndarray:
     """What the layer should decode to, computed here without the coder: quantise the
     colour-rotated 8×8 DCT of the difference (rounding offset ``rounding``), reconstruct, add, round."""
     n = 8
@@ -59,15 +59,15 @@ def _expected(source: np.ndarray, base: np.ndarray, step: float,
     return np.clip(np.rint(base + restored), 0, 255).astype(np.uint8)
 
 
-@pytest.mark.parametrize("transform", sorted(residual_layer._GROUPINGS))
-@pytest.mark.parametrize(("step", "rounding"), [(2.0, 0.5), (12.5, residual_layer.ROUNDING), (40.0, 0.1)])
+@pytest.mark.parametrize("transform", sorted(dct_layer._GROUPINGS))
+@pytest.mark.parametrize(("step", "rounding"), [(2.0, 0.5), (12.5, dct_layer.ROUNDING), (40.0, 0.1)])
 def test_the_layer_decodes_to_the_quantised_dct_of_the_difference(photo_and_base, step: float,
                                                                   rounding: float, transform: int) -> None:
     """Every transform id decodes (files of the earlier ones are in the world), to the same pixels."""
     source, base = photo_and_base
-    layer = residual_layer.encode(source, base, step, rounding, transform, rd_weight=0.0)
+    layer = dct_layer.encode(source, base, step, rounding, transform, rd_weight=0.0)
     assert layer[0] == transform
-    decoded = residual_layer.decode(layer, base)
+    decoded = dct_layer.decode(layer, base)
     expected = _expected(source, base, step, rounding)
     # The same quotients on both sides; the float transforms may round a pixel on a .5 tie differently.
     assert np.abs(decoded.astype(int) - expected).max() <= 1
@@ -81,7 +81,7 @@ def test_images_taller_than_a_strip_are_coded_as_one(shape: tuple[int, ...]) -> 
     rng = np.random.default_rng(6)
     source = rng.integers(0, 256, shape, dtype=np.uint8)
     base = np.clip(source.astype(int) + rng.integers(-9, 10, shape), 0, 255).astype(np.uint8)
-    decoded = residual_layer.decode(residual_layer.encode(source, base, 3.0, rd_weight=0.0), base)
+    decoded = dct_layer.decode(dct_layer.encode(source, base, 3.0, rd_weight=0.0), base)
     assert (decoded != _expected(source, base, 3.0)).mean() < 1e-4
 
 
@@ -89,9 +89,9 @@ def test_finer_steps_cost_more_bits_and_give_more_db(photo_and_base) -> None:
     source, base = photo_and_base
     sizes, gains = [], []
     for step in (32.0, 12.0, 4.0):
-        layer = residual_layer.encode(source, base, step)
+        layer = dct_layer.encode(source, base, step)
         sizes.append(len(layer))
-        gains.append(psnr(source, residual_layer.decode(layer, base)))
+        gains.append(psnr(source, dct_layer.decode(layer, base)))
     assert sizes[0] < sizes[1] < sizes[2]
     assert psnr(source, base) < gains[0] < gains[1] < gains[2]
 
@@ -100,28 +100,28 @@ def test_each_transform_codes_the_same_quotients_in_fewer_bytes_than_the_one_bef
     """Transform 2's neighbour contexts and predicted table indices beat transform 1, and
     transform 3's empty-group flags (what the encoder writes) beat transform 2."""
     source, base = photo_and_base
-    assert residual_layer.WRITTEN_TRANSFORM == residual_layer.TRANSFORM_DCT8_EMPTY_FLAGS
+    assert dct_layer.WRITTEN_TRANSFORM == dct_layer.TRANSFORM_DCT8_EMPTY_FLAGS
     for step in (80.0, 40.0, 12.0, 3.0):
-        layers = [residual_layer.encode(source, base, step, transform=transform, rd_weight=0.0)
-                  for transform in sorted(residual_layer._GROUPINGS)]
+        layers = [dct_layer.encode(source, base, step, transform=transform, rd_weight=0.0)
+                  for transform in sorted(dct_layer._GROUPINGS)]
         assert [len(layer) for layer in layers] == sorted({len(layer) for layer in layers}, reverse=True)
-        decoded = residual_layer.decode(layers[0], base)
-        assert all(np.array_equal(residual_layer.decode(layer, base), decoded) for layer in layers[1:])
+        decoded = dct_layer.decode(layers[0], base)
+        assert all(np.array_equal(dct_layer.decode(layer, base), decoded) for layer in layers[1:])
 
 
 def test_a_layer_of_empty_groups_is_a_few_bytes_and_decodes_to_the_base() -> None:
     """Where the residual quantises to nothing, transform 3 sends one cheap flag a group."""
     rng = np.random.default_rng(3)
     base = rng.integers(0, 256, (512, 768, 3), dtype=np.uint8)
-    layer = residual_layer.encode(base, base, 16.0)
+    layer = dct_layer.encode(base, base, 16.0)
     assert len(layer) < 64
-    assert np.array_equal(residual_layer.decode(layer, base), base)
+    assert np.array_equal(dct_layer.decode(layer, base), base)
 
 
 def test_encode_refuses_an_unknown_transform(photo_and_base) -> None:
     source, base = photo_and_base
     with pytest.raises(ValueError, match="transform"):
-        residual_layer.encode(source, base, 8.0, transform=max(residual_layer._GROUPINGS) + 1)
+        dct_layer.encode(source, base, 8.0, transform=max(dct_layer._GROUPINGS) + 1)
 
 
 def test_the_shipped_quantiser_beats_nearest_rounding_at_equal_rate(photo_and_base) -> None:
@@ -130,11 +130,11 @@ def test_the_shipped_quantiser_beats_nearest_rounding_at_equal_rate(photo_and_ba
     pass) writes fewer bytes for more dB than nearest rounding or a plain dead zone here too."""
     source, base = photo_and_base
     results = {}
-    for setting in ((0.5, 0.0), (0.32, 0.0), (residual_layer.ROUNDING, residual_layer.RD_WEIGHT), (0.0, 0.0)):
+    for setting in ((0.5, 0.0), (0.32, 0.0), (dct_layer.ROUNDING, dct_layer.RD_WEIGHT), (0.0, 0.0)):
         for step in (10.0, 12.0, 16.0):
-            layer = residual_layer.encode(source, base, step, setting[0], rd_weight=setting[1])
-            results[setting, step] = (len(layer), psnr(source, residual_layer.decode(layer, base)))
-    shipped = (residual_layer.ROUNDING, residual_layer.RD_WEIGHT)
+            layer = dct_layer.encode(source, base, step, setting[0], rd_weight=setting[1])
+            results[setting, step] = (len(layer), psnr(source, dct_layer.decode(layer, base)))
+    shipped = (dct_layer.ROUNDING, dct_layer.RD_WEIGHT)
     assert results[(0.0, 0.0), 16.0][0] < results[shipped, 16.0][0] < results[(0.5, 0.0), 16.0][0]
     for other in (results[(0.5, 0.0), 12.0], results[(0.32, 0.0), 10.0]):
         assert results[shipped, 10.0][0] < other[0] and results[shipped, 10.0][1] > other[1]
@@ -142,57 +142,57 @@ def test_the_shipped_quantiser_beats_nearest_rounding_at_equal_rate(photo_and_ba
 
 def test_the_rate_distortion_pass_only_moves_quotients_one_towards_zero(photo_and_base) -> None:
     source, base = photo_and_base
-    grid = residual_layer._block_grid(*source.shape[:2])
-    grouping = residual_layer._GROUPINGS[residual_layer.WRITTEN_TRANSFORM]
-    before, lowering_costs = residual_layer._quotients(source, base, 6.0, 0.5)
+    grid = dct_layer._block_grid(*source.shape[:2])
+    grouping = dct_layer._GROUPINGS[dct_layer.WRITTEN_TRANSFORM]
+    before, lowering_costs = dct_layer._quotients(source, base, 6.0, 0.5)
     after = before.copy()
-    residual_layer._lower_where_cheaper(after, lowering_costs, grid, grouping, 1.0)
+    dct_layer._lower_where_cheaper(after, lowering_costs, grid, grouping, 1.0)
     moved = after != before
     assert moved.any() and np.all(np.abs(after[moved]) == np.abs(before[moved]) - 1)
     assert np.all(np.sign(after[moved]) * np.sign(before[moved]) >= 0)
     # It pays for itself: fewer bytes than the same dead zone without it.
-    assert len(residual_layer.encode(source, base, 6.0, 0.5, rd_weight=1.0)) < len(
-        residual_layer.encode(source, base, 6.0, 0.5, rd_weight=0.0))
+    assert len(dct_layer.encode(source, base, 6.0, 0.5, rd_weight=1.0)) < len(
+        dct_layer.encode(source, base, 6.0, 0.5, rd_weight=0.0))
 
 
 @pytest.mark.parametrize("weight", [-1.0, float("inf"), float("nan")])
 def test_encode_refuses_a_meaningless_rate_distortion_weight(photo_and_base, weight: float) -> None:
     source, base = photo_and_base
     with pytest.raises(ValueError, match="rd_weight"):
-        residual_layer.encode(source, base, 8.0, rd_weight=weight)
+        dct_layer.encode(source, base, 8.0, rd_weight=weight)
 
 
 @pytest.mark.parametrize("rounding", [-0.1, 0.51, float("nan")])
 def test_encode_refuses_a_rounding_outside_the_dead_zone_range(photo_and_base, rounding: float) -> None:
     source, base = photo_and_base
     with pytest.raises(ValueError, match="rounding"):
-        residual_layer.encode(source, base, 8.0, rounding)
+        dct_layer.encode(source, base, 8.0, rounding)
 
 
 def test_the_smallest_step_is_lossless_through_the_escape_code() -> None:
     rng = np.random.default_rng(3)
     source = rng.integers(0, 256, (21, 19, 3), dtype=np.uint8)  # noise: every quotient large, most escaped
     base = np.full_like(source, 128)
-    layer = residual_layer.encode(source, base, 0.25)
-    assert np.array_equal(residual_layer.decode(layer, base), source)
+    layer = dct_layer.encode(source, base, 0.25)
+    assert np.array_equal(dct_layer.decode(layer, base), source)
 
 
 def test_gray_planes_and_one_pixel_images() -> None:
     rng = np.random.default_rng(4)
     gray = rng.integers(0, 256, (13, 30), dtype=np.uint8)
     base = np.clip(gray.astype(int) + rng.integers(-20, 21, gray.shape), 0, 255).astype(np.uint8)
-    decoded = residual_layer.decode(residual_layer.encode(gray, base, 3.0), base)
+    decoded = dct_layer.decode(dct_layer.encode(gray, base, 3.0), base)
     assert decoded.shape == gray.shape and psnr(gray, decoded) > psnr(gray, base) + 6
     one = np.array([[[10, 200, 30]]], dtype=np.uint8)
-    assert np.array_equal(residual_layer.decode(residual_layer.encode(one, np.zeros_like(one), 0.25),
+    assert np.array_equal(dct_layer.decode(dct_layer.encode(one, np.zeros_like(one), 0.25),
                                                 np.zeros_like(one)), one)
 
 
 def test_the_level_tables_are_the_same_integers_everywhere() -> None:
     """The decoder depends on these exact integers: a change in how they are built (or a
     platform that rounded differently) would make every file undecodable."""
-    tables = np.stack([residual_layer._level_frequencies(j) for j in range(residual_layer.NUM_LEVELS)])
-    assert tables.shape == (64, residual_layer.ALPHABET) and tables.min() >= 1
+    tables = np.stack([dct_layer._level_frequencies(j) for j in range(dct_layer.NUM_LEVELS)])
+    assert tables.shape == (64, dct_layer.ALPHABET) and tables.min() >= 1
     assert hashlib.sha256(tables.astype("<i8").tobytes()).hexdigest()[:16] == "d686470d0556de78"
 
 
@@ -200,7 +200,7 @@ def test_the_level_tables_are_the_same_integers_everywhere() -> None:
 def test_encode_refuses_steps_a_layer_cannot_hold(photo_and_base, step: float) -> None:
     source, base = photo_and_base
     with pytest.raises(ValueError, match="step"):
-        residual_layer.encode(source, base, step)
+        dct_layer.encode(source, base, step)
 
 
 def _damaged(layer: bytes) -> dict[str, bytes]:
@@ -210,7 +210,7 @@ def _damaged(layer: bytes) -> dict[str, bytes]:
     return {
         "empty": b"",
         "header only": layer[:3],
-        "unknown transform": bytes([max(residual_layer._GROUPINGS) + 1]) + layer[1:],
+        "unknown transform": bytes([max(dct_layer._GROUPINGS) + 1]) + layer[1:],
         "step below the smallest": layer[:1] + (3).to_bytes(2, "little") + layer[3:],
         "not whole words": layer + b"\x00",
         "garbage": layer[:3] + bytes(range(256)) * 2,
@@ -220,15 +220,15 @@ def _damaged(layer: bytes) -> dict[str, bytes]:
 @pytest.mark.parametrize("case", list(_damaged(b"\x01\x40\x00" + b"\x00" * 8)))
 def test_a_damaged_layer_is_one_error(photo_and_base, case: str) -> None:
     source, base = photo_and_base
-    layer = _damaged(residual_layer.encode(source, base, 8.0))[case]
+    layer = _damaged(dct_layer.encode(source, base, 8.0))[case]
     with pytest.raises(CorruptBitstreamError):
-        residual_layer.decode(layer, base)
+        dct_layer.decode(layer, base)
 
 
 def test_a_tiny_layer_cannot_declare_a_huge_image() -> None:
     base = np.zeros((8000, 8000, 3), dtype=np.uint8)
     with pytest.raises(CorruptBitstreamError, match="too short"):
-        residual_layer.decode(b"\x01\x40\x00" + b"\x00" * 64, base)
+        dct_layer.decode(b"\x01\x40\x00" + b"\x00" * 64, base)
 
 
 # --- inside .dvq files -------------------------------------------------------------------
@@ -258,13 +258,13 @@ def test_a_residual_rate_point_writes_a_version_2_file_that_decodes_better(parro
     quality = _residual_quality()
     base_quality = resolve_quality(quality)
     report = encode_with_report(parrots_path, quality=quality, device="cpu")
-    container = bitstream.unpack(report.data)
-    assert report.data[4] == 2 and container.residual
-    assert container.header.quality == quality and container.header.stages == base_quality.stages
+    parsed = container.unpack(report.data)
+    assert report.data[4] == 2 and parsed.residual
+    assert parsed.header.quality == quality and parsed.header.stages == base_quality.stages
     # The same point without its layer: the same base indices, in a version-1 file.
     source = read_image(parrots_path.read_bytes(), "parrots")
     plain = encode_at_point(source, replace(base_quality, residual_step=None), "cpu")
-    assert plain[4] == 1 and bitstream.unpack(plain).payload == container.payload
+    assert plain[4] == 1 and container.unpack(plain).payload == parsed.payload
     assert report.psnr > psnr(source.rgb, np.asarray(decode(plain, "cpu"))) + 1.0
     # The decoder needs nothing but the file: the step travels in the layer.
     assert np.array_equal(np.asarray(decode(report.data, "cpu")), np.asarray(report.decoded))
@@ -283,7 +283,7 @@ def test_a_gray_image_with_alpha_at_a_residual_point(tmp_path: Path, parrots_pat
 
 @pytest.mark.parametrize("step", ["fine", 0.1, 1.03, -4, float("inf"), float("nan")])
 def test_a_card_with_a_bad_residual_step_is_refused(weights_copy: Path, step: object) -> None:
-    from codec.errors import WeightsError
+    from diveq_codec.codec.errors import WeightsError
 
     card_path = next(weights_copy.glob("*.json"))
     card = json.loads(card_path.read_text())
@@ -296,7 +296,7 @@ def test_a_card_with_a_bad_residual_step_is_refused(weights_copy: Path, step: ob
 def test_the_cli_writes_reads_and_describes_a_layered_file(tmp_path: Path, parrots_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from codec.cli import app
+    from diveq_codec.codec.cli.app import app
 
     runner = CliRunner()
     quality = max(p.quality for p in rate_points())
@@ -321,8 +321,8 @@ def test_damaged_layers_behind_a_valid_crc_decode_or_fail_in_one_line(parrots_pa
     must still end in a BitstreamError (exit 3) or an image, never another exception."""
     image = Image.open(parrots_path).convert("RGB").crop((0, 0, 40, 24))
     data = encode(image, quality=max(p.quality for p in rate_points()), device="cpu")
-    container = bitstream.unpack(data)
-    layer = container.residual
+    parsed = container.unpack(data)
+    layer = parsed.residual
     rng = np.random.default_rng(5)
     outcomes = set()
     for case in range(40):
@@ -336,7 +336,7 @@ def test_damaged_layers_behind_a_valid_crc_decode_or_fail_in_one_line(parrots_pa
                 damaged[int(rng.integers(0, len(damaged)))] ^= 1 << int(rng.integers(0, 8))
         if not damaged:
             continue
-        crafted = bitstream.pack(bitstream.Container(container.header, container.payload, b"", bytes(damaged)))
+        crafted = container.pack(container.Container(parsed.header, parsed.payload, b"", bytes(damaged)))
         try:
             decoded = decode(crafted, "cpu")
             assert decoded.size == image.size

@@ -16,10 +16,10 @@ import pytest
 import torch
 from PIL import Image
 
-from codec.metrics import psnr
-from models import tiling
-from models.autoencoder import VQAutoencoder
-from models.config import ModelConfig
+from diveq_codec.codec.metrics import psnr
+from diveq_codec.models import tiling
+from diveq_codec.models.autoencoder import VQAutoencoder
+from diveq_codec.models.config import ModelConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def model() -> VQAutoencoder:
-    from codec.weights import load_model, rate_points
+    from diveq_codec.codec.zoo import load_model, rate_points
 
     return load_model(rate_points()[-1].model_id, "cpu").model
 
@@ -211,7 +211,7 @@ def test_chunked_quantization_is_exact(model: VQAutoencoder, parrots_4x4: Image.
 
 def test_files_do_not_depend_on_the_tile_size(model: VQAutoencoder, untiled, parrots_4x4: Image.Image) -> None:
     """Through the pipeline: the same .dvq bytes tiled (default and forced small) and untiled."""
-    from codec.pipeline import decode, encode
+    from diveq_codec.codec.pipeline import decode, encode
 
     image = parrots_4x4.crop((0, 0, 600, 520))
     untiled(1 << 30)

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from models.train import (
+from diveq_codec.models.train import (
     LOG_MSE_FLOOR,
     TrainLog,
     learning_rate,
@@ -38,7 +38,7 @@ def image_folder(tmp_path: Path) -> Path:
 
 
 def _train(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "models.train", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "diveq_codec.models.train", *args], capture_output=True, text=True,
                           timeout=120, env=env, cwd=Path(__file__).resolve().parents[1])
 
 
@@ -72,7 +72,7 @@ def test_ddp_two_cpu_processes_with_gloo(image_folder: Path, tmp_path: Path) -> 
     def launch(out: Path) -> tuple[subprocess.CompletedProcess[str], str]:
         # Generous limit: this test took 206 s on a 2-core machine that was also training.
         result = subprocess.run(
-            [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "models.train", "--data",
+            [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "diveq_codec.models.train", "--data",
              str(image_folder), "--out", str(out), "--steps", "6", *TINY],
             capture_output=True, text=True, timeout=600, env=env, cwd=Path(__file__).resolve().parents[1])
         # What the ranks printed, without torchrun's own report of their exit codes.
@@ -100,7 +100,7 @@ def test_schedule_ends_with_the_time_budget() -> None:
 
 def _export(checkpoint: Path, name: str, model_id: int, data: Path, out: Path,
             *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "codec.export", str(checkpoint), "--name", name, "--model-id",
+    return subprocess.run([sys.executable, "-m", "diveq_codec.codec.release.export", str(checkpoint), "--name", name, "--model-id",
                            str(model_id), "--data", str(data), "--out", str(out), *extra],
                           capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
 
@@ -155,7 +155,7 @@ def test_fine_tunes_from_a_checkpoint_and_from_shipped_weights(image_folder: Pat
 def test_shipped_weights_re_export_with_new_tables(image_folder: Path, tmp_path: Path) -> None:
     """A shipped .safetensors with its own card ships again under a new id: same network,
     freshly measured first- and second-context tables, the card's training record kept."""
-    from codec.weights import read_weights_file
+    from diveq_codec.codec.zoo import read_weights_file
 
     base = tmp_path / "base"
     assert _train("--data", str(image_folder), "--out", str(base), "--steps", "4", *TINY).returncode == 0
@@ -219,12 +219,12 @@ def test_grows_residual_blocks_on_a_trained_model(image_folder: Path, tmp_path: 
 
 
 def _finetune_decoder(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "models.decoder_finetune", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "diveq_codec.codec.release.decoder_finetune", *args], capture_output=True, text=True,
                           timeout=120, cwd=Path(__file__).resolve().parents[1])
 
 
 def test_decoder_finetune_trains_only_the_synthesis_and_exports(image_folder: Path, tmp_path: Path) -> None:
-    from codec.weights import read_weights_file
+    from diveq_codec.codec.zoo import read_weights_file
 
     assert _train("--data", str(image_folder), "--out", str(tmp_path / "base"), "--steps", "4", *TINY).returncode == 0
     assert _export(tmp_path / "base" / "model.pt", "tiny", 9, image_folder, tmp_path / "w").returncode == 0
@@ -296,9 +296,9 @@ def test_decoder_finetune_trains_only_the_synthesis_and_exports(image_folder: Pa
 def test_decoder_finetune_scores_crops_as_the_whole_image_decodes_them() -> None:
     """Each crop is decoded from a window of latents that covers its receptive field, so the
     scored pixels equal the whole-image decode's, borders of the image included."""
-    from models.autoencoder import VQAutoencoder
-    from models.config import ModelConfig
-    from models.decoder_finetune import (
+    from diveq_codec.models.autoencoder import VQAutoencoder
+    from diveq_codec.models.config import ModelConfig
+    from diveq_codec.codec.release.decoder_finetune import (
         ChoiceCropSampler,
         CodedImage,
         latent_of,

@@ -41,8 +41,8 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from codec.errors import BitstreamError, CorruptBitstreamError, UnsupportedVersionError
-from codec.limits import check_dimensions
+from diveq_codec.codec.errors import BitstreamError, CorruptBitstreamError, UnsupportedVersionError
+from diveq_codec.codec.limits import check_dimensions
 
 MAGIC = b"\x89DVQ"  # non-ASCII first byte catches text-mode transfers, like PNG
 FORMAT_VERSION = 2  # the newest version this build reads and writes

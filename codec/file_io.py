@@ -17,8 +17,8 @@ import sys
 import tempfile
 from collections.abc import Sequence
 
-from codec.errors import InputError, OutputError
-from codec.limits import MAX_FILE_BYTES
+from diveq_codec.codec.errors import InputError, OutputError
+from diveq_codec.codec.limits import MAX_FILE_BYTES
 
 STDIO = "-"
 _LIMIT_TEXT = f"{MAX_FILE_BYTES:,}-byte input limit"

@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from codec.cli_options import EFFORT_HELP, Device
+from diveq_codec.codec.cli.options import EFFORT_HELP, Device
 
 
 def _say(message: str) -> None:
@@ -24,7 +24,7 @@ def _say(message: str) -> None:
 
 
 def _guard(action: Callable[[], None]) -> None:
-    from codec.cli import _guarded
+    from diveq_codec.codec.cli.app import _guarded
 
     _guarded(action)
 
@@ -51,15 +51,15 @@ def eval_command(
     """
 
     def run() -> None:
-        from codec.anchors import resolve_anchors
-        from codec.evaluate import (
+        from diveq_codec.codec.evaluation.anchors import resolve_anchors
+        from diveq_codec.codec.evaluation.runner import (
             OURS_NAME,
             EvalOptions,
             bd_markdown,
             parse_qualities,
             run_eval,
         )
-        from codec.pipeline import effort_settings
+        from diveq_codec.codec.pipeline import effort_settings
 
         effort_settings(effort)  # an unknown effort is refused before the results folder is made
         chosen, notes = resolve_anchors(anchors)
@@ -114,17 +114,17 @@ def bench_command(
         import torch
         from PIL import Image
 
-        from codec.anchors import ANCHORS, decode_bytes
-        from codec.fileio import read_input
-        from codec.image_io import read_image
-        from codec.metrics import bits_per_pixel, psnr
-        from codec.pipeline import (
+        from diveq_codec.codec.evaluation.anchors import ANCHORS, decode_bytes
+        from diveq_codec.codec.file_io import read_input
+        from diveq_codec.codec.image_io import read_image
+        from diveq_codec.codec.metrics import bits_per_pixel, psnr
+        from diveq_codec.codec.pipeline import (
             decode_detailed,
             effort_settings,
             encode_source,
             resolve_device,
         )
-        from codec.weights import resolve_quality
+        from diveq_codec.codec.zoo import resolve_quality
 
         dev = resolve_device(device.value)
         point = resolve_quality(quality)
@@ -160,7 +160,7 @@ def bench_command(
         report = {"image": str(image), "width": width, "height": height, "device": dev, "runs": runs,
                   "torch_threads": torch.get_num_threads(), "codecs": rows, "peak_memory": memory}
         if json_flag:
-            from codec.cli import _json_out
+            from diveq_codec.codec.cli.app import _json_out
 
             _json_out(report)
             return

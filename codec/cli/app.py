@@ -15,13 +15,13 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from codec import bitstream
-from codec.allocator import keep_freed_memory
-from codec.cli_options import EFFORT_HELP, Device
-from codec.errors import CodecError, InputError
-from codec.fileio import check_output, read_input, write_output
-from codec.image_io import encode_image_file, read_image
-from codec.metrics import bits_per_pixel, psnr
+from diveq_codec.codec import container
+from diveq_codec.codec.cli.allocator import keep_freed_memory
+from diveq_codec.codec.cli.options import EFFORT_HELP, Device
+from diveq_codec.codec.errors import CodecError, InputError
+from diveq_codec.codec.file_io import check_output, read_input, write_output
+from diveq_codec.codec.image_io import encode_image_file, read_image
+from diveq_codec.codec.metrics import bits_per_pixel, psnr
 
 EXIT_USAGE = 2
 EXIT_INTERNAL = 1
@@ -93,7 +93,7 @@ def encode(
     json_flag: bool = typer.Option(False, "--json", help="print the report as JSON on stdout"),
 ) -> None:
     """Compress an image; report size, bpp and the PSNR the file decodes to."""
-    from codec.pipeline import encode_with_report
+    from diveq_codec.codec.pipeline import encode_with_report
 
     _check_json_target(json_flag, output)
 
@@ -128,7 +128,7 @@ def decode(
     json_flag: bool = typer.Option(False, "--json", help="print the report as JSON on stdout"),
 ) -> None:
     """Decompress a .dvq file to an image of the original size and mode."""
-    from codec.pipeline import color_planes, decode_detailed, source_planes
+    from diveq_codec.codec.pipeline import color_planes, decode_detailed, source_planes
 
     _check_json_target(json_flag, output)
 
@@ -167,15 +167,15 @@ def info(
 
     def run() -> None:
         data = read_input(input)
-        container = bitstream.unpack(data)
-        h = container.header
+        parsed = container.unpack(data)
+        h = parsed.header
         fields = {
-            "format_version": container.version, "model_id": h.model_id, "quality": h.quality,
+            "format_version": parsed.version, "model_id": h.model_id, "quality": h.quality,
             "weights_id": h.weights_id.hex(), "coder_id": h.coder_id, "table_precision": h.table_precision,
             "width": h.width, "height": h.height, "channels": h.channels, "bit_depth": h.bit_depth,
-            "flags": h.flags, "alpha": bool(h.flags & bitstream.FLAG_ALPHA), "latent_h": h.latent_h,
-            "latent_w": h.latent_w, "stages": h.stages, "payload_bytes": len(container.payload),
-            "alpha_bytes": len(container.alpha), "residual_bytes": len(container.residual), "bytes": len(data),
+            "flags": h.flags, "alpha": bool(h.flags & container.FLAG_ALPHA), "latent_h": h.latent_h,
+            "latent_w": h.latent_w, "stages": h.stages, "payload_bytes": len(parsed.payload),
+            "alpha_bytes": len(parsed.alpha), "residual_bytes": len(parsed.residual), "bytes": len(data),
             "bpp": bits_per_pixel(len(data), h.width, h.height),
         }
         if json_flag:
@@ -190,7 +190,7 @@ def info(
 @app.command()
 def models(json_flag: bool = typer.Option(False, "--json", help="print as JSON")) -> None:
     """List the shipped rate points with their measured Kodak bpp and PSNR."""
-    from codec.weights import rate_points
+    from diveq_codec.codec.zoo import rate_points
 
     def run() -> None:
         points = rate_points()
@@ -215,7 +215,7 @@ def models(json_flag: bool = typer.Option(False, "--json", help="print as JSON")
 
 
 def _register_evaluation_commands() -> None:
-    from codec.cli_eval import bench_command, eval_command
+    from diveq_codec.codec.cli.evaluation_commands import bench_command, eval_command
 
     app.command("eval")(eval_command)
     app.command("bench")(bench_command)

@@ -33,7 +33,7 @@ from contextlib import contextmanager
 import numpy as np
 from constriction import stream
 
-from codec.errors import CorruptBitstreamError
+from diveq_codec.codec.errors import CorruptBitstreamError
 
 # constriction's default range coder works with 24-bit probabilities; recorded in the header.
 TABLE_PRECISION = 24

@@ -37,19 +37,19 @@ import torch
 from PIL import Image
 from torch import nn
 
-from codec.entropy import encode_without_context, smoothed_counts, table_entropy_bits
-from codec.metrics import psnr
-from codec.msssim import ms_ssim
-from models.autoencoder import VQAutoencoder, analysis_transform, crop_to, pad_to_multiple, synthesis_transform
-from models.baselines import (EMAQuantizer, GumbelQuantizer, NSVQQuantizer, RotationTrickQuantizer,
+from diveq_codec.codec.index_coder import encode_without_context, smoothed_counts, table_entropy_bits
+from diveq_codec.codec.metrics import psnr
+from diveq_codec.codec.evaluation.msssim import ms_ssim
+from diveq_codec.models.autoencoder import VQAutoencoder, analysis_transform, crop_to, pad_to_multiple, synthesis_transform
+from diveq_codec.models.baselines import (EMAQuantizer, GumbelQuantizer, NSVQQuantizer, RotationTrickQuantizer,
                               STEQuantizer, gumbel_temperature)
-from models.codebook import nearest_codeword
-from models.config import ModelConfig
-from models.data import CropSampler, list_images, load_rgb
-from models.diveq import DiVeQ, DiVeQDetach
-from models.quantizer import Quantizer
-from models.residual import ResidualDiVeQ
-from models.sf_diveq import SFDiVeQ, SFDiVeQDetach
+from diveq_codec.models.codebook import nearest_codeword
+from diveq_codec.models.config import ModelConfig
+from diveq_codec.models.data import CropSampler, list_images, load_rgb
+from diveq_codec.models.diveq import DiVeQ, DiVeQDetach
+from diveq_codec.models.quantizer import Quantizer
+from diveq_codec.models.residual import ResidualDiVeQ
+from diveq_codec.models.sf_diveq import SFDiVeQ, SFDiVeQDetach
 
 QUANTIZERS = ("ste", "ema", "rotation", "gumbel", "nsvq", "diveq", "diveq-detach", "sf-diveq",
               "sf-diveq-detach", "residual-diveq")

@@ -21,14 +21,14 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from codec.entropy import (
+from diveq_codec.codec.index_coder import (
     code_lengths,
     context_counts,
     second_context_counts,
     smoothed_counts,
     table_entropy_bits,
 )
-from codec.weights import (
+from diveq_codec.codec.zoo import (
     ENTROPY_TENSOR,
     SECOND_ENTROPY_TENSOR,
     card_rate_points,
@@ -36,10 +36,10 @@ from codec.weights import (
     read_card,
     read_weights_file,
 )
-from models.autoencoder import VQAutoencoder
-from models.choices import Points, choices_at_points
-from models.config import ModelConfig
-from models.data import list_images, load_rgb
+from diveq_codec.models.autoencoder import VQAutoencoder
+from diveq_codec.models.choices import Points, choices_at_points
+from diveq_codec.models.config import ModelConfig
+from diveq_codec.models.data import list_images, load_rgb
 
 
 def measure_tables(model: VQAutoencoder, folder: Path, max_images: int, max_side: int,

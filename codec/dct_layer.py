@@ -41,8 +41,8 @@ from dataclasses import dataclass
 import numpy as np
 from constriction import stream
 
-from codec.entropy import coder_errors
-from codec.errors import CorruptBitstreamError
+from diveq_codec.codec.index_coder import coder_errors
+from diveq_codec.codec.errors import CorruptBitstreamError
 
 # Transform ids: how the quotients are grouped and how each group's table is named (both
 # 8×8 DCT with one flat step). 1: groups by the block's own activity (6 buckets), each

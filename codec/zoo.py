@@ -8,7 +8,6 @@ file is never decoded with weights other than the ones that made it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -19,14 +18,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
 
-from codec import residual_layer
-from codec.entropy import code_lengths
-from codec.errors import WeightsError
-from models.autoencoder import VQAutoencoder
-from models.config import ModelConfig
-from models.residual import RateCosts
+from diveq_codec.codec import dct_layer
+from diveq_codec.codec.index_coder import code_lengths
+from diveq_codec.codec.errors import WeightsError
+from diveq_codec.models.autoencoder import VQAutoencoder
+from diveq_codec.models.config import ModelConfig
+from diveq_codec.models.weights_file import file_sha256, read_tensors
+from diveq_codec.models.residual import RateCosts
 
 ENTROPY_TENSOR = "entropy_counts"
 SECOND_ENTROPY_TENSOR = "entropy_second_counts"  # coder 3's second contexts
@@ -41,7 +40,7 @@ def weights_dir() -> Path:
     override = os.environ.get(WEIGHTS_DIR_ENV)
     if override:
         return Path(override)
-    return Path(str(resources.files("weights")))
+    return Path(str(resources.files("diveq_codec.weights")))
 
 
 @dataclass(frozen=True)
@@ -55,7 +54,7 @@ class RatePoint:
     # λ of the encoder's entropy-constrained assignment (squared latent distance per bit of
     # the static tables); 0 picks the nearest codewords. Only the encoder reads it.
     rate_weight: float = 0.0
-    # The quantiser step of a residual layer on top (codec/residual_layer.py), None for a
+    # The quantiser step of a residual layer on top (codec/dct_layer.py), None for a
     # point the network codes alone. The layer's own header carries it for the decoder.
     residual_step: float | None = None
 
@@ -102,9 +101,9 @@ def card_rate_points(card: Card) -> list[RatePoint]:
         if not 0.0 <= point.rate_weight < float("inf"):  # also refuses NaN
             raise WeightsError(f"model card {card.name}: rate_weight must be a finite number ≥ 0, "
                                f"got {point.rate_weight}")
-        if point.residual_step is not None and not residual_layer.step_is_valid(point.residual_step):
+        if point.residual_step is not None and not dct_layer.step_is_valid(point.residual_step):
             raise WeightsError(f"model card {card.name}: residual_step {point.residual_step} is not a whole "
-                               f"number of sixteenths from {residual_layer.MIN_STEP_SIXTEENTHS / 16} up")
+                               f"number of sixteenths from {dct_layer.MIN_STEP_SIXTEENTHS / 16} up")
         points.append(point)
     return points
 
@@ -163,14 +162,6 @@ class LoadedModel:
         return RateCosts.from_lengths(self._code_lengths, weight, next(self.model.parameters()).device)
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def card_for_model_id(model_id: int) -> Card:
     for card in list_cards():
         if card.model_id == model_id:
@@ -182,9 +173,7 @@ def card_for_model_id(model_id: int) -> Card:
 def read_weights_file(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], np.ndarray, np.ndarray | None]:
     """(config, network tensors, entropy tables, second-context tables or None) of a weights
     file, as stored: no checks."""
-    with safe_open(str(path), framework="pt") as fh:
-        config = ModelConfig.from_dict(json.loads(fh.metadata()["config"]))
-        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    config, tensors = read_tensors(path)
     tables = tensors.pop(ENTROPY_TENSOR).numpy().astype(np.int64)
     second = tensors.pop(SECOND_ENTROPY_TENSOR, None)
     return config, tensors, tables, None if second is None else second.numpy().astype(np.int64)

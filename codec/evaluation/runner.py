@@ -43,11 +43,11 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from codec import bitstream, residual_layer
-from codec.anchors import Anchor, Measurement, measure, measure_decoded
-from codec.bdrate import bd_rate, psnr_overlap, why_not
-from codec.errors import InputError, OutputError
-from codec.msssim import ms_ssim_db
+from diveq_codec.codec import container, dct_layer
+from diveq_codec.codec.evaluation.anchors import Anchor, Measurement, measure, measure_decoded
+from diveq_codec.codec.evaluation.bdrate import bd_rate, psnr_overlap, why_not
+from diveq_codec.codec.errors import InputError, OutputError
+from diveq_codec.codec.evaluation.msssim import ms_ssim_db
 
 OURS = "diveq"
 OURS_NAME = "DiVeQ"
@@ -157,7 +157,7 @@ class ResultsCSV:
         writer = csv.DictWriter(buf, CSV_FIELDS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(self.rows)
-        from codec.fileio import write_output
+        from diveq_codec.codec.file_io import write_output
 
         write_output(str(self.path), buf.getvalue().encode(), True)
 
@@ -476,7 +476,7 @@ def _version() -> str:
 
 
 def _write(path: Path, data: bytes) -> None:
-    from codec.fileio import write_output
+    from diveq_codec.codec.file_io import write_output
 
     write_output(str(path), data, True)
 
@@ -529,8 +529,8 @@ def _layer_record(step: float | None) -> dict[str, float]:
     under others."""
     if step is None:
         return {}
-    return {"residual_step": step, "residual_transform": residual_layer.WRITTEN_TRANSFORM,
-            "residual_rounding": residual_layer.ROUNDING, "residual_rd_weight": residual_layer.RD_WEIGHT}
+    return {"residual_step": step, "residual_transform": dct_layer.WRITTEN_TRANSFORM,
+            "residual_rounding": dct_layer.ROUNDING, "residual_rd_weight": dct_layer.RD_WEIGHT}
 
 
 def _check_meta(out_dir: Path, meta_now: dict[str, Any]) -> dict[str, Any]:
@@ -550,7 +550,7 @@ def _check_meta(out_dir: Path, meta_now: dict[str, Any]) -> dict[str, Any]:
                           f"choose another -o or remove it")
     # The same indices cost other bytes under another entropy coder. Folders from before
     # the meta named the coder hold coder 1's files.
-    coder_before, coder_now = old.get("coder", bitstream.CODER_CONSTRICTION_RANGE), meta_now.get("coder")
+    coder_before, coder_now = old.get("coder", container.CODER_CONSTRICTION_RANGE), meta_now.get("coder")
     if old and coder_before != coder_now:
         raise OutputError(f"{out_dir} holds files of entropy coder {coder_before}, and this version writes "
                           f"coder {coder_now}; choose another -o or remove it")
@@ -586,8 +586,8 @@ class EvalResult:
 def run_eval(opts: EvalOptions, say: Callable[[str], None] | None = None,
              progress_stream: TextIO | None = None) -> EvalResult:
     """Measure, write the CSV incrementally, then summaries, plot and BD-rate table."""
-    from codec.pipeline import resolve_device
-    from codec.weights import rate_points, resolve_quality
+    from diveq_codec.codec.pipeline import resolve_device
+    from diveq_codec.codec.zoo import rate_points, resolve_quality
 
     say = say or (lambda message: print(message, file=sys.stderr))
     device = resolve_device(opts.device)
@@ -638,15 +638,15 @@ def _run_locked(opts: EvalOptions, say: Callable[[str], None], progress_stream: 
                 points: list[Any], paths: list[Path], published: list[Curve]) -> EvalResult:
     import PIL
 
-    from codec.fileio import read_input
-    from codec.image_io import read_image
-    from codec.pipeline import (
+    from diveq_codec.codec.file_io import read_input
+    from diveq_codec.codec.image_io import read_image
+    from diveq_codec.codec.pipeline import (
         WRITTEN_CODER,
         decode_detailed,
         effort_settings,
         encode_source,
     )
-    from codec.weights import load_model
+    from diveq_codec.codec.zoo import load_model
 
     effort = effort_settings(opts.effort)
     # A beam search or refinement (--effort) writes other files of the same weights: its

@@ -30,13 +30,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from codec.entropy import code_lengths
-from codec.weights import card_rate_points, file_sha256, read_card, read_weights_file
-from models import tiling
-from models.autoencoder import VQAutoencoder
-from models.choices import Points, choices_at_points
-from models.data import list_images, load_rgb
-from models.train import (
+from diveq_codec.codec.index_coder import code_lengths
+from diveq_codec.codec.zoo import card_rate_points, file_sha256, read_card, read_weights_file
+from diveq_codec.models import tiling
+from diveq_codec.models.autoencoder import VQAutoencoder
+from diveq_codec.models.choices import Points, choices_at_points
+from diveq_codec.models.data import list_images, load_rgb
+from diveq_codec.models.train import (
     TrainLog,
     optimiser_step,
     psnr_from_mse,
