@@ -1,4 +1,4 @@
-"""The .dvq container: a fixed header, the coded payload, an alpha plane, a residual layer, a CRC32.
+"""The .dvq container: a fixed header, the coded payload, an alpha plane, a DCT layer, a CRC32.
 
 All integers are little-endian. Byte layout of format version 1 (offset, field, type):
 
@@ -21,13 +21,13 @@ All integers are little-endian. Byte layout of format version 1 (offset, field, 
     38 alpha_len        u32
     42 payload, then alpha, then the CRC32 (u32) of every byte before it.
 
-Format version 2 is version 1 with one more header field, for files with a residual layer
-(the rate points above the network's ceiling; codec/residual_layer.py):
+Format version 2 is version 1 with one more header field, for files with a DCT layer
+(the rate points above the network's ceiling; codec/dct_layer.py):
 
-    42 residual_len     u32  > 0
-    46 payload, then alpha, then the residual layer, then the CRC32.
+    42 layer_len     u32  > 0
+    46 payload, then alpha, then the DCT layer, then the CRC32.
 
-A file without a residual layer is always written as version 1, so the files of every rate
+A file without a DCT layer is always written as version 1, so the files of every rate
 point the network codes alone are the same as before version 2 existed, and a version-1
 decoder reads them; it refuses a version-2 file as a newer version rather than misreading it.
 
@@ -60,10 +60,10 @@ HEADER_SIZE_V2 = 46
 TRAILER_SIZE = 4
 
 _HEADER = struct.Struct("<4sBBHB8sBBIIBBHHBII")
-_RESIDUAL_LEN = struct.Struct("<I")  # version 2's extra field, right after version 1's header
+_LAYER_LEN = struct.Struct("<I")  # version 2's extra field, right after version 1's header
 _CRC = struct.Struct("<I")
 _MIN_SIZE = HEADER_SIZE + TRAILER_SIZE
-assert _HEADER.size == HEADER_SIZE and HEADER_SIZE + _RESIDUAL_LEN.size == HEADER_SIZE_V2
+assert _HEADER.size == HEADER_SIZE and HEADER_SIZE + _LAYER_LEN.size == HEADER_SIZE_V2
 
 # Bit width of each integer header field, so pack can refuse values the layout cannot hold.
 _FIELD_BITS = {
@@ -94,12 +94,12 @@ class Container:
     header: Header
     payload: bytes  # entropy-coded indices
     alpha: bytes  # deflated alpha plane, b"" when FLAG_ALPHA is not set
-    residual: bytes = b""  # the residual layer (codec/residual_layer.py); b"" in a version-1 file
+    layer: bytes = b""  # the DCT layer (codec/dct_layer.py); b"" in a version-1 file
 
     @property
     def version(self) -> int:
-        """The format version this container is written as: 2 only with a residual layer."""
-        return 2 if self.residual else 1
+        """The format version this container is written as: 2 only with a DCT layer."""
+        return 2 if self.layer else 1
 
 
 def _field_problem(h: Header, payload_len: int, alpha_len: int) -> str | None:
@@ -134,14 +134,14 @@ def _field_problem(h: Header, payload_len: int, alpha_len: int) -> str | None:
 def pack(container: Container) -> bytes:
     """Serialize a container; ValueError for a header or lengths that no valid file can carry."""
     h = container.header
-    payload, alpha, residual = bytes(container.payload), bytes(container.alpha), bytes(container.residual)
+    payload, alpha, layer = bytes(container.payload), bytes(container.alpha), bytes(container.layer)
     if not isinstance(h.weights_id, bytes) or len(h.weights_id) != 8:
         raise ValueError(f"weights_id must be exactly 8 bytes, got {h.weights_id!r}")
     for name, bits in _FIELD_BITS.items():
         value = getattr(h, name)
         if not isinstance(value, int) or not 0 <= value < 1 << bits:
             raise ValueError(f"{name}={value!r} does not fit an unsigned {bits}-bit field")
-    for name, blob in (("payload", payload), ("alpha", alpha), ("residual", residual)):
+    for name, blob in (("payload", payload), ("alpha", alpha), ("layer", layer)):
         if len(blob) >= 1 << 32:
             raise ValueError(f"{name} of {len(blob)} bytes does not fit a u32 length")
     problem = _field_problem(h, len(payload), len(alpha))
@@ -152,15 +152,15 @@ def pack(container: Container) -> bytes:
         h.table_precision, h.width, h.height, h.channels, h.bit_depth, h.latent_h, h.latent_w,
         h.stages, len(payload), len(alpha),
     )
-    if residual:
-        body += _RESIDUAL_LEN.pack(len(residual))
-    body += payload + alpha + residual
+    if layer:
+        body += _LAYER_LEN.pack(len(layer))
+    body += payload + alpha + layer
     return body + _CRC.pack(zlib.crc32(body))
 
 
 def _parse(data: bytes) -> tuple[Header, int, int, int, int]:
     """Every check of the format, in order; returns the header, the header's size and the
-    payload, alpha and residual lengths."""
+    payload, alpha and layer lengths."""
     if data[:4] != MAGIC[:len(data[:4])]:
         raise BitstreamError("not a diveq-codec file (bad magic)")
     if len(data) < _MIN_SIZE:
@@ -170,14 +170,14 @@ def _parse(data: bytes) -> tuple[Header, int, int, int, int]:
     if version not in FORMAT_VERSIONS:
         raise UnsupportedVersionError(
             f"format version {version} is not supported by this build (reads 1 to {FORMAT_VERSION})")
-    header_size, residual_len = HEADER_SIZE, 0
+    header_size, layer_len = HEADER_SIZE, 0
     if version == 2:
         header_size = HEADER_SIZE_V2
         if len(data) < header_size + TRAILER_SIZE:
             raise CorruptBitstreamError(
                 f"truncated: {len(data)} bytes, a version-2 file has at least {header_size + TRAILER_SIZE}")
-        (residual_len,) = _RESIDUAL_LEN.unpack_from(data, HEADER_SIZE)
-    declared = header_size + payload_len + alpha_len + residual_len + TRAILER_SIZE
+        (layer_len,) = _LAYER_LEN.unpack_from(data, HEADER_SIZE)
+    declared = header_size + payload_len + alpha_len + layer_len + TRAILER_SIZE
     if len(data) < declared:
         raise CorruptBitstreamError(f"truncated: {len(data)} bytes, the header declares {declared}")
     if len(data) > declared:
@@ -191,20 +191,20 @@ def _parse(data: bytes) -> tuple[Header, int, int, int, int]:
     header = Header(model_id, quality, weights_id, coder_id, table_precision, width, height, channels,
                     bit_depth, flags, latent_h, latent_w, stages)
     problem = _field_problem(header, payload_len, alpha_len)
-    if problem is None and version == 2 and residual_len == 0:
-        problem = "a version-2 file without a residual layer (such a file is written as version 1)"
+    if problem is None and version == 2 and layer_len == 0:
+        problem = "a version-2 file without a DCT layer (such a file is written as version 1)"
     if problem is not None:
         raise CorruptBitstreamError(f"invalid header: {problem}")
-    return header, header_size, payload_len, alpha_len, residual_len
+    return header, header_size, payload_len, alpha_len, layer_len
 
 
 def unpack(data: bytes) -> Container:
     """Parse and fully validate a .dvq file; raises only BitstreamError (or a subclass)."""
-    header, start, payload_len, alpha_len, residual_len = _parse(data)
+    header, start, payload_len, alpha_len, layer_len = _parse(data)
     payload_end = start + payload_len
     alpha_end = payload_end + alpha_len
     return Container(header, bytes(data[start:payload_end]), bytes(data[payload_end:alpha_end]),
-                     bytes(data[alpha_end:alpha_end + residual_len]))
+                     bytes(data[alpha_end:alpha_end + layer_len]))
 
 
 def peek_header(data: bytes) -> Header:

@@ -1,4 +1,4 @@
-"""The residual layer: what the network's decoded pixels miss, coded as quantised 8×8 DCT blocks.
+"""The DCT layer: what the network's decoded pixels miss, coded as quantised 8×8 DCT blocks.
 
 However many residual stages it spends, the network's reconstruction stops near 32.5 dB on
 Kodak (scripts/transform_ceiling.py), where JPEG goes on to 40 dB. The rate points above
@@ -432,7 +432,7 @@ def _block_grid(height: int, width: int) -> tuple[int, int]:
 
 def encode(source: np.ndarray, base: np.ndarray, step: float, rounding: float = ROUNDING,
            transform: int = WRITTEN_TRANSFORM, rd_weight: float = RD_WEIGHT) -> bytes:
-    """The residual layer lifting ``base`` towards ``source`` (both uint8, (H, W) or (H, W, 3)).
+    """The DCT layer lifting ``base`` towards ``source`` (both uint8, (H, W) or (H, W, 3)).
 
     ``rounding`` and ``rd_weight`` are the encoder's own choices (the decoder reconstructs
     q · step whatever they were): rounding 0.5 rounds to the nearest multiple, less widens the
@@ -491,16 +491,16 @@ def _minimum_bits(symbol_count: int) -> float:
 
 
 def decode(layer: bytes, base: np.ndarray) -> np.ndarray:
-    """``base`` (uint8 planes) with the residual layer added: the planes the file decodes to."""
+    """``base`` (uint8 planes) with the DCT layer added: the planes the file decodes to."""
     if len(layer) <= _LAYER_HEADER.size or (len(layer) - _LAYER_HEADER.size) % 4:
-        raise CorruptBitstreamError(f"residual layer of {len(layer)} bytes is not a layer header and whole words")
+        raise CorruptBitstreamError(f"DCT layer of {len(layer)} bytes is not a layer header and whole words")
     transform, sixteenths = _LAYER_HEADER.unpack_from(layer)
     if transform not in _GROUPINGS:
-        raise CorruptBitstreamError(f"residual layer declares transform {transform}; this build knows "
+        raise CorruptBitstreamError(f"DCT layer declares transform {transform}; this build knows "
                                     f"{', '.join(map(str, sorted(_GROUPINGS)))}")
     grouping = _GROUPINGS[transform]
     if sixteenths < MIN_STEP_SIXTEENTHS:
-        raise CorruptBitstreamError(f"residual layer declares a step of {sixteenths}/16, below the "
+        raise CorruptBitstreamError(f"DCT layer declares a step of {sixteenths}/16, below the "
                                     f"smallest, {MIN_STEP_SIXTEENTHS}/16")
     height, width = base.shape[:2]
     channels = 1 if base.ndim == 2 else 3
@@ -512,12 +512,12 @@ def decode(layer: bytes, base: np.ndarray) -> np.ndarray:
     # empty groups is rightly a few bytes for any size; there the base's payload, decoded
     # first and bounded the same way (codec/entropy.py), is what ties the size to the file.
     if not grouping.empty_flags and len(words) * 32 * 1.01 + 64 < _minimum_bits(channels * blocks * BLOCK * BLOCK):
-        raise CorruptBitstreamError(f"residual layer of {len(layer)} bytes is too short for a "
+        raise CorruptBitstreamError(f"DCT layer of {len(layer)} bytes is too short for a "
                                     f"{width}×{height} image")
     _, models = _level_tables()
     quotients = np.zeros((channels, blocks, BLOCK * BLOCK), dtype=np.int32)
     decoder = stream.queue.RangeDecoder(words)
-    with coder_errors("residual layer"):
+    with coder_errors("DCT layer"):
         for channel in range(channels):
             predictor = _LevelPredictor(grouping.buckets)
             odds = _EmptyOdds(grouping.buckets)
@@ -537,7 +537,7 @@ def decode(layer: bytes, base: np.ndarray) -> np.ndarray:
                     if grouping.delta_levels:
                         level = predictor.guess(bucket) + int(decoder.decode(models[DELTA_LEVEL], 1)[0]) - MAX_DIRECT
                         if not 0 <= level < NUM_LEVELS:
-                            raise CorruptBitstreamError(f"residual layer names table {level}, not one of "
+                            raise CorruptBitstreamError(f"DCT layer names table {level}, not one of "
                                                         f"0–{NUM_LEVELS - 1}")
                         predictor.saw(bucket, level)
                     else:
@@ -551,5 +551,5 @@ def decode(layer: bytes, base: np.ndarray) -> np.ndarray:
                     column[members] = values
                 quotients[channel, :, frequency] = column
     if not decoder.maybe_exhausted():
-        raise CorruptBitstreamError("residual layer has data left after its last symbol")
+        raise CorruptBitstreamError("DCT layer has data left after its last symbol")
     return _reconstruct(quotients, base, sixteenths / 16)

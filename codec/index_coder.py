@@ -1,4 +1,4 @@
-"""Entropy coding of codeword indices (constriction's range coder; codec/residual_layer.py is
+"""Entropy coding of codeword indices (constriction's range coder; codec/dct_layer.py is
 the only other module that uses it).
 
 Each stage has static integer frequency tables, measured on the training set and stored

@@ -135,13 +135,13 @@ def encode_at_point(image: Image.Image | bytes | str | Path | SourceImage, point
     # Second-context tables (coder 3) when the model has them; coder 2 without.
     payload = index_coder.encode_indices(indices.cpu().numpy(), loaded.tables, grid_w, adaptive=True,
                                      second=loaded.second_tables)
-    residual = b""
-    if point.residual_step is not None:
+    layer = b""
+    if point.layer_step is not None:
         # The layer codes what the decoder's own base planes miss, so it is measured against
         # the base exactly as decode_detailed will rebuild it.
         base = model.decode_indices(indices, (grid_h, grid_w), height, width)
-        residual = dct_layer.encode(source_planes(source), _planes(_to_uint8(base), source.mode),
-                                         point.residual_step)
+        layer = dct_layer.encode(source_planes(source), _planes(_to_uint8(base), source.mode),
+                                         point.layer_step)
     alpha = alpha_to_bytes(source.alpha) if source.alpha is not None else b""
     flags = (container.FLAG_ALPHA if source.alpha is not None else 0)
     flags |= container.FLAG_FROM_16BIT if source.bit_depth == 16 else 0
@@ -152,7 +152,7 @@ def encode_at_point(image: Image.Image | bytes | str | Path | SourceImage, point
         width=width, height=height, channels=MODE_TO_CHANNELS[source.mode], bit_depth=source.bit_depth,
         flags=flags, latent_h=grid_h, latent_w=grid_w, stages=point.stages,
     )
-    return container.pack(container.Container(header, payload, alpha, residual))
+    return container.pack(container.Container(header, payload, alpha, layer))
 
 
 def encode(image: Image.Image | bytes | str | Path, quality: int | None = None, device: str = "auto",
@@ -204,8 +204,8 @@ def decode_detailed(data: bytes, device: str = "auto") -> Decoded:
                                  header.height, header.width)
     mode = CHANNELS_TO_MODE[header.channels]
     rgb = _to_uint8(x_hat)
-    if parsed.residual:
-        planes = dct_layer.decode(parsed.residual, _planes(rgb, mode))
+    if parsed.layer:
+        planes = dct_layer.decode(parsed.layer, _planes(rgb, mode))
         rgb = planes if planes.ndim == 3 else np.repeat(planes[..., None], 3, axis=2)
     return Decoded(restore_image(rgb, alpha, mode), indices, header)
 

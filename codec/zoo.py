@@ -54,9 +54,9 @@ class RatePoint:
     # λ of the encoder's entropy-constrained assignment (squared latent distance per bit of
     # the static tables); 0 picks the nearest codewords. Only the encoder reads it.
     rate_weight: float = 0.0
-    # The quantiser step of a residual layer on top (codec/dct_layer.py), None for a
+    # The quantiser step of a DCT layer on top (codec/dct_layer.py), None for a
     # point the network codes alone. The layer's own header carries it for the decoder.
-    residual_step: float | None = None
+    layer_step: float | None = None
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ def card_rate_points(card: Card) -> list[RatePoint]:
     points = []
     for rp in card.data.get("rate_points", []):
         try:
-            step = rp.get("residual_step")
+            step = rp.get("layer_step")
             point = RatePoint(int(rp["quality"]), card.name, card.model_id, int(rp["stages"]),
                               rp.get("kodak_bpp"), rp.get("kodak_psnr"), float(rp.get("rate_weight", 0.0)),
                               None if step is None else float(step))
@@ -101,8 +101,8 @@ def card_rate_points(card: Card) -> list[RatePoint]:
         if not 0.0 <= point.rate_weight < float("inf"):  # also refuses NaN
             raise WeightsError(f"model card {card.name}: rate_weight must be a finite number ≥ 0, "
                                f"got {point.rate_weight}")
-        if point.residual_step is not None and not dct_layer.step_is_valid(point.residual_step):
-            raise WeightsError(f"model card {card.name}: residual_step {point.residual_step} is not a whole "
+        if point.layer_step is not None and not dct_layer.step_is_valid(point.layer_step):
+            raise WeightsError(f"model card {card.name}: layer_step {point.layer_step} is not a whole "
                                f"number of sixteenths from {dct_layer.MIN_STEP_SIXTEENTHS / 16} up")
         points.append(point)
     return points
@@ -117,9 +117,9 @@ def rate_points() -> list[RatePoint]:
 
 
 def network_rate_points() -> list[RatePoint]:
-    """The rate points the network codes alone (no residual layer): what the probes of the
+    """The rate points the network codes alone (no DCT layer): what the probes of the
     network's own choices (λ, beam, refinement) measure."""
-    return [point for point in rate_points() if point.residual_step is None]
+    return [point for point in rate_points() if point.layer_step is None]
 
 
 def resolve_quality(quality: int | None) -> RatePoint:

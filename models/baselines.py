@@ -3,7 +3,7 @@ issue 6 (``models/study.py``): DiVeQ against what it claims to beat.
 
 All five use one codebook (K, D), the same data init as DiVeQ (``init_from_data`` →
 ``init_from_samples``: distinct random encoder outputs) and the same dead-code
-replacement (``CodebookCare`` every 100 steps, codes used < 0.01× per step re-seeded from
+replacement (``DeadCodeReplacer`` every 100 steps, codes used < 0.01× per step re-seeded from
 recent latents; Adam rows reset, or the EMA statistics for the EMA codebook). The coding
 path is the same pure nearest-codeword search and plain lookup for every one of them, so
 only the *training* gradient differs:
@@ -121,10 +121,10 @@ class EMAQuantizer(_SingleCodebook):
         self.ema_count.fill_(1.0)
         self.ema_sum.copy_(self.codebook)
 
-    def care_step(self, optimizer: torch.optim.Optimizer | None) -> int:
-        if not self.care.due():
+    def replace_dead_codes(self, optimizer: torch.optim.Optimizer | None) -> int:
+        if not self.dead_codes.due():
             return 0
-        rows = self.care.replace_dead(self.codebook)
+        rows = self.dead_codes.replace_dead(self.codebook)
         if rows.numel():
             # Restart the replaced codes' statistics at the new position, weight 1.
             self.ema_count[rows] = 1.0
@@ -199,7 +199,7 @@ class GumbelQuantizer(_SingleCodebook):
         idx = soft.detach().argmax(dim=1)
         hard = F.one_hot(idx, self.num_codes).to(soft.dtype)
         weights = hard + soft - soft.detach()
-        self.care.observe(z, idx)
+        self.dead_codes.observe(z, idx)
         return self._output((weights @ self.codebook.float()).to(z.dtype), idx)
 
 

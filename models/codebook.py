@@ -1,8 +1,8 @@
-"""Codebook search, usage statistics and codebook care shared by every quantizer.
+"""Codebook search, usage statistics and dead-code replacement shared by every quantizer.
 
 The coding path (``nearest_codeword``) is pure: float32 (or float64) distances, no noise, no state.
 Everything that mutates a codebook (data init, dead-code replacement) lives in
-``CodebookCare`` and is called explicitly by the training loop, never from ``forward``.
+``DeadCodeReplacer`` and is called explicitly by the training loop, never from ``forward``.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def reset_adam_rows(optimizer: torch.optim.Optimizer, param: nn.Parameter, rows:
             state[key][rows] = 0.0
 
 
-class CodebookCare:
+class DeadCodeReplacer:
     """Usage tracking and dead-code replacement for one codebook parameter (K, D).
 
     Dead codes (used less than ``threshold`` times per step on average over ``interval``

@@ -46,7 +46,7 @@ class Quantizer(nn.Module):
     def init_from_data(self, z: torch.Tensor) -> None:
         """Seed codebooks from encoder outputs (N, D); the default is to keep the init."""
 
-    def care_step(self, optimizer: torch.optim.Optimizer | None) -> int:
+    def replace_dead_codes(self, optimizer: torch.optim.Optimizer | None) -> int:
         """Dead-code replacement when due; returns how many codewords were replaced."""
         return 0
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from diveq_codec.models.codebook import (
-    CodebookCare,
+    DeadCodeReplacer,
     init_from_samples,
     nearest_codeword,
     nearest_codeword_with_gap,
@@ -109,7 +109,7 @@ class ResidualDiVeQ(Quantizer):
         self.noise_std = noise_std
         bound = 1.0 / num_codes
         self.codebooks = nn.Parameter(torch.empty(num_stages, num_codes, embedding_dim).uniform_(-bound, bound))
-        self.cares = [CodebookCare(num_codes, replace_interval, replace_threshold) for _ in range(num_stages)]
+        self.dead_code_replacers = [DeadCodeReplacer(num_codes, replace_interval, replace_threshold) for _ in range(num_stages)]
 
     @property
     def alphabet_sizes(self) -> list[int]:
@@ -126,7 +126,7 @@ class ResidualDiVeQ(Quantizer):
             extra = rate.for_stage(m, all_idx[-1] if all_idx else None) if rate is not None else None
             idx = nearest_codeword(remainder, self.codebooks[m], extra)
             if observe:
-                self.cares[m].observe(remainder, idx)
+                self.dead_code_replacers[m].observe(remainder, idx)
             chosen = self.codebooks[m][idx].to(z.dtype)
             total = total + chosen
             remainder = remainder - chosen.detach()
@@ -258,12 +258,12 @@ class ResidualDiVeQ(Quantizer):
             idx = nearest_codeword(remainder, self.codebooks[m])
             remainder = remainder - self.codebooks[m][idx].float()
 
-    def care_step(self, optimizer: torch.optim.Optimizer | None) -> int:
+    def replace_dead_codes(self, optimizer: torch.optim.Optimizer | None) -> int:
         replaced = 0
-        for m, care in enumerate(self.cares):
-            if not care.due():
+        for m, replacer in enumerate(self.dead_code_replacers):
+            if not replacer.due():
                 continue
-            rows = care.replace_dead(self.codebooks[m])
+            rows = replacer.replace_dead(self.codebooks[m])
             if rows.numel():
                 replaced += int(rows.numel())
                 if optimizer is not None:

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from diveq_codec.models.codebook import (
-    CodebookCare,
+    DeadCodeReplacer,
     init_from_samples,
     nearest_codeword,
     nearest_codeword_with_gap,
@@ -25,7 +25,7 @@ class SingleCodebookQuantizer(Quantizer):
         self.embedding_dim = embedding_dim
         bound = 1.0 / num_codes
         self.codebook = nn.Parameter(torch.empty(num_codes, embedding_dim).uniform_(-bound, bound))
-        self.care = CodebookCare(num_codes, replace_interval, replace_threshold)
+        self.dead_codes = DeadCodeReplacer(num_codes, replace_interval, replace_threshold)
 
     @property
     def alphabet_sizes(self) -> list[int]:
@@ -47,19 +47,19 @@ class SingleCodebookQuantizer(Quantizer):
     def init_from_data(self, z: torch.Tensor) -> None:
         init_from_samples(self.codebook, z)
 
-    def care_step(self, optimizer: torch.optim.Optimizer | None) -> int:
-        if not self.care.due():
+    def replace_dead_codes(self, optimizer: torch.optim.Optimizer | None) -> int:
+        if not self.dead_codes.due():
             return 0
-        rows = self.care.replace_dead(self.codebook)
+        rows = self.dead_codes.replace_dead(self.codebook)
         if optimizer is not None and rows.numel():
             reset_adam_rows(optimizer, self.codebook, rows.to(self.codebook.device))
         return int(rows.numel())
 
     def _assign(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Nearest codeword of each row (recorded for codebook care when training)."""
+        """Nearest codeword of each row (recorded for dead-code replacement when training)."""
         idx = nearest_codeword(z, self.codebook)
         if self.training:
-            self.care.observe(z, idx)
+            self.dead_codes.observe(z, idx)
         return idx, self.codebook[idx].to(z.dtype)
 
     def _output(self, z_q: torch.Tensor, idx: torch.Tensor) -> QuantizerOutput:

@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
             loss, mse = training_loss(x_hat, x, args.loss)
         if not optimiser_step(optimizer, loss, step):
             return 1
-        replaced = model.quantizer.care_step(optimizer) if quantize and rank == 0 else 0
+        replaced = model.quantizer.replace_dead_codes(optimizer) if quantize and rank == 0 else 0
         if world > 1 and quantize:
             flag = torch.tensor(float(replaced))
             dist.broadcast(flag, src=0)

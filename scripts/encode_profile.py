@@ -4,7 +4,7 @@
 ``codec.pipeline.encode_source`` one by one on every image (after one warm-up encode) and
 prints the mean seconds per image of each: float32 analysis, codeword search with decision
 gaps, float64 re-decision of the unsure latents, entropy coding, and at a rate point with a
-residual layer the base's synthesis and the layer. It checks that the parts give the same
+DCT layer the base's synthesis and the layer. It checks that the parts give the same
 payload and layer as the encoder itself, so it times the real path.
 """
 
@@ -27,7 +27,7 @@ from diveq_codec.models.autoencoder import search_options, unsure_choices
 from diveq_codec.models.data import list_images
 
 NETWORK_PARTS = ("analysis", "search", "re-decision", "entropy coding")
-LAYER_PARTS = ("synthesis", "residual layer")
+LAYER_PARTS = ("synthesis", "DCT layer")
 
 
 def main() -> None:
@@ -45,7 +45,7 @@ def main() -> None:
     search = search_options(rate, beam)
     sources = [read_image(path.read_bytes(), str(path)) for path in list_images(args.folder)]
     encode_source(sources[0], point.quality, "cpu", args.effort)
-    parts = NETWORK_PARTS + (LAYER_PARTS if point.residual_step is not None else ())
+    parts = NETWORK_PARTS + (LAYER_PARTS if point.layer_step is not None else ())
     totals = dict.fromkeys(parts, 0.0)
     unsure_count = 0
     with torch.no_grad():
@@ -69,14 +69,14 @@ def main() -> None:
             coded = time.perf_counter()
             times = [analysed - start, searched - analysed, redecided - searched, coded - redecided]
             layer = b""
-            if point.residual_step is not None:
+            if point.layer_step is not None:
                 base = model.decode_indices(indices, (latent.shape[2], width), *source.rgb.shape[:2])
                 synthesised = time.perf_counter()
                 layer = dct_layer.encode(source_planes(source), _planes(_to_uint8(base), source.mode),
-                                              point.residual_step)
+                                              point.layer_step)
                 times += [synthesised - coded, time.perf_counter() - synthesised]
             parsed = container.unpack(encode_source(source, point.quality, "cpu", args.effort))
-            if (payload, layer) != (parsed.payload, parsed.residual):
+            if (payload, layer) != (parsed.payload, parsed.layer):
                 raise SystemExit("the parts do not give the encoder's payload: this script is out of date")
             unsure_count += unsure.numel()
             for part, seconds in zip(parts, times):

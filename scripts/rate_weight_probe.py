@@ -140,7 +140,7 @@ def main() -> None:
         # A layer point's λ is its base's: the network point of the same stages.
         base_of = {p.stages: p.quality for p in points}
         for rp in card["rate_points"]:
-            quality = base_of.get(int(rp["stages"])) if "residual_step" in rp else int(rp["quality"])
+            quality = base_of.get(int(rp["stages"])) if "layer_step" in rp else int(rp["quality"])
             rp["rate_weight"] = float(f"{chosen.get(quality, 0.0):.4g}")
         card["rate_weight_chosen_by"] = (f"python scripts/rate_weight_probe.py {args.folder} --every {args.every} "
                                          f"--card {args.card} ({len(images)} training photos, α grid {list(ALPHAS)})")

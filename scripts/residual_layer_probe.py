@@ -1,11 +1,11 @@
-"""Which network rate point should carry the residual layer, at which steps?
+"""Which network rate point should carry the DCT layer, at which steps?
 
 ``python scripts/residual_layer_probe.py IMAGE_DIR [--every 34] [--bases 1,3,4] [--base-rate-weights 0.007,0.0035]
 [--steps 4,6,8,...] [--rounding 0.5,0.4] [--rd-weight 0,1] [--transforms 2,3]``
 
 For every training photo picked, every base rate point and every step, it codes the photo
 through the real path (the base file from ``codec.pipeline.encode``, the layer from
-``codec.residual_layer.encode`` against the decoded base, 4 more header bytes) and decodes
+``codec.dct_layer.encode`` against the decoded base, 4 more header bytes) and decodes
 the layer, then prints each (base, step)'s mean bpp and PSNR (per image, an identical
 decode counted as 60 dB) and the pairs on the upper hull of them all: the rate points worth
 shipping. A base is a network rate point, coded at its own λ or at each of

@@ -44,7 +44,7 @@ FIELDS: dict[str, tuple[int, str]] = {
     "latent_w": (31, "H"), "stages": (33, "B"), "payload_len": (34, "I"), "alpha_len": (38, "I"),
 }
 HEADER_SIZE = 42
-HEADER_SIZE_V2 = 46  # version 2 adds residual_len (u32) at offset 42
+HEADER_SIZE_V2 = 46  # version 2 adds layer_len (u32) at offset 42
 TRAILER = 4
 
 
@@ -67,7 +67,7 @@ def base_images() -> dict[str, tuple[Image.Image, int | None]]:
 
 def make_bases(device: str = "cpu") -> dict[str, bytes]:
     """The valid .dvq files of :func:`base_images`, at the lowest rate point, the default and
-    the highest (the default and the highest add a residual layer: format version 2)."""
+    the highest (the default and the highest add a DCT layer: format version 2)."""
     from diveq_codec.codec.pipeline import encode
     from diveq_codec.codec.zoo import rate_points
 
@@ -112,10 +112,10 @@ def _regions(data: bytes) -> dict[str, tuple[int, int]]:
     payload_len = get_field(data, "payload_len") or 0
     alpha_len = get_field(data, "alpha_len") or 0
     h = _header_size(data)
-    residual_len = struct.unpack_from("<I", data, HEADER_SIZE)[0] if h == HEADER_SIZE_V2 else 0
+    layer_len = struct.unpack_from("<I", data, HEADER_SIZE)[0] if h == HEADER_SIZE_V2 else 0
     p0, a0 = h, h + int(payload_len)
     r0 = a0 + int(alpha_len)
-    return {"header": (0, h), "payload": (p0, a0), "alpha": (a0, r0), "residual": (r0, r0 + residual_len),
+    return {"header": (0, h), "payload": (p0, a0), "alpha": (a0, r0), "layer": (r0, r0 + layer_len),
             "crc": (len(data) - TRAILER, len(data)), "all": (0, len(data))}
 
 
@@ -207,16 +207,16 @@ def consistent_resize(rng: random.Random, data: bytes) -> bytes:
     return set_field(data, "latent_w", min(-(-width // stride), 0xFFFF))
 
 
-def _with_lengths(data: bytes, payload: bytes, alpha: bytes, residual: bytes | None = None) -> bytes:
+def _with_lengths(data: bytes, payload: bytes, alpha: bytes, layer: bytes | None = None) -> bytes:
     """data with other sections and lengths that match them; a version-2 file keeps its
-    residual layer unless another is given."""
+    DCT layer unless another is given."""
     h = _header_size(data)
-    if residual is None:
-        residual = data[slice(*_regions(data)["residual"])]
+    if layer is None:
+        layer = data[slice(*_regions(data)["layer"])]
     header = set_field(set_field(data[:h], "payload_len", len(payload)), "alpha_len", len(alpha))
     if h == HEADER_SIZE_V2:
-        header = header[:HEADER_SIZE] + struct.pack("<I", len(residual))
-    return header + payload + alpha + residual + data[-TRAILER:]
+        header = header[:HEADER_SIZE] + struct.pack("<I", len(layer))
+    return header + payload + alpha + layer + data[-TRAILER:]
 
 
 def replace_payload(rng: random.Random, data: bytes) -> bytes:
@@ -284,10 +284,10 @@ def replace_alpha(rng: random.Random, data: bytes) -> bytes:
     return _with_lengths(data, payload, new)
 
 
-def replace_residual(rng: random.Random, data: bytes) -> bytes:
-    """A residual layer that is cut, extended, garbage, of another step or transform (the
+def replace_layer(rng: random.Random, data: bytes) -> bytes:
+    """A DCT layer that is cut, extended, garbage, of another step or transform (the
     lengths kept consistent); a version-1 file gets one it has no field for."""
-    layer = data[slice(*_regions(data)["residual"])]
+    layer = data[slice(*_regions(data)["layer"])]
     kind = rng.choice(["random", "short", "long", "step", "transform", "header_only", "empty"])
     if kind == "random":
         new = layer[:3] + bytes(rng.randrange(256) for _ in range(max(4, len(layer) - 3)))
@@ -319,7 +319,7 @@ MUTATORS: dict[str, Mutator] = {
     "bit_flips": bit_flips, "byte_overwrites": byte_overwrites, "truncation": truncation,
     "extension": extension, "header_field": header_field, "several_fields": several_fields,
     "consistent_resize": consistent_resize, "replace_payload": replace_payload, "replace_alpha": replace_alpha,
-    "replace_residual": replace_residual,
+    "replace_layer": replace_layer,
 }
 STRATEGIES = sorted(MUTATORS) + ["splice"]
 

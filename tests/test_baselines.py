@@ -156,7 +156,7 @@ def test_ema_dead_code_replacement_resets_statistics() -> None:
     z = _z(seed=12) * 0.01 + q.codebook[0].detach()  # everything goes to one code
     q(z)
     q(z)
-    replaced = q.care_step(None)
+    replaced = q.replace_dead_codes(None)
     assert replaced >= K - 1
     dead = [k for k in range(K) if k != 0]
     torch.testing.assert_close(q.ema_count[dead], torch.ones(len(dead)))
@@ -262,7 +262,7 @@ def test_dead_code_replacement_resets_adam_rows(cls) -> None:
     dead = torch.nonzero(q.care.usage == 0).flatten()
     assert dead.numel() >= 1
     before = q.codebook.detach().clone()
-    assert q.care_step(opt) == dead.numel()
+    assert q.replace_dead_codes(opt) == dead.numel()
     state = opt.state[q.codebook]
     assert torch.all(state["exp_avg"][dead] == 0) and torch.all(state["exp_avg_sq"][dead] == 0)
     assert not torch.equal(q.codebook[dead], before[dead])  # re-seeded from recent latents

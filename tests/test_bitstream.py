@@ -195,12 +195,12 @@ def test_version_2_damage_is_refused() -> None:
     _refused(V2_FILE[:-1], CorruptBitstreamError, f"truncated: {len(V2_FILE) - 1} bytes, the header declares")
     _refused(V2_FILE[:HEADER_SIZE + 6], CorruptBitstreamError, "a version-2 file has at least 50")
     flipped = bytearray(V2_FILE)
-    flipped[-TRAILER_SIZE - 1] ^= 1  # in the residual layer: only the CRC can see it
+    flipped[-TRAILER_SIZE - 1] ^= 1  # in the DCT layer: only the CRC can see it
     _refused(bytes(flipped), CorruptBitstreamError, "checksum mismatch")
     empty = bytearray(RGBA_FILE[:HEADER_SIZE] + b"\0\0\0\0" + RGBA_FILE[HEADER_SIZE:-TRAILER_SIZE])
     empty[4] = 2
     _refused(bytes(empty) + zlib.crc32(bytes(empty)).to_bytes(4, "little"), CorruptBitstreamError,
-             "a version-2 file without a residual layer")
+             "a version-2 file without a DCT layer")
 
 
 def test_truncation_declared_by_header() -> None:

@@ -82,7 +82,7 @@ def test_no_move_shorter_than_the_residual_gap_changes_any_stage(rate_term: bool
         assert torch.equal(quantizer.indices(moved, rate=rate), idx)
 
 
-def _random_residual(generator: torch.Generator) -> ResidualDiVeQ:
+def _random_layer(generator: torch.Generator) -> ResidualDiVeQ:
     quantizer = ResidualDiVeQ(4, 16, 8).double()
     with torch.no_grad():
         quantizer.codebooks.normal_(generator=generator)
@@ -93,7 +93,7 @@ def _random_residual(generator: torch.Generator) -> ResidualDiVeQ:
 @pytest.mark.parametrize("rate_term", [False, True])
 def test_a_beam_search_finds_cheaper_paths_and_a_beam_of_one_is_the_greedy_search(rate_term: bool) -> None:
     g = torch.Generator().manual_seed(11)
-    quantizer = _random_residual(g)
+    quantizer = _random_layer(g)
     z = torch.randn(400, 8, generator=g, dtype=torch.float64)
     rate = _rate_costs(4, 16, 0.5, g) if rate_term else None
     greedy = quantizer.indices(z, rate=rate)
@@ -118,7 +118,7 @@ def test_no_move_shorter_than_the_beam_gap_changes_the_beams_choice(rate_term: b
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """Also with few left-out paths measured one by one, where the bound on the others counts."""
     g = torch.Generator().manual_seed(12)
-    quantizer = _random_residual(g)
+    quantizer = _random_layer(g)
     z = torch.randn(400, 8, generator=g, dtype=torch.float64)
     rate = _rate_costs(4, 16, 0.5, g) if rate_term else None
     for listed in (residual.GAP_CANDIDATES, 1):

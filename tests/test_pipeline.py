@@ -43,7 +43,7 @@ def test_every_rate_point_writes_a_file_that_decodes(parrots_path: Path, qualiti
     crop = Image.open(parrots_path).convert("RGB").crop((100, 60, 196, 124))
     for quality in qualities:
         data = encode(crop, quality=quality)
-        assert data[4] == (1 if resolve_quality(quality).residual_step is None else 2)
+        assert data[4] == (1 if resolve_quality(quality).layer_step is None else 2)
         assert container.unpack(data).header.quality == quality and decode(data).size == crop.size
 
 
@@ -239,9 +239,9 @@ def test_a_model_without_second_tables_writes_coder_2_and_refuses_coder_3(parrot
 def test_header_counts_in_bpp(parrots_path: Path, quality: int | None) -> None:
     data = encode(parrots_path, quality=quality)
     parsed = container.unpack(data)
-    header = container.HEADER_SIZE_V2 if parsed.residual else container.HEADER_SIZE
-    assert data[4] == (2 if parsed.residual else 1)
-    assert len(data) == (header + len(parsed.payload) + len(parsed.alpha) + len(parsed.residual)
+    header = container.HEADER_SIZE_V2 if parsed.layer else container.HEADER_SIZE
+    assert data[4] == (2 if parsed.layer else 1)
+    assert len(data) == (header + len(parsed.payload) + len(parsed.alpha) + len(parsed.layer)
                          + container.TRAILER_SIZE)
 
 

@@ -589,12 +589,12 @@ def test_diveq_care_step_replaces_dead_codes_and_resets_adam_rows():
         q.codebook.copy_(torch.randn(8, 4))
         q.codebook[4:] += 100.0  # never the nearest for the data below
     opt = _adam_with_state(q.codebook)
-    assert q.care_step(opt) == 0  # not due yet: nothing changes
+    assert q.replace_dead_codes(opt) == 0  # not due yet: nothing changes
     for step in range(3):
         batch = torch.randn(64, 4, generator=_gen(40 + step))
         q(batch)
         if step < 2:
-            assert q.care_step(opt) == 0
+            assert q.replace_dead_codes(opt) == 0
     used = q.care.usage > 0
     dead = torch.nonzero(q.care.usage / q.care.steps < q.care.threshold).flatten()
     assert dead.numel() > 0 and used.any()
@@ -602,7 +602,7 @@ def test_diveq_care_step_replaces_dead_codes_and_resets_adam_rows():
     before = q.codebook.detach().clone()
     recent = q.care.recent.clone()
     assert torch.equal(recent, batch)
-    replaced = q.care_step(opt)
+    replaced = q.replace_dead_codes(opt)
     assert replaced == dead.numel()
     after = q.codebook.detach()
     alive = torch.ones(8, dtype=torch.bool)
@@ -633,7 +633,7 @@ def test_residual_care_step_replaces_dead_codes_and_resets_adam_rows():
     for m in range(stages):
         assert set(dead[m].tolist()) >= {5, 6, 7}
     before = q.codebooks.detach().clone()
-    replaced = q.care_step(opt)
+    replaced = q.replace_dead_codes(opt)
     assert replaced == sum(d.numel() for d in dead)
     after = q.codebooks.detach()
     for m in range(stages):

@@ -175,7 +175,7 @@ def info(
             "width": h.width, "height": h.height, "channels": h.channels, "bit_depth": h.bit_depth,
             "flags": h.flags, "alpha": bool(h.flags & container.FLAG_ALPHA), "latent_h": h.latent_h,
             "latent_w": h.latent_w, "stages": h.stages, "payload_bytes": len(parsed.payload),
-            "alpha_bytes": len(parsed.alpha), "residual_bytes": len(parsed.residual), "bytes": len(data),
+            "alpha_bytes": len(parsed.alpha), "layer_bytes": len(parsed.layer), "bytes": len(data),
             "bpp": bits_per_pixel(len(data), h.width, h.height),
         }
         if json_flag:
@@ -196,7 +196,7 @@ def models(json_flag: bool = typer.Option(False, "--json", help="print as JSON")
         points = rate_points()
         rows = [{"quality": p.quality, "model": p.model_name, "model_id": p.model_id, "stages": p.stages,
                  "bpp": p.kodak_bpp, "psnr": p.kodak_psnr, "rate_weight": p.rate_weight,
-                 "residual_step": p.residual_step} for p in points]
+                 "layer_step": p.layer_step} for p in points]
         if json_flag:
             _json_out(rows)
             return
@@ -206,8 +206,8 @@ def models(json_flag: bool = typer.Option(False, "--json", help="print as JSON")
         for r in rows:
             bpp = f"{r['bpp']:.4f}" if r["bpp"] is not None else "-"
             ps = f"{r['psnr']:.2f}" if r["psnr"] is not None else "-"
-            # The residual layer's quantiser step, for the points that add one.
-            step = f"step {r['residual_step']:g}" if r["residual_step"] is not None else "-"
+            # The DCT layer's quantiser step, for the points that add one.
+            step = f"step {r['layer_step']:g}" if r["layer_step"] is not None else "-"
             typer.echo(f"{r['quality']:>7}  {r['model']:<{name_width}}  {r['stages']:>6}  {step:>8}  "
                        f"{bpp:>9}  {ps:>7}")
 

@@ -529,8 +529,8 @@ def _layer_record(step: float | None) -> dict[str, float]:
     under others."""
     if step is None:
         return {}
-    return {"residual_step": step, "residual_transform": dct_layer.WRITTEN_TRANSFORM,
-            "residual_rounding": dct_layer.ROUNDING, "residual_rd_weight": dct_layer.RD_WEIGHT}
+    return {"layer_step": step, "layer_transform": dct_layer.WRITTEN_TRANSFORM,
+            "layer_rounding": dct_layer.ROUNDING, "layer_rd_weight": dct_layer.RD_WEIGHT}
 
 
 def _check_meta(out_dir: Path, meta_now: dict[str, Any]) -> dict[str, Any]:
@@ -560,7 +560,7 @@ def _check_meta(out_dir: Path, meta_now: dict[str, Any]) -> dict[str, Any]:
             raise OutputError(f"{out_dir} holds results for other image {key} ({before[key]} vs {value} now); "
                               f"choose another -o or remove it")
     # The same weights give other files when a card gives a quality other stages, another
-    # rate weight (the encoder's λ) or another residual layer (_layer_record). Folders from
+    # rate weight (the encoder's λ) or another DCT layer (_layer_record). Folders from
     # before the meta named them are taken as they are.
     before = old.get("rate_points", {})
     for quality, value in meta_now.get("rate_points", {}).items():
@@ -664,7 +664,7 @@ def _run_locked(opts: EvalOptions, say: Callable[[str], None], progress_stream: 
         "weights": {str(mid): lm.card.weights_id.hex() for mid, lm in loaded.items()},
         "images": hashes,
         "rate_points": {str(p.quality): {"stages": p.stages, "rate_weight": p.rate_weight, **searched,
-                                         **_layer_record(p.residual_step)}
+                                         **_layer_record(p.layer_step)}
                         for p in points},
     })
     _write_json(opts.out_dir / META_NAME, meta)

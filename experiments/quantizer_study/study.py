@@ -281,7 +281,7 @@ def train_run(name: str, seed: int, args: argparse.Namespace, images: list[torch
         loss.backward()
         optimizer.step()
         if quantize:
-            replaced_total += model.quantizer.care_step(optimizer)
+            replaced_total += model.quantizer.replace_dead_codes(optimizer)
         losses.append(mse.item())
         if q is not None and q.perplexities:
             perplexities.append(float(np.mean(q.perplexities)))

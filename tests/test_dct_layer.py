@@ -1,4 +1,4 @@
-"""The residual layer (codec/dct_layer.py) on its own, and inside .dvq files."""
+"""The DCT layer (codec/dct_layer.py) on its own, and inside .dvq files."""
 
 from __future__ import annotations
 
@@ -234,8 +234,8 @@ def test_a_tiny_layer_cannot_declare_a_huge_image() -> None:
 # --- inside .dvq files -------------------------------------------------------------------
 
 
-def _residual_quality() -> int:
-    return next(p.quality for p in rate_points() if p.residual_step is not None)
+def _layer_quality() -> int:
+    return next(p.quality for p in rate_points() if p.layer_step is not None)
 
 
 def test_the_shipped_zoo_has_residual_points_above_the_network_points() -> None:
@@ -243,27 +243,27 @@ def test_the_shipped_zoo_has_residual_points_above_the_network_points() -> None:
     on one base (its stages; each point has its own λ), so that a higher quality never
     writes a coarser file."""
     points = rate_points()
-    network = [p for p in points if p.residual_step is None]
-    layered = [p for p in points if p.residual_step is not None]
+    network = [p for p in points if p.layer_step is None]
+    layered = [p for p in points if p.layer_step is not None]
     assert len(network) >= 3 and len(layered) >= 6
     assert min(p.quality for p in layered) > max(p.quality for p in network)
     assert len({p.stages for p in layered}) == 1
-    steps = [p.residual_step for p in sorted(layered, key=lambda p: p.quality)]
+    steps = [p.layer_step for p in sorted(layered, key=lambda p: p.quality)]
     assert steps == sorted(steps, reverse=True) and len(set(steps)) == len(steps)
     measured = [p.kodak_bpp for p in points]
     assert None not in measured and measured == sorted(measured)
 
 
 def test_a_residual_rate_point_writes_a_version_2_file_that_decodes_better(parrots_path: Path) -> None:
-    quality = _residual_quality()
+    quality = _layer_quality()
     base_quality = resolve_quality(quality)
     report = encode_with_report(parrots_path, quality=quality, device="cpu")
     parsed = container.unpack(report.data)
-    assert report.data[4] == 2 and parsed.residual
+    assert report.data[4] == 2 and parsed.layer
     assert parsed.header.quality == quality and parsed.header.stages == base_quality.stages
     # The same point without its layer: the same base indices, in a version-1 file.
     source = read_image(parrots_path.read_bytes(), "parrots")
-    plain = encode_at_point(source, replace(base_quality, residual_step=None), "cpu")
+    plain = encode_at_point(source, replace(base_quality, layer_step=None), "cpu")
     assert plain[4] == 1 and container.unpack(plain).payload == parsed.payload
     assert report.psnr > psnr(source.rgb, np.asarray(decode(plain, "cpu"))) + 1.0
     # The decoder needs nothing but the file: the step travels in the layer.
@@ -274,7 +274,7 @@ def test_a_gray_image_with_alpha_at_a_residual_point(tmp_path: Path, parrots_pat
     gray = Image.open(parrots_path).convert("L").crop((0, 0, 77, 53))
     alpha = Image.fromarray(np.tile(np.arange(77, dtype=np.uint8) * 3, (53, 1)), "L")
     image = Image.merge("LA", (gray, alpha))
-    report = encode_with_report(image, quality=_residual_quality(), device="cpu")
+    report = encode_with_report(image, quality=_layer_quality(), device="cpu")
     decoded = decode_detailed(report.data, "cpu")
     assert decoded.image.mode == "LA" and decoded.image.size == (77, 53)
     assert np.array_equal(np.asarray(decoded.image)[..., 1], np.asarray(alpha))
@@ -287,9 +287,9 @@ def test_a_card_with_a_bad_residual_step_is_refused(weights_copy: Path, step: ob
 
     card_path = next(weights_copy.glob("*.json"))
     card = json.loads(card_path.read_text())
-    card["rate_points"][-1]["residual_step"] = step
+    card["rate_points"][-1]["layer_step"] = step
     card_path.write_text(json.dumps(card))
-    with pytest.raises(WeightsError, match="rate point|residual_step"):
+    with pytest.raises(WeightsError, match="rate point|layer_step"):
         rate_points()
 
 
@@ -306,10 +306,10 @@ def test_the_cli_writes_reads_and_describes_a_layered_file(tmp_path: Path, parro
     summary = json.loads(encoded.stdout)
     assert summary["psnr"] > 40
     info = json.loads(runner.invoke(app, ["info", str(out), "--json"]).stdout)
-    assert info["format_version"] == 2 and info["quality"] == quality and info["residual_bytes"] > 0
+    assert info["format_version"] == 2 and info["quality"] == quality and info["layer_bytes"] > 0
     assert info["bytes"] == out.stat().st_size
     listed = json.loads(runner.invoke(app, ["models", "--json"]).stdout)
-    assert [r["residual_step"] is not None for r in listed] == [p.residual_step is not None for p in rate_points()]
+    assert [r["layer_step"] is not None for r in listed] == [p.layer_step is not None for p in rate_points()]
     decoded = runner.invoke(app, ["decode", str(out), str(tmp_path / "back.png"), "--device", "cpu",
                                   "--reference", str(parrots_path), "--json"])
     assert decoded.exit_code == 0, decoded.output
@@ -322,7 +322,7 @@ def test_damaged_layers_behind_a_valid_crc_decode_or_fail_in_one_line(parrots_pa
     image = Image.open(parrots_path).convert("RGB").crop((0, 0, 40, 24))
     data = encode(image, quality=max(p.quality for p in rate_points()), device="cpu")
     parsed = container.unpack(data)
-    layer = parsed.residual
+    layer = parsed.layer
     rng = np.random.default_rng(5)
     outcomes = set()
     for case in range(40):
