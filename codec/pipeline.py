@@ -62,16 +62,16 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def _to_tensor(rgb: np.ndarray, device: str) -> torch.Tensor:
+def image_to_tensor(rgb: np.ndarray, device: str) -> torch.Tensor:
     return torch.from_numpy(np.array(rgb, dtype=np.uint8, order="C", copy=True)).to(device).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
 
 
-def _to_uint8(x: torch.Tensor) -> np.ndarray:
+def tensor_to_pixels(x: torch.Tensor) -> np.ndarray:
     # Round on the CPU in float32 so that the last step is the same on every device.
     return x[0].permute(1, 2, 0).float().cpu().mul(255.0).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
-def _as_source(image: Image.Image | bytes | str | Path | SourceImage) -> SourceImage:
+def as_source(image: Image.Image | bytes | str | Path | SourceImage) -> SourceImage:
     if isinstance(image, SourceImage):
         return image
     if isinstance(image, Image.Image):
@@ -114,13 +114,13 @@ def encode_at_point(image: Image.Image | bytes | str | Path | SourceImage, point
                     effort: int | None = None) -> bytes:
     """encode at an explicit rate point: the probes that choose a card's settings try points
     the card does not list yet (another λ or step), through the encoder itself."""
-    source = _as_source(image)
+    source = as_source(image)
     settings = effort_settings(effort)
     loaded = load_model(point.model_id, resolve_device(device))
     model = loaded.model
     height, width = source.rgb.shape[:2]
     device_type = next(model.parameters()).device.type
-    x = _to_tensor(source.rgb, device_type)
+    x = image_to_tensor(source.rgb, device_type)
     # The rate point's λ makes the choices entropy-constrained (the decoder does not care how
     # the indices were chosen).
     search = search_options(loaded.rate_costs(point.rate_weight), settings.beam)
@@ -140,7 +140,7 @@ def encode_at_point(image: Image.Image | bytes | str | Path | SourceImage, point
         # The layer codes what the decoder's own base planes miss, so it is measured against
         # the base exactly as decode_detailed will rebuild it.
         base = model.decode_indices(indices, (grid_h, grid_w), height, width)
-        layer = dct_layer.encode(source_planes(source), _planes(_to_uint8(base), source.mode),
+        layer = dct_layer.encode(source_planes(source), decoded_planes(tensor_to_pixels(base), source.mode),
                                          point.layer_step)
     alpha = alpha_to_bytes(source.alpha) if source.alpha is not None else b""
     flags = (container.FLAG_ALPHA if source.alpha is not None else 0)
@@ -158,7 +158,7 @@ def encode_at_point(image: Image.Image | bytes | str | Path | SourceImage, point
 def encode(image: Image.Image | bytes | str | Path, quality: int | None = None, device: str = "auto",
            effort: int | None = None) -> bytes:
     """Compress an image (PIL image, encoded image bytes, or a path) to .dvq bytes."""
-    return encode_source(_as_source(image), quality, device, effort)
+    return encode_source(as_source(image), quality, device, effort)
 
 
 @dataclass
@@ -203,9 +203,9 @@ def decode_detailed(data: bytes, device: str = "auto") -> Decoded:
     x_hat = model.decode_indices(torch.from_numpy(indices).to(device_type), (header.latent_h, header.latent_w),
                                  header.height, header.width)
     mode = CHANNELS_TO_MODE[header.channels]
-    rgb = _to_uint8(x_hat)
+    rgb = tensor_to_pixels(x_hat)
     if parsed.layer:
-        planes = dct_layer.decode(parsed.layer, _planes(rgb, mode))
+        planes = dct_layer.decode(parsed.layer, decoded_planes(rgb, mode))
         rgb = planes if planes.ndim == 3 else np.repeat(planes[..., None], 3, axis=2)
     return Decoded(restore_image(rgb, alpha, mode), indices, header)
 
@@ -222,7 +222,7 @@ def color_planes(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
-def _planes(rgb: np.ndarray, mode: str) -> np.ndarray:
+def decoded_planes(rgb: np.ndarray, mode: str) -> np.ndarray:
     """The planes of decoded RGB that an image of ``mode`` keeps: color_planes of what
     restore_image makes of it (the gray plane for L/LA, the RGB otherwise)."""
     return color_planes(restore_image(rgb, None, "L" if mode in ("L", "LA") else "RGB"))
@@ -247,7 +247,7 @@ class EncodeReport:
 def encode_with_report(image: Image.Image | bytes | str | Path | SourceImage, quality: int | None = None,
                        device: str = "auto", effort: int | None = None) -> EncodeReport:
     """Encode, then decode the produced bytes to report the PSNR the file really delivers."""
-    source = _as_source(image)
+    source = as_source(image)
     data = encode_source(source, quality, device, effort)
     decoded = decode_detailed(data, device)
     height, width = source.rgb.shape[:2]

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from rate_weight_probe import coded_bits_and_psnr, gain_over
 
-from diveq_codec.codec.pipeline import _to_tensor
+from diveq_codec.codec.pipeline import image_to_tensor
 from diveq_codec.codec.zoo import load_model, network_rate_points
 from diveq_codec.models import tiling
 from diveq_codec.models.data import list_images
@@ -51,7 +51,7 @@ def main() -> None:
         for path in paths:
             rgb = np.asarray(Image.open(path).convert("RGB"))
             pixels += rgb.shape[0] * rgb.shape[1]
-            latent = model.analyse(model.float64_analysis(), _to_tensor(rgb, "cpu").double())
+            latent = model.analyse(model.float64_analysis(), image_to_tensor(rgb, "cpu").double())
             _, _, h, w = latent.shape
             vectors = model.to_vectors(latent)
             for point in points:

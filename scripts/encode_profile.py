@@ -20,7 +20,7 @@ from rate_weight_probe import exact_search_beam
 from diveq_codec.codec import container, dct_layer, index_coder
 from diveq_codec.codec.cli.allocator import keep_freed_memory
 from diveq_codec.codec.image_io import read_image
-from diveq_codec.codec.pipeline import _planes, _to_tensor, _to_uint8, encode_source, source_planes
+from diveq_codec.codec.pipeline import decoded_planes, image_to_tensor, tensor_to_pixels, encode_source, source_planes
 from diveq_codec.codec.zoo import load_model, resolve_quality
 from diveq_codec.models import tiling
 from diveq_codec.models.autoencoder import search_options, unsure_choices
@@ -50,7 +50,7 @@ def main() -> None:
     unsure_count = 0
     with torch.no_grad():
         for source in sources:
-            x = _to_tensor(source.rgb, "cpu")
+            x = image_to_tensor(source.rgb, "cpu")
             start = time.perf_counter()
             latent = model.analyse(model.analysis, x)
             _, _, _, width = latent.shape
@@ -72,7 +72,7 @@ def main() -> None:
             if point.layer_step is not None:
                 base = model.decode_indices(indices, (latent.shape[2], width), *source.rgb.shape[:2])
                 synthesised = time.perf_counter()
-                layer = dct_layer.encode(source_planes(source), _planes(_to_uint8(base), source.mode),
+                layer = dct_layer.encode(source_planes(source), decoded_planes(tensor_to_pixels(base), source.mode),
                                               point.layer_step)
                 times += [synthesised - coded, time.perf_counter() - synthesised]
             parsed = container.unpack(encode_source(source, point.quality, "cpu", args.effort))

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from rate_weight_probe import exact_search_beam
 
-from diveq_codec.codec.pipeline import _to_tensor
+from diveq_codec.codec.pipeline import image_to_tensor
 from diveq_codec.codec.zoo import load_model, resolve_quality
 from diveq_codec.models import autoencoder, tiling
 from diveq_codec.models.data import list_images
@@ -44,7 +44,7 @@ def main() -> None:
     decisions = plain_differ = coded_differ = redecided = latents = 0
     errors: dict[str, list[np.ndarray]] = {name: [] for name in KERNELS}
     for path in list_images(args.folder)[::args.every]:
-        x = _to_tensor(np.asarray(Image.open(path).convert("RGB")), "cpu")
+        x = image_to_tensor(np.asarray(Image.open(path).convert("RGB")), "cpu")
         exact_vectors = model.to_vectors(model.analyse(model.float64_analysis(), x.double()))
         exact = tiling.chunked_indices(model.quantizer, exact_vectors, None, **search)  # the float64 path's
         coded, _ = model.encode_indices(x, rate=rate, beam=beam)

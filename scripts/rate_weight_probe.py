@@ -31,7 +31,7 @@ from PIL import Image
 
 from diveq_codec.codec import index_coder
 from diveq_codec.codec.metrics import psnr
-from diveq_codec.codec.pipeline import _to_tensor, _to_uint8, effort_settings
+from diveq_codec.codec.pipeline import image_to_tensor, tensor_to_pixels, effort_settings
 from diveq_codec.codec.zoo import LoadedModel, load_model, network_rate_points
 from diveq_codec.models import tiling
 from diveq_codec.models.data import list_images
@@ -64,7 +64,7 @@ def coded_bits_and_psnr(loaded: LoadedModel, indices: torch.Tensor, grid: tuple[
     """The payload bits of ``indices`` under the real coder and the PSNR of their real decode."""
     payload = index_coder.encode_indices(indices.numpy(), loaded.tables, grid[1], adaptive=True,
                                      second=loaded.second_tables)
-    decoded = _to_uint8(loaded.model.decode_indices(indices, grid, rgb.shape[0], rgb.shape[1]))
+    decoded = tensor_to_pixels(loaded.model.decode_indices(indices, grid, rgb.shape[0], rgb.shape[1]))
     return len(payload) * 8, psnr(rgb, decoded)
 
 
@@ -106,7 +106,7 @@ def main() -> None:
     with torch.no_grad():
         for path in paths:
             rgb = np.asarray(Image.open(path).convert("RGB"))
-            latent = model.analyse(model.float64_analysis(), _to_tensor(rgb, "cpu").double())
+            latent = model.analyse(model.float64_analysis(), image_to_tensor(rgb, "cpu").double())
             images.append(rgb)
             latents.append(latent)
         slopes = stage_slopes(model.quantizer, [model.to_vectors(t) for t in latents],

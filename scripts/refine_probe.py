@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from rate_weight_probe import coded_bits_and_psnr, gain_over
 
-from diveq_codec.codec.pipeline import _to_tensor
+from diveq_codec.codec.pipeline import image_to_tensor
 from diveq_codec.codec.zoo import load_model, network_rate_points
 from diveq_codec.models import refine
 from diveq_codec.models.autoencoder import search_options
@@ -51,7 +51,7 @@ def main() -> None:
     for path in paths:
         rgb = np.asarray(Image.open(path).convert("RGB"))
         pixels += rgb.shape[0] * rgb.shape[1]
-        x = _to_tensor(rgb, "cpu")
+        x = image_to_tensor(rgb, "cpu")
         with torch.no_grad():
             latent = model.analyse(model.analysis, x)
         for point in curve_points:

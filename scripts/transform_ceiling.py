@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from diveq_codec.codec.metrics import psnr
-from diveq_codec.codec.pipeline import _to_tensor, _to_uint8
+from diveq_codec.codec.pipeline import image_to_tensor, tensor_to_pixels
 from diveq_codec.codec.zoo import load_model, resolve_quality
 from diveq_codec.models.autoencoder import crop_to, pad_to_multiple
 
@@ -36,18 +36,18 @@ def main() -> None:
     with torch.no_grad():
         for path in sorted(args.images.glob("*.png")):
             rgb = np.asarray(Image.open(path).convert("RGB"))
-            x = _to_tensor(rgb, "cpu")
+            x = image_to_tensor(rgb, "cpu")
             h, w = x.shape[-2:]
             latent = model.analysis(pad_to_multiple(x, model.stride))
             b, _, lh, lw = latent.shape
             vectors = model.to_vectors(latent)
-            plain.append(psnr(rgb, _to_uint8(crop_to(model.synthesis(latent), h, w))))
+            plain.append(psnr(rgb, tensor_to_pixels(crop_to(model.synthesis(latent), h, w))))
             indices = model.quantizer.indices(vectors)
             for s in range(1, stages + 1):
                 approx = model.quantizer.lookup(indices[:s])
                 left[s - 1].append((torch.sum((vectors - approx) ** 2) / torch.sum(vectors**2)).item())
                 image = model.synthesis(model.to_latent(approx, b, lh, lw))
-                coded[s - 1].append(psnr(rgb, _to_uint8(crop_to(image, h, w))))
+                coded[s - 1].append(psnr(rgb, tensor_to_pixels(crop_to(image, h, w))))
     print(f"{len(plain)} images; mean PSNR-RGB in dB (8-bit rounded, float32, no file)")
     print(f"no quantization: {statistics.mean(plain):.2f}")
     for s in range(stages):

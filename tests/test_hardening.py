@@ -423,13 +423,13 @@ def test_bytes_identical_across_threads_processes_and_cli(tmp_path: Path, determ
 def test_cpu_choices_are_the_float64_ones(determinism_inputs: list[Path]) -> None:
     """An accelerator encodes in float64 (exact choices on any device), the CPU in float32
     with near-boundary latents re-decided in float64: both must give the same indices."""
-    from diveq_codec.codec.pipeline import _to_tensor
+    from diveq_codec.codec.pipeline import image_to_tensor
     from diveq_codec.codec.zoo import load_model, resolve_quality
 
     point = resolve_quality(None)
     model = load_model(point.model_id, "cpu").model
     for path in determinism_inputs:
-        x = _to_tensor(np.asarray(Image.open(path).convert("RGB")), "cpu")
+        x = image_to_tensor(np.asarray(Image.open(path).convert("RGB")), "cpu")
         single, grid = model.encode_indices(x)
         double, grid64 = model.encode_indices(x, dtype=torch.float64)
         assert grid == grid64

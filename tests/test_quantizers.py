@@ -51,7 +51,7 @@ def _randn(*shape: int, seed: int, dtype: torch.dtype = F64) -> torch.Tensor:
 def _snapshot(module: torch.nn.Module) -> dict:
     """Everything that a pure coding path must leave untouched."""
     snap = {k: v.detach().clone() for k, v in module.state_dict().items()}
-    cares = [module.care] if hasattr(module, "care") else list(getattr(module, "cares", []))
+    cares = [module.dead_codes] if hasattr(module, "dead_codes") else list(getattr(module, "dead_code_replacers", []))
     for i, care in enumerate(cares):
         snap[f"care{i}.usage"] = care.usage.clone()
         snap[f"care{i}.steps"] = care.steps
@@ -211,7 +211,7 @@ def test_diveq_detach_forward_and_jacobians():
 @pytest.mark.parametrize("cls", [DiVeQ, DiVeQDetach])
 def test_diveq_coding_path_is_pure(cls):
     q = _diveq(cls).train()
-    q(_randn(30, 6, seed=8))  # give the care counters a non-trivial state
+    q(_randn(30, 6, seed=8))  # give the dead-code counters a non-trivial state
     z = _randn(64, 6, seed=9)
     before = _snapshot(q)
     idx_train = q.indices(z)
@@ -238,7 +238,7 @@ def test_diveq_eval_forward_does_not_touch_care():
     assert_same_snapshot(before, _snapshot(q))
     q.train()
     q(_randn(30, 6, seed=10))
-    assert q.care.steps == 1 and q.care.usage.sum() == 30
+    assert q.dead_codes.steps == 1 and q.dead_codes.usage.sum() == 30
 
 
 # --------------------------------------------------------------------------------------
@@ -595,12 +595,12 @@ def test_diveq_care_step_replaces_dead_codes_and_resets_adam_rows():
         q(batch)
         if step < 2:
             assert q.replace_dead_codes(opt) == 0
-    used = q.care.usage > 0
-    dead = torch.nonzero(q.care.usage / q.care.steps < q.care.threshold).flatten()
+    used = q.dead_codes.usage > 0
+    dead = torch.nonzero(q.dead_codes.usage / q.dead_codes.steps < q.dead_codes.threshold).flatten()
     assert dead.numel() > 0 and used.any()
     assert set(dead.tolist()) >= {4, 5, 6, 7}
     before = q.codebook.detach().clone()
-    recent = q.care.recent.clone()
+    recent = q.dead_codes.recent.clone()
     assert torch.equal(recent, batch)
     replaced = q.replace_dead_codes(opt)
     assert replaced == dead.numel()
@@ -614,7 +614,7 @@ def test_diveq_care_step_replaces_dead_codes_and_resets_adam_rows():
         state = opt.state[q.codebook][key]
         assert (state[dead] == 0).all(), key
         assert (state[alive] == 1).all(), key
-    assert q.care.steps == 0 and q.care.usage.sum() == 0
+    assert q.dead_codes.steps == 0 and q.dead_codes.usage.sum() == 0
 
 
 def test_residual_care_step_replaces_dead_codes_and_resets_adam_rows():

@@ -49,7 +49,7 @@ def _tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)[None].float() / 255
 
 
-def _to_uint8(x: torch.Tensor) -> np.ndarray:
+def tensor_to_pixels(x: torch.Tensor) -> np.ndarray:
     return x[0].permute(1, 2, 0).mul(255).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
@@ -123,10 +123,10 @@ def test_parrots_4x4_tiled_equals_untiled(model: VQAutoencoder, untiled, parrots
     reference = np.asarray(parrots_4x4)
     untiled(1 << 30)
     idx_full, grid = model.encode_indices(x)
-    out_full = _to_uint8(model.decode_indices(idx_full, grid, 768, 1024))
+    out_full = tensor_to_pixels(model.decode_indices(idx_full, grid, 768, 1024))
     untiled(128)
     idx_tiled, grid_tiled = model.encode_indices(x)
-    out_tiled = _to_uint8(model.decode_indices(idx_full, grid, 768, 1024))
+    out_tiled = tensor_to_pixels(model.decode_indices(idx_full, grid, 768, 1024))
     assert grid_tiled == grid == (96, 128)
     differing = int((idx_tiled != idx_full).sum())
     assert differing == 0, f"{differing} of {idx_full.numel()} indices differ"

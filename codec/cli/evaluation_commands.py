@@ -1,8 +1,6 @@
 """``diveq-codec eval`` and ``diveq-codec bench``: the command functions.
 
-codec/cli.py registers them (``app.command("eval")(eval_command)``,
-``app.command("bench")(bench_command)``); this module does not import codec.cli at import
-time, so either may import the other.
+codec/cli/app.py registers them; they share codec/cli/common.py's error handling.
 """
 
 from __future__ import annotations
@@ -16,17 +14,10 @@ from typing import Any, Callable, Optional
 
 import typer
 
+from diveq_codec.codec.cli.common import guarded, json_out, say
 from diveq_codec.codec.cli.options import EFFORT_HELP, Device
 
 
-def _say(message: str) -> None:
-    typer.echo(message, err=True)
-
-
-def _guard(action: Callable[[], None]) -> None:
-    from diveq_codec.codec.cli.app import _guarded
-
-    _guarded(action)
 
 
 def eval_command(
@@ -64,20 +55,20 @@ def eval_command(
         effort_settings(effort)  # an unknown effort is refused before the results folder is made
         chosen, notes = resolve_anchors(anchors)
         for note in notes:
-            _say(f"diveq-codec: note: {note}")
+            say(f"diveq-codec: note: {note}")
         opts = EvalOptions(data_dir=directory, out_dir=output, qualities=parse_qualities(quality), anchors=chosen,
                            published_dir=published, device=device.value, limit=limit, effort=effort)
         started = time.monotonic()
         result = run_eval(opts, say=_say)
         typer.echo(bd_markdown(OURS_NAME, result.bd_rows), nl=False)
         for check in result.anchor_checks:
-            _say(f"diveq-codec: check: {check['local']} measured here vs published {check['published']}: "
+            say(f"diveq-codec: check: {check['local']} measured here vs published {check['published']}: "
                  f"{check['mean_gap_db']:+.2f} dB mean, {check['max_abs_gap_db']:.2f} dB largest gap over "
                  f"{check['points']} points at matched bpp")
-        _say(f"diveq-codec: {result.measured} measurements made, {result.skipped} reused, "
+        say(f"diveq-codec: {result.measured} measurements made, {result.skipped} reused, "
              f"{time.monotonic() - started:.1f} s; wrote {', '.join(str(f) for f in result.files)}")
 
-    _guard(run)
+    guarded(run)
 
 
 def _median_times(encode: Callable[[], bytes], decode: Callable[[bytes], Any], runs: int) -> tuple[bytes, Any, float, float]:
@@ -148,7 +139,7 @@ def bench_command(
         for key in ("jpeg", "webp"):
             anchor = ANCHORS[key]
             if not anchor.available():
-                _say(f"diveq-codec: note: {anchor.name} skipped: this Pillow has no {anchor.feature} support")
+                say(f"diveq-codec: note: {anchor.name} skipped: this Pillow has no {anchor.feature} support")
                 continue
             data, out, enc, dec = _median_times(lambda a=anchor: a.encode(pil_image, 75),
                                                 lambda d: decode_bytes(d).convert("RGB"), runs)
@@ -160,9 +151,7 @@ def bench_command(
         report = {"image": str(image), "width": width, "height": height, "device": dev, "runs": runs,
                   "torch_threads": torch.get_num_threads(), "codecs": rows, "peak_memory": memory}
         if json_flag:
-            from diveq_codec.codec.cli.app import _json_out
-
-            _json_out(report)
+            json_out(report)
             return
         typer.echo(f"{image}: {width}×{height}, device {dev}, {torch.get_num_threads()} torch threads, "
                    f"median of {runs} runs after 1 warm-up")
@@ -175,4 +164,4 @@ def bench_command(
             mem += f", CUDA max allocated {memory['cuda_max_allocated_mib']:.1f} MiB"
         typer.echo(mem)
 
-    _guard(run)
+    guarded(run)

@@ -1,0 +1,62 @@
+"""Progress on stderr for work that can pass a couple of seconds.
+
+A bar redrawn in place when stderr is a terminal; nothing at all when it is not (a log, a
+pipe) or with ``--quiet``, so that scripts see only the one-line results.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+
+def stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # closed or replaced stream
+        return False
+
+
+class Progress:
+    """``with Progress(total, "encode") as bar: ... bar.advance()``; silent unless shown."""
+
+    WIDTH = 24
+    MIN_INTERVAL_S = 0.1  # redraws are throttled so a fast loop does not spend its time drawing
+
+    def __init__(self, total: int, label: str, quiet: bool = False, stream: TextIO | None = None) -> None:
+        self.total = max(int(total), 1)
+        self.label = label
+        self.done = 0
+        self.stream = stream if stream is not None else sys.stderr
+        self.shown = not quiet and (stream is not None or stderr_is_terminal())
+        self._start = time.monotonic()
+        self._last_draw = 0.0
+
+    def __enter__(self) -> Progress:
+        self._draw(force=True)
+        return self
+
+    def advance(self, steps: int = 1, detail: str = "") -> None:
+        self.done = min(self.done + steps, self.total)
+        self._draw(detail=detail, force=self.done == self.total)
+
+    def _draw(self, detail: str = "", force: bool = False) -> None:
+        if not self.shown:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_draw < self.MIN_INTERVAL_S:
+            return
+        self._last_draw = now
+        filled = self.WIDTH * self.done // self.total
+        elapsed = now - self._start
+        eta = elapsed / self.done * (self.total - self.done) if self.done else 0.0
+        line = (f"\r{self.label} [{'#' * filled}{'.' * (self.WIDTH - filled)}] {self.done}/{self.total} "
+                f"{elapsed:.0f}s elapsed, ~{eta:.0f}s left {detail}")
+        self.stream.write(line[:200].ljust(80))
+        self.stream.flush()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.shown:
+            self.stream.write("\r" + " " * 80 + "\r")  # leave the terminal clean for the result lines
+            self.stream.flush()
