@@ -59,7 +59,7 @@ def eval_command(
         opts = EvalOptions(data_dir=directory, out_dir=output, qualities=parse_qualities(quality), anchors=chosen,
                            published_dir=published, device=device.value, limit=limit, effort=effort)
         started = time.monotonic()
-        result = run_eval(opts, say=_say)
+        result = run_eval(opts, say=say)
         typer.echo(bd_markdown(OURS_NAME, result.bd_rows), nl=False)
         for check in result.anchor_checks:
             say(f"diveq-codec: check: {check['local']} measured here vs published {check['published']}: "
