@@ -1,15 +1,15 @@
 """The .dvq container: a fixed header, the coded payload, an alpha plane, a DCT layer, a CRC32.
 
-All integers are little-endian. Byte layout of format version 1 (offset, field, type):
+docs/format.md is the full byte layout for a reader; in short (all integers little-endian):
 
      0 magic            4s   b"\\x89DVQ"
-     4 version          u8   FORMAT_VERSION
+     4 version          u8   1 (no DCT layer) or 2 (with one)
      5 flags            u8   FLAG_*
      6 model_id         u16
      8 quality          u8   rate point, 1..255
      9 weights_id       8s   prefix of the weights file's sha256
-    17 coder_id         u8   CODER_*
-    18 table_precision  u8   bits of probability precision, 1..32
+    17 coder_id         u8   fixed: CODER_TWO_CONTEXT_RANGE
+    18 table_precision  u8   fixed: index_coder.TABLE_PRECISION
     19 width            u32  original image size
     23 height           u32
     27 channels         u8   1 L, 2 LA, 3 RGB, 4 RGBA
@@ -19,17 +19,14 @@ All integers are little-endian. Byte layout of format version 1 (offset, field, 
     33 stages           u8   coded symbol streams (residual stages)
     34 payload_len      u32
     38 alpha_len        u32
-    42 payload, then alpha, then the CRC32 (u32) of every byte before it.
+    42 layer_len        u32  version 2 only, > 0
+    42 or 46: payload, then alpha, then the DCT layer, then the CRC32 (u32) of every byte before it.
 
-Format version 2 is version 1 with one more header field, for files with a DCT layer
-(the rate points above the network's ceiling; codec/dct_layer.py):
+A file without a DCT layer is always written as version 1, so that the rate points the
+network codes alone do not depend on the layer's format.
 
-    42 layer_len     u32  > 0
-    46 payload, then alpha, then the DCT layer, then the CRC32.
-
-A file without a DCT layer is always written as version 1, so the files of every rate
-point the network codes alone are the same as before version 2 existed, and a version-1
-decoder reads them; it refuses a version-2 file as a newer version rather than misreading it.
+Rule for the future: a change that alters what ``encode`` writes takes a new format version,
+and the decoder keeps reading every version a tagged release wrote (FORMAT_VERSIONS).
 
 The magic, version and lengths are checked before the CRC so that a file of another kind,
 a newer version or a cut-off download is reported as such rather than as "damaged".
@@ -42,15 +39,18 @@ import zlib
 from dataclasses import dataclass
 
 from diveq_codec.codec.errors import BitstreamError, CorruptBitstreamError, UnsupportedVersionError
+from diveq_codec.codec.index_coder import TABLE_PRECISION
 from diveq_codec.codec.limits import check_dimensions
 
 MAGIC = b"\x89DVQ"  # non-ASCII first byte catches text-mode transfers, like PNG
 FORMAT_VERSION = 2  # the newest version this build reads and writes
-FORMAT_VERSIONS = (1, 2)
-CODER_CONSTRICTION_RANGE = 1  # constriction 0.5 range coder, context-selected categorical tables
-CODER_ADAPTIVE_RANGE = 2  # the same tables, each adapted to the image row by row
-CODER_TWO_CONTEXT_RANGE = 3  # coder 2 with a second context's opinion: what the encoder writes
-CODERS = (CODER_CONSTRICTION_RANGE, CODER_ADAPTIVE_RANGE, CODER_TWO_CONTEXT_RANGE)
+FORMAT_VERSIONS = (1, 2)  # every version a tagged release wrote, or this build writes
+# The coder_id byte has one allowed value: the index coder of codec/index_coder.py.
+CODER_TWO_CONTEXT_RANGE = 3
+# Ids that development builds before the first release wrote: refused as such (exit 3).
+CODER_CONSTRICTION_RANGE = 1
+CODER_ADAPTIVE_RANGE = 2
+DEVELOPMENT_CODERS = (CODER_CONSTRICTION_RANGE, CODER_ADAPTIVE_RANGE)
 FLAG_ALPHA = 1  # an alpha plane (zlib-deflated, lossless) follows the payload
 FLAG_FROM_16BIT = 2  # the source had 16 bits per sample and was reduced to 8
 FLAG_FROM_PALETTE = 4  # the source was a palette image
@@ -77,8 +77,8 @@ class Header:
     model_id: int  # u16
     quality: int  # u8, rate point (1..255)
     weights_id: bytes  # exactly 8 bytes: prefix of the weights file's sha256
-    coder_id: int  # u8
-    table_precision: int  # u8, bits of precision of the entropy model's probabilities (1..32)
+    coder_id: int  # u8, always CODER_TWO_CONTEXT_RANGE
+    table_precision: int  # u8, always TABLE_PRECISION
     width: int  # u32, original image width
     height: int  # u32
     channels: int  # u8: channels of the image to restore: 1 (L), 2 (LA), 3 (RGB), 4 (RGBA)
@@ -102,14 +102,21 @@ class Container:
         return 2 if self.layer else 1
 
 
+def development_build_error(what: str) -> UnsupportedVersionError:
+    """The error for a file whose ``what`` (e.g. "entropy coder 1") only a development build
+    before the first release wrote: its bytes are sound, this build just does not read them."""
+    return UnsupportedVersionError(f"made by a development build of diveq-codec before the first release "
+                                   f"({what}); encode the image again")
+
+
 def _field_problem(h: Header, payload_len: int, alpha_len: int) -> str | None:
     """Why the header's values are inconsistent, or None; shared so pack never writes what unpack refuses."""
     if h.flags & ~KNOWN_FLAGS:
         return f"unknown flag bits 0x{h.flags & ~KNOWN_FLAGS:02x}"
-    if h.coder_id not in CODERS:
+    if h.coder_id != CODER_TWO_CONTEXT_RANGE:
         return f"unknown entropy coder id {h.coder_id}"
-    if not 1 <= h.table_precision <= 32:
-        return f"table precision of {h.table_precision} bits is outside 1..32"
+    if h.table_precision != TABLE_PRECISION:
+        return f"table precision of {h.table_precision} bits; this format's is {TABLE_PRECISION}"
     if h.channels not in (1, 2, 3, 4):
         return f"{h.channels} channels declared; expected 1, 2, 3 or 4"
     if h.bit_depth not in (8, 16):
@@ -188,6 +195,8 @@ def _parse(data: bytes) -> tuple[Header, int, int, int, int]:
     if stored != computed:
         raise CorruptBitstreamError(
             f"checksum mismatch (stored 0x{stored:08x}, computed 0x{computed:08x}): the file is damaged")
+    if coder_id in DEVELOPMENT_CODERS:
+        raise development_build_error(f"entropy coder {coder_id}")
     header = Header(model_id, quality, weights_id, coder_id, table_precision, width, height, channels,
                     bit_depth, flags, latent_h, latent_w, stages)
     problem = _field_problem(header, payload_len, alpha_len)

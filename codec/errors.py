@@ -13,6 +13,12 @@ class CodecError(Exception):
     exit_code = 1
 
 
+class UsageError(CodecError):
+    """A bad option, argument or combination of them, found before any work is done."""
+
+    exit_code = 2
+
+
 class BitstreamError(CodecError):
     """The input is not a valid .dvq file (bad magic, version, CRC, lengths, payload)."""
 

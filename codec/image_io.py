@@ -12,13 +12,13 @@ import struct
 import warnings
 import zlib
 from dataclasses import dataclass, field
-from pathlib import PurePath
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, features
 
-from diveq_codec.codec.errors import CorruptBitstreamError, InputError, OutputError
+from diveq_codec.codec.errors import CorruptBitstreamError, InputError, OutputError, UsageError
 from diveq_codec.codec.limits import check_dimensions
+from diveq_codec.codec.output_formats import DEFAULT_JPEG_QUALITY, OutputFormat
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 REDUCED_16 = "16-bit input reduced to 8 bits"
@@ -29,22 +29,6 @@ _PILLOW_ERRORS: tuple[type[BaseException], ...] = (
     OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError, NotImplementedError,
     struct.error, zlib.error, Image.DecompressionBombError, Image.DecompressionBombWarning,
 )
-
-# Output formats by extension, with the options that keep each as faithful as the format allows.
-_FORMATS: dict[str, tuple[str, dict[str, object]]] = {
-    ".png": ("PNG", {}),
-    ".jpg": ("JPEG", {"quality": 95}),
-    ".jpeg": ("JPEG", {"quality": 95}),
-    ".webp": ("WEBP", {"lossless": True}),
-    ".bmp": ("BMP", {}),
-    ".tif": ("TIFF", {}),
-    ".tiff": ("TIFF", {}),
-    ".ppm": ("PPM", {}),
-    ".pgm": ("PPM", {}),
-}
-
-_NO_ALPHA = ("JPEG", "PPM")  # Pillow would fail (JPEG) or silently drop the alpha (PPM)
-
 
 @dataclass
 class SourceImage:
@@ -202,25 +186,28 @@ def restore_image(rgb: np.ndarray, alpha: np.ndarray | None, mode: str) -> Image
     return image.convert("LA") if mode == "LA" else image
 
 
-def encode_image_file(image: Image.Image, out_name: str) -> bytes:
-    """The image encoded in the format out_name's extension names (PNG when none/unknown/"-").
+def encode_image_file(image: Image.Image, fmt: OutputFormat, jpeg_quality: int = DEFAULT_JPEG_QUALITY) -> bytes:
+    """The image encoded as ``fmt`` (codec/output_formats.py), as bytes to write atomically.
 
-    Returns bytes rather than writing, so the caller can write them atomically. A mode the
-    format cannot hold (alpha in JPEG, colour in .pgm) is refused rather than silently dropped.
+    Every format but JPEG keeps the pixels exactly; a mode the format cannot hold (alpha in
+    JPEG or BMP) is refused rather than silently dropped.
     """
-    suffix = "" if out_name == "-" else PurePath(out_name).suffix.lower()
-    fmt, options = _FORMATS.get(suffix, ("PNG", {}))
-    if suffix == ".pgm" and image.mode != "L":
-        raise OutputError(f"cannot write a {image.mode} image as PGM (gray only); use .png or .tiff")
-    if fmt in _NO_ALPHA and image.mode in ("LA", "RGBA"):
-        raise OutputError(f"cannot write a {image.mode} image as {fmt} (no alpha channel); use .png or .tiff")
-    if suffix == ".ppm" and image.mode == "L":
-        image = image.convert("RGB")  # lossless; keeps a .ppm file a real PPM (P6)
+    if image.mode in ("LA", "RGBA") and not fmt.holds_alpha:
+        raise UsageError(f"{fmt.name.upper()} cannot hold the image's alpha channel ({image.mode}); "
+                         f"use .png, .webp or .tiff")
+    options: dict[str, object] = {}
+    if fmt.name == "jpeg":
+        options = {"quality": jpeg_quality}
+    elif fmt.name == "webp":
+        options = {"lossless": True, "exact": True}  # exact: keep colour under transparent pixels
+    elif fmt.name == "tiff":
+        options = {"compression": "tiff_adobe_deflate"} if features.check("libtiff") else {}
     buf = io.BytesIO()
     try:
-        image.save(buf, format=fmt, **options)
+        image.save(buf, format=fmt.pillow_format, **options)
     except (OSError, ValueError, KeyError) as exc:
-        raise OutputError(f"cannot write a {image.mode} image as {fmt} ({_reason(exc)}); use .png or .tiff") from None
+        raise OutputError(f"cannot write a {image.mode} image as {fmt.name.upper()} ({_reason(exc)}); "
+                          f"use .png or .tiff") from None
     return buf.getvalue()
 
 

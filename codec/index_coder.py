@@ -1,19 +1,20 @@
-"""Entropy coding of codeword indices (constriction's range coder; codec/dct_layer.py is
-the only other module that uses it).
+"""Entropy coding of codeword indices: the payload of a .dvq file (constriction's range
+coder; codec/dct_layer.py is the only other module that uses it). docs/format.md describes
+the stream for a reader.
 
-Each stage has static integer frequency tables, measured on the training set and stored
-inside the weights file, one table per *context*:
+Each stage has integer frequency tables, measured on the training set and stored inside
+the weights file, one table per *first context*:
 
 - stage 1: the index of the latent directly above (a row of its own for the top row),
   since neighbouring blocks of an image tend to pick related codewords;
 - stage m > 1: the index that stage m − 1 chose at the same position.
 
-Coder 2 adapts each context's table to the image as it goes, a row of latents at a time
-(``_StageTables``); coder 1 uses the tables as they are. Coder 3 (what new files use) is
-coder 2 with a second opinion from a second context (``_TwoContextTables``):
+Each context's table adapts to the image as it goes, a row of latents at a time
+(``_AdaptiveTables``), and takes a second opinion from a *second context*, whose tables the
+weights file stores too (``_TwoContextTables``):
 
 - stage 1: the index above-left;
-- stage 2: none (coder 2's table alone: a second context made it worse);
+- stage 2: none (the first context's table alone: a second context made it worse);
 - stage m > 2: the index that stage m − 2 chose at the same position.
 
 Every context is known to the decoder before it needs it (rows are decoded top to bottom,
@@ -33,7 +34,7 @@ from contextlib import contextmanager
 import numpy as np
 from constriction import stream
 
-from diveq_codec.codec.errors import CorruptBitstreamError
+from diveq_codec.codec.errors import CorruptBitstreamError, WeightsError
 
 # constriction's default range coder works with 24-bit probabilities; recorded in the header.
 TABLE_PRECISION = 24
@@ -77,7 +78,7 @@ def code_lengths(tables: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """What each codeword costs to code, in bits, by the static tables (the encoder's rate
     term; see models.residual.RateCosts): stage 1's by codeword alone, (alphabet,), from its
     tables summed over contexts; stage m's (stages − 1, alphabet, alphabet) in the context of
-    stage m − 1's index. The adaptive coders spend somewhat less (they learn the image)."""
+    stage m − 1's index. The coder spends somewhat less (its tables learn the image)."""
     counts = np.asarray(tables, dtype=np.float64)
     alphabet = counts.shape[2]
     following = counts[1:, :alphabet, :]  # contexts 0..alphabet−1; the last row is stage 1's top row
@@ -90,11 +91,6 @@ def _frequencies(tables: np.ndarray, stage: int) -> np.ndarray:
     return counts / counts.sum()
 
 
-def _probabilities(tables: np.ndarray, stage: int) -> np.ndarray:
-    counts = tables[stage]
-    return (counts / counts.sum(axis=1, keepdims=True)).astype(np.float32)
-
-
 def _contexts(indices: np.ndarray, stage: int, width: int, alphabet: int) -> np.ndarray:
     if stage > 0:
         return indices[stage - 1]
@@ -104,7 +100,7 @@ def _contexts(indices: np.ndarray, stage: int, width: int, alphabet: int) -> np.
 
 
 def _second_contexts(indices: np.ndarray, stage: int, width: int, alphabet: int) -> np.ndarray | None:
-    """Coder 3's second context of each symbol of a stage (None for stage 2, which has none)."""
+    """The second context of each symbol of a stage (None for stage 2, which has none)."""
     if stage > 1:
         return indices[stage - 2]
     if stage == 1:
@@ -116,8 +112,8 @@ def _second_contexts(indices: np.ndarray, stage: int, width: int, alphabet: int)
 
 
 def second_context_counts(indices: np.ndarray, width: int, alphabet: int) -> np.ndarray:
-    """Raw counts (stages, alphabet + 1, alphabet) of each symbol in its second context (coder
-    3), for one image; stage 2's are zero."""
+    """Raw counts (stages, alphabet + 1, alphabet) of each symbol in its second context, for
+    one image; stage 2's are zero."""
     stages, _ = indices.shape
     counts = np.zeros((stages, alphabet + 1, alphabet), dtype=np.int64)
     for m in range(stages):
@@ -129,8 +125,8 @@ def second_context_counts(indices: np.ndarray, width: int, alphabet: int) -> np.
 
 _MODEL = stream.model.Categorical(perfect=False)  # probabilities given per symbol
 
-# Coder 2's weight, in symbols, of a context's training-set table against what the image
-# has already coded in that context. Chosen on training photos, never on Kodak: over 85 of
+# The weight, in symbols, of a context's training-set table against what the image has
+# already coded in that context. Chosen on training photos, never on Kodak: over 85 of
 # them, 32 / 128 / 512 saved 0.1 / 1.7 / 1.3 % of the bits at 12 stages and 8.0 / 7.5 /
 # 4.8 % at 2 (scripts/adaptive_coding_probe.py ../shared/data/train --every 8).
 ADAPTIVE_PRIOR_WEIGHT = 128
@@ -142,45 +138,34 @@ ADAPTIVE_PRIOR_WEIGHT = 128
 ADAPTIVE_COUNT_CAP = 2048
 
 
-class _StageTables:
-    """The probability tables of one stage, handed out a row of latents at a time.
-
-    Static (coder 1): each context's training-set counts C[c]. Adaptive (coder 2): those
-    counts blended with what earlier rows of this stage of this image coded in the same
-    context, w·C[c] + T[c]·n[c] (T[c] = ΣC[c]). Both are exact integers, which every machine
-    turns into the same float32 probabilities, and a decoder knows them before each row.
-    ``row`` and ``coded`` take (and ignore) second contexts, as _TwoContextTables' do, so
-    the coding loops treat both alike.
+class _AdaptiveTables:
+    """The probability tables of one stage in one kind of context, handed out a row of
+    latents at a time: each context's training-set counts C[c] blended with what earlier
+    rows of this stage of this image coded in the same context, w·C[c] + T[c]·n[c]
+    (T[c] = ΣC[c]). These are exact integers, which every machine turns into the same
+    float32 probabilities, and a decoder knows them before each row. ``row`` and ``coded``
+    take (and ignore) second contexts, as _TwoContextTables' do, so the coding loops treat
+    both alike.
     """
 
-    def __init__(self, tables: np.ndarray, stage: int, adaptive: bool,
-                 prior_weight: int = ADAPTIVE_PRIOR_WEIGHT) -> None:
-        self.adaptive = adaptive
-        self.prior_weight = prior_weight  # another w only in scripts/adaptive_coding_probe.py
-        if adaptive:
-            # The blend w·C[c] + T[c]·n[c] and its row sums T[c]·(w + Σn[c]) are kept up to date
-            # as symbols are coded, so that a row of probabilities is one gather and one division.
-            self.counts = np.asarray(tables[stage], dtype=np.int64)
-            self.totals = self.counts.sum(axis=1)
-            self.seen = np.zeros_like(self.counts)
-            self.seen_sums = np.zeros_like(self.totals)
-            self.blended = prior_weight * self.counts
-            self.blended_sums = prior_weight * self.totals
-        else:
-            self.probabilities = _probabilities(tables, stage)
+    def __init__(self, tables: np.ndarray, stage: int) -> None:
+        # The blend w·C[c] + T[c]·n[c] and its row sums T[c]·(w + Σn[c]) are kept up to date
+        # as symbols are coded, so that a row of probabilities is one gather and one division.
+        self.counts = np.asarray(tables[stage], dtype=np.int64)
+        self.totals = self.counts.sum(axis=1)
+        self.seen = np.zeros_like(self.counts)
+        self.seen_sums = np.zeros_like(self.totals)
+        self.blended = ADAPTIVE_PRIOR_WEIGHT * self.counts
+        self.blended_sums = ADAPTIVE_PRIOR_WEIGHT * self.totals
 
     def row(self, contexts: np.ndarray, second_contexts: np.ndarray | None = None) -> np.ndarray:
-        if not self.adaptive:
-            return self.probabilities[contexts]
         return self.row64(contexts).astype(np.float32)
 
     def row64(self, contexts: np.ndarray) -> np.ndarray:
-        """The adaptive probabilities of a row in float64 (each one exactly rounded)."""
+        """The probabilities of a row in float64 (each one exactly rounded)."""
         return self.blended[contexts] / self.blended_sums[contexts, None]
 
     def coded(self, contexts: np.ndarray, symbols: np.ndarray, second_contexts: np.ndarray | None = None) -> None:
-        if not self.adaptive:
-            return
         np.add.at(self.seen, (contexts, symbols), 1)
         np.add.at(self.seen_sums, contexts, 1)
         np.add.at(self.blended, (contexts, symbols), self.totals[contexts])
@@ -188,32 +173,32 @@ class _StageTables:
         if full.size:
             self.seen[full] = (self.seen[full] + 1) // 2
             self.seen_sums[full] = self.seen[full].sum(axis=1)
-            self.blended[full] = self.prior_weight * self.counts[full] + self.totals[full, None] * self.seen[full]
-        self.blended_sums = self.totals * (self.prior_weight + self.seen_sums)
+            self.blended[full] = ADAPTIVE_PRIOR_WEIGHT * self.counts[full] + self.totals[full, None] * self.seen[full]
+        self.blended_sums = self.totals * (ADAPTIVE_PRIOR_WEIGHT + self.seen_sums)
 
 
-# Coder 3 scales coder 2's probability of each symbol by sqrt(p₂/p), p₂ its adaptive
-# probability in the second context and p its frequency in the training set (constriction
-# renormalises). On held-out training photos (scripts/second_context_probe.py) the square
-# root (a geometric mixture of weight ½) saved 2.4 % of stage 1's bits and 1.2–2.2 % of
-# each later stage's but the second, where the plain product cost 1.7 % at stage 1 and
-# saved only 0.2–1.7 % later; the clip to [1/8, 8] and the floor (see _TwoContextTables.row)
-# cost under 0.01 % there, and the clip bounds how probable a symbol can get (see
-# _max_probability).
+# The second opinion scales the first context's adaptive probability of each symbol by
+# sqrt(p₂/p), p₂ its adaptive probability in the second context and p its frequency in the
+# training set (constriction renormalises). On held-out training photos
+# (scripts/second_context_probe.py) the square root (a geometric mixture of weight ½) saved
+# 2.4 % of stage 1's bits and 1.2–2.2 % of each later stage's but the second, where the
+# plain product cost 1.7 % at stage 1 and saved only 0.2–1.7 % later; the clip to [1/8, 8]
+# and the floor (see _TwoContextTables.row) cost under 0.01 % there, and the clip bounds
+# how probable a symbol can get (see _max_probability).
 SECOND_OPINION_LIMIT = 8.0
 RELATIVE_FLOOR = 2.0**-14  # see _TwoContextTables.row
 
 
 class _TwoContextTables:
-    """Coder 3's tables of one stage: coder 2's adaptive tables of the first context, each
-    probability scaled by the clipped square root of the second context's over the symbol's
-    training-set frequency. The rows are handed over unnormalised: constriction normalises
-    each row itself, from its float32 values alone (so do coders 1 and 2, whose float32 rows
-    do not sum to exactly 1 either), the same way on both sides."""
+    """The tables of one stage with a second context: the first context's adaptive tables,
+    each probability scaled by the clipped square root of the second context's over the
+    symbol's training-set frequency. The rows are handed over unnormalised: constriction
+    normalises each row itself, from its float32 values alone (as it does _AdaptiveTables'
+    rows, which do not sum to exactly 1 either), the same way on both sides."""
 
     def __init__(self, tables: np.ndarray, second: np.ndarray, stage: int) -> None:
-        self.first = _StageTables(tables, stage, adaptive=True)
-        self.second = _StageTables(second, stage, adaptive=True)
+        self.first = _AdaptiveTables(tables, stage)
+        self.second = _AdaptiveTables(second, stage)
         self.frequency = _frequencies(tables, stage).astype(np.float32)
 
     def row(self, contexts: np.ndarray, second_contexts: np.ndarray | None = None) -> np.ndarray:
@@ -229,8 +214,8 @@ class _TwoContextTables:
         # Floor every weight at RELATIVE_FLOOR of its row's largest (both exact operations).
         # Without it the clip can push a rare symbol's share below ~1e-8, where constriction's
         # quantiser loses it to float32 rounding and panics; with it no share falls below
-        # RELATIVE_FLOOR / alphabet (4.8e-7 at 128 codes, the smallest coder 2 reaches with
-        # the shipped tables).
+        # RELATIVE_FLOOR / alphabet (4.8e-7 at 128 codes, the smallest the first context's
+        # tables alone reach with the shipped tables).
         np.maximum(weights, weights.max(axis=1, keepdims=True) * RELATIVE_FLOOR, out=weights)
         return weights
 
@@ -239,22 +224,19 @@ class _TwoContextTables:
         self.second.coded(second_contexts, symbols)
 
 
-def _stage_tables(tables: np.ndarray, second: np.ndarray | None, stage: int,
-                  adaptive: bool) -> _StageTables | _TwoContextTables:
-    if second is not None and stage != 1:
-        return _TwoContextTables(tables, second, stage)
-    return _StageTables(tables, stage, adaptive or second is not None)
+def _stage_tables(tables: np.ndarray, second: np.ndarray, stage: int) -> _AdaptiveTables | _TwoContextTables:
+    if stage == 1:  # stage 2 has no second context
+        return _AdaptiveTables(tables, stage)
+    return _TwoContextTables(tables, second, stage)
 
 
-def _max_probability(tables: np.ndarray, stage: int, adaptive: bool, width: int,
-                     second: np.ndarray | None = None) -> float:
+def _max_probability(tables: np.ndarray, stage: int, width: int) -> float:
     """No symbol of this stage gets a higher probability (see ADAPTIVE_COUNT_CAP)."""
-    p_max = float(_probabilities(tables, stage).max())
-    if not adaptive and second is None:
-        return p_max
+    counts = tables[stage]
+    p_max = float((counts / counts.sum(axis=1, keepdims=True)).astype(np.float32).max())
     most_seen = ADAPTIVE_COUNT_CAP + width
     p_max = (ADAPTIVE_PRIOR_WEIGHT * p_max + most_seen) / (ADAPTIVE_PRIOR_WEIGHT + most_seen)
-    if second is None or stage == 1:
+    if stage == 1:
         return p_max
     # The most a weight p·s can take of a sum in which every other weight has s ≥ 1/L.
     scaled = p_max * SECOND_OPINION_LIMIT
@@ -278,21 +260,33 @@ def coder_errors(what: str) -> Iterator[None]:
         raise CorruptBitstreamError(f"{what} is damaged (coder panic: {exc})") from None
 
 
-def encode_indices(indices: np.ndarray, tables: np.ndarray, width: int, adaptive: bool = False,
-                   second: np.ndarray | None = None) -> bytes:
-    """Code the rows of ``indices`` (stages, h·w, raster order) in order, each in its context.
+def _check_second_tables(tables: np.ndarray, second: np.ndarray | None) -> np.ndarray:
+    """The second contexts' tables, which the format needs: weights without them (exported
+    before they existed) cannot code it, a weights error (exit 4)."""
+    if second is None:
+        raise WeightsError("the model's weights have no second-context entropy tables, which this "
+                           "format needs; export the weights again")
+    if second.shape != tables.shape:
+        raise ValueError(f"second-context tables {second.shape} do not match the tables {tables.shape}")
+    return second
 
-    ``tables`` holds smoothed integer counts (stages_total, alphabet + 1, alphabet); the
-    first ``indices.shape[0]`` stages are used. ``width`` is the latent grid's width.
-    ``adaptive`` selects coder 2 (tables adapted to the image row by row) over coder 1;
-    ``second``, the second contexts' tables of the same shape, selects coder 3.
+
+def encode_indices(indices: np.ndarray, tables: np.ndarray, width: int, *, second: np.ndarray | None,
+                   adaptive: bool = True) -> bytes:
+    """Code the rows of ``indices`` (stages, h·w, raster order) in order, each in its contexts.
+
+    ``tables`` and ``second`` hold the first and second contexts' smoothed integer counts
+    (stages_total, alphabet + 1, alphabet); the first ``indices.shape[0]`` stages are used.
+    ``width`` is the latent grid's width. ``adaptive`` is accepted, True only, for callers
+    written when other coders existed.
     """
+    if not adaptive:
+        raise ValueError("only the adaptive two-context coder remains; adaptive=False is gone")
+    second = _check_second_tables(tables, second)
     stages, count = indices.shape
     alphabet = tables.shape[2]
     if stages > tables.shape[0]:
         raise ValueError(f"{stages} index rows but only {tables.shape[0]} tables")
-    if second is not None and second.shape != tables.shape:
-        raise ValueError(f"second-context tables {second.shape} do not match the tables {tables.shape}")
     if width < 1 or count % width:
         raise ValueError(f"{count} symbols do not form rows of width {width}")
     if indices.size and (indices.min() < 0 or indices.max() >= alphabet):
@@ -301,8 +295,8 @@ def encode_indices(indices: np.ndarray, tables: np.ndarray, width: int, adaptive
     encoder = stream.queue.RangeEncoder()
     for m in range(stages):
         contexts = _contexts(indices, m, width, alphabet)
-        seconds = _second_contexts(indices, m, width, alphabet) if second is not None else None
-        stage = _stage_tables(tables, second, m, adaptive)
+        seconds = _second_contexts(indices, m, width, alphabet)
+        stage = _stage_tables(tables, second, m)
         for start in range(0, count, width):
             row, symbols = contexts[start : start + width], indices[m, start : start + width]
             row2 = seconds[start : start + width] if seconds is not None else None
@@ -311,13 +305,14 @@ def encode_indices(indices: np.ndarray, tables: np.ndarray, width: int, adaptive
     return encoder.get_compressed().astype("<u4").tobytes()
 
 
-def decode_indices(payload: bytes, tables: np.ndarray, stages: int, count: int, width: int,
-                   adaptive: bool = False, second: np.ndarray | None = None) -> np.ndarray:
+def decode_indices(payload: bytes, tables: np.ndarray, stages: int, count: int, width: int, *,
+                   second: np.ndarray | None) -> np.ndarray:
     """Inverse of :func:`encode_indices` for exactly ``stages × count`` symbols.
 
     A range decoder reads garbage without complaint, so the container's CRC is the real
     integrity check; here we still insist the words divide evenly and are all consumed.
     """
+    second = _check_second_tables(tables, second)
     if len(payload) == 0 or len(payload) % 4:
         raise CorruptBitstreamError("entropy-coded payload length is not a whole number of 32-bit words")
     if not 1 <= stages <= tables.shape[0]:
@@ -328,8 +323,7 @@ def decode_indices(payload: bytes, tables: np.ndarray, stages: int, count: int, 
     # Every symbol costs at least −log₂ of the highest probability its stage can give. A
     # payload too short to hold the declared symbols is refused here, before allocating or
     # decoding them: a tiny file declaring a huge image must cost neither memory nor time.
-    p_max = np.array([_max_probability(tables, m, adaptive, width, second) for m in range(stages)],
-                     dtype=np.float64)
+    p_max = np.array([_max_probability(tables, m, width) for m in range(stages)], dtype=np.float64)
     min_bits = float(count * -np.log2(p_max).sum())
     budget = len(payload) * 8 * 1.01 + 64
     if budget < min_bits:
@@ -340,26 +334,24 @@ def decode_indices(payload: bytes, tables: np.ndarray, stages: int, count: int, 
     out = np.empty((stages, count), dtype=np.int64)
     nothing = np.full(width, alphabet, dtype=np.int64)  # the context of a neighbour off the grid
     positions = np.arange(width)
-    # The bound above is loose where probabilities may come near 1 (coder 3's can), so the
-    # decoder also adds up what the symbols it has decoded must have cost, and stops once
-    # that exceeds the payload: a stream read past its end yields improbable symbols and
-    # passes the budget within a few hundred of them. The cost counted is a lower bound on
-    # the coder's: −log₂ of the probability plus COST_FLOOR_SLACK, since constriction gives
-    # every symbol at least one unit of 2^-TABLE_PRECISION (a symbol of probability 1e-12
-    # costs 24 bits, not 40) and rounds the others by about a unit. So a real file never
-    # reaches it (Kodak's coder-3 files at qualities 1, 6 and 12 stay below 99.997 % of their
-    # payload). Its float sums may round differently on another machine, by far less than
-    # the budget's margin.
+    # The bound above is loose where probabilities may come near 1 (the second opinion's
+    # can), so the decoder also adds up what the symbols it has decoded must have cost, and
+    # stops once that exceeds the payload: a stream read past its end yields improbable
+    # symbols and passes the budget within a few hundred of them. The cost counted is a
+    # lower bound on the coder's: −log₂ of the probability plus COST_FLOOR_SLACK, since
+    # constriction gives every symbol at least one unit of 2^-TABLE_PRECISION (a symbol of
+    # probability 1e-12 costs 24 bits, not 40) and rounds the others by about a unit. So a
+    # real file never reaches it (Kodak's files at qualities 1, 6 and 12 stay below 99.997 %
+    # of their payload). Its float sums may round differently on another machine, by far
+    # less than the budget's margin.
     spent = 0.0
     with coder_errors("entropy-coded payload"):
         for m in range(stages):
-            stage = _stage_tables(tables, second, m, adaptive)
+            stage = _stage_tables(tables, second, m)
             above = nothing  # stage 1's context for the top row
             for start in range(0, count, width):  # row by row: stage 1's context is the row above
                 contexts = out[m - 1, start : start + width] if m else above
-                row2 = None
-                if second is not None and m != 1:
-                    row2 = out[m - 2, start : start + width] if m else np.concatenate((nothing[:1], above[:-1]))
+                row2 = _decoded_second_contexts(out, m, start, width, above, nothing)
                 probabilities = stage.row(contexts, row2)
                 symbols = decoder.decode(_MODEL, probabilities).astype(np.int64)
                 chosen = probabilities[positions, symbols] / probabilities.sum(axis=1)
@@ -373,6 +365,17 @@ def decode_indices(payload: bytes, tables: np.ndarray, stages: int, count: int, 
     if not decoder.maybe_exhausted():
         raise CorruptBitstreamError("entropy-coded payload has data left after the last symbol")
     return out
+
+
+def _decoded_second_contexts(out: np.ndarray, stage: int, start: int, width: int, above: np.ndarray,
+                             nothing: np.ndarray) -> np.ndarray | None:
+    """_second_contexts of one row, from what the decoder has decoded so far: for stage 1 the
+    row above shifted right by one (nothing left of the first column)."""
+    if stage == 1:
+        return None
+    if stage:
+        return out[stage - 2, start : start + width]
+    return np.concatenate((nothing[:1], above[:-1]))
 
 
 def encode_without_context(indices: np.ndarray, tables: np.ndarray) -> bytes:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def psnr(reference: np.ndarray, decoded: np.ndarray) -> float:
     """PSNR in dB of two uint8 arrays of the same shape (peak 255); inf when identical."""
+    import numpy as np  # here, not at the top: `info` reports bpp without loading numpy
+
     if reference.shape != decoded.shape:
         raise ValueError(f"shape mismatch: {reference.shape} vs {decoded.shape}")
     mse = np.mean((reference.astype(np.float64) - decoded.astype(np.float64)) ** 2)

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from diveq_codec.codec import container, dct_layer, index_coder
-from diveq_codec.codec.errors import CorruptBitstreamError, UnsupportedVersionError, WeightsError
+from diveq_codec.codec.errors import CorruptBitstreamError, WeightsError
 from diveq_codec.codec.image_io import (
     SourceImage,
     alpha_from_bytes,
@@ -37,13 +37,17 @@ from diveq_codec.models.autoencoder import search_options
 
 CHANNELS_TO_MODE = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 MODE_TO_CHANNELS = {mode: n for n, mode in CHANNELS_TO_MODE.items()}
-# The entropy coder new files get (coder 2 with a model exported before coder 3's tables);
-# the decoder reads every coder in container.CODERS.
+# The header's coder_id: the format's one index coder (codec/index_coder.py).
 WRITTEN_CODER = container.CODER_TWO_CONTEXT_RANGE
 
 
 def _coder_for(loaded: LoadedModel) -> int:
-    return WRITTEN_CODER if loaded.second_tables is not None else container.CODER_ADAPTIVE_RANGE
+    """The coder id a file of this model gets; weights without the coder's second-context
+    tables (exported before it existed) cannot make one."""
+    if loaded.second_tables is None:
+        raise WeightsError(f"model {loaded.card.model_id} has no second-context entropy tables, which this "
+                           f"format needs; export its weights again")
+    return WRITTEN_CODER
 
 
 def resolve_device(device: str) -> str:
@@ -169,18 +173,22 @@ class Decoded:
 
 
 def _model_for(header: container.Header, device: str) -> LoadedModel:
-    if header.coder_id not in container.CODERS or header.table_precision != index_coder.TABLE_PRECISION:
-        raise UnsupportedVersionError(f"entropy coder {header.coder_id}/{header.table_precision} bits is not supported")
+    """The model a file names (container.unpack has checked its coder fields), with the
+    weights that made it and the tables the coder needs, else a WeightsError (exit 4)."""
     card = card_for_model_id(header.model_id)
     if card.weights_id != header.weights_id:
         raise WeightsError(f"file was made with weights {header.weights_id.hex()} but model {header.model_id} "
                            f"installed here is {card.weights_id.hex()}; refusing to decode with other weights")
-    return load_model(header.model_id, resolve_device(device))
+    loaded = load_model(header.model_id, resolve_device(device))
+    _coder_for(loaded)
+    return loaded
 
 
 def decode_detailed(data: bytes, device: str = "auto") -> Decoded:
     parsed = container.unpack(data)
     header = parsed.header
+    if parsed.layer:
+        dct_layer.read_layer_header(parsed.layer)  # refuse an unreadable layer before the network runs
     loaded = _model_for(header, device)
     model = loaded.model
     stride = model.stride
@@ -190,14 +198,8 @@ def decode_detailed(data: bytes, device: str = "auto") -> Decoded:
     if header.stages > model.num_stages:
         raise CorruptBitstreamError(f"file declares {header.stages} stages; the model has {model.num_stages}")
     count = header.latent_h * header.latent_w
-    second = None
-    if header.coder_id == container.CODER_TWO_CONTEXT_RANGE:
-        second = loaded.second_tables
-        if second is None:
-            raise CorruptBitstreamError(f"file declares entropy coder 3, whose second-context tables model "
-                                        f"{header.model_id} does not have")
     indices = index_coder.decode_indices(parsed.payload, loaded.tables, header.stages, count, header.latent_w,
-                                     adaptive=header.coder_id != container.CODER_CONSTRICTION_RANGE, second=second)
+                                         second=loaded.second_tables)
     alpha = alpha_from_bytes(parsed.alpha, header.width, header.height) if parsed.alpha else None
     device_type = next(model.parameters()).device.type
     x_hat = model.decode_indices(torch.from_numpy(indices).to(device_type), (header.latent_h, header.latent_w),

@@ -1,7 +1,7 @@
 """Where the CPU encoder's time goes, part by part.
 
 ``python scripts/encode_profile.py IMAGE_DIR [-q QUALITY] [--effort E]`` runs the steps of
-``codec.pipeline.encode_source`` one by one on every image (after one warm-up encode) and
+``diveq_codec.codec.pipeline.encode_source`` one by one on every image (after one warm-up encode) and
 prints the mean seconds per image of each: float32 analysis, codeword search with decision
 gaps, float64 re-decision of the unsure latents, entropy coding, and at a rate point with a
 DCT layer the base's synthesis and the layer. It checks that the parts give the same
@@ -15,12 +15,12 @@ import time
 from pathlib import Path
 
 import torch
-from rate_weight_probe import exact_search_beam
 
 from diveq_codec.codec import container, dct_layer, index_coder
 from diveq_codec.codec.cli.allocator import keep_freed_memory
 from diveq_codec.codec.image_io import read_image
-from diveq_codec.codec.pipeline import decoded_planes, image_to_tensor, tensor_to_pixels, encode_source, source_planes
+from diveq_codec.codec.pipeline import decoded_planes, encode_source, image_to_tensor, source_planes, tensor_to_pixels
+from diveq_codec.codec.release.rate_weights import exact_search_beam
 from diveq_codec.codec.zoo import load_model, resolve_quality
 from diveq_codec.models import tiling
 from diveq_codec.models.autoencoder import search_options, unsure_choices
@@ -64,8 +64,7 @@ def main() -> None:
                 exact = tiling.analysis_at(model.float64_analysis(), x, model.stride, cells)
                 indices[:, unsure] = model.quantizer.indices(exact, point.stages, **search)
             redecided = time.perf_counter()
-            payload = index_coder.encode_indices(indices.numpy(), loaded.tables, width, adaptive=True,
-                                             second=loaded.second_tables)
+            payload = index_coder.encode_indices(indices.numpy(), loaded.tables, width, second=loaded.second_tables)
             coded = time.perf_counter()
             times = [analysed - start, searched - analysed, redecided - searched, coded - redecided]
             layer = b""
@@ -73,7 +72,7 @@ def main() -> None:
                 base = model.decode_indices(indices, (latent.shape[2], width), *source.rgb.shape[:2])
                 synthesised = time.perf_counter()
                 layer = dct_layer.encode(source_planes(source), decoded_planes(tensor_to_pixels(base), source.mode),
-                                              point.layer_step)
+                                         point.layer_step)
                 times += [synthesised - coded, time.perf_counter() - synthesised]
             parsed = container.unpack(encode_source(source, point.quality, "cpu", args.effort))
             if (payload, layer) != (parsed.payload, parsed.layer):

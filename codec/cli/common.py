@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-import click
+import typer
 
 PROG = "diveq-codec"
 EXIT_INTERNAL = 1
@@ -32,7 +32,7 @@ def note(message: str) -> None:
 
 def fail(code: int, message: str) -> NoReturn:
     say(f"{PROG}: error: {message}")
-    raise click.exceptions.Exit(code)
+    raise typer.Exit(code)
 
 
 def exit_code_of(exc: BaseException) -> tuple[int, str]:
@@ -54,7 +54,7 @@ def guarded(action: Callable[[], None]) -> None:
     """Run a command body, mapping every failure to one line and an exit code."""
     try:
         action()
-    except click.exceptions.Exit:
+    except typer.Exit:
         raise
     except BaseException as exc:  # noqa: BLE001 - every failure becomes one line, never a traceback
         if isinstance(exc, SystemExit):

@@ -1,6 +1,7 @@
 """``diveq-codec eval`` and ``diveq-codec bench``: the command functions.
 
-codec/cli/app.py registers them; they share codec/cli/common.py's error handling.
+codec/cli/app.py registers them; they share codec/cli/common.py's error handling. Nothing
+here imports torch or the evaluation engine until a command runs, so ``--help`` stays fast.
 """
 
 from __future__ import annotations
@@ -14,10 +15,8 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from diveq_codec.codec.cli.common import guarded, json_out, say
+from diveq_codec.codec.cli.common import EXIT_USAGE, PROG, fail, guarded, json_out, note, say
 from diveq_codec.codec.cli.options import EFFORT_HELP, Device
-
-
 
 
 def eval_command(
@@ -33,40 +32,46 @@ def eval_command(
     output: Path = typer.Option(Path("eval-out"), "-o", "--output",
                                 help="results folder; re-running with the same one resumes"),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="use only the first N images (by name)"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bar and no notes on stderr"),
 ) -> None:
     """Rate–distortion of our codec and the classical anchors on a folder of images.
 
     Writes per_image.csv, one CompressAI-style JSON per codec, rd.png and the BD-rate table.
 
+    Needs the eval extra: pip install 'diveq-codec[eval]'.
+
     Safe to interrupt: run the same command again to resume.
     """
+    from diveq_codec.codec.evaluation.dependencies import missing_eval_packages, missing_message
+
+    missing = missing_eval_packages()
+    if missing:  # before any work: not after an hour of measuring, at the plot
+        fail(EXIT_USAGE, missing_message("eval", missing))
 
     def run() -> None:
+        from diveq_codec.codec.cli.progress import Progress
         from diveq_codec.codec.evaluation.anchors import resolve_anchors
-        from diveq_codec.codec.evaluation.runner import (
-            OURS_NAME,
-            EvalOptions,
-            bd_markdown,
-            parse_qualities,
-            run_eval,
-        )
+        from diveq_codec.codec.evaluation.report import bd_markdown
+        from diveq_codec.codec.evaluation.runner import OURS_NAME, EvalOptions, parse_qualities, run_eval
         from diveq_codec.codec.pipeline import effort_settings
 
         effort_settings(effort)  # an unknown effort is refused before the results folder is made
+        show_note = (lambda text: None) if quiet else note
         chosen, notes = resolve_anchors(anchors)
-        for note in notes:
-            say(f"diveq-codec: note: {note}")
+        for text in notes:
+            show_note(text)
         opts = EvalOptions(data_dir=directory, out_dir=output, qualities=parse_qualities(quality), anchors=chosen,
                            published_dir=published, device=device.value, limit=limit, effort=effort)
         started = time.monotonic()
-        result = run_eval(opts, say=say)
+        result = run_eval(opts, note=show_note, say=lambda text: say(f"{PROG}: {text}"),
+                          progress=lambda total: Progress(total, "eval", quiet=quiet))
         typer.echo(bd_markdown(OURS_NAME, result.bd_rows), nl=False)
         for check in result.anchor_checks:
-            say(f"diveq-codec: check: {check['local']} measured here vs published {check['published']}: "
-                 f"{check['mean_gap_db']:+.2f} dB mean, {check['max_abs_gap_db']:.2f} dB largest gap over "
-                 f"{check['points']} points at matched bpp")
-        say(f"diveq-codec: {result.measured} measurements made, {result.skipped} reused, "
-             f"{time.monotonic() - started:.1f} s; wrote {', '.join(str(f) for f in result.files)}")
+            say(f"{PROG}: check: {check['local']} measured here vs published {check['published']}: "
+                f"{check['mean_gap_db']:+.2f} dB mean, {check['max_abs_gap_db']:.2f} dB largest gap over "
+                f"{check['points']} points at matched bpp")
+        say(f"{PROG}: {result.measured} measurements made, {result.skipped} reused, "
+            f"{time.monotonic() - started:.1f} s; wrote {', '.join(str(f) for f in result.files)}")
 
     guarded(run)
 

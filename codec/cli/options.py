@@ -14,6 +14,7 @@ class Device(str, Enum):
 
 
 # Kept here, not in codec.pipeline, so that the CLI's help needs no torch import.
-EFFORT_HELP = ("encoder effort: 1 (default) the greedy codeword search, 2 a beam search over the stages, "
-               "3 the beam after refining the latent on the decoded pixels (seconds per image; the file "
-               "may differ between machines): better rate–distortion, slower encode; any decoder reads all")
+EFFORT_HELP = ("how hard the encoder searches: 1 greedy codeword choice; 2 a beam search over the stages "
+               "(smaller files, up to ~2.5x the time); 3 the beam after refining the latent on the decoded "
+               "pixels (seconds per image). Efforts 1 and 2 write the same bytes on every machine; effort 3 "
+               "gives up byte-identical files across machines (each still decodes the same everywhere)")

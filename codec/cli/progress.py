@@ -41,6 +41,14 @@ class Progress:
         self.done = min(self.done + steps, self.total)
         self._draw(detail=detail, force=self.done == self.total)
 
+    def print_line(self, message: str) -> None:
+        """A line of its own on stderr, with the bar (if shown) redrawn below it."""
+        if self.shown:
+            self.stream.write("\r" + " " * 80 + "\r")
+        self.stream.write(message + "\n")
+        self.stream.flush()
+        self._draw(force=True)
+
     def _draw(self, detail: str = "", force: bool = False) -> None:
         if not self.shown:
             return

@@ -10,7 +10,8 @@ package to 1e-6.
 Why not call the package: on this project's 2-core CPUs its grouped float convolutions
 take 0.7–4 s for one 768×512 image; the same algorithm with ``scipy.ndimage``'s separable
 1-D filters in float64 takes about 0.1–0.25 s, which decides whether a Kodak sweep over
-five codecs takes minutes or an hour.
+five codecs takes minutes or an hour. (scipy comes with the ``eval`` extra and is imported
+only when MS-SSIM is computed.)
 
 Five scales with an 11-tap window need the short side to be at least
 :data:`MIN_SIDE` = (11 − 1)·2⁴ + 1 = 161 pixels (the coarsest scale must still hold one
@@ -23,6 +24,7 @@ front (``avg_pool2d(padding=1)``, zeros counted); Kodak's 768×512 never hits th
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -35,6 +37,7 @@ DATA_RANGE = 255.0
 MIN_SIDE = (WIN_SIZE - 1) * 2 ** (len(WEIGHTS) - 1) + 1  # 161
 
 
+@functools.cache
 def _window() -> np.ndarray:
     # Made in float32 with the package's own torch operations, then widened: the results then
     # agree with it (and so with CompressAI's published MS-SSIM) to ~1e-15 instead of ~1e-6.
@@ -47,7 +50,6 @@ def _window() -> np.ndarray:
     return g.numpy().astype(np.float64)
 
 
-_WIN = _window()
 _HALF = WIN_SIZE // 2
 
 
@@ -55,8 +57,9 @@ def _blur(maps: np.ndarray) -> np.ndarray:
     """Gaussian filter over the last two axes, 'valid' part only (no padding effects)."""
     from scipy.ndimage import correlate1d
 
-    out = correlate1d(maps, _WIN, axis=-2, mode="constant")[..., _HALF:-_HALF, :]
-    return correlate1d(out, _WIN, axis=-1, mode="constant")[..., _HALF:-_HALF]
+    window = _window()
+    out = correlate1d(maps, window, axis=-2, mode="constant")[..., _HALF:-_HALF, :]
+    return correlate1d(out, window, axis=-1, mode="constant")[..., _HALF:-_HALF]
 
 
 def _pool(x: np.ndarray) -> np.ndarray:

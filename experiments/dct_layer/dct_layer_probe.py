@@ -1,6 +1,6 @@
 """Which network rate point should carry the DCT layer, at which steps?
 
-``python scripts/residual_layer_probe.py IMAGE_DIR [--every 34] [--bases 1,3,4] [--base-rate-weights 0.007,0.0035]
+``python experiments/dct_layer/dct_layer_probe.py IMAGE_DIR [--every 34] [--bases 1,3,4] [--base-rate-weights 0.007,0.0035]
 [--steps 4,6,8,...] [--rounding 0.5,0.4] [--rd-weight 0,1] [--transforms 2,3]``
 
 For every training photo picked, every base rate point and every step, it codes the photo

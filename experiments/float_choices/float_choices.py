@@ -1,6 +1,6 @@
 """Does the CPU's encoder choose the exact (float64) codewords?
 
-``python scripts/float_choices.py IMAGE_DIR [-q QUALITY] [--effort E] [--every N]`` encodes
+``python experiments/float_choices/float_choices.py IMAGE_DIR [-q QUALITY] [--effort E] [--every N]`` encodes
 every image's indices (all stages of the model behind QUALITY, default the middle one, with
 that rate point's λ, and the search of encoder effort E)
 three ways: plain float32 search, the CPU coding path (float32, with latents near a decision
@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from rate_weight_probe import exact_search_beam
 
 from diveq_codec.codec.pipeline import image_to_tensor
+from diveq_codec.codec.release.rate_weights import exact_search_beam
 from diveq_codec.codec.zoo import load_model, resolve_quality
 from diveq_codec.models import autoencoder, tiling
 from diveq_codec.models.data import list_images

@@ -1,6 +1,6 @@
 """Choose each rate point's λ for entropy-constrained assignment, on training photos.
 
-``python scripts/rate_weight_probe.py IMAGE_DIR [--every 24] [--card weights/NAME.json] [--effort E]``
+``python -m diveq_codec.codec.release.rate_weights IMAGE_DIR [--every 24] [--card weights/NAME.json] [--effort E]``
 
 For every image (every ``--every``-th, starting at the second, so never the first one) and
 every rate point of the model, the indices are chosen at λ = α·s for each α of the grid,
@@ -16,6 +16,9 @@ The rate is the payload's (the header is the same few bytes either way); PSNR is
 8-bit decoded image, averaged per image. Never run it on the test set. ``--effort 2`` probes
 the beam search's choices instead (against its own α = 0 curve); a card holds one λ per rate
 point, the default effort's, so it is printed only.
+
+``coded_bits_and_psnr``, ``gain_over`` and ``exact_search_beam`` are shared with the probes
+under experiments/ and scripts/encode_profile.py.
 """
 
 from __future__ import annotations
@@ -31,11 +34,12 @@ from PIL import Image
 
 from diveq_codec.codec import index_coder
 from diveq_codec.codec.metrics import psnr
-from diveq_codec.codec.pipeline import image_to_tensor, tensor_to_pixels, effort_settings
-from diveq_codec.codec.zoo import LoadedModel, load_model, network_rate_points
+from diveq_codec.codec.pipeline import effort_settings, image_to_tensor, tensor_to_pixels
+from diveq_codec.codec.zoo import LoadedModel, RatePoint, load_model, network_rate_points
 from diveq_codec.models import tiling
 from diveq_codec.models.data import list_images
 
+PROG = "python -m diveq_codec.codec.release.rate_weights"
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5)
 
 
@@ -62,8 +66,7 @@ def exact_search_beam(effort: int | None) -> int:
 def coded_bits_and_psnr(loaded: LoadedModel, indices: torch.Tensor, grid: tuple[int, int],
                         rgb: np.ndarray) -> tuple[int, float]:
     """The payload bits of ``indices`` under the real coder and the PSNR of their real decode."""
-    payload = index_coder.encode_indices(indices.numpy(), loaded.tables, grid[1], adaptive=True,
-                                     second=loaded.second_tables)
+    payload = index_coder.encode_indices(indices.numpy(), loaded.tables, grid[1], second=loaded.second_tables)
     decoded = tensor_to_pixels(loaded.model.decode_indices(indices, grid, rgb.shape[0], rgb.shape[1]))
     return len(payload) * 8, psnr(rgb, decoded)
 
@@ -82,37 +85,25 @@ def gain_over(curve: np.ndarray, bpp: float, db: float) -> float:
     return db - float(curve[i, 1] + slope * (x - log_rate[i]))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("folder", type=Path)
-    parser.add_argument("--every", type=int, default=24)
-    parser.add_argument("--card", type=Path, default=None, help="write the chosen λ into this card")
-    parser.add_argument("--effort", type=int, default=None, help="the encoder's effort (default 1)")
-    args = parser.parse_args()
-    beam = exact_search_beam(args.effort)
-    if args.card is not None and beam > 1:
-        raise SystemExit("a card's rate_weight is the default effort's: --card goes with effort 1 only")
-    started = time.perf_counter()
-    every_point = network_rate_points()
-    loaded = load_model(every_point[-1].model_id, "cpu")
+def tuned_points(every_point: list[RatePoint]) -> list[RatePoint]:
+    """One rate point per stage count, the first of each; a later one with the same stages
+    keeps the nearest codewords: the most faithful file those stages can give."""
+    return list({p.stages: p for p in reversed(every_point)}.values())[::-1]
+
+
+def measure(loaded: LoadedModel, points: list[RatePoint], paths: list[Path],
+            beam: int) -> tuple[dict[tuple[int, float], tuple[float, float]], np.ndarray]:
+    """Mean (bpp, PSNR) of every (quality, α) over the images, and the stage slopes."""
     model = loaded.model
-    if any(p.model_id != loaded.card.model_id for p in every_point):
-        raise SystemExit("the probe expects one residual model behind every rate point")
-    # One rate point per stage count is tuned; a later one with the same stages keeps the
-    # nearest codewords: the most faithful file those stages can give.
-    points = list({p.stages: p for p in reversed(every_point)}.values())[::-1]
-    paths = list_images(args.folder)[1::args.every]
     images, latents = [], []
     with torch.no_grad():
         for path in paths:
             rgb = np.asarray(Image.open(path).convert("RGB"))
-            latent = model.analyse(model.float64_analysis(), image_to_tensor(rgb, "cpu").double())
             images.append(rgb)
-            latents.append(latent)
+            latents.append(model.analyse(model.float64_analysis(), image_to_tensor(rgb, "cpu").double()))
         slopes = stage_slopes(model.quantizer, [model.to_vectors(t) for t in latents],
                               index_coder.table_entropy_bits(loaded.tables))
         totals = {(p.quality, a): np.zeros(2) for p in points for a in ALPHAS}
-        pixels = sum(rgb.shape[0] * rgb.shape[1] for rgb in images)
         for rgb, latent in zip(images, latents):
             _, _, h, w = latent.shape
             vectors = model.to_vectors(latent)
@@ -121,32 +112,73 @@ def main() -> None:
                     rate = loaded.rate_costs(alpha * float(slopes[point.stages - 1]))
                     indices = tiling.chunked_indices(model.quantizer, vectors, point.stages, rate=rate, beam=beam)
                     totals[(point.quality, alpha)] += coded_bits_and_psnr(loaded, indices, (h, w), rgb)
+    pixels = sum(rgb.shape[0] * rgb.shape[1] for rgb in images)
     mean = {key: (bits / pixels, db / len(images)) for key, (bits, db) in totals.items()}
+    return mean, slopes
+
+
+def choose(points: list[RatePoint], mean: dict[tuple[int, float], tuple[float, float]],
+           slopes: np.ndarray) -> dict[int, float]:
+    """Each point's λ of the largest gain over the α = 0 curve; prints the table of gains."""
     nearest = np.array([mean[(p.quality, 0.0)] for p in points])
-    print(f"{len(images)} images of {args.folder}, {time.perf_counter() - started:.0f} s; stage slopes "
-          f"{', '.join(f'{s:.3g}' for s in slopes)}")
     print("quality  " + "  ".join(f"α={a:<5}" for a in ALPHAS) + "   (dB over the α = 0 curve)  chosen")
     chosen: dict[int, float] = {}
-    for point in points:
+    for row, point in enumerate(points):
         gains = [gain_over(nearest, *mean[(point.quality, a)]) for a in ALPHAS]
         best = ALPHAS[int(np.argmax(gains))]
         chosen[point.quality] = best * float(slopes[point.stages - 1])
         bpp, db = mean[(point.quality, best)]
         print(f"{point.quality:>7}  " + "  ".join(f"{g:+.3f}  " for g in gains)
               + f"   α={best}: λ={chosen[point.quality]:.4g}, {bpp:.4f} bpp, {db:.3f} dB "
-                f"(α=0: {nearest[points.index(point), 0]:.4f} bpp, {nearest[points.index(point), 1]:.3f} dB)")
+                f"(α=0: {nearest[row, 0]:.4f} bpp, {nearest[row, 1]:.3f} dB)")
+    return chosen
+
+
+def write_card(card_path: Path, points: list[RatePoint], chosen: dict[int, float], chosen_by: str) -> None:
+    """Put each rate point's λ into the card; a layer point's λ is its base's: the network
+    point of the same stages."""
+    card = json.loads(card_path.read_text())
+    base_of = {p.stages: p.quality for p in points}
+    for rp in card["rate_points"]:
+        quality = base_of.get(int(rp["stages"])) if "layer_step" in rp else int(rp["quality"])
+        rp["rate_weight"] = float(f"{chosen.get(quality, 0.0):.4g}")
+    card["rate_weight_chosen_by"] = chosen_by
+    card_path.write_text(json.dumps(card, indent=1) + "\n")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    parser.add_argument("folder", type=Path, help="training photos (never the evaluation set)")
+    parser.add_argument("--every", type=int, default=24, help="every N-th photo, starting at the second")
+    parser.add_argument("--card", type=Path, default=None, help="write the chosen λ into this card")
+    parser.add_argument("--effort", type=int, default=None, help="the encoder's effort (default 1)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    beam = exact_search_beam(args.effort)
+    if args.card is not None and beam > 1:
+        raise SystemExit("a card's rate_weight is the default effort's: --card goes with effort 1 only")
+    started = time.perf_counter()
+    every_point = network_rate_points()
+    loaded = load_model(every_point[-1].model_id, "cpu")
+    if any(p.model_id != loaded.card.model_id for p in every_point):
+        raise SystemExit("the probe expects one residual model behind every rate point")
+    points = tuned_points(every_point)
+    paths = list_images(args.folder)[1::args.every]
+    if not paths:
+        raise SystemExit(f"no images picked from {args.folder} (every {args.every}-th from the second)")
+    mean, slopes = measure(loaded, points, paths, beam)
+    print(f"{len(paths)} images of {args.folder}, {time.perf_counter() - started:.0f} s; stage slopes "
+          f"{', '.join(f'{s:.3g}' for s in slopes)}")
+    chosen = choose(points, mean, slopes)
     if args.card is not None:
-        card = json.loads(args.card.read_text())
-        # A layer point's λ is its base's: the network point of the same stages.
-        base_of = {p.stages: p.quality for p in points}
-        for rp in card["rate_points"]:
-            quality = base_of.get(int(rp["stages"])) if "layer_step" in rp else int(rp["quality"])
-            rp["rate_weight"] = float(f"{chosen.get(quality, 0.0):.4g}")
-        card["rate_weight_chosen_by"] = (f"python scripts/rate_weight_probe.py {args.folder} --every {args.every} "
-                                         f"--card {args.card} ({len(images)} training photos, α grid {list(ALPHAS)})")
-        args.card.write_text(json.dumps(card, indent=1) + "\n")
+        write_card(args.card, points, chosen, f"{PROG} {args.folder} --every {args.every} --card {args.card} "
+                                              f"({len(paths)} training photos, α grid {list(ALPHAS)})")
         print(f"wrote rate_weight into {args.card}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,6 +1,6 @@
 """How much effort 3's refinement of the latent gains, on training photos.
 
-``python scripts/refine_probe.py IMAGE_DIR [--first 5] [--every 80] [-q 4,8,12] [--beam 4] [--steps 10] [--step-size 1e-3]``
+``python experiments/refine/refine_probe.py IMAGE_DIR [--first 5] [--every 80] [-q 4,8,12] [--beam 4] [--steps 10] [--step-size 1e-3]``
 
 For every ``--every``-th image from the ``--first`` (sorted by path; never the test set),
 each rate point 1–12 is coded from the analysis latent with the search of ``--beam`` (the
@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from rate_weight_probe import coded_bits_and_psnr, gain_over
 
 from diveq_codec.codec.pipeline import image_to_tensor
+from diveq_codec.codec.release.rate_weights import coded_bits_and_psnr, gain_over
 from diveq_codec.codec.zoo import load_model, network_rate_points
 from diveq_codec.models import refine
 from diveq_codec.models.autoencoder import search_options

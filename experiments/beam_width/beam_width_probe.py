@@ -1,8 +1,8 @@
 """How much a beam search over the residual stages gains, by beam width, on training photos.
 
-``python scripts/beam_width_probe.py IMAGE_DIR [--every 24] [--widths 1,2,4,8] [-q 4,8,12]``
+``python experiments/beam_width/beam_width_probe.py IMAGE_DIR [--every 24] [--widths 1,2,4,8] [-q 4,8,12]``
 
-For every image (every ``--every``-th, starting at the second, as scripts/rate_weight_probe.py
+For every image (every ``--every``-th, starting at the second, as codec/release/rate_weights.py
 picks them: never Kodak) and every rate point asked for, the indices are chosen at that
 point's λ by the greedy search (width 1) and by beam searches of the other widths, from the
 image's float64 latents (the exact choices), then coded and decoded for real. It prints each
@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from rate_weight_probe import coded_bits_and_psnr, gain_over
 
 from diveq_codec.codec.pipeline import image_to_tensor
+from diveq_codec.codec.release.rate_weights import coded_bits_and_psnr, gain_over
 from diveq_codec.codec.zoo import load_model, network_rate_points
 from diveq_codec.models import tiling
 from diveq_codec.models.data import list_images

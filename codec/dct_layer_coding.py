@@ -1,0 +1,284 @@
+"""The coding side of the DCT layer (codec/dct_layer.py): how its quotients become range-
+coded symbols, and back.
+
+Coding order: channel by channel, each channel's 64 frequencies in zigzag order, and within
+one frequency the blocks in raster order, split into groups by *activity*: the sum of the
+magnitudes this block coded at the ACTIVITY_SPAN frequencies before (plus, for the second
+and third channel, the first channel's magnitude at this frequency), doubled and added to
+its four neighbour blocks' own, bucketed by powers of two. Each group first sends a flag
+(EmptyOdds) that says whether it holds only zeros; a group flagged empty sends nothing more,
+as most groups at the higher frequencies are. Otherwise the group's symbols share one
+two-sided geometric distribution, of which the encoder picks one of NUM_LEVELS (the
+cheapest for them) and sends the pick as its difference from LevelPredictor's guess. Every
+distribution depends only on integers the decoder already has, and its tables are built with
+exactly rounded IEEE operations only (see level_frequencies), so both sides hold the same
+probabilities on every machine.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Iterator
+
+import numpy as np
+from constriction import stream
+
+from diveq_codec.codec.dct_transform import COEFFICIENTS
+from diveq_codec.codec.errors import CorruptBitstreamError
+
+# Quotients in [-MAX_DIRECT, MAX_DIRECT] are coded directly; larger ones as an escape symbol
+# (one per sign) and then |q| - MAX_DIRECT - 1 in ESCAPE_BITS uniform bits. An orthonormal
+# 8×8 DCT of a colour-rotated 8-bit difference has coefficients below 8·255·√3 ≈ 3534, so a
+# quotient by the smallest step (0.25) stays below 2^14.
+MAX_DIRECT = 63
+ESCAPE_BITS = 14
+ESCAPE_POSITIVE = 2 * MAX_DIRECT + 1
+ESCAPE_NEGATIVE = 2 * MAX_DIRECT + 2
+ALPHABET = 2 * MAX_DIRECT + 3
+# Levels: the mean magnitudes 2^-8 · (19/16)^j, j < 64 (0.004 to about 200), each the
+# two-sided geometric distribution of that mean. 19/16 apart, a level picked for a group
+# costs it at most about 0.4 % more bits than the exact mean would.
+NUM_LEVELS = 64
+FIRST_LEVEL_MEAN = 2.0**-8
+LEVEL_RATIO = 19 / 16
+FREQUENCY_SCALE = 1 << 24
+ACTIVITY_SPAN = 3  # how many earlier frequencies of the same block count towards its activity
+BUCKETS = 8  # activity buckets: 0, 1, 2–3, 4–7, … (the last one open-ended)
+# A group's level is coded as its difference from LevelPredictor's guess, with the two-sided
+# geometric table of this level (mean magnitude about 2.7): the level that coded those
+# differences in the fewest bits on 12 training photos at steps 5–80.
+DELTA_LEVEL = 38
+# The empty-group flags are coded with adaptive odds per activity bucket: counts of empty
+# and filled groups seen so far in the channel, from 1 each, halved when their total passes
+# this (the odds follow the frequencies, which empty out as they rise, and the distinct
+# count pairs, each a cached model, stay few).
+FLAG_COUNT_LIMIT = 64
+
+_ESCAPE_MODEL = stream.model.Uniform(1 << ESCAPE_BITS)
+
+
+def level_frequencies(level: int) -> np.ndarray:
+    """Integer frequencies (ALPHABET,) of one level's two-sided geometric distribution.
+
+    Only exactly rounded operations (products, quotients, square roots, floors), so every
+    machine computes the same integers and so the same probabilities.
+    """
+    mean = FIRST_LEVEL_MEAN
+    for _ in range(level):
+        mean *= LEVEL_RATIO
+    # The ratio θ of a two-sided geometric law with mean magnitude m: m = 2θ / (1 − θ²).
+    theta = (math.sqrt(1.0 + mean * mean) - 1.0) / mean
+    weights = [1.0]
+    for _ in range(MAX_DIRECT + 1):
+        weights.append(weights[-1] * theta)
+    one_side = [math.floor(FREQUENCY_SCALE * w) + 1 for w in weights[1:MAX_DIRECT + 1]]
+    escape = math.floor(FREQUENCY_SCALE * weights[MAX_DIRECT + 1] / (1.0 - theta)) + 1
+    return np.array(one_side[::-1] + [FREQUENCY_SCALE + 1] + one_side + [escape, escape], dtype=np.int64)
+
+
+@functools.cache
+def level_tables() -> tuple[np.ndarray, list]:
+    """Every level's float32 probabilities (NUM_LEVELS, ALPHABET) and constriction model."""
+    frequencies = np.stack([level_frequencies(j) for j in range(NUM_LEVELS)])
+    probabilities = (frequencies / frequencies.sum(axis=1, keepdims=True)).astype(np.float32)
+    models = [stream.model.Categorical(p, perfect=False) for p in probabilities]
+    return probabilities, models
+
+
+@functools.cache
+def level_code_lengths() -> np.ndarray:
+    """Bits (NUM_LEVELS, ALPHABET) each level charges each symbol; only the encoder's choices use them."""
+    probabilities, _ = level_tables()
+    return -np.log2(probabilities.astype(np.float64))
+
+
+class LevelPredictor:
+    """The guess at a group's level, which the level is coded against: the level the same
+    bucket used last (at an earlier frequency of this channel), or, for a bucket not seen
+    yet, the last level of the channel (0 at its start)."""
+
+    def __init__(self) -> None:
+        self._by_bucket: list[int | None] = [None] * BUCKETS
+        self._last = 0
+
+    def guess(self, bucket: int) -> int:
+        known = self._by_bucket[bucket]
+        return self._last if known is None else known
+
+    def saw(self, bucket: int, level: int) -> None:
+        self._by_bucket[bucket] = self._last = level
+
+
+class EmptyOdds:
+    """The model of each group's empty flag (1: the group holds only zeros): the counts of
+    empty and filled groups of the same bucket so far in this channel, as in
+    FLAG_COUNT_LIMIT's comment."""
+
+    def __init__(self) -> None:
+        self._counts = [[1, 1] for _ in range(BUCKETS)]
+
+    def model(self, bucket: int) -> object:
+        filled, empty = self._counts[bucket]
+        return _flag_model(filled, empty)
+
+    def saw(self, bucket: int, empty: bool) -> None:
+        counts = self._counts[bucket]
+        counts[empty] += 1
+        if counts[0] + counts[1] > FLAG_COUNT_LIMIT:
+            counts[:] = [(count + 1) // 2 for count in counts]
+
+
+@functools.cache
+def _flag_model(filled: int, empty: int) -> object:
+    """The flag's distribution for these counts; a quotient of small integers, exactly rounded,
+    so both sides hold the same probabilities."""
+    return stream.model.Categorical(np.array([filled / (filled + empty), empty / (filled + empty)],
+                                             dtype=np.float32), perfect=False)
+
+
+def _bucket_of(activity: np.ndarray) -> np.ndarray:
+    """Activity (integers ≥ 0) → bucket: 0, 1, 2–3, 4–7, …, the last bucket open-ended."""
+    # frexp's exponent of an integer a ≥ 1 is floor(log2 a) + 1, exactly; of 0 it is 0.
+    return np.minimum(np.frexp(activity)[1], BUCKETS - 1).astype(np.int16)
+
+
+def _with_neighbours(own: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """2 · own activity + the sum of the four neighbour blocks' (edge blocks repeat themselves
+    for a missing neighbour); ``own`` is (blocks,) or (blocks, frequencies) in raster order."""
+    rows, cols = grid
+    tiles = own.reshape(rows, cols, -1)
+    total = 2 * tiles
+    # Each neighbour shifted in, the edge row or column standing in for the one beyond it
+    # (in place: a padded copy of the whole map took twice as long).
+    total[1:] += tiles[:-1]
+    total[:1] += tiles[:1]
+    total[:-1] += tiles[1:]
+    total[-1:] += tiles[-1:]
+    total[:, 1:] += tiles[:, :-1]
+    total[:, :1] += tiles[:, :1]
+    total[:, :-1] += tiles[:, 1:]
+    total[:, -1:] += tiles[:, -1:]
+    return total.reshape(own.shape)
+
+
+def _activity_buckets(quotients: np.ndarray, channel: int, frequency: int, grid: tuple[int, int]) -> np.ndarray:
+    """Each block's bucket at one (channel, zigzag frequency), from coded quotients only."""
+    activity = np.abs(quotients[channel, :, max(0, frequency - ACTIVITY_SPAN):frequency]).sum(axis=1, dtype=np.int64)
+    if channel:
+        activity += np.abs(quotients[0, :, frequency])
+    return _bucket_of(_with_neighbours(activity, grid))
+
+
+def _all_buckets(quotients: np.ndarray, channel: int, grid: tuple[int, int]) -> np.ndarray:
+    """_activity_buckets for every frequency of a channel at once, (blocks, 64): the encoder
+    knows every quotient in advance, the decoder learns them frequency by frequency."""
+    magnitudes = np.abs(quotients[channel])
+    before = np.zeros((magnitudes.shape[0], COEFFICIENTS + 1), dtype=np.int32)
+    np.cumsum(magnitudes, axis=1, out=before[:, 1:])  # before[:, f]: the sum over frequencies < f
+    frequencies = np.arange(COEFFICIENTS)
+    activity = before[:, frequencies] - before[:, np.maximum(frequencies - ACTIVITY_SPAN, 0)]
+    if channel:
+        activity += np.abs(quotients[0])
+    return _bucket_of(_with_neighbours(activity, grid))
+
+
+def _group_ids(quotients: np.ndarray, channel: int, grid: tuple[int, int]) -> np.ndarray:
+    """Each coefficient's group, frequency · BUCKETS + bucket, (blocks, 64) int16: small
+    integers, which numpy's stable argsort orders by radix sort, in linear time."""
+    frequencies = np.arange(COEFFICIENTS, dtype=np.int16) * np.int16(BUCKETS)
+    return frequencies + _all_buckets(quotients, channel, grid)
+
+
+def _cheapest_levels(groups: np.ndarray, symbols: np.ndarray) -> np.ndarray:
+    """Per group, the level whose distribution codes its symbols in the fewest bits."""
+    group_count = COEFFICIENTS * BUCKETS
+    histograms = np.bincount((groups.astype(np.int32) * ALPHABET + symbols).ravel(), minlength=group_count * ALPHABET)
+    return np.argmin(histograms.reshape(group_count, ALPHABET) @ level_code_lengths().T, axis=1)
+
+
+def _to_symbols(quotients: np.ndarray) -> np.ndarray:
+    symbols = np.clip(quotients, -MAX_DIRECT, MAX_DIRECT) + MAX_DIRECT
+    symbols[quotients > MAX_DIRECT] = ESCAPE_POSITIVE
+    symbols[quotients < -MAX_DIRECT] = ESCAPE_NEGATIVE
+    return symbols
+
+
+def channel_tables(quotients: np.ndarray, channel: int, grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One channel's coefficients as the coder sees them, in raster order of blocks then
+    frequency: each one's group and symbol, and each group's cheapest level."""
+    groups = _group_ids(quotients, channel, grid).ravel()
+    symbols = _to_symbols(quotients[channel].ravel())
+    return groups, symbols, _cheapest_levels(groups, symbols)
+
+
+def _channel_groups(quotients: np.ndarray, channel: int,
+                    grid: tuple[int, int]) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+    """One channel's coded groups in the decoder's order (frequency, then bucket, then block):
+    each group's bucket, cheapest level, symbols and escaped excesses (int32)."""
+    groups, all_symbols, levels = channel_tables(quotients, channel, grid)
+    # Stable, so within a group the blocks keep their raster order (the coefficients are
+    # block-major here; the group ids put frequency first).
+    order = np.argsort(groups, kind="stable")
+    values = quotients[channel].ravel()[order]
+    symbols = all_symbols[order]
+    ends = np.cumsum(np.bincount(groups, minlength=len(levels)))
+    escaped = np.abs(values) > MAX_DIRECT
+    excess = np.abs(values) - MAX_DIRECT - 1
+    start = 0
+    for group, end in enumerate(ends):
+        if end > start:
+            members = slice(start, end)
+            yield group % BUCKETS, int(levels[group]), symbols[members], excess[members][escaped[members]]
+        start = end
+
+
+def encode_channel(encoder: stream.queue.RangeEncoder, quotients: np.ndarray, channel: int,
+                   grid: tuple[int, int]) -> None:
+    """Append one channel's quotients (quotients[channel], (blocks, 64)) to ``encoder``."""
+    _, models = level_tables()
+    predictor, odds = LevelPredictor(), EmptyOdds()
+    for bucket, level, symbols, escaped in _channel_groups(quotients, channel, grid):
+        empty = not np.any(symbols != MAX_DIRECT)  # the symbol of a zero quotient
+        encoder.encode(np.array([empty], dtype=np.int32), odds.model(bucket))
+        odds.saw(bucket, empty)
+        if empty:
+            continue
+        encoder.encode(np.array([level - predictor.guess(bucket) + MAX_DIRECT], dtype=np.int32), models[DELTA_LEVEL])
+        predictor.saw(bucket, level)
+        encoder.encode(symbols, models[level])
+        if escaped.size:
+            encoder.encode(escaped, _ESCAPE_MODEL)
+
+
+def decode_channel(decoder: stream.queue.RangeDecoder, quotients: np.ndarray, channel: int,
+                   grid: tuple[int, int]) -> None:
+    """Inverse of encode_channel: fill quotients[channel] (zeros on entry), frequency by
+    frequency, from what the earlier frequencies and channels decoded to."""
+    _, models = level_tables()
+    predictor, odds = LevelPredictor(), EmptyOdds()
+    blocks = quotients.shape[1]
+    for frequency in range(COEFFICIENTS):
+        buckets = _activity_buckets(quotients, channel, frequency, grid)
+        column = np.zeros(blocks, dtype=np.int64)
+        for bucket in range(BUCKETS):
+            members = buckets == bucket
+            count = int(members.sum())
+            if not count:
+                continue
+            empty = bool(decoder.decode(odds.model(bucket), 1)[0])
+            odds.saw(bucket, empty)
+            if empty:
+                continue
+            level = predictor.guess(bucket) + int(decoder.decode(models[DELTA_LEVEL], 1)[0]) - MAX_DIRECT
+            if not 0 <= level < NUM_LEVELS:
+                raise CorruptBitstreamError(f"DCT layer names table {level}, not one of 0–{NUM_LEVELS - 1}")
+            predictor.saw(bucket, level)
+            symbols = decoder.decode(models[level], count).astype(np.int64)
+            values = symbols - MAX_DIRECT
+            escaped = symbols >= ESCAPE_POSITIVE
+            if escaped.any():
+                excess = decoder.decode(_ESCAPE_MODEL, int(escaped.sum())).astype(np.int64) + MAX_DIRECT + 1
+                values[escaped] = np.where(symbols[escaped] == ESCAPE_POSITIVE, excess, -excess)
+            column[members] = values
+        quotients[channel, :, frequency] = column
