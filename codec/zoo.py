@@ -90,3 +90,8 @@ def _load(model_id: int, device: str, folder: str) -> LoadedModel:
 
 def load_model(model_id: int, device: str = "cpu") -> LoadedModel:
     return _load(model_id, device, str(weights_dir()))
+
+
+def clear_model_cache() -> None:
+    """Forget the loaded models, so that the next load reads the weights folder again."""
+    _load.cache_clear()

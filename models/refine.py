@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from diveq_codec.models import tiling
+from diveq_codec.models import progress, tiling
 from diveq_codec.models.autoencoder import VQAutoencoder
 
 STEPS = 10
@@ -62,24 +62,26 @@ def refine_latent(model: VQAutoencoder, x: torch.Tensor, latent: torch.Tensor, n
     margin = tiling.synthesis_margin(model.synthesis)
     cells = model.tile_size // stride
     target = x.float()
-    for cy0, cy1, ty0, ty1 in tiling.spans(grid_h, cells, margin):
-        for cx0, cx1, tx0, tx1 in tiling.spans(grid_w, cells, margin):
-            window = refined[..., ty0:ty1, tx0:tx1].clone().requires_grad_(True)
-            core = torch.zeros_like(window[:, :1])
-            core[..., cy0 - ty0:cy1 - ty0, cx0 - tx0:cx1 - tx0] = 1.0
-            # The core's pixels inside the image: padding pixels are never shown.
-            py0, py1 = (cy0 - ty0) * stride, min(cy1 * stride, height) - ty0 * stride
-            px0, px1 = (cx0 - tx0) * stride, min(cx1 * stride, width) - tx0 * stride
-            wanted = target[..., cy0 * stride:cy0 * stride + py1 - py0, cx0 * stride:cx0 * stride + px1 - px0]
-            optimizer = torch.optim.Adam([window], lr=step_size)
-            for _ in range(steps):
-                straight_through = window + (quantized(model, window, num_stages, search) - window).detach()
-                decoded = model.synthesis(straight_through)[..., py0:py1, px0:px1]
-                loss = (decoded - wanted).square().mean()
-                (gradient,) = torch.autograd.grad(loss, window)
-                window.grad = gradient * core  # the margin is another tile's core: it stays
-                optimizer.step()
-            refined[..., cy0:cy1, cx0:cx1] = window.detach()[..., cy0 - ty0:cy1 - ty0, cx0 - tx0:cx1 - tx0]
+    tiles = list(tiling.grid_tiles(grid_h, grid_w, cells, margin))
+    for tile_number, ((cy0, cy1, ty0, ty1), (cx0, cx1, tx0, tx1)) in enumerate(tiles):
+        window = refined[..., ty0:ty1, tx0:tx1].clone().requires_grad_(True)
+        core = torch.zeros_like(window[:, :1])
+        core[..., cy0 - ty0:cy1 - ty0, cx0 - tx0:cx1 - tx0] = 1.0
+        # The core's pixels inside the image: padding pixels are never shown.
+        py0, py1 = (cy0 - ty0) * stride, min(cy1 * stride, height) - ty0 * stride
+        px0, px1 = (cx0 - tx0) * stride, min(cx1 * stride, width) - tx0 * stride
+        wanted = target[..., cy0 * stride:cy0 * stride + py1 - py0, cx0 * stride:cx0 * stride + px1 - px0]
+        optimizer = torch.optim.Adam([window], lr=step_size)
+        for step in range(steps):
+            progress.report("refine", tile_number * steps + step, len(tiles) * steps)
+            straight_through = window + (quantized(model, window, num_stages, search) - window).detach()
+            decoded = model.synthesis(straight_through)[..., py0:py1, px0:px1]
+            loss = (decoded - wanted).square().mean()
+            (gradient,) = torch.autograd.grad(loss, window)
+            window.grad = gradient * core  # the margin is another tile's core: it stays
+            optimizer.step()
+        refined[..., cy0:cy1, cx0:cx1] = window.detach()[..., cy0 - ty0:cy1 - ty0, cx0 - tx0:cx1 - tx0]
+    progress.report("refine", len(tiles) * steps, len(tiles) * steps)
     return refined
 
 

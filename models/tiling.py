@@ -19,12 +19,14 @@ included, is about 1/16 of one.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from diveq_codec.models import progress
 
 # Pixels per side of a tile's core (96×96 latents at stride 8). 768 lets a Kodak-sized image
 # (768×512) run untiled: at 512 its two overlapping synthesis tiles cost 10 % more decode time.
@@ -111,6 +113,23 @@ def spans(length: int, core: int, margin: int) -> list[tuple[int, int, int, int]
     return [(a, b, max(0, a - margin), min(length, b + margin)) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
+Span = tuple[int, int, int, int]
+
+
+def grid_tiles(grid_h: int, grid_w: int, core: int, margin: int,
+               stage: str | None = None) -> Iterator[tuple[Span, Span]]:
+    """(row span, column span) of every tile in raster order. With a ``stage`` name, progress is
+    reported (models/progress.py) as each tile is handed out, unless there is only one."""
+    tiles = [(row, column) for row in spans(grid_h, core, margin) for column in spans(grid_w, core, margin)]
+    shown = stage is not None and len(tiles) > 1
+    for done, tile in enumerate(tiles):
+        if shown:
+            progress.report(stage, done, len(tiles))
+        yield tile
+    if shown:
+        progress.report(stage, len(tiles), len(tiles))
+
+
 def needs_tiling(height: int, width: int, tile_size: int) -> bool:
     """Whether an image (padded size, pixels) is larger than one tile in either direction."""
     return height > tile_size or width > tile_size
@@ -151,14 +170,13 @@ def tiled_analysis(analysis: nn.Module, x: torch.Tensor, stride: int, tile_size:
     grid_h, grid_w = math.ceil(height / stride), math.ceil(width / stride)
     cells = _cells(tile_size, stride)
     out: torch.Tensor | None = None
-    for cy0, cy1, ty0, ty1 in spans(grid_h, cells, margin):
-        for cx0, cx1, tx0, tx1 in spans(grid_w, cells, margin):
-            tile = _pixel_tile(x, stride, ty0, ty1, tx0, tx1).to(dtype)
-            latent = analysis(tile)
-            if out is None:
-                out = latent.new_empty((1, latent.shape[1], grid_h, grid_w))
-            out[..., cy0:cy1, cx0:cx1] = latent[..., cy0 - ty0:cy1 - ty0, cx0 - tx0:cx1 - tx0]
-            del latent, tile
+    for (cy0, cy1, ty0, ty1), (cx0, cx1, tx0, tx1) in grid_tiles(grid_h, grid_w, cells, margin, "analysis"):
+        tile = _pixel_tile(x, stride, ty0, ty1, tx0, tx1).to(dtype)
+        latent = analysis(tile)
+        if out is None:
+            out = latent.new_empty((1, latent.shape[1], grid_h, grid_w))
+        out[..., cy0:cy1, cx0:cx1] = latent[..., cy0 - ty0:cy1 - ty0, cx0 - tx0:cx1 - tx0]
+        del latent, tile
     assert out is not None
     return out
 
@@ -183,7 +201,7 @@ def analysis_at(analysis: nn.Module, x: torch.Tensor, stride: int, cells: torch.
     core = _cells(DEFAULT_TILE_SIZE, stride)
     whole_cost = sum(t1 - t0 for _, _, t0, t1 in spans(grid_h, core, margin)) \
         * sum(t1 - t0 for _, _, t0, t1 in spans(grid_w, core, margin))
-    if sum(_tile_cells(group, margin, grid_h, grid_w) for group in groups) > whole_cost:
+    if sum(tile_cells(group, margin, grid_h, grid_w) for group in groups) > whole_cost:
         latent = tiled_analysis(analysis, x, stride, DEFAULT_TILE_SIZE, margin)
         ys, xs = zip(*listed)
         return latent[0][:, list(ys), list(xs)].t()
@@ -226,12 +244,12 @@ def cell_groups(cells: list[tuple[int, int]], margin: int, grid_h: int, grid_w: 
             groups.append(members)
             continue
         block_groups = [[cell] for cell in members]
-        costs = [_tile_cells(g, margin, grid_h, grid_w) for g in block_groups]
+        costs = [tile_cells(g, margin, grid_h, grid_w) for g in block_groups]
         while True:
             best: tuple[int, int, int] | None = None
             for i in range(len(block_groups)):
                 for j in range(i + 1, len(block_groups)):
-                    saving = costs[i] + costs[j] - _tile_cells(block_groups[i] + block_groups[j], margin,
+                    saving = costs[i] + costs[j] - tile_cells(block_groups[i] + block_groups[j], margin,
                                                                grid_h, grid_w)
                     if saving > 0 and (best is None or saving > best[0]):
                         best = (saving, i, j)
@@ -240,7 +258,7 @@ def cell_groups(cells: list[tuple[int, int]], margin: int, grid_h: int, grid_w: 
             _, i, j = best
             block_groups[i] += block_groups.pop(j)
             costs.pop(j)
-            costs[i] = _tile_cells(block_groups[i], margin, grid_h, grid_w)
+            costs[i] = tile_cells(block_groups[i], margin, grid_h, grid_w)
         groups += block_groups
     return groups
 
@@ -258,7 +276,7 @@ def _tile_box(group: list[tuple[int, int]], margin: int, grid_h: int,
     return (max(0, y0 - margin), min(grid_h, y1 + margin)), (max(0, x0 - margin), min(grid_w, x1 + margin))
 
 
-def _tile_cells(group: list[tuple[int, int]], margin: int, grid_h: int, grid_w: int) -> int:
+def tile_cells(group: list[tuple[int, int]], margin: int, grid_h: int, grid_w: int) -> int:
     """Latent cells under the tile of a group."""
     (ty0, ty1), (tx0, tx1) = _tile_box(group, margin, grid_h, grid_w)
     return (ty1 - ty0) * (tx1 - tx0)
@@ -318,19 +336,18 @@ def tiled_synthesis(synthesis: nn.Module, latent: torch.Tensor, stride: int, til
     grid_h, grid_w = latent.shape[-2:]
     cells = _cells(tile_size, stride)
     out: torch.Tensor | None = None
-    for cy0, cy1, ty0, ty1 in spans(grid_h, cells, margin):
-        for cx0, cx1, tx0, tx1 in spans(grid_w, cells, margin):
-            pixels = synthesis(latent[..., ty0:ty1, tx0:tx1])
-            if pixels.shape[-2:] != ((ty1 - ty0) * stride, (tx1 - tx0) * stride):
-                raise ValueError(f"synthesis of {ty1 - ty0}×{tx1 - tx0} latents gave {tuple(pixels.shape)}, "
-                                 f"not ×{stride}")
-            if out is None:
-                out = pixels.new_empty((1, pixels.shape[1], grid_h * stride, grid_w * stride))
-            core = pixels[..., (cy0 - ty0) * stride:(cy1 - ty0) * stride, (cx0 - tx0) * stride:(cx1 - tx0) * stride]
-            if clamp:
-                core = core.clamp(0.0, 1.0)
-            out[..., cy0 * stride:cy1 * stride, cx0 * stride:cx1 * stride] = core
-            del pixels, core
+    for (cy0, cy1, ty0, ty1), (cx0, cx1, tx0, tx1) in grid_tiles(grid_h, grid_w, cells, margin, "synthesis"):
+        pixels = synthesis(latent[..., ty0:ty1, tx0:tx1])
+        if pixels.shape[-2:] != ((ty1 - ty0) * stride, (tx1 - tx0) * stride):
+            raise ValueError(f"synthesis of {ty1 - ty0}×{tx1 - tx0} latents gave {tuple(pixels.shape)}, "
+                             f"not ×{stride}")
+        if out is None:
+            out = pixels.new_empty((1, pixels.shape[1], grid_h * stride, grid_w * stride))
+        core = pixels[..., (cy0 - ty0) * stride:(cy1 - ty0) * stride, (cx0 - tx0) * stride:(cx1 - tx0) * stride]
+        if clamp:
+            core = core.clamp(0.0, 1.0)
+        out[..., cy0 * stride:cy1 * stride, cx0 * stride:cx1 * stride] = core
+        del pixels, core
     assert out is not None
     return out
 

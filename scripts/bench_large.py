@@ -7,7 +7,8 @@
 The image is built by tiling (or upscaling) a sample. Each phase runs the real command line
 (``diveq-codec encode`` — which also decodes the file to report its PSNR — and ``diveq-codec
 decode``) in a child process; its peak RSS is the child's own ru_maxrss, read with os.wait4.
-``--tile-size`` overrides models.tiling.DEFAULT_TILE_SIZE in the child (0: no tiling).
+``--tile-size`` overrides diveq_codec.models.tiling.DEFAULT_TILE_SIZE (a public constant) in
+the child before the model loads (0: no tiling).
 Exit status 1 when a phase fails or exceeds --max-rss-gb.
 """
 
@@ -32,8 +33,8 @@ _CHILD = """
 import sys
 tile = int(sys.argv[1])  # > 0: tile size, 0: untiled, < 0: the codec's default
 if tile >= 0:
-    import models.tiling
-    models.tiling.DEFAULT_TILE_SIZE = tile if tile > 0 else 1 << 30
+    import diveq_codec.models.tiling
+    diveq_codec.models.tiling.DEFAULT_TILE_SIZE = tile if tile > 0 else 1 << 30
 if len(sys.argv) > 2 and sys.argv[2] == "--threads":
     import torch
     torch.set_num_threads(int(sys.argv[3]))
@@ -64,6 +65,42 @@ def run_child(args: list[str], env: dict[str, str]) -> tuple[int, float, int, st
         out.seek(0)
         err.seek(0)
         return proc.returncode, wall, usage.ru_maxrss * 1024, out.read().decode(), err.read().decode()
+
+
+def run_phase(command: list[str], env: dict[str, str], limit: int) -> dict[str, object]:
+    """One phase's exit code, wall time, peak RSS against ``limit`` bytes, and the size and
+    quality from the command line's own JSON report."""
+    code, wall, peak, out, err = run_child(command, env)
+    report = {}
+    if code == 0:
+        try:
+            report = json.loads(out.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            pass
+    entry: dict[str, object] = {"exit": code, "wall_s": round(wall, 2), "peak_rss_mib": round(peak / (1 << 20), 1),
+                                "within_limit": peak <= limit}
+    for key in ("bytes", "bpp", "psnr"):
+        if key in report:
+            entry[key] = report[key]
+    if code != 0:
+        entry["stderr"] = err.strip()[-500:]
+    return entry
+
+
+def print_report(args: argparse.Namespace, results: dict[str, object], phases: list[str]) -> None:
+    print(f"{args.width}×{args.height} ({args.method} of {args.source.name}), tile size "
+          f"{'default' if args.tile_size < 0 else ('untiled' if args.tile_size == 0 else args.tile_size)}, "
+          f"threads {results['threads']}; limit {args.max_rss_gb} GB")
+    for name in phases:
+        e = results[name]
+        assert isinstance(e, dict)
+        extra = "".join(f", {k} {e[k]:.4g}" if isinstance(e[k], float) else f", {k} {e[k]}"
+                        for k in ("bytes", "bpp", "psnr") if k in e)
+        print(f"{name:7} exit {e['exit']}  wall {e['wall_s']:7.2f} s  peak RSS {e['peak_rss_mib']:8.1f} MiB"
+              f"{'' if e['within_limit'] else '  OVER LIMIT'}{extra}")
+        if "stderr" in e:
+            print(f"        {e['stderr']}")
+    print("OK" if results["ok"] else "FAILED")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,23 +140,10 @@ def main(argv: list[str] | None = None) -> int:
                                   "build_image_s": round(build_s, 2)}
     ok = True
     for name, command in phases.items():
-        code, wall, peak, out, err = run_child(command, env)
-        report = {}
-        if code == 0:
-            try:
-                report = json.loads(out.strip().splitlines()[-1])
-            except (ValueError, IndexError):
-                pass
-        entry = {"exit": code, "wall_s": round(wall, 2), "peak_rss_mib": round(peak / (1 << 20), 1),
-                 "within_limit": peak <= limit}
-        for key in ("bytes", "bpp", "psnr"):
-            if key in report:
-                entry[key] = report[key]
-        if code != 0:
-            entry["stderr"] = err.strip()[-500:]
-        ok = ok and code == 0 and peak <= limit
+        entry = run_phase(command, env, limit)
+        ok = ok and entry["exit"] == 0 and entry["within_limit"]
         results[name] = entry
-    if code == 0:
+    if entry["exit"] == 0:
         with Image.open(decoded) as img:
             results["decoded_size"] = list(img.size)
             ok = ok and img.size == (args.width, args.height)
@@ -128,19 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(results))
     else:
-        print(f"{args.width}×{args.height} ({args.method} of {args.source.name}), tile size "
-              f"{'default' if args.tile_size < 0 else ('untiled' if args.tile_size == 0 else args.tile_size)}, "
-              f"threads {results['threads']}; limit {args.max_rss_gb} GB")
-        for name in phases:
-            e = results[name]
-            assert isinstance(e, dict)
-            extra = "".join(f", {k} {e[k]:.4g}" if isinstance(e[k], float) else f", {k} {e[k]}"
-                            for k in ("bytes", "bpp", "psnr") if k in e)
-            print(f"{name:7} exit {e['exit']}  wall {e['wall_s']:7.2f} s  peak RSS {e['peak_rss_mib']:8.1f} MiB"
-                  f"{'' if e['within_limit'] else '  OVER LIMIT'}{extra}")
-            if "stderr" in e:
-                print(f"        {e['stderr']}")
-        print("OK" if ok else "FAILED")
+        print_report(args, results, list(phases))
     if args.keep is None:
         for path in (image_path, coded, decoded):
             path.unlink(missing_ok=True)

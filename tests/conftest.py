@@ -32,9 +32,9 @@ def weights_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     target = tmp_path / "weights"
     shutil.copytree(zoo.weights_dir(), target, ignore=shutil.ignore_patterns("__pycache__", "*.py"))
     monkeypatch.setenv(zoo.WEIGHTS_DIR_ENV, str(target))
-    zoo._load.cache_clear()
+    zoo.clear_model_cache()
     yield target
-    zoo._load.cache_clear()
+    zoo.clear_model_cache()
 
 
 @pytest.fixture

@@ -107,7 +107,7 @@ def _header_size(data: bytes) -> int:
     return HEADER_SIZE_V2 if len(data) > 4 and data[4] == 2 else HEADER_SIZE
 
 
-def _regions(data: bytes) -> dict[str, tuple[int, int]]:
+def regions(data: bytes) -> dict[str, tuple[int, int]]:
     """Byte ranges of the parts of a (valid) file, as its own header declares them."""
     payload_len = get_field(data, "payload_len") or 0
     alpha_len = get_field(data, "alpha_len") or 0
@@ -120,8 +120,8 @@ def _regions(data: bytes) -> dict[str, tuple[int, int]]:
 
 
 def _pick_region(rng: random.Random, data: bytes) -> tuple[int, int]:
-    regions = {k: v for k, v in _regions(data).items() if v[1] > v[0]}
-    return regions[rng.choice(sorted(regions))]
+    present = {k: v for k, v in regions(data).items() if v[1] > v[0]}
+    return present[rng.choice(sorted(present))]
 
 
 def bit_flips(rng: random.Random, data: bytes) -> bytes:
@@ -212,7 +212,7 @@ def _with_lengths(data: bytes, payload: bytes, alpha: bytes, layer: bytes | None
     DCT layer unless another is given."""
     h = _header_size(data)
     if layer is None:
-        layer = data[slice(*_regions(data)["layer"])]
+        layer = data[slice(*regions(data)["layer"])]
     header = set_field(set_field(data[:h], "payload_len", len(payload)), "alpha_len", len(alpha))
     if h == HEADER_SIZE_V2:
         header = header[:HEADER_SIZE] + struct.pack("<I", len(layer))
@@ -221,9 +221,9 @@ def _with_lengths(data: bytes, payload: bytes, alpha: bytes, layer: bytes | None
 
 def replace_payload(rng: random.Random, data: bytes) -> bytes:
     """A payload of another length or content, with payload_len kept consistent."""
-    regions = _regions(data)
-    payload = data[slice(*regions["payload"])]
-    alpha = data[slice(*regions["alpha"])]
+    parts = regions(data)
+    payload = data[slice(*parts["payload"])]
+    alpha = data[slice(*parts["alpha"])]
     kind = rng.choice(["random", "zeros", "ones", "short", "long", "odd", "reversed", "words_shuffled", "empty"])
     if kind == "random":
         new = bytes(rng.randrange(256) for _ in range(len(payload)))
@@ -250,9 +250,9 @@ def replace_payload(rng: random.Random, data: bytes) -> bytes:
 
 def replace_alpha(rng: random.Random, data: bytes) -> bytes:
     """An alpha plane that is damaged, of the wrong size, a zip bomb, or present where none belongs."""
-    regions = _regions(data)
-    payload = data[slice(*regions["payload"])]
-    alpha = data[slice(*regions["alpha"])]
+    parts = regions(data)
+    payload = data[slice(*parts["payload"])]
+    alpha = data[slice(*parts["alpha"])]
     width = int(get_field(data, "width") or 1)
     height = int(get_field(data, "height") or 1)
     n = width * height
@@ -287,7 +287,7 @@ def replace_alpha(rng: random.Random, data: bytes) -> bytes:
 def replace_layer(rng: random.Random, data: bytes) -> bytes:
     """A DCT layer that is cut, extended, garbage, of another step or transform (the
     lengths kept consistent); a version-1 file gets one it has no field for."""
-    layer = data[slice(*_regions(data)["layer"])]
+    layer = data[slice(*regions(data)["layer"])]
     kind = rng.choice(["random", "short", "long", "step", "transform", "header_only", "empty"])
     if kind == "random":
         new = layer[:3] + bytes(rng.randrange(256) for _ in range(max(4, len(layer) - 3)))
@@ -303,14 +303,14 @@ def replace_layer(rng: random.Random, data: bytes) -> bytes:
         new = layer[:3]
     else:
         new = b""
-    r = _regions(data)
+    r = regions(data)
     return _with_lengths(data, data[slice(*r["payload"])], data[slice(*r["alpha"])], new)
 
 
 def splice(rng: random.Random, data: bytes, bases: dict[str, bytes]) -> bytes:
     """Header of one valid file with the payload (and alpha) of another."""
     other = bases[rng.choice(sorted(bases))]
-    r = _regions(other)
+    r = regions(other)
     return _with_lengths(data, other[slice(*r["payload"])], other[slice(*r["alpha"])])
 
 

@@ -1,4 +1,5 @@
-"""The .dvq container: round trips, golden layout, and every refusal of a damaged or hostile file."""
+"""The .dvq container: round trips, golden layout, and every refusal of a damaged, hostile or
+development-build file (docs/format.md is the layout these tests pin down)."""
 
 from __future__ import annotations
 
@@ -12,13 +13,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from diveq_codec.codec.container import (
-    CODER_CONSTRICTION_RANGE, FLAG_ALPHA, FLAG_FROM_16BIT, FLAG_FROM_PALETTE, HEADER_SIZE, HEADER_SIZE_V2, MAGIC,
-    TRAILER_SIZE, Container, Header, pack, peek_header, unpack,
+    CODER_TWO_CONTEXT_RANGE, DEVELOPMENT_CODERS, FLAG_ALPHA, FLAG_FROM_16BIT, FLAG_FROM_PALETTE, HEADER_SIZE,
+    HEADER_SIZE_V2, MAGIC, TRAILER_SIZE, Container, Header, pack, peek_header, unpack,
 )
 from diveq_codec.codec.errors import BitstreamError, CorruptBitstreamError, UnsupportedVersionError
 from diveq_codec.codec.limits import MAX_PIXELS, MAX_SIDE
 
-# The layout written out independently of codec/bitstream.py: name -> (offset, struct code).
+# The layout written out independently of codec/container.py: name -> (offset, struct code).
 FIELDS = {
     "magic": (0, "4s"), "version": (4, "B"), "flags": (5, "B"), "model_id": (6, "H"), "quality": (8, "B"),
     "weights_id": (9, "8s"), "coder_id": (17, "B"), "table_precision": (18, "B"), "width": (19, "I"),
@@ -27,7 +28,7 @@ FIELDS = {
 }
 
 RGBA = Header(model_id=0x0102, quality=5, weights_id=bytes.fromhex("0011223344556677"),
-              coder_id=CODER_CONSTRICTION_RANGE, table_precision=16, width=640, height=480, channels=4,
+              coder_id=CODER_TWO_CONTEXT_RANGE, table_precision=24, width=640, height=480, channels=4,
               bit_depth=16, flags=FLAG_ALPHA | FLAG_FROM_16BIT, latent_h=30, latent_w=40, stages=2)
 RGBA_FILE = pack(Container(RGBA, bytes.fromhex("deadbeef01020304"), bytes.fromhex("aabbccdd")))
 RGB = dataclasses.replace(RGBA, channels=3, bit_depth=8, flags=FLAG_FROM_PALETTE)
@@ -41,8 +42,8 @@ GOLDEN_HEX = (
     "0201"  # 6 model_id 0x0102
     "05"  # 8 quality
     "0011223344556677"  # 9 weights_id
-    "01"  # 17 coder_id
-    "10"  # 18 table_precision 16
+    "03"  # 17 coder_id: fixed
+    "18"  # 18 table_precision 24: fixed
     "80020000"  # 19 width 640
     "e0010000"  # 23 height 480
     "04"  # 27 channels
@@ -54,7 +55,7 @@ GOLDEN_HEX = (
     "04000000"  # 38 alpha_len
     "deadbeef01020304"  # 42 payload
     "aabbccdd"  # 50 alpha
-    "4f629295"  # 54 CRC32 of bytes 0..53
+    "1efba33f"  # 54 CRC32 of bytes 0..53
 )
 
 
@@ -84,8 +85,8 @@ def containers(draw: st.DrawFn) -> Container:
     width = draw(st.integers(1, MAX_SIDE))
     header = Header(
         model_id=draw(st.integers(0, 0xFFFF)), quality=draw(st.integers(1, 255)),
-        weights_id=draw(st.binary(min_size=8, max_size=8)), coder_id=CODER_CONSTRICTION_RANGE,
-        table_precision=draw(st.integers(1, 32)), width=width,
+        weights_id=draw(st.binary(min_size=8, max_size=8)), coder_id=CODER_TWO_CONTEXT_RANGE,
+        table_precision=24, width=width,
         height=draw(st.integers(1, min(MAX_SIDE, MAX_PIXELS // width))), channels=channels,
         bit_depth=draw(st.sampled_from([8, 16])),
         flags=(FLAG_ALPHA if alpha else 0) | draw(st.sampled_from([0, FLAG_FROM_16BIT, FLAG_FROM_PALETTE, 6])),
@@ -117,11 +118,14 @@ def test_arbitrary_bytes_raise_only_bitstream_errors(data: bytes) -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.binary(min_size=29, max_size=29))
 def test_arbitrary_header_fields_behind_a_valid_crc(fields: bytes) -> None:
-    """Bytes 5..33 (all but magic, version and lengths), resealed: parsed as written, or refused as corrupt."""
+    """Bytes 5..33 (all but magic, version and lengths), resealed: parsed as written, refused as
+    corrupt, or (a development build's coder id) refused as such."""
     body = RGBA_FILE[:5] + fields + RGBA_FILE[34:-TRAILER_SIZE]
     data = body + struct.pack("<I", zlib.crc32(body))
     try:
         container = unpack(data)
+    except UnsupportedVersionError as error:
+        assert data[17] in DEVELOPMENT_CODERS and "development build" in str(error)
     except CorruptBitstreamError as error:
         assert str(error).startswith("invalid header: ")
     else:
@@ -129,7 +133,8 @@ def test_arbitrary_header_fields_behind_a_valid_crc(fields: bytes) -> None:
 
 
 def test_golden_layout() -> None:
-    """Any change here changes every file on disk: bump the format version with it."""
+    """Any change here changes every file on disk: bump the format version with it (and keep
+    decoding the versions tagged releases wrote)."""
     assert RGBA_FILE.hex() == GOLDEN_HEX
     assert int.from_bytes(RGBA_FILE[-4:], "little") == zlib.crc32(RGBA_FILE[:-4])
     assert unpack(bytes.fromhex(GOLDEN_HEX)) == Container(RGBA, bytes.fromhex("deadbeef01020304"),
@@ -176,18 +181,18 @@ def test_version_is_checked_before_length_and_crc() -> None:
     _refused(bytes(newer), UnsupportedVersionError, "format version 3")
 
 
-RESIDUAL = bytes.fromhex("0180000102030405")
-V2_FILE = pack(Container(RGBA, bytes.fromhex("deadbeef01020304"), bytes.fromhex("aabbccdd"), RESIDUAL))
+LAYER = bytes.fromhex("0380000102030405")  # the container does not look inside the DCT layer
+V2_FILE = pack(Container(RGBA, bytes.fromhex("deadbeef01020304"), bytes.fromhex("aabbccdd"), LAYER))
 
 
-def test_a_residual_layer_makes_a_version_2_file_with_one_more_length() -> None:
+def test_a_dct_layer_makes_a_version_2_file_with_one_more_length() -> None:
     assert V2_FILE[4] == 2 and RGBA_FILE[4] == 1
-    assert len(V2_FILE) == HEADER_SIZE_V2 + 8 + 4 + len(RESIDUAL) + TRAILER_SIZE
-    assert V2_FILE[HEADER_SIZE:HEADER_SIZE_V2] == len(RESIDUAL).to_bytes(4, "little")
+    assert len(V2_FILE) == HEADER_SIZE_V2 + 8 + 4 + len(LAYER) + TRAILER_SIZE
+    assert V2_FILE[HEADER_SIZE:HEADER_SIZE_V2] == len(LAYER).to_bytes(4, "little")
     # Everything else is version 1's layout: the same fields, then the sections in order.
     assert V2_FILE[5:HEADER_SIZE] == RGBA_FILE[5:HEADER_SIZE]
-    assert V2_FILE[HEADER_SIZE_V2:-TRAILER_SIZE] == RGBA_FILE[HEADER_SIZE:-TRAILER_SIZE] + RESIDUAL
-    assert unpack(V2_FILE) == Container(RGBA, bytes.fromhex("deadbeef01020304"), bytes.fromhex("aabbccdd"), RESIDUAL)
+    assert V2_FILE[HEADER_SIZE_V2:-TRAILER_SIZE] == RGBA_FILE[HEADER_SIZE:-TRAILER_SIZE] + LAYER
+    assert unpack(V2_FILE) == Container(RGBA, bytes.fromhex("deadbeef01020304"), bytes.fromhex("aabbccdd"), LAYER)
     assert peek_header(V2_FILE) == RGBA
 
 
@@ -242,7 +247,9 @@ FIELD_REFUSALS = [
     ("rgba", {"flags": 0xFF}, "unknown flag bits 0xf8"),
     ("rgba", {"coder_id": 0}, "unknown entropy coder id 0"),
     ("rgba", {"coder_id": 4}, "unknown entropy coder id 4"),
+    ("rgba", {"coder_id": 255}, "unknown entropy coder id 255"),
     ("rgba", {"table_precision": 0}, "table precision of 0 bits"),
+    ("rgba", {"table_precision": 16}, "table precision of 16 bits; this format's is 24"),
     ("rgba", {"table_precision": 33}, "table precision of 33 bits"),
     ("rgba", {"channels": 0}, "0 channels"),
     ("rgba", {"channels": 5}, "5 channels"),
@@ -299,6 +306,8 @@ def test_giant_declared_length_is_refused_without_allocating() -> None:
 
 PACK_REFUSALS = [
     ({"weights_id": b"short"}, "weights_id"),
+    ({"coder_id": 1}, "unknown entropy coder id 1"),
+    ({"table_precision": 16}, "table precision of 16 bits"),
     ({"model_id": 0x10000}, "model_id"),
     ({"width": -1}, "width"),
     ({"stages": 256}, "stages"),
@@ -324,3 +333,82 @@ def test_pack_refuses_invalid_headers(change: dict[str, object], match: str) -> 
 def test_pack_refuses_inconsistent_lengths(payload: bytes, alpha: bytes, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         pack(Container(RGBA, payload, alpha))
+
+
+# --- files of development builds, and weights the format cannot use -------------------------
+
+
+@pytest.mark.parametrize("coder", DEVELOPMENT_CODERS)
+def test_a_development_builds_coder_is_refused_as_such(coder: int) -> None:
+    """Entropy coders 1 and 2 were written only by builds before the first release: their
+    files are sound, so the refusal says what they are and what to do, not "damaged"."""
+    for data in (_edit(RGBA_FILE, coder_id=coder), V2_FILE[:17] + bytes([coder]) + V2_FILE[18:-4]):
+        if len(data) != len(RGBA_FILE):
+            data += zlib.crc32(data).to_bytes(4, "little")
+        _refused(data, UnsupportedVersionError,
+                 f"made by a development build of diveq-codec before the first release (entropy coder {coder}); "
+                 f"encode the image again")
+
+
+def _real_file(parrots_path, quality: int = 2) -> bytes:
+    from PIL import Image
+
+    from diveq_codec.codec.pipeline import encode
+
+    return encode(Image.open(parrots_path).convert("RGB").crop((0, 0, 48, 40)), quality=quality, device="cpu")
+
+
+def _decode_exit(tmp_path, capsys: pytest.CaptureFixture[str], data: bytes) -> tuple[int, str]:
+    """The CLI's exit code and stderr for decoding ``data``."""
+    from diveq_codec.codec.cli.app import run_app
+
+    path = tmp_path / "in.dvq"
+    path.write_bytes(data)
+    code = run_app(["decode", str(path), str(tmp_path / "out.png"), "--device", "cpu", "--force"])
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("coder", DEVELOPMENT_CODERS)
+def test_a_real_file_of_a_development_coder_exits_3(parrots_path, tmp_path, capsys, coder: int) -> None:
+    import fuzzing
+
+    data = _real_file(parrots_path)
+    assert data[17] == CODER_TWO_CONTEXT_RANGE
+    code, err = _decode_exit(tmp_path, capsys, fuzzing.fix_crc(fuzzing.set_field(data, "coder_id", coder)))
+    assert code == 3 and f"development build of diveq-codec before the first release (entropy coder {coder})" in err
+    assert err.count("\n") == 1
+
+
+def test_weights_without_second_context_tables_are_a_weights_error(parrots_path, tmp_path, capsys,
+                                                                    weights_copy) -> None:
+    """Weights exported before the format's coder existed lack its second-context tables:
+    neither encode nor decode can use them (exit 4), rather than writing or reading
+    something else."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from diveq_codec.codec import zoo
+    from diveq_codec.codec.errors import WeightsError
+    from diveq_codec.models.weights_file import file_sha256
+
+    data = _real_file(parrots_path)
+    card_path = next(weights_copy.glob("*.json"))
+    card = json.loads(card_path.read_text())
+    file = weights_copy / card["file"]
+    with safe_open(str(file), framework="pt") as fh:
+        metadata, tensors = fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}
+    del tensors[zoo.SECOND_ENTROPY_TENSOR]
+    save_file(tensors, str(file), metadata=metadata)
+    card["sha256"] = file_sha256(file)
+    card_path.write_text(json.dumps(card))
+    zoo.clear_model_cache()
+    with pytest.raises(WeightsError, match="second-context"):
+        _real_file(parrots_path)
+    # The file names the original weights: give it the new id so that only the tables differ.
+    renamed = bytes.fromhex(card["sha256"])[:8]
+    import fuzzing
+
+    code, err = _decode_exit(tmp_path, capsys, fuzzing.fix_crc(fuzzing.set_field(data, "weights_id", renamed)))
+    assert code == 4 and "second-context" in err

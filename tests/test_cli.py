@@ -138,9 +138,9 @@ def test_unwritable_output(tmp_path: Path, parrots_path: Path) -> None:
 def test_missing_weights_exit_code(tmp_path: Path, encoded: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from diveq_codec.codec import zoo
     monkeypatch.setenv(zoo.WEIGHTS_DIR_ENV, str(tmp_path / "empty"))
-    zoo._load.cache_clear()
+    zoo.clear_model_cache()
     assert run("decode", str(encoded), str(tmp_path / "o.png")).exit_code == 4
-    zoo._load.cache_clear()
+    zoo.clear_model_cache()
 
 
 def test_bad_quality_and_usage(tmp_path: Path, parrots_path: Path) -> None:

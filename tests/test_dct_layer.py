@@ -1,4 +1,5 @@
-"""The DCT layer (codec/dct_layer.py) on its own, and inside .dvq files."""
+"""The DCT layer (codec/dct_layer.py, dct_layer_coding.py, dct_transform.py) on its own, and
+inside .dvq files."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diveq_codec.codec import container, dct_layer
-from diveq_codec.codec.errors import BitstreamError, CorruptBitstreamError
+from diveq_codec.codec import container, dct_layer, dct_layer_coding, dct_transform
+from diveq_codec.codec.errors import BitstreamError, CorruptBitstreamError, UnsupportedVersionError
 from diveq_codec.codec.image_io import read_image
 from diveq_codec.codec.metrics import psnr
 from diveq_codec.codec.pipeline import (
@@ -59,14 +60,12 @@ def _expected(source: np.ndarray, base: np.ndarray, step: float,
     return np.clip(np.rint(base + restored), 0, 255).astype(np.uint8)
 
 
-@pytest.mark.parametrize("transform", sorted(dct_layer._GROUPINGS))
 @pytest.mark.parametrize(("step", "rounding"), [(2.0, 0.5), (12.5, dct_layer.ROUNDING), (40.0, 0.1)])
 def test_the_layer_decodes_to_the_quantised_dct_of_the_difference(photo_and_base, step: float,
-                                                                  rounding: float, transform: int) -> None:
-    """Every transform id decodes (files of the earlier ones are in the world), to the same pixels."""
+                                                                  rounding: float) -> None:
     source, base = photo_and_base
-    layer = dct_layer.encode(source, base, step, rounding, transform, rd_weight=0.0)
-    assert layer[0] == transform
+    layer = dct_layer.encode(source, base, step, rounding, rd_weight=0.0)
+    assert layer[0] == dct_layer.WRITTEN_TRANSFORM and int.from_bytes(layer[1:3], "little") == step * 16
     decoded = dct_layer.decode(layer, base)
     expected = _expected(source, base, step, rounding)
     # The same quotients on both sides; the float transforms may round a pixel on a .5 tie differently.
@@ -96,32 +95,13 @@ def test_finer_steps_cost_more_bits_and_give_more_db(photo_and_base) -> None:
     assert psnr(source, base) < gains[0] < gains[1] < gains[2]
 
 
-def test_each_transform_codes_the_same_quotients_in_fewer_bytes_than_the_one_before(photo_and_base) -> None:
-    """Transform 2's neighbour contexts and predicted table indices beat transform 1, and
-    transform 3's empty-group flags (what the encoder writes) beat transform 2."""
-    source, base = photo_and_base
-    assert dct_layer.WRITTEN_TRANSFORM == dct_layer.TRANSFORM_DCT8_EMPTY_FLAGS
-    for step in (80.0, 40.0, 12.0, 3.0):
-        layers = [dct_layer.encode(source, base, step, transform=transform, rd_weight=0.0)
-                  for transform in sorted(dct_layer._GROUPINGS)]
-        assert [len(layer) for layer in layers] == sorted({len(layer) for layer in layers}, reverse=True)
-        decoded = dct_layer.decode(layers[0], base)
-        assert all(np.array_equal(dct_layer.decode(layer, base), decoded) for layer in layers[1:])
-
-
 def test_a_layer_of_empty_groups_is_a_few_bytes_and_decodes_to_the_base() -> None:
-    """Where the residual quantises to nothing, transform 3 sends one cheap flag a group."""
+    """Where the difference quantises to nothing, the layer sends one cheap flag a group."""
     rng = np.random.default_rng(3)
     base = rng.integers(0, 256, (512, 768, 3), dtype=np.uint8)
     layer = dct_layer.encode(base, base, 16.0)
     assert len(layer) < 64
     assert np.array_equal(dct_layer.decode(layer, base), base)
-
-
-def test_encode_refuses_an_unknown_transform(photo_and_base) -> None:
-    source, base = photo_and_base
-    with pytest.raises(ValueError, match="transform"):
-        dct_layer.encode(source, base, 8.0, transform=max(dct_layer._GROUPINGS) + 1)
 
 
 def test_the_shipped_quantiser_beats_nearest_rounding_at_equal_rate(photo_and_base) -> None:
@@ -142,11 +122,10 @@ def test_the_shipped_quantiser_beats_nearest_rounding_at_equal_rate(photo_and_ba
 
 def test_the_rate_distortion_pass_only_moves_quotients_one_towards_zero(photo_and_base) -> None:
     source, base = photo_and_base
-    grid = dct_layer._block_grid(*source.shape[:2])
-    grouping = dct_layer._GROUPINGS[dct_layer.WRITTEN_TRANSFORM]
-    before, lowering_costs = dct_layer._quotients(source, base, 6.0, 0.5)
+    grid = dct_transform.block_grid(*source.shape[:2])
+    before, lowering_costs = dct_transform.quantise(source, base, 6.0, 0.5)
     after = before.copy()
-    dct_layer._lower_where_cheaper(after, lowering_costs, grid, grouping, 1.0)
+    dct_layer.lower_where_cheaper(after, lowering_costs, grid, 1.0)
     moved = after != before
     assert moved.any() and np.all(np.abs(after[moved]) == np.abs(before[moved]) - 1)
     assert np.all(np.sign(after[moved]) * np.sign(before[moved]) >= 0)
@@ -191,8 +170,8 @@ def test_gray_planes_and_one_pixel_images() -> None:
 def test_the_level_tables_are_the_same_integers_everywhere() -> None:
     """The decoder depends on these exact integers: a change in how they are built (or a
     platform that rounded differently) would make every file undecodable."""
-    tables = np.stack([dct_layer._level_frequencies(j) for j in range(dct_layer.NUM_LEVELS)])
-    assert tables.shape == (64, dct_layer.ALPHABET) and tables.min() >= 1
+    tables = np.stack([dct_layer_coding.level_frequencies(j) for j in range(dct_layer_coding.NUM_LEVELS)])
+    assert tables.shape == (64, dct_layer_coding.ALPHABET) and tables.min() >= 1
     assert hashlib.sha256(tables.astype("<i8").tobytes()).hexdigest()[:16] == "d686470d0556de78"
 
 
@@ -210,14 +189,15 @@ def _damaged(layer: bytes) -> dict[str, bytes]:
     return {
         "empty": b"",
         "header only": layer[:3],
-        "unknown transform": bytes([max(dct_layer._GROUPINGS) + 1]) + layer[1:],
+        "unknown transform": bytes([dct_layer.WRITTEN_TRANSFORM + 1]) + layer[1:],
+        "transform 0": bytes([0]) + layer[1:],
         "step below the smallest": layer[:1] + (3).to_bytes(2, "little") + layer[3:],
         "not whole words": layer + b"\x00",
         "garbage": layer[:3] + bytes(range(256)) * 2,
     }
 
 
-@pytest.mark.parametrize("case", list(_damaged(b"\x01\x40\x00" + b"\x00" * 8)))
+@pytest.mark.parametrize("case", list(_damaged(b"\x03\x40\x00" + b"\x00" * 8)))
 def test_a_damaged_layer_is_one_error(photo_and_base, case: str) -> None:
     source, base = photo_and_base
     layer = _damaged(dct_layer.encode(source, base, 8.0))[case]
@@ -225,10 +205,18 @@ def test_a_damaged_layer_is_one_error(photo_and_base, case: str) -> None:
         dct_layer.decode(layer, base)
 
 
-def test_a_tiny_layer_cannot_declare_a_huge_image() -> None:
+@pytest.mark.parametrize("transform", dct_layer.DEVELOPMENT_TRANSFORMS)
+def test_a_development_builds_transform_is_refused_as_such(transform: int) -> None:
+    """Transforms 1 and 2 were written only by builds before the first release: refused
+    (exit 3) with what they are and what to do, before any decoding."""
     base = np.zeros((8000, 8000, 3), dtype=np.uint8)
-    with pytest.raises(CorruptBitstreamError, match="too short"):
-        dct_layer.decode(b"\x01\x40\x00" + b"\x00" * 64, base)
+    layer = bytes([transform]) + b"\x40\x00" + b"\x00" * 64
+    message = (f"made by a development build of diveq-codec before the first release (DCT-layer transform "
+               f"{transform}); encode the image again")
+    for read in (dct_layer.read_layer_header, lambda data: dct_layer.decode(data, base)):
+        with pytest.raises(UnsupportedVersionError) as info:
+            read(layer)
+        assert str(info.value) == message and info.value.exit_code == 3
 
 
 # --- inside .dvq files -------------------------------------------------------------------
@@ -238,7 +226,7 @@ def _layer_quality() -> int:
     return next(p.quality for p in rate_points() if p.layer_step is not None)
 
 
-def test_the_shipped_zoo_has_residual_points_above_the_network_points() -> None:
+def test_the_shipped_zoo_has_layer_points_above_the_network_points() -> None:
     """Qualities climb in bpp: the network's points first, then the layer's ever finer steps
     on one base (its stages; each point has its own λ), so that a higher quality never
     writes a coarser file."""
@@ -254,7 +242,7 @@ def test_the_shipped_zoo_has_residual_points_above_the_network_points() -> None:
     assert None not in measured and measured == sorted(measured)
 
 
-def test_a_residual_rate_point_writes_a_version_2_file_that_decodes_better(parrots_path: Path) -> None:
+def test_a_layer_rate_point_writes_a_version_2_file_that_decodes_better(parrots_path: Path) -> None:
     quality = _layer_quality()
     base_quality = resolve_quality(quality)
     report = encode_with_report(parrots_path, quality=quality, device="cpu")
@@ -270,7 +258,7 @@ def test_a_residual_rate_point_writes_a_version_2_file_that_decodes_better(parro
     assert np.array_equal(np.asarray(decode(report.data, "cpu")), np.asarray(report.decoded))
 
 
-def test_a_gray_image_with_alpha_at_a_residual_point(tmp_path: Path, parrots_path: Path) -> None:
+def test_a_gray_image_with_alpha_at_a_layer_point(tmp_path: Path, parrots_path: Path) -> None:
     gray = Image.open(parrots_path).convert("L").crop((0, 0, 77, 53))
     alpha = Image.fromarray(np.tile(np.arange(77, dtype=np.uint8) * 3, (53, 1)), "L")
     image = Image.merge("LA", (gray, alpha))
@@ -282,7 +270,7 @@ def test_a_gray_image_with_alpha_at_a_residual_point(tmp_path: Path, parrots_pat
 
 
 @pytest.mark.parametrize("step", ["fine", 0.1, 1.03, -4, float("inf"), float("nan")])
-def test_a_card_with_a_bad_residual_step_is_refused(weights_copy: Path, step: object) -> None:
+def test_a_card_with_a_bad_layer_step_is_refused(weights_copy: Path, step: object) -> None:
     from diveq_codec.codec.errors import WeightsError
 
     card_path = next(weights_copy.glob("*.json"))
@@ -345,3 +333,24 @@ def test_damaged_layers_behind_a_valid_crc_decode_or_fail_in_one_line(parrots_pa
             assert "\n" not in str(exc)
             outcomes.add("refused")
     assert outcomes == {"decoded", "refused"}
+
+
+@pytest.mark.parametrize("transform", dct_layer.DEVELOPMENT_TRANSFORMS)
+def test_a_file_with_a_development_builds_layer_exits_3(parrots_path: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str], transform: int) -> None:
+    """A real layered file whose layer says transform 1 or 2 (CRC fixed, as a development
+    build would have written it): the CLI refuses it in one line with exit 3."""
+    import fuzzing
+
+    from diveq_codec.codec.cli.app import run_app
+
+    image = Image.open(parrots_path).convert("RGB").crop((0, 0, 40, 24))
+    data = encode(image, quality=_layer_quality(), device="cpu")
+    start = fuzzing.regions(data)["layer"][0]
+    assert data[start] == dct_layer.WRITTEN_TRANSFORM
+    path = tmp_path / "old.dvq"
+    path.write_bytes(fuzzing.fix_crc(data[:start] + bytes([transform]) + data[start + 1:]))
+    code = run_app(["decode", str(path), str(tmp_path / "out.png"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 3 and f"development build of diveq-codec before the first release (DCT-layer transform " \
+                          f"{transform}); encode the image again" in err and err.count("\n") == 1

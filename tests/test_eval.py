@@ -1,30 +1,39 @@
-"""Evaluation: BD-rate, MS-SSIM, PSNR/bpp, the anchors, and `eval`/`bench` end to end.
+"""Evaluation's parts one by one: BD-rate, MS-SSIM, PSNR/bpp, the anchors, the curves and
+reports, the per-image CSV, the folder's meta, the plot and the optional-package check.
 
-The end-to-end runs use a tiny randomly initialised model exported with codec.export into
-a temp folder, so they test the eval machinery, not how good any trained model is.
+tests/test_evaluation_cli.py runs `eval` and `bench` end to end.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import math
-from collections.abc import Callable
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import typer
 from PIL import Image
-from typer.testing import CliRunner, Result
 
+from diveq_codec.codec.errors import OutputError
 from diveq_codec.codec.evaluation.anchors import ANCHORS, measure, resolve_anchors
 from diveq_codec.codec.evaluation.bdrate import bd_rate, why_not
-from diveq_codec.codec.evaluation.runner import (CSV_FIELDS, Curve, load_published, matched_markdown, matched_rate_rows, parse_qualities,
-                            summarize)
-from diveq_codec.codec.metrics import bits_per_pixel, psnr
+from diveq_codec.codec.evaluation.curves import Curve, load_published, results_json, summarize
+from diveq_codec.codec.evaluation.dependencies import missing_eval_packages, missing_message
+from diveq_codec.codec.evaluation.eval_meta import META_NAME, check_meta, read_meta
 from diveq_codec.codec.evaluation.msssim import MIN_SIDE, ms_ssim, ms_ssim_db
+from diveq_codec.codec.evaluation.plot import plot_rd
+from diveq_codec.codec.evaluation.report import (
+    anchor_checks,
+    bd_markdown,
+    bd_table,
+    matched_markdown,
+    matched_rate_rows,
+)
+from diveq_codec.codec.evaluation.results_csv import CSV_FIELDS, ResultsCSV, locked
+from diveq_codec.codec.evaluation.runner import list_images, parse_qualities
+from diveq_codec.codec.metrics import bits_per_pixel, psnr
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "samples"
@@ -201,6 +210,17 @@ def test_parse_qualities() -> None:
         parse_qualities("1,x")
 
 
+def test_list_images_filters_sorts_and_limits(tmp_path: Path) -> None:
+    for name in ("b.png", "a.JPG", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    assert [p.name for p in list_images(tmp_path)] == ["a.JPG", "b.png"]
+    assert [p.name for p in list_images(tmp_path, limit=1)] == ["a.JPG"]
+    (tmp_path / "a.JPG").unlink()
+    (tmp_path / "b.png").unlink()
+    with pytest.raises(Exception, match="no images"):
+        list_images(tmp_path)
+
+
 def test_summarize_averages_per_image_and_needs_every_image() -> None:
     rows = [{"codec": "c", "quality": 1, "image": im, "bpp": b, "psnr_rgb": p, "ms_ssim_rgb": 0.9,
              "encode_s": 0.1, "decode_s": 0.2} for im, b, p in (("a", 0.2, 30.0), ("b", 0.4, 20.0))]
@@ -222,75 +242,6 @@ def test_load_published_schemas(tmp_path: Path) -> None:
     assert len(notes) == 1 and "junk.json" in notes[0]
 
 
-# --------------------------------------------------------------------------- end to end
-
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory: pytest.TempPathFactory):
-    """A tiny random model with 2 rate points, exported the real way, made the zoo."""
-    from diveq_codec.codec.release import export
-    from diveq_codec.codec import zoo
-    from diveq_codec.models.autoencoder import VQAutoencoder
-    from diveq_codec.models.config import ModelConfig
-
-    root = tmp_path_factory.mktemp("tiny")
-    torch.manual_seed(0)
-    config = ModelConfig(channels=16, latent_dim=8, downsamplings=2, num_stages=2, num_codes=16)
-    model = VQAutoencoder(config)
-    checkpoint = root / "checkpoint.pt"
-    torch.save({"config": config.to_dict(), "model": model.state_dict(), "step": 0, "elapsed_s": 1.0,
-                "images_seen": 0}, checkpoint)
-    out = root / "weights"
-    assert export.main([str(checkpoint), "--name", "tiny", "--model-id", "9", "--data", str(SAMPLES),
-                        "--table-images", "2", "--max-side", "256", "--out", str(out)]) == 0
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(zoo.WEIGHTS_DIR_ENV, str(out))
-        yield out
-    zoo._load.cache_clear()
-
-
-def _app() -> typer.Typer:
-    from diveq_codec.codec.cli.evaluation_commands import bench_command, eval_command
-
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    app.command("eval")(eval_command)
-    app.command("bench")(bench_command)
-    return app
-
-
-def _csv_rows(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-@pytest.fixture(scope="module")
-def eval_run(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory):
-    out = tmp_path_factory.mktemp("eval") / "out"
-    args = ["eval", str(SAMPLES), "-q", "1,2", "--anchors", "jpeg", "--device", "cpu", "-o", str(out)]
-    result = CliRunner().invoke(_app(), args)
-    assert result.exit_code == 0, result.output
-    return out, args, result
-
-
-def test_eval_writes_compressai_schema(eval_run) -> None:
-    out, _, result = eval_run
-    for name, points in (("diveq.json", 2), ("jpeg.json", len(ANCHORS["jpeg"].qualities))):
-        data = json.loads((out / name).read_text())
-        assert isinstance(data["name"], str) and isinstance(data["description"], str)
-        results = data["results"]
-        assert set(results) == {"bpp", "psnr-rgb", "ms-ssim-rgb", "encoding_time", "decoding_time"}
-        assert all(len(v) == points for v in results.values())
-        assert results["bpp"] == sorted(results["bpp"])
-        assert all(0 < v < 1 for v in results["ms-ssim-rgb"])  # both samples are ≥ 161 px
-    assert (out / "rd.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    table = json.loads((out / "bd_rate.json").read_text())
-    assert [r["reference"] for r in table["rows"]] == ["JPEG"]
-    assert table["rows"][0]["bd_rate_percent"] is None  # 2 rate points: no cubic fit
-    assert "| JPEG | measured here | n/a |" in result.stdout
-    assert (out / "bd_rate.md").read_text() in result.stdout
-    matched = (out / "matched_bpp.md").read_text()
-    assert "### JPEG" in matched and "| PSNR DiVeQ | PSNR JPEG |" in matched
-
-
 def test_matched_rate_rows_interpolate_in_log_bpp_without_extrapolating() -> None:
     ours = Curve("diveq", "DiVeQ", "ours", [0.1, 0.4, 2.0], [25.0, 30.0, 40.0], [0.9, 0.95, 0.99])
     reference = Curve("jpeg", "JPEG", "local", [0.8, 0.2], [30.0, 24.0], [0.97, 0.9])
@@ -304,138 +255,119 @@ def test_matched_rate_rows_interpolate_in_log_bpp_without_extrapolating() -> Non
     assert "| 0.4000 | 30.00 | 27.00 | +3.00 |" in table
 
 
-def test_eval_csv_rows(eval_run) -> None:
-    out, _, _ = eval_run
-    rows = _csv_rows(out / "per_image.csv")
-    assert list(rows[0]) == CSV_FIELDS
-    assert len(rows) == 2 * (2 + len(ANCHORS["jpeg"].qualities))
-    sizes = {"parrots.png": (256, 192), "lighthouse.png": (161, 241)}
-    for r in rows:
-        assert (int(r["width"]), int(r["height"])) == sizes[r["image"]]
-        assert float(r["bpp"]) == pytest.approx(int(r["bytes"]) * 8 / (int(r["width"]) * int(r["height"])))
-        assert float(r["encode_s"]) > 0 and float(r["decode_s"]) > 0 and math.isfinite(float(r["psnr_rgb"]))
-    ours = json.loads((out / "diveq.json").read_text())["results"]
-    mine = sorted((r for r in rows if r["codec"] == "diveq"), key=lambda r: (r["quality"], r["image"]))
-    first = [float(r["psnr_rgb"]) for r in mine if r["quality"] == mine[0]["quality"]]
-    assert np.mean(first) in [pytest.approx(v) for v in ours["psnr-rgb"]]
+# --------------------------------------------------------------------------- curves and reports
+
+def test_results_json_is_compressai_schema_with_nan_as_null() -> None:
+    summary = {"quality": [1], "bpp": [0.2], "psnr-rgb": [30.0], "ms-ssim-rgb": [math.nan],
+               "encoding_time": [0.1], "decoding_time": [0.2]}
+    data = results_json("X", "desc", summary, {"images": 2})
+    assert data["results"]["ms-ssim-rgb"] == [None] and data["meta"] == {"quality": [1], "images": 2}
+    json.dumps(data, allow_nan=False)  # valid JSON: no NaN left
 
 
-def test_eval_resumes_without_new_rows(eval_run) -> None:
-    out, args, _ = eval_run
-    before = (out / "per_image.csv").read_bytes()
-    result = CliRunner().invoke(_app(), args)
-    assert result.exit_code == 0, result.output
-    assert (out / "per_image.csv").read_bytes() == before
-    assert "0 measurements made" in result.stderr
+def _synthetic_curve(key: str, kind: str, rate_factor: float = 1.0, psnr_shift: float = 0.0) -> Curve:
+    rate, quality = _synthetic()
+    return Curve(key, key.upper(), kind, list(rate * rate_factor), list(quality + psnr_shift), None, f"{key}.json")
 
 
-def test_eval_repairs_a_torn_row_and_remeasures_it(eval_run) -> None:
-    out, args, _ = eval_run
-    path = out / "per_image.csv"
-    rows = _csv_rows(path)
-    text = path.read_text().splitlines(keepends=True)
-    path.write_text("".join(text[:-1]) + text[-1][:12])  # the last row cut off mid-write
-    result = CliRunner().invoke(_app(), args)
-    assert result.exit_code == 0, result.output
-    assert "1 measurements made" in result.stderr
-    assert len(_csv_rows(path)) == len(rows)
+def test_bd_table_values_notes_and_markdown() -> None:
+    ours = _synthetic_curve("diveq", "ours", 0.8)
+    rows = bd_table(ours, [_synthetic_curve("jpeg", "local"), _synthetic_curve("far", "published", psnr_shift=20)])
+    assert rows[0]["bd_rate_percent"] == pytest.approx(-20.0, abs=1e-6) and rows[0]["note"] is None
+    assert rows[0]["psnr_overlap_db"] == [26.0, 38.0]
+    assert rows[1]["bd_rate_percent"] is None and "do not overlap" in rows[1]["note"]
+    table = bd_markdown("DiVeQ", rows)
+    assert "| JPEG | measured here | -20.0 % | 26.00–38.00 |" in table
+    assert "| FAR | published (far.json) | n/a | none |" in table
 
 
-def _rerun_with_meta(eval_run, change: Callable[[dict], None]) -> Result:
-    """Re-run the eval over its folder after ``change`` edited the saved meta, then restore it."""
-    out, args, _ = eval_run
-    meta_path = out / "eval_meta.json"
-    original = meta_path.read_text()
-    meta = json.loads(original)
-    change(meta)
-    meta_path.write_text(json.dumps(meta))
-    try:
-        return CliRunner().invoke(_app(), args)
-    finally:
-        meta_path.write_text(original)
+def test_anchor_checks_compare_curves_of_the_same_name_only() -> None:
+    mine = _synthetic_curve("jpeg", "local")
+    same = Curve("pub:jpeg", "jpeg", "published", mine.bpp, [p - 0.5 for p in mine.psnr], None, "jpeg.json")
+    other = Curve("pub:webp", "WEBP", "published", mine.bpp, mine.psnr, None, "webp.json")
+    checks = anchor_checks([mine], [same, other])
+    assert len(checks) == 1 and checks[0]["published"] == "jpeg.json"
+    assert checks[0]["mean_gap_db"] == pytest.approx(0.5) and checks[0]["points"] == len(mine.bpp)
 
 
-@pytest.mark.parametrize("zoo_change", ["same id, other weights", "another model id"])
-def test_eval_refuses_results_of_other_weights(eval_run, zoo_change: str) -> None:
-    """Rows made by another zoo are never reused: not when a model's weights changed, and
-    not when a new model (new id) serves the same qualities as the old one did."""
-    def change(meta: dict) -> None:
-        if zoo_change == "same id, other weights":
-            meta["weights"] = {k: "00" * 8 for k in meta["weights"]}
-        else:
-            meta["weights"] = {str(int(k) + 100): v for k, v in meta["weights"].items()}
-
-    result = _rerun_with_meta(eval_run, change)
-    assert result.exit_code == 6 and "other weights" in result.stderr
+def test_plot_rd_writes_a_png(tmp_path: Path) -> None:
+    ours = Curve("diveq", "DiVeQ", "ours", [0.1, 0.3], [28.0, 31.0], [0.9, 0.95])
+    copies = [Curve("a", "JPEG", "published", [0.2, 0.5], [27.0, 30.0]),  # the same curve twice: drawn once
+              Curve("b", "jpeg", "published", [0.2, 0.5], [27.0, 30.0], [0.9, 0.96])]
+    empty = Curve("c", "Empty", "local", [math.nan], [math.nan])
+    plot_rd(tmp_path / "rd.png", [*copies, empty, ours], "title")
+    with Image.open(tmp_path / "rd.png") as image:
+        assert image.format == "PNG" and image.size == (1760, 770)
 
 
-@pytest.mark.parametrize("setting", ["rate_weight", "stages"])
-def test_eval_refuses_results_of_a_quality_encoded_otherwise(eval_run, setting: str) -> None:
-    """The same weights give other files when the card gives a quality another λ or other
-    stages: those rows are not reused."""
-    def change(meta: dict) -> None:
-        meta["rate_points"]["2"][setting] += 1
+# --------------------------------------------------------------------------- the eval folder's files
 
-    result = _rerun_with_meta(eval_run, change)
-    assert result.exit_code == 6 and "quality 2 encoded otherwise" in result.stderr
+def _row(quality: int, image: str) -> dict:
+    return {"codec": "jpeg", "quality": quality, "image": image, "width": 4, "height": 4, "bytes": 10,
+            "bpp": 5.0, "psnr_rgb": 30.0, "ms_ssim_rgb": math.nan, "encode_s": 0.1, "decode_s": 0.1}
 
 
-@pytest.mark.parametrize(("effort", "recorded"), [("2", "'beam': 4"), ("3", "'refine_steps': 10")])
-def test_eval_refuses_to_mix_encoder_efforts_in_one_folder(eval_run, effort: str, recorded: str) -> None:
-    """Efforts 2 and 3 write other files of the same weights: a folder of effort 1's rows is refused."""
-    _, args, _ = eval_run
-    result = CliRunner().invoke(_app(), [*args, "--effort", effort])
-    assert result.exit_code == 6 and "encoded otherwise" in result.stderr and recorded in result.stderr
+def test_results_csv_appends_and_repairs_a_torn_or_bad_row(tmp_path: Path) -> None:
+    path = tmp_path / "per_image.csv"
+    table = ResultsCSV(path)
+    assert path.read_text() == ",".join(CSV_FIELDS) + "\n"
+    for quality in (1, 2, 3):
+        table.append(_row(quality, "a.png"))
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text(lines[0] + lines[1].replace(",4,4,", ",four,4,") + lines[2] + lines[3][:9])  # bad, good, torn
+    again = ResultsCSV(path)
+    assert again.done == {("jpeg", 2, "a.png")}
+    assert math.isnan(again.rows[0]["ms_ssim_rgb"])
+    assert path.read_text() == lines[0] + lines[2]  # rewritten without the bad and the torn row
 
 
-@pytest.mark.parametrize("coder", [None, 1])
-def test_eval_refuses_results_of_another_entropy_coder(eval_run, coder: int | None) -> None:
-    """The same indices cost other bytes under another coder: rows of coder 1 (named, or
-    from before the meta named the coder) are not mixed with this version's."""
-    def change(meta: dict) -> None:
-        assert meta.pop("coder") == 3
-        if coder is not None:
-            meta["coder"] = coder
-
-    result = _rerun_with_meta(eval_run, change)
-    assert result.exit_code == 6 and "entropy coder 1" in result.stderr
+def test_results_csv_refuses_a_file_of_other_columns(tmp_path: Path) -> None:
+    path = tmp_path / "per_image.csv"
+    path.write_text("codec,quality\njpeg,1\n")
+    with pytest.raises(OutputError, match="not an eval CSV"):
+        ResultsCSV(path)
 
 
-def test_eval_refuses_a_second_concurrent_run(eval_run) -> None:
-    import fcntl
-
-    out, args, _ = eval_run
-    with (out / ".eval.lock").open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running eval holds it
-        result = CliRunner().invoke(_app(), args)
-    assert result.exit_code == 6 and "another eval" in result.stderr
-
-
-def test_eval_usage_errors(tiny_weights: Path, tmp_path: Path) -> None:
-    app = _app()
-    missing = CliRunner().invoke(app, ["eval", str(tmp_path / "nope"), "-o", str(tmp_path / "o")])
-    assert missing.exit_code == 5 and "no such directory" in missing.stderr
-    bad_anchor = CliRunner().invoke(app, ["eval", str(SAMPLES), "--anchors", "gif", "-o", str(tmp_path / "o")])
-    assert bad_anchor.exit_code == 2
-    bad_q = CliRunner().invoke(app, ["eval", str(SAMPLES), "-q", "1,x", "-o", str(tmp_path / "o")])
-    assert bad_q.exit_code == 2
-    bad_effort = CliRunner().invoke(app, ["eval", str(SAMPLES), "--effort", "4", "-o", str(tmp_path / "e")])
-    assert bad_effort.exit_code == 2 and "effort" in bad_effort.stderr and not (tmp_path / "e").exists()
+def test_one_eval_per_folder(tmp_path: Path) -> None:
+    with locked(tmp_path):
+        with pytest.raises(OutputError, match="another eval"):
+            with locked(tmp_path):
+                pass
+    with locked(tmp_path):  # released
+        pass
 
 
-def test_bench_json(tiny_weights: Path, tmp_path: Path) -> None:
-    result = CliRunner().invoke(_app(), ["bench", str(SAMPLES / "parrots.png"), "-q", "1", "--runs", "1",
-                                         "--device", "cpu", "--json"])
-    assert result.exit_code == 0, result.output
-    report = json.loads(result.stdout)
-    assert [c["codec"] for c in report["codecs"]][:2] == ["DiVeQ", "JPEG"]
-    for c in report["codecs"]:
-        assert c["encode_s"] > 0 and c["decode_s"] > 0
-        assert c["bpp"] == pytest.approx(c["bytes"] * 8 / (256 * 192))
-    assert report["peak_memory"]["max_rss_mib"] > 10
+def test_meta_of_a_folder_from_before_the_dct_layer_rename_still_matches(tmp_path: Path) -> None:
+    old_record = {"stages": 3, "rate_weight": 0.1, "residual_step": 5.0, "residual_rounding": 0.45}
+    (tmp_path / META_NAME).write_text(json.dumps({"coder": 3, "rate_points": {"18": old_record}}))
+    now = {"stages": 3, "rate_weight": 0.1, "layer_step": 5.0, "layer_rounding": 0.45}
+    assert read_meta(tmp_path)["rate_points"]["18"] == now
+    merged = check_meta(tmp_path, {"coder": 3, "weights": {}, "images": {}, "rate_points": {"18": now}})
+    assert merged["rate_points"] == {"18": now}
+    with pytest.raises(OutputError, match="quality 18 encoded otherwise"):
+        check_meta(tmp_path, {"coder": 3, "rate_points": {"18": {**now, "layer_step": 6.0}}})
 
 
-def test_bench_table(tiny_weights: Path) -> None:
-    result = CliRunner().invoke(_app(), ["bench", str(SAMPLES / "lighthouse.png"), "--runs", "1", "--device", "cpu"])
-    assert result.exit_code == 0, result.output
-    assert "DiVeQ" in result.stdout and "JPEG" in result.stdout and "peak memory" in result.stdout
+def test_meta_merges_and_refuses_other_images(tmp_path: Path) -> None:
+    assert read_meta(tmp_path) == {}
+    first = check_meta(tmp_path, {"coder": 3, "weights": {"9": "ab"}, "images": {"a.png": "1"}, "rate_points": {}})
+    (tmp_path / META_NAME).write_text(json.dumps(first))
+    merged = check_meta(tmp_path, {"coder": 3, "weights": {"9": "ab"}, "images": {"b.png": "2"}, "rate_points": {}})
+    assert merged["images"] == {"a.png": "1", "b.png": "2"}
+    with pytest.raises(OutputError, match="other image a.png"):
+        check_meta(tmp_path, {"coder": 3, "weights": {"9": "ab"}, "images": {"a.png": "3"}, "rate_points": {}})
+    (tmp_path / META_NAME).write_text("[1, 2]")
+    with pytest.raises(OutputError, match="unreadable"):
+        read_meta(tmp_path)
+
+
+# --------------------------------------------------------------------------- optional packages
+
+def test_missing_eval_packages_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert missing_eval_packages() == []  # the test extra installs the eval extra
+    monkeypatch.setitem(sys.modules, "bjontegaard", None)  # as Python marks a module that cannot be imported
+    monkeypatch.setitem(sys.modules, "scipy", None)
+    assert missing_eval_packages() == ["scipy", "bjontegaard"]
+    assert missing_message("eval", ["matplotlib"]) == "eval needs matplotlib: pip install 'diveq-codec[eval]'"
+    assert missing_message("eval", ["scipy", "matplotlib", "bjontegaard"]) == (
+        "eval needs scipy, matplotlib and bjontegaard: pip install 'diveq-codec[eval]'")

@@ -173,8 +173,8 @@ def test_cell_groups_cover_each_cell_once_and_save_cells() -> None:
     assert sorted(c for group in groups for c in group) == sorted(set(cells))
     for group in groups:
         assert len({(y // tiling.GROUP_BLOCK, x // tiling.GROUP_BLOCK) for y, x in group}) == 1
-    together = sum(tiling._tile_cells(group, margin, grid_h, grid_w) for group in groups)
-    apart = sum(tiling._tile_cells([c], margin, grid_h, grid_w) for c in set(cells))
+    together = sum(tiling.tile_cells(group, margin, grid_h, grid_w) for group in groups)
+    apart = sum(tiling.tile_cells([c], margin, grid_h, grid_w) for c in set(cells))
     assert together < apart
 
 

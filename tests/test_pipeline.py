@@ -225,7 +225,7 @@ def test_a_model_without_second_tables_writes_coder_2_and_refuses_coder_3(parrot
     save_file(tensors, str(file), metadata=metadata)
     card["sha256"] = zoo.file_sha256(file)
     card_path.write_text(json.dumps(card))
-    zoo._load.cache_clear()
+    zoo.clear_model_cache()
     data = encode(parrots_path, quality=3)
     parsed = container.unpack(data)
     assert parsed.header.coder_id == container.CODER_ADAPTIVE_RANGE

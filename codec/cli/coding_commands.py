@@ -13,7 +13,7 @@ import typer
 from diveq_codec.codec.cli.batch import Job, Reporter, jobs_into_folder, run_jobs
 from diveq_codec.codec.cli.common import check_json_target, guarded, json_out, say
 from diveq_codec.codec.cli.options import EFFORT_HELP, Device
-from diveq_codec.codec.cli.progress import Progress
+from diveq_codec.codec.cli.progress import Progress, StageProgress
 from diveq_codec.codec.errors import UsageError
 from diveq_codec.codec.output_formats import DEFAULT_JPEG_QUALITY, OutputFormat
 
@@ -41,8 +41,12 @@ def _run(jobs: list[Job], batch: bool, work: Any, workers: int, label: str, json
             raise typer.Exit(code)
         return
     check_json_target(json_flag, jobs[0].output)
-    with Progress(1, label, quiet=True) as hidden:
-        line, summary = work(jobs[0], Reporter(hidden, json_flag, quiet))
+    from diveq_codec.models.progress import listening
+
+    # One file shows the network's own progress (tiles of a large image, effort 3's steps).
+    with Progress(1, label, quiet=True) as hidden, StageProgress(f"{label} {jobs[0].input}", quiet) as stages:
+        with listening(stages):
+            line, summary = work(jobs[0], Reporter(hidden, json_flag, quiet))
     if json_flag:
         json_out(summary)
     else:

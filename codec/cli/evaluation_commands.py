@@ -6,17 +6,50 @@ here imports torch or the evaluation engine until a command runs, so ``--help`` 
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import statistics
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import typer
 
 from diveq_codec.codec.cli.common import EXIT_USAGE, PROG, fail, guarded, json_out, note, say
 from diveq_codec.codec.cli.options import EFFORT_HELP, Device
+
+
+class _EvalConsole:
+    """Where eval's engine reports: notes (none with --quiet) on lines of their own above the
+    progress bar, the bar itself (codec/cli/progress.py: on a terminal only)."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self._bar: Any = None  # the Progress while measuring
+
+    def note(self, text: str) -> None:
+        if self.quiet:
+            return
+        if self._bar is not None:
+            self._bar.print_line(f"{PROG}: note: {text}")
+        else:
+            note(text)
+
+    def say(self, text: str) -> None:
+        say(f"{PROG}: {text}")
+
+    @contextlib.contextmanager
+    def progress(self, total: int) -> Iterator[Any]:
+        from diveq_codec.codec.cli.progress import Progress
+
+        with Progress(total, "eval", quiet=self.quiet) as bar:
+            self._bar = bar
+            try:
+                yield bar
+            finally:
+                self._bar = None
 
 
 def eval_command(
@@ -49,22 +82,20 @@ def eval_command(
         fail(EXIT_USAGE, missing_message("eval", missing))
 
     def run() -> None:
-        from diveq_codec.codec.cli.progress import Progress
         from diveq_codec.codec.evaluation.anchors import resolve_anchors
         from diveq_codec.codec.evaluation.report import bd_markdown
         from diveq_codec.codec.evaluation.runner import OURS_NAME, EvalOptions, parse_qualities, run_eval
         from diveq_codec.codec.pipeline import effort_settings
 
         effort_settings(effort)  # an unknown effort is refused before the results folder is made
-        show_note = (lambda text: None) if quiet else note
+        console = _EvalConsole(quiet)
         chosen, notes = resolve_anchors(anchors)
         for text in notes:
-            show_note(text)
+            console.note(text)
         opts = EvalOptions(data_dir=directory, out_dir=output, qualities=parse_qualities(quality), anchors=chosen,
                            published_dir=published, device=device.value, limit=limit, effort=effort)
         started = time.monotonic()
-        result = run_eval(opts, note=show_note, say=lambda text: say(f"{PROG}: {text}"),
-                          progress=lambda total: Progress(total, "eval", quiet=quiet))
+        result = run_eval(opts, note=console.note, say=console.say, progress=console.progress)
         typer.echo(bd_markdown(OURS_NAME, result.bd_rows), nl=False)
         for check in result.anchor_checks:
             say(f"{PROG}: check: {check['local']} measured here vs published {check['published']}: "
@@ -110,6 +141,7 @@ def bench_command(
         import torch
         from PIL import Image
 
+        from diveq_codec.codec.cards import resolve_quality
         from diveq_codec.codec.evaluation.anchors import ANCHORS, decode_bytes
         from diveq_codec.codec.file_io import read_input
         from diveq_codec.codec.image_io import read_image
@@ -120,7 +152,6 @@ def bench_command(
             encode_source,
             resolve_device,
         )
-        from diveq_codec.codec.zoo import resolve_quality
 
         dev = resolve_device(device.value)
         point = resolve_quality(quality)

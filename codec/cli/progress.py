@@ -68,3 +68,40 @@ class Progress:
         if self.shown:
             self.stream.write("\r" + " " * 80 + "\r")  # leave the terminal clean for the result lines
             self.stream.flush()
+
+
+class StageProgress:
+    """One file's long work as it goes: ``label stage [###...] done/total``, redrawn in place.
+
+    Called by the network's loops (diveq_codec.models.progress) with (stage, done, total);
+    silent unless stderr is a terminal and not ``--quiet``.
+    """
+
+    WIDTH = 24
+    MIN_INTERVAL_S = 0.2
+
+    def __init__(self, label: str, quiet: bool = False, stream: TextIO | None = None) -> None:
+        self.label = label
+        self.stream = stream if stream is not None else sys.stderr
+        self.shown = not quiet and (stream is not None or stderr_is_terminal())
+        self.drawn = False
+        self._last_draw = 0.0
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if not self.shown or (done < total and now - self._last_draw < self.MIN_INTERVAL_S):
+            return
+        self._last_draw = now
+        filled = self.WIDTH * done // max(total, 1)
+        line = f"\r{self.label}: {stage} [{'#' * filled}{'.' * (self.WIDTH - filled)}] {done}/{total}"
+        self.stream.write(line[:200].ljust(80))
+        self.stream.flush()
+        self.drawn = True
+
+    def __enter__(self) -> StageProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.drawn:
+            self.stream.write("\r" + " " * 80 + "\r")
+            self.stream.flush()

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, features
 
-from diveq_codec.codec.metrics import bits_per_pixel, psnr
 from diveq_codec.codec.evaluation.msssim import ms_ssim
+from diveq_codec.codec.metrics import bits_per_pixel, psnr
 
 
 @dataclass(frozen=True)

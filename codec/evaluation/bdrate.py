@@ -41,8 +41,8 @@ def _clean(rate: Sequence[float], psnr: Sequence[float]) -> tuple[np.ndarray, np
 def why_not(rate_ref: Sequence[float], psnr_ref: Sequence[float],
             rate_test: Sequence[float], psnr_test: Sequence[float]) -> str | None:
     """Why a BD-rate cannot be computed for these curves, or None when it can."""
-    r0, p0 = _clean(rate_ref, psnr_ref)
-    r1, p1 = _clean(rate_test, psnr_test)
+    _, p0 = _clean(rate_ref, psnr_ref)
+    _, p1 = _clean(rate_test, psnr_test)
     for label, p in (("reference", p0), ("test", p1)):
         if np.unique(p).size < MIN_POINTS:
             return f"{label} curve has {np.unique(p).size} usable points (a cubic fit needs {MIN_POINTS})"
@@ -75,7 +75,7 @@ def bd_rate(rate_ref: Sequence[float], psnr_ref: Sequence[float],
         return math.nan
     r0, p0 = _clean(rate_ref, psnr_ref)
     r1, p1 = _clean(rate_test, psnr_test)
-    import bjontegaard  # imported late: it pulls in scipy and matplotlib
+    import bjontegaard  # the eval extra's; imported late: it pulls in scipy and matplotlib
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # partial-overlap and polyfit conditioning notes

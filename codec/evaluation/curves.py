@@ -39,13 +39,11 @@ def summarize(rows: Iterable[dict[str, Any]], codec: str, images: Sequence[str])
         if len(per_image) != len(wanted):
             continue
         rs = list(per_image.values())
-
-        def mean(key: str) -> float:
-            return float(np.mean([r[key] for r in rs]))
-
-        points.append({"quality": quality, "bpp": mean("bpp"), "psnr-rgb": mean("psnr_rgb"),
-                       "ms-ssim-rgb": mean("ms_ssim_rgb"), "encoding_time": mean("encode_s"),
-                       "decoding_time": mean("decode_s")})
+        means = {column: float(np.mean([r[column] for r in rs]))
+                 for column in ("bpp", "psnr_rgb", "ms_ssim_rgb", "encode_s", "decode_s")}
+        points.append({"quality": quality, "bpp": means["bpp"], "psnr-rgb": means["psnr_rgb"],
+                       "ms-ssim-rgb": means["ms_ssim_rgb"], "encoding_time": means["encode_s"],
+                       "decoding_time": means["decode_s"]})
     if not points:
         return None
     points.sort(key=lambda p: (p["bpp"], p["quality"]))

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from diveq_codec.codec import container, dct_layer
+from diveq_codec.codec.cards import RatePoint
 from diveq_codec.codec.errors import OutputError
 
 META_NAME = "eval_meta.json"
@@ -29,8 +30,8 @@ def layer_record(step: float | None) -> dict[str, float]:
             "layer_rounding": dct_layer.ROUNDING, "layer_rd_weight": dct_layer.RD_WEIGHT}
 
 
-def rate_point_record(point: Any, searched: dict[str, int]) -> dict[str, Any]:
-    """How a rate point (codec.zoo.RatePoint) is encoded: stages, λ, the encoder effort's
+def rate_point_record(point: RatePoint, searched: dict[str, int]) -> dict[str, Any]:
+    """How a rate point is encoded: stages, λ, the encoder effort's
     search settings and the DCT layer's."""
     return {"stages": point.stages, "rate_weight": point.rate_weight, **searched, **layer_record(point.layer_step)}
 

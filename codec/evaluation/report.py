@@ -37,8 +37,8 @@ def bd_document(test_name: str, rows: list[dict[str, Any]], anchor_checks: list[
 
 
 def bd_markdown(test_name: str, rows: Sequence[dict[str, Any]]) -> str:
-    lines = [f"BD-rate of {test_name} against each reference (PSNR-RGB; Bjøntegaard cubic fit over the "
-             "shared PSNR range; negative = fewer bits for the same PSNR)", "",
+    lines = [(f"BD-rate of {test_name} against each reference (PSNR-RGB; Bjøntegaard cubic fit over the "
+              "shared PSNR range; negative = fewer bits for the same PSNR)"), "",
              "| reference | source | BD-rate | PSNR overlap (dB) |", "| --- | --- | ---: | --- |"]
     for r in rows:
         value = f"{r['bd_rate_percent']:+.1f} %" if r["bd_rate_percent"] is not None else "n/a"
@@ -120,12 +120,12 @@ def matched_markdown(test_name: str, ours: Curve, references: Sequence[Curve]) -
     def cell(value: float | None, signed: bool = False) -> str:
         return "n/a" if value is None else (f"{value:+.2f}" if signed else f"{value:.2f}")
 
-    lines = [f"{test_name} against each codec measured here, at {test_name}'s own rate points (the other "
-             "curve interpolated linearly in log bpp, never extrapolated); MS-SSIM as -10·log10(1 − MS-SSIM)"]
+    lines = [(f"{test_name} against each codec measured here, at {test_name}'s own rate points (the other "
+              "curve interpolated linearly in log bpp, never extrapolated); MS-SSIM as -10·log10(1 − MS-SSIM)")]
     for ref in references:
         lines += ["", f"### {ref.name}", "",
-                  f"| bpp | PSNR {test_name} | PSNR {ref.name} | Δ dB | MS-SSIM dB {test_name} | "
-                  f"MS-SSIM dB {ref.name} | Δ dB |", "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                  (f"| bpp | PSNR {test_name} | PSNR {ref.name} | Δ dB | MS-SSIM dB {test_name} | "
+                   f"MS-SSIM dB {ref.name} | Δ dB |"), "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         rows = matched_rate_rows(ours, ref)
         if not rows:
             lines.append("| no rate point of ours inside its bpp range | | | | | | |")

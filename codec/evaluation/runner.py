@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from diveq_codec.codec.cards import RatePoint
 from diveq_codec.codec.errors import InputError, OutputError
 from diveq_codec.codec.evaluation.anchors import Anchor, measure, measure_decoded
 from diveq_codec.codec.evaluation.curves import Curve, load_published, results_json, summarize
@@ -145,7 +146,7 @@ class _Plan:
 
     opts: EvalOptions
     device: str
-    points: list[Any]  # codec.zoo.RatePoint, by quality
+    points: list[RatePoint]  # by quality
     images: dict[str, Path]  # by name relative to the data folder
     published: list[Curve]
 
@@ -162,8 +163,8 @@ def run_eval(opts: EvalOptions, note: Callable[[str], None] | None = None, say: 
     ``note`` gets notes (files skipped, images converted), ``say`` the resume hint when
     interrupted, ``progress`` the number of measurements to make; all silent by default.
     """
+    from diveq_codec.codec.cards import rate_points, resolve_quality
     from diveq_codec.codec.pipeline import resolve_device
-    from diveq_codec.codec.zoo import rate_points, resolve_quality
 
     note, say, progress = note or _ignore, say or _ignore, progress or _no_progress
     device = resolve_device(opts.device)

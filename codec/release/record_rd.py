@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="the command that produced the results, recorded in the card")
     args = p.parse_args(argv)
     if args.weights is None:
-        from diveq_codec.codec.zoo import weights_dir
+        from diveq_codec.codec.cards import weights_dir
 
         args.weights = weights_dir()
 
