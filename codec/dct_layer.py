@@ -12,7 +12,7 @@ it decodes to its own base planes and rounds.
 Layout of the layer (the container's last section, codec/container.py; docs/format.md):
 
      0 transform  u8   fixed: WRITTEN_TRANSFORM
-     1 step       u16  the quantiser's step, in 1/16 of an 8-bit level (≥ MIN_STEP_SIXTEENTHS)
+     1 step       u16  the quantiser's step, in 1/16 of an 8-bit level (≥ MIN_LAYER_STEP_SIXTEENTHS)
      3 words           the range-coded symbols, little-endian u32 words
 """
 
@@ -25,16 +25,22 @@ import numpy as np
 from constriction import stream
 
 from diveq_codec.codec.container import development_build_error
-from diveq_codec.codec.dct_layer_coding import MAX_DIRECT, channel_tables, decode_channel, encode_channel, level_code_lengths
+from diveq_codec.codec.dct_layer_coding import (
+    MAX_DIRECT,
+    channel_tables,
+    decode_channel,
+    encode_channel,
+    level_code_lengths,
+)
 from diveq_codec.codec.dct_transform import COEFFICIENTS, block_grid, quantise, reconstruct
 from diveq_codec.codec.errors import CorruptBitstreamError
 from diveq_codec.codec.index_coder import coder_errors
+from diveq_codec.codec.limits import MIN_LAYER_STEP_SIXTEENTHS, layer_step_is_valid
 
 # The layer's first byte has one allowed value. Development builds before the first release
 # wrote 1 and 2 (other groupings of the quotients): refused as such (exit 3).
 WRITTEN_TRANSFORM = 3
 DEVELOPMENT_TRANSFORMS = (1, 2)
-MIN_STEP_SIXTEENTHS = 4  # a step of 0.25: every coefficient's quotient then fits the escape code
 # The encoder's quantiser, its own choice (the decoder reconstructs q · step whatever it was):
 # a quotient starts as sign(c) · floor(|c| / step + ROUNDING), a dead zone a little wider
 # than nearest rounding's, and then lower_where_cheaper moves it one towards zero where the
@@ -50,12 +56,6 @@ ROUNDING = 0.45
 RD_WEIGHT = 1.0
 
 _LAYER_HEADER = struct.Struct("<BH")
-
-
-def step_is_valid(step: float) -> bool:
-    """Whether a step can be written: a whole number of sixteenths, from MIN_STEP_SIXTEENTHS to u16."""
-    sixteenths = step * 16
-    return math.isfinite(sixteenths) and sixteenths == int(sixteenths) and MIN_STEP_SIXTEENTHS <= sixteenths < 1 << 16
 
 
 def lower_where_cheaper(quotients: np.ndarray, lowering_costs: np.ndarray, grid: tuple[int, int],
@@ -95,9 +95,9 @@ def encode(source: np.ndarray, base: np.ndarray, step: float, rounding: float = 
         raise ValueError(f"source {source.dtype} {source.shape} and base {base.dtype} {base.shape} differ")
     if source.ndim not in (2, 3) or (source.ndim == 3 and source.shape[2] != 3):
         raise ValueError(f"planes must be (H, W) or (H, W, 3), got {source.shape}")
-    if not step_is_valid(step):
+    if not layer_step_is_valid(step):
         raise ValueError(f"layer step {step} is not a whole number of sixteenths from "
-                         f"{MIN_STEP_SIXTEENTHS / 16} up")
+                         f"{MIN_LAYER_STEP_SIXTEENTHS / 16} up")
     if not 0.0 <= rounding <= 0.5:
         raise ValueError(f"rounding {rounding} is outside [0, 0.5]")
     if not 0.0 <= rd_weight < math.inf:
@@ -124,9 +124,9 @@ def read_layer_header(layer: bytes) -> float:
         raise development_build_error(f"DCT-layer transform {transform}")
     if transform != WRITTEN_TRANSFORM:
         raise CorruptBitstreamError(f"DCT layer declares transform {transform}; the format's is {WRITTEN_TRANSFORM}")
-    if sixteenths < MIN_STEP_SIXTEENTHS:
+    if sixteenths < MIN_LAYER_STEP_SIXTEENTHS:
         raise CorruptBitstreamError(f"DCT layer declares a step of {sixteenths}/16, below the "
-                                    f"smallest, {MIN_STEP_SIXTEENTHS}/16")
+                                    f"smallest, {MIN_LAYER_STEP_SIXTEENTHS}/16")
     return sixteenths / 16
 
 

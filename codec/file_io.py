@@ -4,7 +4,7 @@ Reading is bounded (MAX_FILE_BYTES) so a huge or endless input cannot exhaust me
 Writing is atomic: the data goes to a temporary file in the target's directory, is fsynced,
 and only then renamed over the target, so a crash, a kill or a full disk leaves either the old
 file or the complete new one, never a partial one. The only possible debris of a kill is the
-hidden temporary file ".NAME.XXXXXXXX.tmp" beside the target.
+hidden temporary file ".NAME.XXXXXXXX.tmp" beside the target (NAME cut to 24 characters).
 """
 
 from __future__ import annotations
@@ -31,8 +31,13 @@ def read_input(path: str) -> bytes:
     MAX_FILE_BYTES + 1 so that pipes, devices and files growing meanwhile are bounded too.
     """
     if path == STDIO:
+        stream = getattr(sys.stdin, "buffer", None)
+        if stream is None:  # started with stdin closed (`<&-`)
+            raise InputError("cannot read standard input: it is closed")
+        if _is_terminal(stream):
+            raise InputError("standard input is a terminal; pipe an image in or give a file name")
         try:
-            data = sys.stdin.buffer.read(MAX_FILE_BYTES + 1)
+            data = stream.read(MAX_FILE_BYTES + 1)
         except OSError as exc:
             raise InputError(f"cannot read standard input: {exc.strerror or exc}") from None
         if len(data) > MAX_FILE_BYTES:
@@ -57,6 +62,13 @@ def read_input(path: str) -> bytes:
     if len(data) > MAX_FILE_BYTES:
         raise InputError(f"cannot read {path}: it exceeds the {_LIMIT_TEXT}")
     return data
+
+
+def _is_terminal(stream: object) -> bool:
+    try:
+        return bool(stream.isatty())  # type: ignore[attr-defined]
+    except (AttributeError, ValueError, OSError):
+        return False
 
 
 def _is_same_file(a: str, b: str) -> bool:
@@ -150,9 +162,12 @@ def write_output(path: str, data: bytes, force: bool) -> None:
     On any failure the temporary file is removed and an existing target is left untouched.
     """
     if path == STDIO:
+        stream = getattr(sys.stdout, "buffer", None)
+        if stream is None:  # started with stdout closed (`>&-`)
+            raise OutputError("cannot write to standard output: it is closed")
         try:
-            sys.stdout.buffer.write(data)
-            sys.stdout.buffer.flush()
+            stream.write(data)
+            stream.flush()
         except OSError as exc:
             raise OutputError(f"cannot write to standard output: {exc.strerror or exc}") from None
         return
@@ -161,7 +176,8 @@ def write_output(path: str, data: bytes, force: bool) -> None:
     target = os.path.abspath(path)
     directory, name = os.path.split(target)
     try:
-        fd, temp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+        # A short temporary name: the target's own may already be at the file system's limit.
+        fd, temp = tempfile.mkstemp(prefix=f".{name[:24]}.", suffix=".tmp", dir=directory)
     except OSError as exc:
         raise _output_error(path, exc) from None
     try:

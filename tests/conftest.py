@@ -27,11 +27,11 @@ def lighthouse_path() -> Path:
 @pytest.fixture
 def weights_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A private copy of weights/ that a test may damage; the codec is pointed at it."""
-    from diveq_codec.codec import zoo
+    from diveq_codec.codec import cards, zoo
 
     target = tmp_path / "weights"
     shutil.copytree(zoo.weights_dir(), target, ignore=shutil.ignore_patterns("__pycache__", "*.py"))
-    monkeypatch.setenv(zoo.WEIGHTS_DIR_ENV, str(target))
+    monkeypatch.setenv(cards.WEIGHTS_DIR_ENV, str(target))
     zoo.clear_model_cache()
     yield target
     zoo.clear_model_cache()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -136,8 +137,8 @@ def test_unwritable_output(tmp_path: Path, parrots_path: Path) -> None:
 
 
 def test_missing_weights_exit_code(tmp_path: Path, encoded: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from diveq_codec.codec import zoo
-    monkeypatch.setenv(zoo.WEIGHTS_DIR_ENV, str(tmp_path / "empty"))
+    from diveq_codec.codec import cards, zoo
+    monkeypatch.setenv(cards.WEIGHTS_DIR_ENV, str(tmp_path / "empty"))
     zoo.clear_model_cache()
     assert run("decode", str(encoded), str(tmp_path / "o.png")).exit_code == 4
     zoo.clear_model_cache()
@@ -166,3 +167,59 @@ def test_higher_efforts_write_other_files_that_any_decoder_reads(tmp_path: Path,
         assert result.exit_code == 0 and json.loads(result.stdout)["psnr"] == pytest.approx(report["psnr"], abs=0.01)
     result = run("encode", str(parrots_path), str(tmp_path / "4.dvq"), "--effort", "4")
     assert result.exit_code == 2 and "effort" in result.output and not (tmp_path / "4.dvq").exists()
+
+
+def test_reference_of_another_size_still_writes_the_image_and_warns(tmp_path: Path, encoded: Path,
+                                                                    lighthouse_path: Path) -> None:
+    out = tmp_path / "o.png"
+    result = run("decode", str(encoded), str(out), "--reference", str(lighthouse_path))
+    assert result.exit_code == 0
+    assert out.exists() and "warning: reference" in result.stderr and "no PSNR" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["o.png", "o.webp", "o.tiff", "o.bmp"])
+def test_decode_writes_the_format_its_extension_names_exactly(tmp_path: Path, encoded: Path, name: str) -> None:
+    assert run("decode", str(encoded), str(tmp_path / "ref.png")).exit_code == 0
+    result = run("decode", str(encoded), str(tmp_path / name))
+    assert result.exit_code == 0, result.output
+    written = Image.open(tmp_path / name)
+    assert written.format == {"o.png": "PNG", "o.webp": "WEBP", "o.tiff": "TIFF", "o.bmp": "BMP"}[name]
+    np.testing.assert_array_equal(np.asarray(written), np.asarray(Image.open(tmp_path / "ref.png")))
+
+
+def test_jpeg_output_says_it_is_lossy_and_stdout_takes_format(tmp_path: Path, encoded: Path) -> None:
+    result = run("decode", str(encoded), str(tmp_path / "o.jpg"), "--jpeg-quality", "80")
+    assert result.exit_code == 0 and "JPEG is lossy" in result.stderr
+    piped = run("decode", str(encoded), "-", "--format", "webp")
+    assert piped.exit_code == 0 and piped.stdout_bytes[8:12] == b"WEBP"
+    assert run("decode", str(encoded), "-").stdout_bytes[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_batch_reports_every_file_goes_on_past_a_failure_and_never_overwrites(
+        tmp_path: Path, parrots_path: Path, lighthouse_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "lighthouse.dvq").write_bytes(b"precious")
+    missing = tmp_path / "missing.png"
+    result = run("encode", str(parrots_path), str(missing), str(lighthouse_path), "--out-dir", str(out),
+                 "-q", "1", "--jobs", "2", "--json")
+    assert result.exit_code == 5  # the first input that failed: missing.png
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert sorted(line["input"] for line in lines) == sorted([str(parrots_path), str(missing), str(lighthouse_path)])
+    by_input = {line["input"]: line for line in lines}
+    assert by_input[str(missing)]["exit_code"] == 5 and by_input[str(lighthouse_path)]["exit_code"] == 6
+    assert (out / "lighthouse.dvq").read_bytes() == b"precious"
+    assert by_input[str(parrots_path)]["bytes"] == (out / "parrots.dvq").stat().st_size
+    decoded = run("decode", str(out / "parrots.dvq"), "--out-dir", str(out), "--format", "tiff")
+    assert decoded.exit_code == 0 and Image.open(out / "parrots.tiff").size == (256, 192)
+
+
+def test_pillow_opens_dvq_files_after_importing_the_plugin(encoded: Path, tmp_path: Path) -> None:
+    import diveq_codec.codec.pillow_plugin  # noqa: F401  (registers the format)
+
+    assert run("decode", str(encoded), str(tmp_path / "ref.png")).exit_code == 0
+    with Image.open(encoded) as image:
+        assert image.format == "DVQ" and image.size == (256, 192) and image.mode == "RGB"
+        np.testing.assert_array_equal(np.asarray(image), np.asarray(Image.open(tmp_path / "ref.png")))
+    with pytest.raises(OSError):
+        Image.open(io.BytesIO(encoded.read_bytes()[:30])).load()

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from diveq_codec.codec.errors import CorruptBitstreamError, InputError, OutputError
+from diveq_codec.codec.errors import CorruptBitstreamError, InputError, UsageError
 from diveq_codec.codec.image_io import (
     SourceImage,
     alpha_from_bytes,
@@ -28,6 +28,7 @@ from diveq_codec.codec.image_io import (
     restore_image,
 )
 from diveq_codec.codec.limits import MAX_PIXELS, MAX_SIDE
+from diveq_codec.codec.output_formats import format_for
 
 RNG = np.random.default_rng(1234)
 
@@ -366,26 +367,35 @@ def test_damaged_alpha_is_a_bitstream_error(damage: str) -> None:
 
 @pytest.mark.parametrize(("name", "fmt"), [
     ("out.png", "PNG"), ("OUT.JPG", "JPEG"), ("out.jpeg", "JPEG"), ("out.webp", "WEBP"), ("out.bmp", "BMP"),
-    ("out.tif", "TIFF"), ("out.tiff", "TIFF"), ("out.ppm", "PPM"), ("-", "PNG"), ("out", "PNG"), ("out.xyz", "PNG"),
+    ("out.tif", "TIFF"), ("out.tiff", "TIFF"), ("-", "PNG"),
 ])
-def test_encode_image_file_formats(name: str, fmt: str) -> None:
-    original = Image.fromarray(_noise(6, 9, 3))
-    decoded = Image.open(io.BytesIO(encode_image_file(original, name)))
+@pytest.mark.parametrize("mode", ["L", "LA", "RGB", "RGBA"])
+def test_every_output_format_is_exact_but_jpeg(name: str, fmt: str, mode: str) -> None:
+    channels = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}[mode]
+    original = Image.fromarray(_noise(6, 9, channels) if channels > 1 else _noise(6, 9), mode)
+    output = format_for(name)
+    if mode in ("LA", "RGBA") and not output.holds_alpha:  # refused, never silently dropped
+        with pytest.raises(UsageError, match="alpha"):
+            encode_image_file(original, output)
+        return
+    decoded = Image.open(io.BytesIO(encode_image_file(original, output)))
     assert decoded.format == fmt
-    if fmt != "JPEG":  # everything else is lossless (WebP is written lossless)
-        np.testing.assert_array_equal(np.asarray(decoded.convert("RGB")), np.asarray(original))
+    if output.exact:
+        np.testing.assert_array_equal(np.asarray(decoded.convert(mode)), np.asarray(original))
+        # WebP has no gray modes: gray is stored as equal RGB channels, exactly.
+        assert decoded.mode == mode or (fmt, decoded.mode, mode) in {("WEBP", "RGB", "L"), ("WEBP", "RGBA", "LA")}
 
 
-def test_encode_gray_netpbm() -> None:
-    gray = Image.fromarray(_noise(4, 4), "L")
-    assert encode_image_file(gray, "a.pgm").startswith(b"P5")
-    assert encode_image_file(gray, "a.ppm").startswith(b"P6")
-    with pytest.raises(OutputError, match="PGM"):
-        encode_image_file(gray.convert("RGB"), "a.pgm")
+def test_jpeg_quality_is_the_users() -> None:
+    original = Image.fromarray(_noise(32, 32, 3))
+    small = encode_image_file(original, format_for("a.jpg"), jpeg_quality=10)
+    large = encode_image_file(original, format_for("a.jpg"), jpeg_quality=100)
+    assert len(small) < len(large)
 
 
-@pytest.mark.parametrize(("mode", "name"), [("RGBA", "a.jpg"), ("LA", "a.jpeg"), ("RGBA", "a.ppm")])
-def test_encode_refuses_to_drop_alpha(mode: str, name: str) -> None:
-    with pytest.raises(OutputError) as caught:
-        encode_image_file(Image.new(mode, (3, 3)), name)
-    assert "\n" not in str(caught.value)
+@pytest.mark.parametrize("name", ["out.xyz", "out", "out.gif", "out.ppm"])
+def test_unknown_extensions_are_usage_errors_naming_the_supported_ones(name: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        format_for(name)
+    assert ".png" in str(caught.value) and ".webp" in str(caught.value) and "\n" not in str(caught.value)
+    assert format_for(name, "webp").name == "webp"  # --format decides whatever the name

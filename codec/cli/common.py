@@ -21,9 +21,14 @@ EXIT_INTERRUPTED = 130
 
 
 def say(message: str) -> None:
-    """A message for the user (stderr, so that stdout stays data)."""
-    sys.stderr.write(message + "\n")
-    sys.stderr.flush()
+    """A message for the user (stderr, so that stdout stays data); dropped if stderr is closed."""
+    if sys.stderr is None:
+        return
+    try:
+        sys.stderr.write(message + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):  # a closed or vanished stderr must not turn into a traceback
+        pass
 
 
 def note(message: str) -> None:
@@ -76,6 +81,10 @@ def _json_safe(value: Any) -> Any:
 
 def json_out(obj: Any) -> None:
     """One JSON document on one line of stdout."""
+    if sys.stdout is None:
+        from diveq_codec.codec.errors import OutputError
+
+        raise OutputError("cannot write to standard output: it is closed")
     sys.stdout.write(json.dumps(_json_safe(obj)) + "\n")
     sys.stdout.flush()
 
