@@ -8,7 +8,6 @@ and verifying the weights themselves is codec/zoo.py's job.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from importlib import resources
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from diveq_codec.codec.errors import WeightsError
-from diveq_codec.codec.limits import MIN_LAYER_STEP_SIXTEENTHS, layer_step_is_valid
+from diveq_codec.codec.card_schema import check_card, load_card_data
 
 WEIGHTS_DIR_ENV = "DIVEQ_WEIGHTS_DIR"
 
@@ -62,11 +61,10 @@ class Card:
 
 
 def read_card(path: Path) -> Card:
-    try:
-        data = json.loads(path.read_text())
-        return Card(data["name"], int(data["model_id"]), data["file"], data["sha256"], data)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise WeightsError(f"model card {path.name} is unreadable ({exc})") from None
+    """A card, checked field by field (codec/card_schema.py): a bad one is exit 4, one line."""
+    data = load_card_data(path)
+    check_card(path, data)
+    return Card(data["name"], data["model_id"], data["file"], data["sha256"], data)
 
 
 def list_cards() -> list[Card]:
@@ -77,24 +75,12 @@ def list_cards() -> list[Card]:
 
 
 def card_rate_points(card: Card) -> list[RatePoint]:
-    """One card's rate points, each checked (a bad one is a weights error, exit 4)."""
-    points = []
-    for rp in card.data.get("rate_points", []):
-        try:
-            step = rp.get("layer_step")
-            point = RatePoint(int(rp["quality"]), card.name, card.model_id, int(rp["stages"]),
-                              rp.get("kodak_bpp"), rp.get("kodak_psnr"), float(rp.get("rate_weight", 0.0)),
-                              None if step is None else float(step))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise WeightsError(f"model card {card.name} has an unreadable rate point ({exc!r})") from None
-        if not 0.0 <= point.rate_weight < float("inf"):  # also refuses NaN
-            raise WeightsError(f"model card {card.name}: rate_weight must be a finite number ≥ 0, "
-                               f"got {point.rate_weight}")
-        if point.layer_step is not None and not layer_step_is_valid(point.layer_step):
-            raise WeightsError(f"model card {card.name}: layer_step {point.layer_step} is not a whole "
-                               f"number of sixteenths from {MIN_LAYER_STEP_SIXTEENTHS / 16} up")
-        points.append(point)
-    return points
+    """One card's rate points."""
+    # read_card has checked every field, so the values are the right types and in range.
+    return [RatePoint(rp["quality"], card.name, card.model_id, rp["stages"], rp.get("kodak_bpp"),
+                      rp.get("kodak_psnr"), float(rp.get("rate_weight", 0.0)),
+                      None if rp.get("layer_step") is None else float(rp["layer_step"]))
+            for rp in card.data["rate_points"]]
 
 
 def _zoo_points(cards: list[Card]) -> list[RatePoint]:

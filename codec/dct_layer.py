@@ -1,7 +1,7 @@
 """The DCT layer: what the network's decoded pixels miss, coded as quantised 8×8 DCT blocks.
 
 However many residual stages it spends, the network's reconstruction stops near 32.5 dB on
-Kodak (scripts/transform_ceiling.py), where JPEG goes on to 40 dB. The rate points above
+Kodak (experiments/transform_ceiling/), where JPEG goes on to 40 dB. The rate points above
 that ceiling add this layer to a network rate point: the difference between the source and
 the network's decoded 8-bit planes is rotated to decorrelate its colours, cut into 8×8
 blocks, transformed by the orthonormal DCT (codec/dct_transform.py), quantised with one
@@ -47,7 +47,7 @@ DEVELOPMENT_TRANSFORMS = (1, 2)
 # bits its group's table saves are worth more than the squared error it adds, at RD_WEIGHT
 # times a uniform quantiser's slope. Small coefficients are the many, and each costs more bits
 # per unit of squared error it saves than a large one. Chosen on 20 training photos with
-# scripts/residual_layer_probe.py (--rounding 0.32,0.4,0.45,0.5 --rd-weight 0,1 over 20
+# experiments/dct_layer/dct_layer_probe.py (--rounding 0.32,0.4,0.45,0.5 --rd-weight 0,1 over 20
 # steps from 100 to 4.5): against a plain dead zone of 0.32 (itself +0.5 to +0.9 dB over
 # nearest rounding from 0.45 to 1.5 bpp), 0.45 with the rate–distortion pass gained +0.01 to
 # +0.06 dB at steps 100–40 and up to +0.49 dB at the finest, and was within 0.02 dB of the

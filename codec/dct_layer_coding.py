@@ -204,7 +204,8 @@ def _to_symbols(quotients: np.ndarray) -> np.ndarray:
     return symbols
 
 
-def channel_tables(quotients: np.ndarray, channel: int, grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def channel_tables(quotients: np.ndarray, channel: int,
+                   grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One channel's coefficients as the coder sees them, in raster order of blocks then
     frequency: each one's group and symbol, and each group's cheapest level."""
     groups = _group_ids(quotients, channel, grid).ravel()

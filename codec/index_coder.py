@@ -10,8 +10,8 @@ the weights file, one table per *first context*:
 - stage m > 1: the index that stage m − 1 chose at the same position.
 
 Each context's table adapts to the image as it goes, a row of latents at a time
-(``_AdaptiveTables``), and takes a second opinion from a *second context*, whose tables the
-weights file stores too (``_TwoContextTables``):
+(``AdaptiveTables``), and takes a second opinion from a *second context*, whose tables the
+weights file stores too (``TwoContextTables``):
 
 - stage 1: the index above-left;
 - stage 2: none (the first context's table alone: a second context made it worse);
@@ -49,7 +49,7 @@ def context_counts(indices: np.ndarray, width: int, alphabet: int) -> np.ndarray
     stages, _ = indices.shape
     counts = np.zeros((stages, alphabet + 1, alphabet), dtype=np.int64)
     for m in range(stages):
-        np.add.at(counts[m], (_contexts(indices, m, width, alphabet), indices[m]), 1)
+        np.add.at(counts[m], (first_contexts(indices, m, width, alphabet), indices[m]), 1)
     return counts
 
 
@@ -91,7 +91,8 @@ def _frequencies(tables: np.ndarray, stage: int) -> np.ndarray:
     return counts / counts.sum()
 
 
-def _contexts(indices: np.ndarray, stage: int, width: int, alphabet: int) -> np.ndarray:
+def first_contexts(indices: np.ndarray, stage: int, width: int, alphabet: int) -> np.ndarray:
+    """The first context of each symbol of a stage (``alphabet`` for a neighbour off the grid)."""
     if stage > 0:
         return indices[stage - 1]
     above = np.full(indices.shape[1], alphabet, dtype=np.int64)
@@ -99,7 +100,7 @@ def _contexts(indices: np.ndarray, stage: int, width: int, alphabet: int) -> np.
     return above
 
 
-def _second_contexts(indices: np.ndarray, stage: int, width: int, alphabet: int) -> np.ndarray | None:
+def second_contexts(indices: np.ndarray, stage: int, width: int, alphabet: int) -> np.ndarray | None:
     """The second context of each symbol of a stage (None for stage 2, which has none)."""
     if stage > 1:
         return indices[stage - 2]
@@ -117,7 +118,7 @@ def second_context_counts(indices: np.ndarray, width: int, alphabet: int) -> np.
     stages, _ = indices.shape
     counts = np.zeros((stages, alphabet + 1, alphabet), dtype=np.int64)
     for m in range(stages):
-        contexts = _second_contexts(indices, m, width, alphabet)
+        contexts = second_contexts(indices, m, width, alphabet)
         if contexts is not None:
             np.add.at(counts[m], (contexts, indices[m]), 1)
     return counts
@@ -128,7 +129,7 @@ _MODEL = stream.model.Categorical(perfect=False)  # probabilities given per symb
 # The weight, in symbols, of a context's training-set table against what the image has
 # already coded in that context. Chosen on training photos, never on Kodak: over 85 of
 # them, 32 / 128 / 512 saved 0.1 / 1.7 / 1.3 % of the bits at 12 stages and 8.0 / 7.5 /
-# 4.8 % at 2 (scripts/adaptive_coding_probe.py ../shared/data/train --every 8).
+# 4.8 % at 2 (with a probe since removed; docs/history.md).
 ADAPTIVE_PRIOR_WEIGHT = 128
 # Once an image has coded more than this many symbols in one context, that context's counts
 # are halved. No probability can then exceed (w·p + N)/(w + N), p the static table's largest
@@ -138,13 +139,13 @@ ADAPTIVE_PRIOR_WEIGHT = 128
 ADAPTIVE_COUNT_CAP = 2048
 
 
-class _AdaptiveTables:
+class AdaptiveTables:
     """The probability tables of one stage in one kind of context, handed out a row of
     latents at a time: each context's training-set counts C[c] blended with what earlier
     rows of this stage of this image coded in the same context, w·C[c] + T[c]·n[c]
     (T[c] = ΣC[c]). These are exact integers, which every machine turns into the same
     float32 probabilities, and a decoder knows them before each row. ``row`` and ``coded``
-    take (and ignore) second contexts, as _TwoContextTables' do, so the coding loops treat
+    take (and ignore) second contexts, as TwoContextTables' do, so the coding loops treat
     both alike.
     """
 
@@ -179,26 +180,26 @@ class _AdaptiveTables:
 
 # The second opinion scales the first context's adaptive probability of each symbol by
 # sqrt(p₂/p), p₂ its adaptive probability in the second context and p its frequency in the
-# training set (constriction renormalises). On held-out training photos
-# (scripts/second_context_probe.py) the square root (a geometric mixture of weight ½) saved
+# training set (constriction renormalises). On held-out training photos (a probe since
+# removed; docs/history.md) the square root (a geometric mixture of weight ½) saved
 # 2.4 % of stage 1's bits and 1.2–2.2 % of each later stage's but the second, where the
 # plain product cost 1.7 % at stage 1 and saved only 0.2–1.7 % later; the clip to [1/8, 8]
-# and the floor (see _TwoContextTables.row) cost under 0.01 % there, and the clip bounds
+# and the floor (see TwoContextTables.row) cost under 0.01 % there, and the clip bounds
 # how probable a symbol can get (see _max_probability).
 SECOND_OPINION_LIMIT = 8.0
-RELATIVE_FLOOR = 2.0**-14  # see _TwoContextTables.row
+RELATIVE_FLOOR = 2.0**-14  # see TwoContextTables.row
 
 
-class _TwoContextTables:
+class TwoContextTables:
     """The tables of one stage with a second context: the first context's adaptive tables,
     each probability scaled by the clipped square root of the second context's over the
     symbol's training-set frequency. The rows are handed over unnormalised: constriction
-    normalises each row itself, from its float32 values alone (as it does _AdaptiveTables'
+    normalises each row itself, from its float32 values alone (as it does AdaptiveTables'
     rows, which do not sum to exactly 1 either), the same way on both sides."""
 
     def __init__(self, tables: np.ndarray, second: np.ndarray, stage: int) -> None:
-        self.first = _AdaptiveTables(tables, stage)
-        self.second = _AdaptiveTables(second, stage)
+        self.first = AdaptiveTables(tables, stage)
+        self.second = AdaptiveTables(second, stage)
         self.frequency = _frequencies(tables, stage).astype(np.float32)
 
     def row(self, contexts: np.ndarray, second_contexts: np.ndarray | None = None) -> np.ndarray:
@@ -224,10 +225,11 @@ class _TwoContextTables:
         self.second.coded(second_contexts, symbols)
 
 
-def _stage_tables(tables: np.ndarray, second: np.ndarray, stage: int) -> _AdaptiveTables | _TwoContextTables:
+def stage_tables(tables: np.ndarray, second: np.ndarray, stage: int) -> AdaptiveTables | TwoContextTables:
+    """The probability model of one stage, fresh for an image."""
     if stage == 1:  # stage 2 has no second context
-        return _AdaptiveTables(tables, stage)
-    return _TwoContextTables(tables, second, stage)
+        return AdaptiveTables(tables, stage)
+    return TwoContextTables(tables, second, stage)
 
 
 def _max_probability(tables: np.ndarray, stage: int, width: int) -> float:
@@ -294,9 +296,9 @@ def encode_indices(indices: np.ndarray, tables: np.ndarray, width: int, *, secon
     indices = np.asarray(indices, dtype=np.int64)
     encoder = stream.queue.RangeEncoder()
     for m in range(stages):
-        contexts = _contexts(indices, m, width, alphabet)
-        seconds = _second_contexts(indices, m, width, alphabet)
-        stage = _stage_tables(tables, second, m)
+        contexts = first_contexts(indices, m, width, alphabet)
+        seconds = second_contexts(indices, m, width, alphabet)
+        stage = stage_tables(tables, second, m)
         for start in range(0, count, width):
             row, symbols = contexts[start : start + width], indices[m, start : start + width]
             row2 = seconds[start : start + width] if seconds is not None else None
@@ -347,7 +349,7 @@ def decode_indices(payload: bytes, tables: np.ndarray, stages: int, count: int, 
     spent = 0.0
     with coder_errors("entropy-coded payload"):
         for m in range(stages):
-            stage = _stage_tables(tables, second, m)
+            stage = stage_tables(tables, second, m)
             above = nothing  # stage 1's context for the top row
             for start in range(0, count, width):  # row by row: stage 1's context is the row above
                 contexts = out[m - 1, start : start + width] if m else above
@@ -369,7 +371,7 @@ def decode_indices(payload: bytes, tables: np.ndarray, stages: int, count: int, 
 
 def _decoded_second_contexts(out: np.ndarray, stage: int, start: int, width: int, above: np.ndarray,
                              nothing: np.ndarray) -> np.ndarray | None:
-    """_second_contexts of one row, from what the decoder has decoded so far: for stage 1 the
+    """second_contexts of one row, from what the decoder has decoded so far: for stage 1 the
     row above shifted right by one (nothing left of the first column)."""
     if stage == 1:
         return None

@@ -53,6 +53,23 @@ class LoadedModel:
         return RateCosts.from_lengths(self._code_lengths, weight, next(self.model.parameters()).device)
 
 
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+
+
+def _check_tensors(path: Path, expected: dict[str, torch.Tensor], stored: dict[str, torch.Tensor]) -> None:
+    """The stored tensors must be exactly the ones the config's network has, by name, shape and
+    dtype; otherwise one line naming the first difference (not PyTorch's state-dict dump)."""
+    missing, unexpected = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
+    if missing or unexpected:
+        which = f"lacks tensor {missing[0]!r}" if missing else f"has an unexpected tensor {unexpected[0]!r:.80}"
+        raise WeightsError(f"weights file {path.name} {which} for the network its config describes")
+    for name, tensor in expected.items():
+        if stored[name].shape != tensor.shape or stored[name].dtype != tensor.dtype:
+            raise WeightsError(f"weights file {path.name}: tensor {name!r} is {stored[name].dtype} "
+                               f"{tuple(stored[name].shape)}, the config's network needs {tensor.dtype} {tuple(tensor.shape)}")
+
+
 def read_weights_file(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], np.ndarray, np.ndarray | None]:
     """(config, network tensors, entropy tables, second-context tables or None) of a weights
     file, as stored: no checks."""
@@ -72,12 +89,14 @@ def _load(model_id: int, device: str, folder: str) -> LoadedModel:
         raise WeightsError(f"weights file {path.name} does not match the sha256 in its card")
     try:
         config, tensors, tables, second = read_weights_file(path)
+    except Exception as exc:  # noqa: BLE001 - any reader failure is this file's fault
+        raise WeightsError(f"weights file {path.name} cannot be read ({_first_line(exc)})") from None
+    try:
         model = VQAutoencoder(config)
-        model.load_state_dict(tensors)
-    except WeightsError:
-        raise
-    except Exception as exc:
-        raise WeightsError(f"weights file {path.name} cannot be loaded ({exc})") from None
+    except (ValueError, TypeError, RuntimeError) as exc:  # a config no network can be built from
+        raise WeightsError(f"weights file {path.name}: its config describes no valid network ({_first_line(exc)})") from None
+    _check_tensors(path, model.state_dict(), tensors)
+    model.load_state_dict(tensors)
     alphabet = model.quantizer.alphabet_sizes[0]
     for counts in (tables, second):
         if counts is not None and (counts.shape != (model.num_stages, alphabet + 1, alphabet) or (counts < 1).any()):

@@ -6,6 +6,10 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 QUANTIZERS = ("diveq", "diveq-detach", "sf-diveq", "sf-diveq-detach")
+# Bounds far beyond any model this project trains, so that a hostile config cannot ask for a
+# network of many gigabytes before its tensors are compared with it.
+BOUNDS = {"channels": (1, 1024), "latent_dim": (1, 1024), "downsamplings": (1, 6), "num_stages": (1, 64),
+          "num_codes": (2, 1 << 16), "sf_t_bits": (0, 8), "residual_blocks": (0, 16)}
 
 
 @dataclass(frozen=True)
@@ -37,4 +41,10 @@ class ModelConfig:
         config = cls(**data)
         if config.quantizer not in QUANTIZERS:
             raise ValueError(f"unknown quantizer {config.quantizer!r}; choose from {QUANTIZERS}")
+        for name, (low, high) in BOUNDS.items():
+            value = getattr(config, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ValueError(f"config {name} must be a whole number from {low} to {high}, got {value!r:.20}")
+        if isinstance(config.noise_std, bool) or not isinstance(config.noise_std, (int, float)):
+            raise ValueError(f"config noise_std must be a number, got {config.noise_std!r:.20}")
         return config

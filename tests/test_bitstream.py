@@ -4,13 +4,17 @@ development-build file (docs/format.md is the layout these tests pin down)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import struct
 import tracemalloc
 import zlib
+from pathlib import Path
 
+import fuzzing  # tests/fuzzing.py
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
 from diveq_codec.codec.container import (
     CODER_TWO_CONTEXT_RANGE, DEVELOPMENT_CODERS, FLAG_ALPHA, FLAG_FROM_16BIT, FLAG_FROM_PALETTE, HEADER_SIZE,
@@ -342,23 +346,21 @@ def test_pack_refuses_inconsistent_lengths(payload: bytes, alpha: bytes, match: 
 def test_a_development_builds_coder_is_refused_as_such(coder: int) -> None:
     """Entropy coders 1 and 2 were written only by builds before the first release: their
     files are sound, so the refusal says what they are and what to do, not "damaged"."""
-    for data in (_edit(RGBA_FILE, coder_id=coder), V2_FILE[:17] + bytes([coder]) + V2_FILE[18:-4]):
-        if len(data) != len(RGBA_FILE):
-            data += zlib.crc32(data).to_bytes(4, "little")
-        _refused(data, UnsupportedVersionError,
+    for original in (RGBA_FILE, V2_FILE):
+        body = bytearray(original[:-TRAILER_SIZE])
+        body[FIELDS["coder_id"][0]] = coder
+        _refused(bytes(body) + struct.pack("<I", zlib.crc32(body)), UnsupportedVersionError,
                  f"made by a development build of diveq-codec before the first release (entropy coder {coder}); "
                  f"encode the image again")
 
 
-def _real_file(parrots_path, quality: int = 2) -> bytes:
-    from PIL import Image
-
+def _real_file(parrots_path: Path, quality: int = 2) -> bytes:
     from diveq_codec.codec.pipeline import encode
 
     return encode(Image.open(parrots_path).convert("RGB").crop((0, 0, 48, 40)), quality=quality, device="cpu")
 
 
-def _decode_exit(tmp_path, capsys: pytest.CaptureFixture[str], data: bytes) -> tuple[int, str]:
+def _decode_exit(tmp_path: Path, capsys: pytest.CaptureFixture[str], data: bytes) -> tuple[int, str]:
     """The CLI's exit code and stderr for decoding ``data``."""
     from diveq_codec.codec.cli.app import run_app
 
@@ -369,9 +371,8 @@ def _decode_exit(tmp_path, capsys: pytest.CaptureFixture[str], data: bytes) -> t
 
 
 @pytest.mark.parametrize("coder", DEVELOPMENT_CODERS)
-def test_a_real_file_of_a_development_coder_exits_3(parrots_path, tmp_path, capsys, coder: int) -> None:
-    import fuzzing
-
+def test_a_real_file_of_a_development_coder_exits_3(parrots_path: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str], coder: int) -> None:
     data = _real_file(parrots_path)
     assert data[17] == CODER_TWO_CONTEXT_RANGE
     code, err = _decode_exit(tmp_path, capsys, fuzzing.fix_crc(fuzzing.set_field(data, "coder_id", coder)))
@@ -379,13 +380,12 @@ def test_a_real_file_of_a_development_coder_exits_3(parrots_path, tmp_path, caps
     assert err.count("\n") == 1
 
 
-def test_weights_without_second_context_tables_are_a_weights_error(parrots_path, tmp_path, capsys,
-                                                                    weights_copy) -> None:
+def test_weights_without_second_context_tables_are_a_weights_error(parrots_path: Path, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str],
+                                                                    weights_copy: Path) -> None:
     """Weights exported before the format's coder existed lack its second-context tables:
     neither encode nor decode can use them (exit 4), rather than writing or reading
     something else."""
-    import json
-
     from safetensors import safe_open
     from safetensors.torch import save_file
 
@@ -398,7 +398,7 @@ def test_weights_without_second_context_tables_are_a_weights_error(parrots_path,
     card = json.loads(card_path.read_text())
     file = weights_copy / card["file"]
     with safe_open(str(file), framework="pt") as fh:
-        metadata, tensors = fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}
+        metadata, tensors = fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
     del tensors[zoo.SECOND_ENTROPY_TENSOR]
     save_file(tensors, str(file), metadata=metadata)
     card["sha256"] = file_sha256(file)
@@ -408,7 +408,5 @@ def test_weights_without_second_context_tables_are_a_weights_error(parrots_path,
         _real_file(parrots_path)
     # The file names the original weights: give it the new id so that only the tables differ.
     renamed = bytes.fromhex(card["sha256"])[:8]
-    import fuzzing
-
     code, err = _decode_exit(tmp_path, capsys, fuzzing.fix_crc(fuzzing.set_field(data, "weights_id", renamed)))
     assert code == 4 and "second-context" in err

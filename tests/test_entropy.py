@@ -11,9 +11,9 @@ from diveq_codec.codec.errors import CorruptBitstreamError, WeightsError
 from diveq_codec.codec.index_coder import (
     ADAPTIVE_COUNT_CAP,
     ADAPTIVE_PRIOR_WEIGHT,
-    _AdaptiveTables,
-    _second_contexts,
-    _stage_tables,
+    AdaptiveTables,
+    second_contexts,
+    stage_tables,
     code_lengths,
     context_counts,
     decode_indices,
@@ -89,9 +89,9 @@ def test_only_the_adaptive_coder_remains() -> None:
 def test_second_contexts_are_above_left_none_and_two_stages_back() -> None:
     indices = np.arange(4 * 6).reshape(4, 6) % ALPHABET  # 2 rows of width 3
     off = ALPHABET
-    assert _second_contexts(indices, 0, 3, ALPHABET).tolist() == [off, off, off, off, 0, 1]
-    assert _second_contexts(indices, 1, 3, ALPHABET) is None
-    assert _second_contexts(indices, 3, 3, ALPHABET).tolist() == indices[1].tolist()
+    assert second_contexts(indices, 0, 3, ALPHABET).tolist() == [off, off, off, off, 0, 1]
+    assert second_contexts(indices, 1, 3, ALPHABET) is None
+    assert second_contexts(indices, 3, 3, ALPHABET).tolist() == indices[1].tolist()
     counts = second_context_counts(indices, 3, ALPHABET)
     assert counts[1].sum() == 0 and counts[0].sum() == counts[2].sum() == 6
     assert counts[0, off, indices[0, 0]] == 1 and counts[0, 0, indices[0, 4]] == 1
@@ -101,8 +101,8 @@ def test_two_context_rows_follow_the_clipped_square_root_formula() -> None:
     """A row: the first context's adaptive probabilities times the clipped sqrt of the second
     context's over the training-set frequency (unnormalised); stage 2 is the first context's alone."""
     rng = np.random.default_rng(5)
-    first, second = _AdaptiveTables(TABLES4, 2), _AdaptiveTables(SECOND, 2)
-    both = _stage_tables(TABLES4, SECOND, 2)
+    first, second = AdaptiveTables(TABLES4, 2), AdaptiveTables(SECOND, 2)
+    both = stage_tables(TABLES4, SECOND, 2)
     frequency = TABLES4[2].sum(axis=0) / TABLES4[2].sum()
     for _ in range(30):
         contexts, seconds = rng.integers(0, ALPHABET + 1, (2, 7))
@@ -114,7 +114,7 @@ def test_two_context_rows_follow_the_clipped_square_root_formula() -> None:
         first.coded(contexts, symbols)
         second.coded(seconds, symbols)
         both.coded(contexts, symbols, seconds)
-    assert type(_stage_tables(TABLES4, SECOND, 1)) is _AdaptiveTables
+    assert type(stage_tables(TABLES4, SECOND, 1)) is AdaptiveTables
 
 
 def test_second_context_saves_bits_where_it_predicts() -> None:
@@ -160,7 +160,7 @@ def test_adaptive_rows_follow_the_blend_formula_through_the_cap() -> None:
     """The incrementally kept blend gives, row after row, exactly w·C[c] + T[c]·n[c] over its
     row sum, also across the halvings of a context that passes ADAPTIVE_COUNT_CAP."""
     rng = np.random.default_rng(3)
-    stage = _AdaptiveTables(TABLES, 0)
+    stage = AdaptiveTables(TABLES, 0)
     seen = np.zeros_like(TABLES[0])
     counts, totals = TABLES[0], TABLES[0].sum(axis=1, keepdims=True)
     halvings = 0

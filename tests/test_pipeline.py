@@ -106,14 +106,15 @@ def test_the_default_is_the_quality_the_card_names(weights_copy: Path) -> None:
 
 
 def test_a_card_naming_a_default_it_does_not_ship_is_refused(weights_copy: Path) -> None:
-    """Falling back to another rate point would change what a plain ``encode`` writes without a word."""
+    """Falling back to another rate point would change what a plain ``encode`` writes without a
+    word; the card is refused as a whole (exit 4), like any card with a wrong field."""
     card_path = next(weights_copy.glob("*.json"))
     card = json.loads(card_path.read_text())
     card["default_quality"] = 99
     card_path.write_text(json.dumps(card))
-    with pytest.raises(WeightsError, match="default_quality 99"):
-        resolve_quality(None)
-    assert resolve_quality(1).quality == 1  # an explicit quality does not need the default
+    for quality in (None, 1):
+        with pytest.raises(WeightsError, match="default_quality: 99 is not one of its rate points"):
+            resolve_quality(quality)
 
 
 def test_more_stages_cost_more_and_look_better(parrots_path: Path, qualities: list[int]) -> None:

@@ -1,0 +1,126 @@
+"""Smoke tests of the tools outside the codec's encode/decode path: the λ chooser
+(codec/release/rate_weights.py), the probes and the quantizer study under experiments/, and
+the GPU recipe. (tests/test_architecture.py checks that they use only public names.)"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diveq_codec.codec.release import rate_weights
+from diveq_codec.codec.zoo import RatePoint, load_model, network_rate_points
+
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENT_SCRIPTS = sorted((REPO / "experiments").rglob("*.py"))
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture
+def repo_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The experiments package is imported from the repository root, as `python -m` does."""
+    monkeypatch.syspath_prepend(str(REPO))
+
+
+def _photos(folder: Path, count: int, size: tuple[int, int] = (48, 40)) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(7)
+    for i in range(count):
+        base = rng.integers(0, 256, size=(size[1] // 8 + 1, size[0] // 8 + 1, 3), dtype=np.uint8)
+        smooth = Image.fromarray(base).resize(size, Image.Resampling.BILINEAR)  # photo-like, not noise
+        smooth.save(folder / f"photo{i}.png")
+    return folder
+
+
+@pytest.mark.parametrize("path", [p for p in EXPERIMENT_SCRIPTS if p.parent.name not in ("experiments", "quantizer_study")]
+                         + [REPO / "scripts" / "encode_profile.py"], ids=lambda p: p.stem)
+def test_probe_imports_resolve(path: Path) -> None:
+    """Each probe loads (every name it imports still exists); its main only runs as a script."""
+    spec = importlib.util.spec_from_file_location(f"probe_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert callable(module.main)
+
+
+def test_gain_over_interpolates_in_log_rate_and_extends_past_the_ends() -> None:
+    curve = np.array([[0.1, 20.0], [0.4, 24.0]])
+    assert rate_weights.gain_over(curve, 0.2, 23.0) == pytest.approx(1.0)  # halfway in log: 22 dB
+    assert rate_weights.gain_over(curve, 0.8, 27.0) == pytest.approx(1.0)  # extended: 26 dB at 0.8
+    assert rate_weights.gain_over(curve, 0.05, 18.0) == pytest.approx(0.0)
+
+
+def test_exact_search_beam_refuses_the_refining_effort() -> None:
+    assert rate_weights.exact_search_beam(None) == 1
+    assert rate_weights.exact_search_beam(2) > 1
+    with pytest.raises(SystemExit):
+        rate_weights.exact_search_beam(3)
+
+
+def test_rate_weights_measure_on_a_tiny_image(tmp_path: Path) -> None:
+    """Every (rate point, α) is coded and decoded for real; α = 0 is the nearest codewords."""
+    paths = sorted(_photos(tmp_path / "photos", 1).iterdir())
+    points = rate_weights.tuned_points(network_rate_points())[:2]
+    loaded = load_model(points[0].model_id, "cpu")
+    mean, slopes = rate_weights.measure(loaded, points, paths, beam=1)
+    assert set(mean) == {(p.quality, a) for p in points for a in rate_weights.ALPHAS}
+    assert slopes.shape == (loaded.model.num_stages,) and (slopes > 0).all()
+    bpp_one, db_one = mean[(points[0].quality, 0.0)]
+    bpp_two, db_two = mean[(points[1].quality, 0.0)]
+    assert 0 < bpp_one < bpp_two and db_one < db_two  # one more stage: more bits, more PSNR
+    chosen = rate_weights.choose(points, mean, slopes)
+    assert set(chosen) == {p.quality for p in points} and all(v >= 0 for v in chosen.values())
+
+
+def test_write_card_gives_a_layer_point_its_base_lambda(tmp_path: Path) -> None:
+    card = tmp_path / "card.json"
+    card.write_text(json.dumps({"rate_points": [
+        {"quality": 1, "stages": 1}, {"quality": 2, "stages": 2},
+        {"quality": 3, "stages": 2, "layer_step": 50.0}, {"quality": 4, "stages": 4}]}))
+    points = [RatePoint(q, "m", 1, s, None, None) for q, s in ((1, 1), (2, 2))]
+    rate_weights.write_card(card, points, {1: 0.0, 2: 0.0123456}, "the command")
+    written = json.loads(card.read_text())
+    assert [rp["rate_weight"] for rp in written["rate_points"]] == [0.0, 0.01235, 0.01235, 0.0]
+    assert written["rate_weight_chosen_by"] == "the command"
+
+
+def test_quantizer_study_arguments(repo_on_path: None) -> None:
+    from experiments.quantizer_study import study
+
+    args = study.parse_args(["--data", "d", "--kodak", "k", "--out", "o", "--quantizers", "diveq,nsvq"])
+    assert study.chosen_quantizers(args) == ["diveq", "nsvq"]
+    with pytest.raises(SystemExit):
+        study.chosen_quantizers(study.parse_args(["--quantizers", "diveq,nonsense"]))
+    with pytest.raises(SystemExit):
+        study.chosen_quantizers(study.parse_args(["--steps", "10", "--warmup-steps", "10"]))
+    with pytest.raises(SystemExit):
+        study.main([])  # --data, --kodak and --out are required
+
+
+def test_quantizer_study_runs_end_to_end(tmp_path: Path, repo_on_path: None) -> None:
+    """A few steps of one quantizer on tiny images (no Kodak): the JSON, the figure, a replot."""
+    pytest.importorskip("matplotlib")
+    from experiments.quantizer_study import study
+
+    photos = _photos(tmp_path / "photos", 2, size=(64, 64))
+    out = tmp_path / "out"
+    argv = ["--data", str(photos), "--kodak", str(photos), "--out", str(out), "--quantizers", "sf-diveq",
+            "--seeds", "1", "--steps", "4", "--warmup-steps", "2", "--lr-warmup", "1", "--batch", "2",
+            "--crop", "32", "--table-batches", "1", "--table-crop", "32", "--log-tail", "2"]
+    assert study.main(argv) == 0
+    report = json.loads((out / "quantizer-study.json").read_text())
+    assert [row["key"] for row in report["summary"]] == ["sf-diveq (c)", "sf-diveq (a)"]
+    figure = out / "quantizer-study.png"
+    assert figure.stat().st_size > 0
+    figure.unlink()
+    assert study.main(["--replot", str(out / "quantizer-study.json")]) == 0 and figure.exists()
+
+
+def test_gpu_train_recipe_names_the_installed_modules() -> None:
+    recipe = (REPO / "scripts" / "gpu_train.sh").read_text()
+    assert "python -m diveq_codec.models.train" in recipe
+    assert "python -m models." not in recipe and "python -m codec." not in recipe
