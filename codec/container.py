@@ -9,7 +9,7 @@ docs/format.md is the full byte layout for a reader; in short (all integers litt
      8 quality          u8   rate point, 1..255
      9 weights_id       8s   prefix of the weights file's sha256
     17 coder_id         u8   fixed: CODER_TWO_CONTEXT_RANGE
-    18 table_precision  u8   fixed: index_coder.TABLE_PRECISION
+    18 table_precision  u8   fixed: TABLE_PRECISION (24)
     19 width            u32  original image size
     23 height           u32
     27 channels         u8   1 L, 2 LA, 3 RGB, 4 RGBA
@@ -39,9 +39,9 @@ import zlib
 from dataclasses import dataclass
 
 from diveq_codec.codec.errors import BitstreamError, CorruptBitstreamError, UnsupportedVersionError
-from diveq_codec.codec.index_coder import TABLE_PRECISION
 from diveq_codec.codec.limits import check_dimensions
 
+TABLE_PRECISION = 24  # bits of the index coder's probabilities (constriction's range coder)
 MAGIC = b"\x89DVQ"  # non-ASCII first byte catches text-mode transfers, like PNG
 FORMAT_VERSION = 2  # the newest version this build reads and writes
 FORMAT_VERSIONS = (1, 2)  # every version a tagged release wrote, or this build writes

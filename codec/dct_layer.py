@@ -83,9 +83,11 @@ def lower_where_cheaper(quotients: np.ndarray, lowering_costs: np.ndarray, grid:
         values[positions] -= np.sign(values[positions])
 
 
-def encode(source: np.ndarray, base: np.ndarray, step: float, rounding: float = ROUNDING,
-           rd_weight: float = RD_WEIGHT) -> bytes:
-    """The DCT layer lifting ``base`` towards ``source`` (both uint8, (H, W) or (H, W, 3)).
+def encode_with_planes(source: np.ndarray, base: np.ndarray, step: float, rounding: float = ROUNDING,
+                       rd_weight: float = RD_WEIGHT, planes: bool = True) -> tuple[bytes, np.ndarray | None]:
+    """The DCT layer lifting ``base`` towards ``source`` (both uint8, (H, W) or (H, W, 3)), and
+    (with ``planes``) the planes it decodes to, reconstructed from the quotients exactly as
+    decode() does, so the encoder reports what the file gives without decoding it.
 
     ``rounding`` and ``rd_weight`` are the encoder's own choices (the decoder reconstructs
     q · step whatever they were): rounding 0.5 rounds to the nearest multiple, less widens the
@@ -111,7 +113,14 @@ def encode(source: np.ndarray, base: np.ndarray, step: float, rounding: float = 
     for channel in range(quotients.shape[0]):
         encode_channel(encoder, quotients, channel, grid)
     words = encoder.get_compressed().astype("<u4").tobytes()
-    return _LAYER_HEADER.pack(WRITTEN_TRANSFORM, int(step * 16)) + words
+    layer = _LAYER_HEADER.pack(WRITTEN_TRANSFORM, int(step * 16)) + words
+    return layer, reconstruct(quotients, base, step) if planes else None
+
+
+def encode(source: np.ndarray, base: np.ndarray, step: float, rounding: float = ROUNDING,
+           rd_weight: float = RD_WEIGHT) -> bytes:
+    """The DCT layer's bytes alone (see encode_with_planes)."""
+    return encode_with_planes(source, base, step, rounding, rd_weight, planes=False)[0]
 
 
 def read_layer_header(layer: bytes) -> float:

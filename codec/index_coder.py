@@ -34,10 +34,11 @@ from contextlib import contextmanager
 import numpy as np
 from constriction import stream
 
+from diveq_codec.codec import container
 from diveq_codec.codec.errors import CorruptBitstreamError, WeightsError
 
-# constriction's default range coder works with 24-bit probabilities; recorded in the header.
-TABLE_PRECISION = 24
+# constriction's default range coder works with 24-bit probabilities; the header records it.
+TABLE_PRECISION = container.TABLE_PRECISION
 # Added to a symbol's probability before the decoder counts its cost (decode_indices): four
 # units of 2^-TABLE_PRECISION, above what constriction's quantisation can add (its floor of
 # one unit per symbol, and rounding).
@@ -273,17 +274,13 @@ def _check_second_tables(tables: np.ndarray, second: np.ndarray | None) -> np.nd
     return second
 
 
-def encode_indices(indices: np.ndarray, tables: np.ndarray, width: int, *, second: np.ndarray | None,
-                   adaptive: bool = True) -> bytes:
+def encode_indices(indices: np.ndarray, tables: np.ndarray, width: int, *, second: np.ndarray | None) -> bytes:
     """Code the rows of ``indices`` (stages, h·w, raster order) in order, each in its contexts.
 
     ``tables`` and ``second`` hold the first and second contexts' smoothed integer counts
     (stages_total, alphabet + 1, alphabet); the first ``indices.shape[0]`` stages are used.
-    ``width`` is the latent grid's width. ``adaptive`` is accepted, True only, for callers
-    written when other coders existed.
+    ``width`` is the latent grid's width.
     """
-    if not adaptive:
-        raise ValueError("only the adaptive two-context coder remains; adaptive=False is gone")
     second = _check_second_tables(tables, second)
     stages, count = indices.shape
     alphabet = tables.shape[2]

@@ -41,15 +41,6 @@ MODE_TO_CHANNELS = {mode: n for n, mode in CHANNELS_TO_MODE.items()}
 WRITTEN_CODER = container.CODER_TWO_CONTEXT_RANGE
 
 
-def _coder_for(loaded: LoadedModel) -> int:
-    """The coder id a file of this model gets; weights without the coder's second-context
-    tables (exported before it existed) cannot make one."""
-    if loaded.second_tables is None:
-        raise WeightsError(f"model {loaded.card.model_id} has no second-context entropy tables, which this "
-                           f"format needs; export its weights again")
-    return WRITTEN_CODER
-
-
 def resolve_device(device: str) -> str:
     """'auto' → cuda when available; an explicit 'cuda' without a GPU is a usage error."""
     if device == "auto":
@@ -118,45 +109,56 @@ def encode_at_point(image: Image.Image | bytes | str | Path | SourceImage, point
                     effort: int | None = None) -> bytes:
     """encode at an explicit rate point: the probes that choose a card's settings try points
     the card does not list yet (another λ or step), through the encoder itself."""
-    source = as_source(image)
+    return _encode(as_source(image), point, device, effort, reconstruct=False)[0]
+
+
+def _choose_indices(loaded: LoadedModel, point: RatePoint, effort: int | None,
+                    x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
     settings = effort_settings(effort)
-    loaded = load_model(point.model_id, resolve_device(device))
     model = loaded.model
-    height, width = source.rgb.shape[:2]
-    device_type = next(model.parameters()).device.type
-    x = image_to_tensor(source.rgb, device_type)
     # The rate point's λ makes the choices entropy-constrained (the decoder does not care how
     # the indices were chosen).
     search = search_options(loaded.rate_costs(point.rate_weight), settings.beam)
     if settings.refine_steps:
-        indices, (grid_h, grid_w) = refine.refined_indices(model, x, point.stages, search, settings.refine_steps)
-    else:
-        # Both give the exact choices, so a file is the same whichever device wrote it (see
-        # VQAutoencoder.encode_indices): float64 costs little on an accelerator; on a CPU,
-        # float32 with the few near-boundary latents re-decided in float64 is nearly twice as fast.
-        exact = torch.float32 if device_type == "cpu" else torch.float64
-        indices, (grid_h, grid_w) = model.encode_indices(x, point.stages, dtype=exact, **search)
-    # Second-context tables (coder 3) when the model has them; coder 2 without.
-    payload = index_coder.encode_indices(indices.cpu().numpy(), loaded.tables, grid_w, adaptive=True,
-                                     second=loaded.second_tables)
-    layer = b""
-    if point.layer_step is not None:
+        return refine.refined_indices(model, x, point.stages, search, settings.refine_steps)
+    # Both give the exact choices, so a file is the same whichever device wrote it (see
+    # VQAutoencoder.encode_indices): float64 costs little on an accelerator; on a CPU,
+    # float32 with the few near-boundary latents re-decided in float64 is nearly twice as fast.
+    exact = torch.float32 if x.device.type == "cpu" else torch.float64
+    return model.encode_indices(x, point.stages, dtype=exact, **search)
+
+
+def _encode(source: SourceImage, point: RatePoint, device: str, effort: int | None,
+            reconstruct: bool) -> tuple[bytes, np.ndarray | None]:
+    """(the file, and with ``reconstruct`` the RGB planes it decodes to: the encoder already
+    holds the base and the layer, so they come without decoding the file)."""
+    loaded = load_model(point.model_id, resolve_device(device))
+    model = loaded.model
+    height, width = source.rgb.shape[:2]
+    x = image_to_tensor(source.rgb, next(model.parameters()).device.type)
+    indices, (grid_h, grid_w) = _choose_indices(loaded, point, effort, x)
+    payload = index_coder.encode_indices(indices.cpu().numpy(), loaded.tables, grid_w, second=loaded.second_tables)
+    layer, rgb = b"", None
+    if point.layer_step is not None or reconstruct:
         # The layer codes what the decoder's own base planes miss, so it is measured against
         # the base exactly as decode_detailed will rebuild it.
-        base = model.decode_indices(indices, (grid_h, grid_w), height, width)
-        layer = dct_layer.encode(source_planes(source), decoded_planes(tensor_to_pixels(base), source.mode),
-                                         point.layer_step)
+        rgb = tensor_to_pixels(model.decode_indices(indices, (grid_h, grid_w), height, width))
+    if point.layer_step is not None:
+        layer, planes = dct_layer.encode_with_planes(source_planes(source), decoded_planes(rgb, source.mode),
+                                                     point.layer_step, planes=reconstruct)
+        if planes is not None:
+            rgb = planes if planes.ndim == 3 else np.repeat(planes[..., None], 3, axis=2)
     alpha = alpha_to_bytes(source.alpha) if source.alpha is not None else b""
     flags = (container.FLAG_ALPHA if source.alpha is not None else 0)
     flags |= container.FLAG_FROM_16BIT if source.bit_depth == 16 else 0
     flags |= container.FLAG_FROM_PALETTE if source.from_palette else 0
     header = container.Header(
         model_id=loaded.card.model_id, quality=point.quality, weights_id=loaded.card.weights_id,
-        coder_id=_coder_for(loaded), table_precision=index_coder.TABLE_PRECISION,
+        coder_id=WRITTEN_CODER, table_precision=index_coder.TABLE_PRECISION,
         width=width, height=height, channels=MODE_TO_CHANNELS[source.mode], bit_depth=source.bit_depth,
         flags=flags, latent_h=grid_h, latent_w=grid_w, stages=point.stages,
     )
-    return container.pack(container.Container(header, payload, alpha, layer))
+    return container.pack(container.Container(header, payload, alpha, layer)), rgb
 
 
 def encode(image: Image.Image | bytes | str | Path, quality: int | None = None, device: str = "auto",
@@ -179,9 +181,7 @@ def _model_for(header: container.Header, device: str) -> LoadedModel:
     if card.weights_id != header.weights_id:
         raise WeightsError(f"file was made with weights {header.weights_id.hex()} but model {header.model_id} "
                            f"installed here is {card.weights_id.hex()}; refusing to decode with other weights")
-    loaded = load_model(header.model_id, resolve_device(device))
-    _coder_for(loaded)
-    return loaded
+    return load_model(header.model_id, resolve_device(device))
 
 
 def decode_detailed(data: bytes, device: str = "auto") -> Decoded:
@@ -242,17 +242,20 @@ class EncodeReport:
     bpp: float
     psnr: float
     quality: int
-    decoded: Image.Image
+    decoded: Image.Image  # what the file decodes to, from the encoder's own reconstruction
     notices: list[str] = field(default_factory=list)
 
 
 def encode_with_report(image: Image.Image | bytes | str | Path | SourceImage, quality: int | None = None,
                        device: str = "auto", effort: int | None = None) -> EncodeReport:
-    """Encode, then decode the produced bytes to report the PSNR the file really delivers."""
+    """Encode, and report the PSNR the file delivers from the encoder's own reconstruction
+    (the same pixels decode gives on this device; tests/test_pipeline.py holds it to that)."""
     source = as_source(image)
-    data = encode_source(source, quality, device, effort)
-    decoded = decode_detailed(data, device)
+    point = resolve_quality(quality)
+    data, rgb = _encode(source, point, device, effort, reconstruct=True)
+    assert rgb is not None
+    decoded = restore_image(rgb, source.alpha, source.mode)
     height, width = source.rgb.shape[:2]
     return EncodeReport(data, width, height, bits_per_pixel(len(data), width, height),
-                        psnr(source_planes(source), color_planes(decoded.image)), decoded.header.quality,
-                        decoded.image, list(source.notices))
+                        psnr(source_planes(source), color_planes(decoded)), point.quality, decoded,
+                        list(source.notices))

@@ -34,15 +34,15 @@ from diveq_codec.models.weights_file import file_sha256, read_tensors
 from diveq_codec.models.residual import RateCosts
 
 ENTROPY_TENSOR = "entropy_counts"
-SECOND_ENTROPY_TENSOR = "entropy_second_counts"  # coder 3's second contexts
+SECOND_ENTROPY_TENSOR = "entropy_second_counts"  # the index coder's second contexts
 
 
 @dataclass(frozen=True)
 class LoadedModel:
     card: Card
     model: VQAutoencoder
-    tables: np.ndarray  # smoothed integer counts (stages, alphabet + 1, alphabet)
-    second_tables: np.ndarray | None  # the same for coder 3's second contexts; None in older files
+    tables: np.ndarray  # smoothed integer counts (stages, alphabet + 1, alphabet): first contexts
+    second_tables: np.ndarray  # the same for the index coder's second contexts
 
     @cached_property
     def _code_lengths(self) -> tuple[np.ndarray, np.ndarray]:
@@ -97,6 +97,9 @@ def _load(model_id: int, device: str, folder: str) -> LoadedModel:
         raise WeightsError(f"weights file {path.name}: its config describes no valid network ({_first_line(exc)})") from None
     _check_tensors(path, model.state_dict(), tensors)
     model.load_state_dict(tensors)
+    if second is None:
+        raise WeightsError(f"weights file {path.name} has no second-context tables ({SECOND_ENTROPY_TENSOR}), "
+                           f"which the format's index coder needs; export the weights again")
     alphabet = model.quantizer.alphabet_sizes[0]
     for counts in (tables, second):
         if counts is not None and (counts.shape != (model.num_stages, alphabet + 1, alphabet) or (counts < 1).any()):

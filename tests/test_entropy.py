@@ -77,15 +77,6 @@ def test_weights_without_second_tables_are_a_weights_error() -> None:
         decode_indices(payload, TABLES, 1, 10, 5, second=None)
 
 
-def test_only_the_adaptive_coder_remains() -> None:
-    """``adaptive`` is accepted for callers written when a static coder existed, True only."""
-    symbols = np.zeros((1, 10), dtype=np.int64)
-    assert encode_indices(symbols, TABLES, 5, second=SECOND2, adaptive=True) == encode_indices(
-        symbols, TABLES, 5, second=SECOND2)
-    with pytest.raises(ValueError, match="adaptive"):
-        encode_indices(symbols, TABLES, 5, second=SECOND2, adaptive=False)
-
-
 def test_second_contexts_are_above_left_none_and_two_stages_back() -> None:
     indices = np.arange(4 * 6).reshape(4, 6) % ALPHABET  # 2 rows of width 3
     off = ALPHABET

@@ -192,50 +192,6 @@ def test_inconsistent_latent_grid_is_refused(parrots_path: Path) -> None:
         decode(container.pack(container.Container(other, parsed.payload, parsed.alpha)))
 
 
-@pytest.mark.parametrize("coder", [container.CODER_CONSTRICTION_RANGE, container.CODER_ADAPTIVE_RANGE])
-def test_files_of_the_earlier_coders_still_decode(parrots_path: Path, coder: int) -> None:
-    """Files of the static coder (1) and of the adaptive one (2) decode to the same pixels;
-    the new ones (coder 3) carry the same indices in fewer bytes."""
-    new = decode_detailed(encode(parrots_path, quality=4))
-    assert new.header.coder_id == container.CODER_TWO_CONTEXT_RANGE
-    loaded = load_model(new.header.model_id)
-    old_payload = index_coder.encode_indices(new.indices, loaded.tables, new.header.latent_w,
-                                         adaptive=coder == container.CODER_ADAPTIVE_RANGE)
-    old_header = container.Header(**{**new.header.__dict__, "coder_id": coder})
-    old = decode_detailed(container.pack(container.Container(old_header, old_payload, b"")))
-    assert np.array_equal(old.indices, new.indices)
-    assert np.array_equal(np.asarray(old.image), np.asarray(new.image))
-    assert len(container.unpack(encode(parrots_path, quality=4)).payload) < len(old_payload)
-
-
-def test_a_model_without_second_tables_writes_coder_2_and_refuses_coder_3(parrots_path: Path,
-                                                                           weights_copy: Path) -> None:
-    """Weights exported before coder 3 keep working: their files use coder 2, and a file that
-    declares coder 3 for them is refused as damaged (exit 3), not decoded with missing tables."""
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    from diveq_codec.codec import zoo
-
-    card_path = next(weights_copy.glob("*.json"))
-    card = json.loads(card_path.read_text())
-    file = weights_copy / card["file"]
-    with safe_open(str(file), framework="pt") as fh:
-        metadata, tensors = fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}
-    del tensors[zoo.SECOND_ENTROPY_TENSOR]
-    save_file(tensors, str(file), metadata=metadata)
-    card["sha256"] = zoo.file_sha256(file)
-    card_path.write_text(json.dumps(card))
-    zoo.clear_model_cache()
-    data = encode(parrots_path, quality=3)
-    parsed = container.unpack(data)
-    assert parsed.header.coder_id == container.CODER_ADAPTIVE_RANGE
-    assert decode_detailed(data).image.size == Image.open(parrots_path).size
-    claimed = container.Header(**{**parsed.header.__dict__, "coder_id": container.CODER_TWO_CONTEXT_RANGE})
-    with pytest.raises(CorruptBitstreamError, match="second-context tables"):
-        decode(container.pack(container.Container(claimed, parsed.payload, b"")))
-
-
 @pytest.mark.parametrize("quality", [1, None])  # a version-1 file, and the default's version 2
 def test_header_counts_in_bpp(parrots_path: Path, quality: int | None) -> None:
     data = encode(parrots_path, quality=quality)
@@ -264,3 +220,16 @@ def test_package_level_api(parrots_path: Path) -> None:
     assert codec.decode(data).size == (256, 192)
     with pytest.raises(AttributeError):
         codec.no_such_function  # noqa: B018
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "LA"])
+@pytest.mark.parametrize("quality", [2, 7])  # the network alone, and a DCT-layer point
+def test_the_encoders_reconstruction_is_what_decode_gives(parrots_path: Path, mode: str, quality: int) -> None:
+    """encode reports PSNR without decoding its file: from the base and the layer it holds."""
+    image = Image.open(parrots_path).convert(mode).crop((0, 0, 120, 88))
+    report = encode_with_report(image, quality, "cpu")
+    decoded = decode(report.data, "cpu")
+    assert report.decoded.mode == decoded.mode == mode
+    np.testing.assert_array_equal(np.asarray(report.decoded), np.asarray(decoded))
+    planes = (lambda im: np.asarray(im.convert("L" if mode in ("L", "LA") else "RGB")))
+    assert report.psnr == psnr(planes(image), planes(decoded))
