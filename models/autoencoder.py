@@ -160,7 +160,7 @@ def crop_to(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 
 # How far a float32 latent can be from the float64 one, relative to its length, measured with
-# the shipped model (scripts/float_choices.py): at most 1.11e-6 over the 1.8 million latents of
+# the shipped model (experiments/float_choices): at most 1.11e-6 over the 1.8 million latents of
 # the 678 training photos, 9.1e-7 on Kodak; 1.02e-6 and 8.7e-7 with oneDNN switched off (other
 # summation orders: a stand-in for other machines), the same as two threads with one. The tail
 # falls by a factor of ten every 1.3e-7 to 2e-7 (99.9th / 99.99th / 99.999th percentiles 6.1e-7,
@@ -247,7 +247,7 @@ class VQAutoencoder(nn.Module):
         - ``dtype=torch.float32`` (the CPU default) searches in float32, then re-decides in
           float64 every latent closer to a decision boundary than ``EXACT_SEARCH_MARGIN`` of
           its length, from a float64 analysis of just its tile. On Kodak that is 0.5 % of
-          the latents, and the result equals the float64 one (tests, scripts/float_choices.py).
+          the latents, and the result equals the float64 one (tests, experiments/float_choices).
 
         A padded image larger than ``self.tile_size`` pixels in either direction is analysed
         in overlapping tiles (see models/tiling.py): same indices, bounded memory.

@@ -1,5 +1,5 @@
 """Baseline VQ gradient estimators behind the ``Quantizer`` interface, for the study of
-issue 6 (``models/study.py``): DiVeQ against what it claims to beat.
+issue 6 (experiments/quantizer_study): DiVeQ against what it claims to beat.
 
 All five use one codebook (K, D), the same data init as DiVeQ (``init_from_data`` →
 ``init_from_samples``: distinct random encoder outputs) and the same dead-code

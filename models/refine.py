@@ -13,7 +13,7 @@ guarantee: the float32 steps round differently on other machines, so the same im
 give another (equally valid) file elsewhere; every file still decodes to the same pixels
 everywhere.
 
-The settings were chosen on nine training photos (scripts/refine_probe.py; README,
+The settings were chosen on nine training photos (experiments/refine; README,
 "Effort 3"): 10 steps of 1e-3 gain 0.08–0.16 dB at equal rate over the beam search alone at
 qualities 4, 8 and 12. With the greedy search, 20 steps, or larger steps, drifted to dearer
 codewords and gained less at the lower qualities.

@@ -1,4 +1,4 @@
-"""Train a DiVeQ VQ autoencoder: ``python -m models.train --data DIR --out DIR``.
+"""Train a DiVeQ VQ autoencoder: ``python -m diveq_codec.models.train --data DIR --out DIR``.
 
 Seeded, time-boxed (``--time-budget``), resumable (``--resume``), with a checkpoint every
 ``--checkpoint-every`` seconds so a killed run still leaves something usable. Runs on CPU
@@ -32,7 +32,7 @@ from diveq_codec.models.weights_file import file_sha256, read_tensors
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m models.train", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m diveq_codec.models.train", description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True, help="folder of training images (searched recursively)")
     p.add_argument("--out", required=True, help="folder for checkpoint.pt and train_log.jsonl")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")

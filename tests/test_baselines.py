@@ -42,9 +42,9 @@ def _z(seed: int = 5, n: int = N) -> torch.Tensor:
 
 def _snapshot(q: torch.nn.Module) -> dict:
     snap = {k: v.detach().clone() for k, v in q.state_dict().items()}
-    snap["usage"] = q.care.usage.clone()
-    snap["steps"] = q.care.steps
-    snap["recent"] = None if q.care.recent is None else q.care.recent.clone()
+    snap["usage"] = q.dead_codes.usage.clone()
+    snap["steps"] = q.dead_codes.steps
+    snap["recent"] = None if q.dead_codes.recent is None else q.dead_codes.recent.clone()
     snap["temperature"] = getattr(q, "temperature", None)
     return snap
 
@@ -259,7 +259,7 @@ def test_dead_code_replacement_resets_adam_rows(cls) -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
-    dead = torch.nonzero(q.care.usage == 0).flatten()
+    dead = torch.nonzero(q.dead_codes.usage == 0).flatten()
     assert dead.numel() >= 1
     before = q.codebook.detach().clone()
     assert q.replace_dead_codes(opt) == dead.numel()

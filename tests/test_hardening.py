@@ -346,8 +346,10 @@ def test_never_overwrites_the_input_through_a_link(tmp_path: Path, link: str) ->
     coded = tmp_path / "c.dvq"
     coded.write_bytes(encode(src, device="cpu"))
     before = coded.read_bytes()
-    assert_refused(cli("decode", str(coded), str(coded), "--force"), 6, tmp_path,
-                   {"in.png", "alias.dvq", "c.dvq"}, "input")
+    image_alias = tmp_path / "c.png"  # an image name, so that only the link can refuse it
+    (os.symlink if link == "symlink" else os.link)(coded, image_alias)
+    assert_refused(cli("decode", str(coded), str(image_alias), "--force"), 6, tmp_path,
+                   {"in.png", "alias.dvq", "c.dvq", "c.png"}, "input")
     assert coded.read_bytes() == before
 
 
@@ -391,6 +393,7 @@ def determinism_inputs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     rgba = Image.fromarray(np.dstack([noise(40, 30, 3, seed=8), noise(40, 30, 1, seed=9)]))
     rgba.save(folder / "rgba.png")
     return [SAMPLES / "parrots.png", SAMPLES / "lighthouse.png", folder / "strip.png", folder / "rgba.png"]
+@pytest.mark.slow  # over 10 s on the 2-core machine
 
 
 def test_bytes_identical_across_threads_processes_and_cli(tmp_path: Path, determinism_inputs: list[Path]) -> None:

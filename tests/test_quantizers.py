@@ -51,11 +51,11 @@ def _randn(*shape: int, seed: int, dtype: torch.dtype = F64) -> torch.Tensor:
 def _snapshot(module: torch.nn.Module) -> dict:
     """Everything that a pure coding path must leave untouched."""
     snap = {k: v.detach().clone() for k, v in module.state_dict().items()}
-    cares = [module.dead_codes] if hasattr(module, "dead_codes") else list(getattr(module, "dead_code_replacers", []))
-    for i, care in enumerate(cares):
-        snap[f"care{i}.usage"] = care.usage.clone()
-        snap[f"care{i}.steps"] = care.steps
-        snap[f"care{i}.recent"] = None if care.recent is None else care.recent.clone()
+    replacers = [module.dead_codes] if hasattr(module, "dead_codes") else list(getattr(module, "dead_code_replacers", []))
+    for i, replacer in enumerate(replacers):
+        snap[f"dead_codes{i}.usage"] = replacer.usage.clone()
+        snap[f"dead_codes{i}.steps"] = replacer.steps
+        snap[f"dead_codes{i}.recent"] = None if replacer.recent is None else replacer.recent.clone()
     return snap
 
 
@@ -231,7 +231,7 @@ def test_diveq_coding_path_is_pure(cls):
     assert_same_snapshot(before, _snapshot(q))
 
 
-def test_diveq_eval_forward_does_not_touch_care():
+def test_diveq_eval_forward_does_not_touch_dead_code_counters():
     q = _diveq().eval()
     before = _snapshot(q)
     q(_randn(30, 6, seed=10))
@@ -582,7 +582,7 @@ def _adam_with_state(param: torch.nn.Parameter) -> torch.optim.Adam:
     return opt
 
 
-def test_diveq_care_step_replaces_dead_codes_and_resets_adam_rows():
+def test_diveq_dead_code_replacement_replaces_dead_codes_and_resets_adam_rows():
     torch.manual_seed(3)
     q = DiVeQ(8, 4, replace_interval=3).train()
     with torch.no_grad():
@@ -617,7 +617,7 @@ def test_diveq_care_step_replaces_dead_codes_and_resets_adam_rows():
     assert q.dead_codes.steps == 0 and q.dead_codes.usage.sum() == 0
 
 
-def test_residual_care_step_replaces_dead_codes_and_resets_adam_rows():
+def test_residual_dead_code_replacement_replaces_dead_codes_and_resets_adam_rows():
     torch.manual_seed(4)
     stages, num_codes, dim = 2, 8, 4
     q = ResidualDiVeQ(stages, num_codes, dim, replace_interval=2).train()
@@ -628,8 +628,8 @@ def test_residual_care_step_replaces_dead_codes_and_resets_adam_rows():
     recents = []
     for step in range(2):
         q(torch.randn(64, dim, generator=_gen(50 + step)))
-    dead = [torch.nonzero(c.usage / c.steps < c.threshold).flatten() for c in q.cares]
-    recents = [c.recent.clone() for c in q.cares]
+    dead = [torch.nonzero(c.usage / c.steps < c.threshold).flatten() for c in q.dead_code_replacers]
+    recents = [c.recent.clone() for c in q.dead_code_replacers]
     for m in range(stages):
         assert set(dead[m].tolist()) >= {5, 6, 7}
     before = q.codebooks.detach().clone()
@@ -646,7 +646,7 @@ def test_residual_care_step_replaces_dead_codes_and_resets_adam_rows():
             state = opt.state[q.codebooks][key][m]
             assert (state[dead[m]] == 0).all(), (m, key)
             assert (state[alive] == 1).all(), (m, key)
-        assert q.cares[m].steps == 0
+        assert q.dead_code_replacers[m].steps == 0
 
 
 def test_residual_coding_path_is_pure():

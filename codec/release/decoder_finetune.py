@@ -1,5 +1,5 @@
 """Fine-tune the synthesis transform on the encoder's own codeword choices:
-``python -m models.decoder_finetune --weights W.safetensors --card W.json --data DIR --out DIR``.
+``python -m diveq_codec.codec.release.decoder_finetune --weights W.safetensors --card W.json --data DIR --out DIR``.
 
 Why: the network learnt to decode the nearest codewords' sum (DiVeQ's forward value), but
 the shipped encoder chooses codewords entropy-constrained, at each rate point's λ, which
@@ -47,7 +47,7 @@ from diveq_codec.models.train import (
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m models.decoder_finetune", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m diveq_codec.codec.release.decoder_finetune", description=__doc__.splitlines()[0])
     p.add_argument("--weights", type=Path, required=True, help="a shipped .safetensors file")
     p.add_argument("--card", type=Path, required=True, help="its card: the rate points (stages, rate_weight) to code at")
     p.add_argument("--data", required=True, help="folder of training images (searched recursively)")

@@ -1,6 +1,6 @@
 """Turn a training checkpoint into a shipped model: safetensors + card + entropy tables.
 
-``python -m codec.export CHECKPOINT --name NAME --model-id N --data TRAIN_DIR``
+``python -m diveq_codec.codec.release.export CHECKPOINT --name NAME --model-id N --data TRAIN_DIR``
 
 The entropy tables are measured here, on the training images (never on Kodak), by running
 the real coding path (nearest-codeword search on every stage) over whole images.
@@ -142,7 +142,7 @@ def _check_started_from(start: dict, path: Path, checkpoint: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m codec.export", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m diveq_codec.codec.release.export", description=__doc__.splitlines()[0])
     p.add_argument("checkpoint", type=Path)
     p.add_argument("--name", required=True)
     p.add_argument("--model-id", type=int, required=True)
