@@ -393,9 +393,9 @@ def determinism_inputs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     rgba = Image.fromarray(np.dstack([noise(40, 30, 3, seed=8), noise(40, 30, 1, seed=9)]))
     rgba.save(folder / "rgba.png")
     return [SAMPLES / "parrots.png", SAMPLES / "lighthouse.png", folder / "strip.png", folder / "rgba.png"]
+
+
 @pytest.mark.slow  # over 10 s on the 2-core machine
-
-
 def test_bytes_identical_across_threads_processes_and_cli(tmp_path: Path, determinism_inputs: list[Path]) -> None:
     outputs = {}
     for threads in (1, 2):

@@ -103,9 +103,9 @@ def _export(checkpoint: Path, name: str, model_id: int, data: Path, out: Path,
     return subprocess.run([sys.executable, "-m", "diveq_codec.codec.release.export", str(checkpoint), "--name", name, "--model-id",
                            str(model_id), "--data", str(data), "--out", str(out), *extra],
                           capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
+
+
 @pytest.mark.slow  # over 10 s on the 2-core machine
-
-
 def test_fine_tunes_from_a_checkpoint_and_from_shipped_weights(image_folder: Path, tmp_path: Path) -> None:
     base = tmp_path / "base"
     assert _train("--data", str(image_folder), "--out", str(base), "--steps", "4", *TINY).returncode == 0
@@ -192,9 +192,9 @@ def test_log_mse_counts_a_db_the_same_in_every_crop() -> None:
     assert (objective - better_first).item() == pytest.approx((objective - better_second).item(), rel=0.15)
     with pytest.raises(ValueError):
         training_loss(x_hat, x, "l1")
+
+
 @pytest.mark.slow  # over 10 s on the 2-core machine
-
-
 def test_grows_residual_blocks_on_a_trained_model(image_folder: Path, tmp_path: Path) -> None:
     base = tmp_path / "base"
     assert _train("--data", str(image_folder), "--out", str(base), "--steps", "4", *TINY).returncode == 0
@@ -223,9 +223,9 @@ def test_grows_residual_blocks_on_a_trained_model(image_folder: Path, tmp_path: 
 def _finetune_decoder(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "diveq_codec.codec.release.decoder_finetune", *args], capture_output=True, text=True,
                           timeout=120, cwd=Path(__file__).resolve().parents[1])
+
+
 @pytest.mark.slow  # over 10 s on the 2-core machine
-
-
 def test_decoder_finetune_trains_only_the_synthesis_and_exports(image_folder: Path, tmp_path: Path) -> None:
     from diveq_codec.codec.zoo import read_weights_file
 
