@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import torch
 from PIL import Image
 
 from diveq_codec.codec import container, dct_layer, index_coder
-from diveq_codec.codec.errors import CorruptBitstreamError, WeightsError
+from diveq_codec.codec.errors import CodecError, CorruptBitstreamError, InputError, WeightsError
 from diveq_codec.codec.image_io import (
     SourceImage,
     alpha_from_bytes,
@@ -39,6 +41,25 @@ CHANNELS_TO_MODE = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 MODE_TO_CHANNELS = {mode: n for n, mode in CHANNELS_TO_MODE.items()}
 # The header's coder_id: the format's one index coder (codec/index_coder.py).
 WRITTEN_CODER = container.CODER_TWO_CONTEXT_RANGE
+
+
+def _is_allocation_failure(exc: BaseException) -> bool:
+    # PyTorch reports a failed allocation as a RuntimeError ("can't allocate memory",
+    # "CUDA out of memory"), not as MemoryError.
+    text = str(exc).lower()
+    return isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and ("allocate" in text or "out of memory" in text))
+
+
+@contextmanager
+def _memory_errors(failure: type[CodecError], what: str) -> Iterator[None]:
+    """An allocation failure inside is the input's size meeting this machine's memory: one
+    line and the input's exit code (5 for an image, 3 for a file), not an internal error."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as exc:
+        if not _is_allocation_failure(exc):
+            raise
+        raise failure(f"not enough memory to {what}") from None
 
 
 def resolve_device(device: str) -> str:
@@ -133,6 +154,13 @@ def _encode(source: SourceImage, point: RatePoint, device: str, effort: int | No
     """(the file, and with ``reconstruct`` the RGB planes it decodes to: the encoder already
     holds the base and the layer, so they come without decoding the file)."""
     loaded = load_model(point.model_id, resolve_device(device))
+    height, width = source.rgb.shape[:2]
+    with _memory_errors(InputError, f"encode a {width}×{height} image"):
+        return _encode_with(loaded, source, point, effort, reconstruct)
+
+
+def _encode_with(loaded: LoadedModel, source: SourceImage, point: RatePoint, effort: int | None,
+                 reconstruct: bool) -> tuple[bytes, np.ndarray | None]:
     model = loaded.model
     height, width = source.rgb.shape[:2]
     x = image_to_tensor(source.rgb, next(model.parameters()).device.type)
@@ -197,6 +225,12 @@ def decode_detailed(data: bytes, device: str = "auto") -> Decoded:
                                     f"{header.width}×{header.height} image")
     if header.stages > model.num_stages:
         raise CorruptBitstreamError(f"file declares {header.stages} stages; the model has {model.num_stages}")
+    with _memory_errors(CorruptBitstreamError, f"decode a {header.width}×{header.height} image"):
+        return _decode_with(loaded, parsed)
+
+
+def _decode_with(loaded: LoadedModel, parsed: container.Container) -> Decoded:
+    header, model = parsed.header, loaded.model
     count = header.latent_h * header.latent_w
     indices = index_coder.decode_indices(parsed.payload, loaded.tables, header.stages, count, header.latent_w,
                                          second=loaded.second_tables)

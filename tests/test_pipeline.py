@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from diveq_codec.codec import container, index_coder
+from diveq_codec.codec import container
 from diveq_codec.codec.errors import BitstreamError, CorruptBitstreamError, WeightsError
 from diveq_codec.codec.metrics import bits_per_pixel, psnr
 from diveq_codec.codec.pipeline import decode, decode_detailed, encode, encode_with_report
@@ -233,3 +233,26 @@ def test_the_encoders_reconstruction_is_what_decode_gives(parrots_path: Path, mo
     np.testing.assert_array_equal(np.asarray(report.decoded), np.asarray(decoded))
     planes = (lambda im: np.asarray(im.convert("L" if mode in ("L", "LA") else "RGB")))
     assert report.psnr == psnr(planes(image), planes(decoded))
+
+
+@pytest.mark.parametrize("message", ["DefaultCPUAllocator: can't allocate memory: you tried to allocate 9 bytes",
+                                     "CUDA out of memory. Tried to allocate 2.00 GiB"])
+def test_an_allocation_failure_is_the_inputs_exit_code_not_an_internal_error(
+        parrots_path: Path, monkeypatch: pytest.MonkeyPatch, message: str) -> None:
+    from diveq_codec.codec import pipeline
+    from diveq_codec.codec.errors import InputError
+
+    data = encode(parrots_path, quality=1, device="cpu")
+
+    def fail(*_: object, **__: object) -> None:
+        raise RuntimeError(message)
+
+    monkeypatch.setattr(pipeline, "image_to_tensor", fail)
+    with pytest.raises(InputError, match="not enough memory to encode a 256×192 image"):
+        encode(parrots_path, quality=1, device="cpu")
+    monkeypatch.setattr(pipeline, "tensor_to_pixels", fail)
+    with pytest.raises(CorruptBitstreamError, match="not enough memory to decode"):
+        decode(data, device="cpu")
+    monkeypatch.setattr(pipeline, "tensor_to_pixels", lambda *_: (_ for _ in ()).throw(RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="a bug"):  # other errors stay what they are
+        decode(data, device="cpu")
