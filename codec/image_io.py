@@ -22,6 +22,10 @@ from diveq_codec.codec.output_formats import DEFAULT_JPEG_QUALITY, OutputFormat
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 REDUCED_16 = "16-bit input reduced to 8 bits"
+ICC_DROPPED = ("ICC colour profile not kept: the samples are coded as stored and decode untagged "
+               "(viewers then assume sRGB)")
+# Modes whose colours Pillow converts to RGB by formula; the note names the space.
+_OTHER_COLOUR_SPACES = {"LAB": "CIELAB", "HSV": "HSV", "YCbCr": "YCbCr", "CMYK": "CMYK"}
 
 # What Pillow raises on damaged or hostile input (found by fuzzing: its plugins are not
 # consistent). The set is wide, so it wraps only opening, decoding and mode conversion.
@@ -62,11 +66,8 @@ def _png_header(data: bytes) -> tuple[int, int] | None:
 
 
 def _from_high_depth_gray(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
-    """8-bit gray (and alpha from a tRNS key) from an I;16*, I or F image.
-
-    All three are taken as 0..65535 samples: Pillow opens 16-bit PNG/TIFF as I;16 and 16-bit
-    PGM as I. v/257 rounded maps 0..65535 exactly onto 0..255; anything outside is clipped.
-    """
+    """8-bit gray (and alpha from a tRNS key) from an I;16* image, or an I image whose samples
+    are 0..65535 (Pillow opens 16-bit PGM as I): v/257 rounded maps 0..65535 onto 0..255."""
     values = np.asarray(img)
     alpha = None
     key = img.info.get("transparency")
@@ -87,12 +88,24 @@ def _canonical(
     """
     mode = img.mode
     has_key = img.info.get("transparency") is not None
-    if mode.startswith("I;16") or mode in ("I", "F"):
+    notices = [ICC_DROPPED] if img.info.get("icc_profile") else []
+    if mode == "F":
+        raise InputError("32-bit float images are not supported (their range is not defined); "
+                         "save it with 8 or 16 bits per sample")
+    if mode == "I":
+        low, high = img.getextrema()
+        if low < 0 or high > 65535:
+            raise InputError(f"32-bit integer samples from {low} to {high} do not fit 16 bits; "
+                             f"save it with 8 or 16 bits per sample")
+    if mode.startswith("I;16") or mode == "I":
         gray, alpha = _from_high_depth_gray(img)
-        notice = "32-bit float input reduced to 8 bits" if mode == "F" else REDUCED_16
-        return ("LA" if alpha is not None else "L"), gray, alpha, 16, [notice]
+        notice = "32-bit integer input (0..65535) reduced to 8 bits" if mode == "I" else REDUCED_16
+        return ("LA" if alpha is not None else "L"), gray, alpha, 16, notices + [notice]
     bit_depth = 16 if png is not None and png[0] == 16 else 8
-    notices = [REDUCED_16] if bit_depth == 16 else []
+    notices += [REDUCED_16] if bit_depth == 16 else []
+    if mode in _OTHER_COLOUR_SPACES:
+        notices.append(f"{_OTHER_COLOUR_SPACES[mode]} image converted to RGB (Pillow's conversion, no colour profile)")
+        mode = "RGB"
     if png is not None and png[1] == 4 and mode == "RGBA":
         mode = "LA"  # a 16-bit gray+alpha PNG, which Pillow widens to RGBA with R = G = B
     if mode == "P":
@@ -104,7 +117,7 @@ def _canonical(
     elif mode == "RGB" and has_key:
         mode = "RGBA"
     elif mode not in ("LA", "RGB", "RGBA"):
-        mode = "RGBA" if "A" in img.getbands() or mode == "RGBa" else "RGB"
+        mode = "RGBA" if mode in ("PA", "RGBa") else "RGB"  # RGBa: convert() un-premultiplies
     converted = img if img.mode == mode else img.convert(mode)
     planes = np.asarray(converted)
     if mode == "L":
@@ -141,22 +154,33 @@ def read_image(data: bytes, name: str = "input") -> SourceImage:
             raise InputError(f"{name}: image too large: {_reason(exc)}") from None
         except _PILLOW_ERRORS as exc:
             raise InputError(f"cannot read {name}: {_reason(exc)}") from None
-        problem = check_dimensions(img.width, img.height)
-        if problem is not None:
-            raise InputError(f"{name}: {problem}")
-        try:
-            frames = getattr(img, "n_frames", 1)
-            if frames > 1:
-                img.seek(0)
-                notices.append(f"animated image: coding the first of {frames} frames")
-            img.load()
-            orientation = img.getexif().get(0x0112, 1)
-            if orientation in range(2, 9):
-                img = ImageOps.exif_transpose(img)
-                notices.append("EXIF orientation applied")
-            mode, planes, alpha, bit_depth, mode_notices = _canonical(img, png)
-        except _PILLOW_ERRORS as exc:
-            raise InputError(f"cannot read {name}: {_reason(exc)}") from None
+        return _to_source(img, png, name, notices)
+
+
+def source_from_image(img: Image.Image, name: str = "image") -> SourceImage:
+    """A PIL image in any mode (the Python API's input), read like a file of that mode."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+        return _to_source(img, None, name, [])
+
+
+def _to_source(img: Image.Image, png: tuple[int, int] | None, name: str, notices: list[str]) -> SourceImage:
+    problem = check_dimensions(img.width, img.height)
+    if problem is not None:
+        raise InputError(f"{name}: {problem}")
+    try:
+        frames = getattr(img, "n_frames", 1)
+        if frames > 1:
+            img.seek(0)
+            notices.append(f"animated image: coding the first of {frames} frames")
+        img.load()
+        orientation = img.getexif().get(0x0112, 1)
+        if orientation in range(2, 9):
+            img = ImageOps.exif_transpose(img)
+            notices.append("EXIF orientation applied")
+        mode, planes, alpha, bit_depth, mode_notices = _canonical(img, png)
+    except _PILLOW_ERRORS as exc:
+        raise InputError(f"cannot read {name}: {_reason(exc)}") from None
     rgb = np.repeat(planes[..., None], 3, axis=2) if planes.ndim == 2 else planes
     return SourceImage(
         rgb=np.ascontiguousarray(rgb, dtype=np.uint8),

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +24,7 @@ from diveq_codec.codec.image_io import (
     alpha_to_bytes,
     read_image,
     restore_image,
+    source_from_image,
 )
 from diveq_codec.codec.metrics import bits_per_pixel, psnr
 from diveq_codec.codec.zoo import (
@@ -91,9 +91,7 @@ def as_source(image: Image.Image | bytes | str | Path | SourceImage) -> SourceIm
     if isinstance(image, SourceImage):
         return image
     if isinstance(image, Image.Image):
-        buf = io.BytesIO()
-        image.save(buf, format="PNG")  # one reader for every input keeps mode handling identical
-        return read_image(buf.getvalue(), "image")
+        return source_from_image(image)
     if isinstance(image, (str, Path)):
         return read_image(Path(image).read_bytes(), str(image))
     return read_image(bytes(image), "input")
