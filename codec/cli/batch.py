@@ -94,7 +94,10 @@ class Reporter:
         return code
 
 
-def run_jobs(jobs: Sequence[Job], work: Callable[[Job, Reporter], tuple[str, dict[str, Any]]], workers: int,
+Work = Callable[[Job, "Reporter"], tuple[str, dict[str, Any]]]  # one file: (its result line, its JSON)
+
+
+def run_jobs(jobs: Sequence[Job], work: Work, workers: int,
              label: str, json_flag: bool, quiet: bool) -> int:
     """Run ``work`` on every job with ``workers`` threads; return 0, or the exit code of the
     first input (in the order given) that failed."""

@@ -10,18 +10,25 @@ from typing import Any, Optional
 
 import typer
 
-from diveq_codec.codec.cli.batch import Job, Reporter, jobs_into_folder, run_jobs
+from diveq_codec.codec.cli.batch import Job, Reporter, Work, jobs_into_folder, run_jobs
 from diveq_codec.codec.cli.common import check_json_target, guarded, json_out, say
 from diveq_codec.codec.cli.options import EFFORT_HELP, Device
 from diveq_codec.codec.cli.progress import Progress, StageProgress
 from diveq_codec.codec.errors import UsageError
 from diveq_codec.codec.output_formats import DEFAULT_JPEG_QUALITY, OutputFormat
 
-PATHS_HELP = "IN OUT for one file (- reads stdin / writes stdout), or IN... with --out-dir"
-OUT_DIR_HELP = "write every output into this folder, named after its input"
-JOBS_HELP = "files coded at once in a batch; each gets its share of the CPU cores"
 QUALITY_HELP = "rate point, from 1 (smallest) up: `diveq-codec models` lists them  [default: the model's default]"
-QUIET_HELP = "no notes and no progress bar (errors are still printed)"
+# The arguments and options encode and decode share.
+PATHS_ARGUMENT = typer.Argument(..., metavar="PATHS", show_default=False,
+                                help="IN OUT for one file (- reads stdin / writes stdout), or IN... with --out-dir")
+OUT_DIR_OPTION = typer.Option(None, "--out-dir", metavar="DIR",
+                              help="write every output into this folder, named after its input")
+DEVICE_OPTION = typer.Option(Device.auto, "--device", metavar="auto|cpu|cuda", help="where the network runs")
+JOBS_OPTION = typer.Option(1, "--jobs", "-j", min=1, metavar="N",
+                           help="files coded at once in a batch; each gets its share of the CPU cores")
+FORCE_OPTION = typer.Option(False, "--force", "-f", help="overwrite outputs that exist")
+JSON_OPTION = typer.Option(False, "--json", help="print the report as JSON on stdout (a line per file)")
+QUIET_OPTION = typer.Option(False, "--quiet", help="no notes and no progress bar (errors are still printed)")
 
 
 def _single_or_batch(paths: list[str], out_dir: Optional[str], extension: str) -> tuple[list[Job], bool]:
@@ -34,7 +41,7 @@ def _single_or_batch(paths: list[str], out_dir: Optional[str], extension: str) -
     return [Job(paths[0], paths[1])], False
 
 
-def _run(jobs: list[Job], batch: bool, work: Any, workers: int, label: str, json_flag: bool, quiet: bool) -> None:
+def _run(jobs: list[Job], batch: bool, work: Work, workers: int, label: str, json_flag: bool, quiet: bool) -> None:
     if batch:
         code = run_jobs(jobs, work, workers, label, json_flag, quiet)
         if code:
@@ -54,15 +61,15 @@ def _run(jobs: list[Job], batch: bool, work: Any, workers: int, label: str, json
 
 
 def encode(
-    paths: list[str] = typer.Argument(..., metavar="PATHS", help=PATHS_HELP, show_default=False),
-    out_dir: Optional[str] = typer.Option(None, "--out-dir", metavar="DIR", help=OUT_DIR_HELP),
+    paths: list[str] = PATHS_ARGUMENT,
+    out_dir: Optional[str] = OUT_DIR_OPTION,
     quality: Optional[int] = typer.Option(None, "-q", "--quality", min=1, metavar="N", help=QUALITY_HELP, show_default=False),
     effort: int = typer.Option(1, "--effort", min=1, max=3, metavar="1|2|3", help=EFFORT_HELP),
-    device: Device = typer.Option(Device.auto, "--device", metavar="auto|cpu|cuda", help="where the network runs"),
-    workers: int = typer.Option(1, "--jobs", "-j", min=1, metavar="N", help=JOBS_HELP),
-    force: bool = typer.Option(False, "--force", "-f", help="overwrite outputs that exist"),
-    json_flag: bool = typer.Option(False, "--json", help="print the report as JSON on stdout (a line per file)"),
-    quiet: bool = typer.Option(False, "--quiet", help=QUIET_HELP),
+    device: Device = DEVICE_OPTION,
+    workers: int = JOBS_OPTION,
+    force: bool = FORCE_OPTION,
+    json_flag: bool = JSON_OPTION,
+    quiet: bool = QUIET_OPTION,
 ) -> None:
     """Compress images to .dvq files; report size, bpp and PSNR of what each file decodes to.
 
@@ -122,8 +129,8 @@ def _reference_psnr(reference: str, decoded: Any, reporter: Reporter) -> float |
 
 
 def decode(
-    paths: list[str] = typer.Argument(..., metavar="PATHS", help=PATHS_HELP, show_default=False),
-    out_dir: Optional[str] = typer.Option(None, "--out-dir", metavar="DIR", help=OUT_DIR_HELP),
+    paths: list[str] = PATHS_ARGUMENT,
+    out_dir: Optional[str] = OUT_DIR_OPTION,
     output_format: Optional[str] = typer.Option(
         None, "--format", metavar="FMT",
         help="png, webp (lossless), tiff, bmp or jpeg (lossy); default: OUT's extension, png for - and --out-dir"),
@@ -131,11 +138,11 @@ def decode(
                                      help="quality of a JPEG output (JPEG is lossy)"),
     reference: Optional[str] = typer.Option(None, "--reference", metavar="ORIGINAL",
                                             help="original image: report PSNR against it (one file only)"),
-    device: Device = typer.Option(Device.auto, "--device", metavar="auto|cpu|cuda", help="where the network runs"),
-    workers: int = typer.Option(1, "--jobs", "-j", min=1, metavar="N", help=JOBS_HELP),
-    force: bool = typer.Option(False, "--force", "-f", help="overwrite outputs that exist"),
-    json_flag: bool = typer.Option(False, "--json", help="print the report as JSON on stdout (a line per file)"),
-    quiet: bool = typer.Option(False, "--quiet", help=QUIET_HELP),
+    device: Device = DEVICE_OPTION,
+    workers: int = JOBS_OPTION,
+    force: bool = FORCE_OPTION,
+    json_flag: bool = JSON_OPTION,
+    quiet: bool = QUIET_OPTION,
 ) -> None:
     """Decompress .dvq files to images of the original size and mode.
 
