@@ -18,7 +18,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -238,6 +238,124 @@ def sync_quantizer(model: VQAutoencoder, optimizer: torch.optim.Optimizer, world
                 dist.broadcast(moment, src=0)
 
 
+@dataclass
+class Run:
+    """A run's progress and what its checkpoints record (``elapsed_before``: seconds before a resume)."""
+
+    ckpt_path: Path
+    model: VQAutoencoder
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    device: str
+    init_from: dict | None
+    step: int = 0
+    elapsed_before: float = 0.0
+    images_seen: int = 0
+    start: float = 0.0
+
+    def save(self) -> None:
+        elapsed = self.elapsed_before + time.monotonic() - self.start
+        save_checkpoint(self.ckpt_path, self.model, self.optimizer, self.step, elapsed, self.images_seen,
+                        self.generator, self.device, self.init_from)
+
+    def resume(self, state: dict, rank: int = 0) -> None:
+        """Continue from checkpoint ``state``: weights, optimiser, counters, rank 0's crop generator."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.elapsed_before, self.images_seen = state["step"], state["elapsed_s"], state["images_seen"]
+        if rank == 0:
+            self.generator.set_state(state["generator"])
+        print(f"resumed at step {self.step}", file=sys.stderr)
+
+
+def starting_point(args: argparse.Namespace, ckpt_path: Path) -> tuple[ModelConfig, dict | None, dict | None, dict | None]:
+    """(config, checkpoint to resume, initial weights, their provenance): of the flags, --resume or --init."""
+    config = ModelConfig(channels=args.channels, latent_dim=args.latent_dim, downsamplings=args.downsamplings,
+                         quantizer=args.quantizer, num_stages=args.stages, num_codes=args.codes,
+                         noise_std=args.noise_std, residual_blocks=args.residual_blocks or 0)
+    if config.quantizer.startswith("sf-"):
+        config = replace(config, num_stages=1)
+    if args.resume and ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        return ModelConfig.from_dict(state["config"]), state, None, state.get("init_from")
+    if args.init is None:
+        return config, None, None, None
+    config, initial, init_from = load_initial_weights(args.init)
+    if args.residual_blocks is not None and args.residual_blocks != config.residual_blocks:
+        try:
+            config, initial = with_residual_blocks(config, initial, args.residual_blocks)
+        except ValueError as exc:
+            raise SystemExit(f"--residual-blocks {args.residual_blocks} with --init {args.init}: {exc}") from None
+        init_from["grown_residual_blocks"] = args.residual_blocks
+    return config, None, initial, init_from
+
+
+def build_model(config: ModelConfig, initial: dict | None, init_path: Path | None, device: str) -> VQAutoencoder:
+    """The network on ``device`` (channels_last on CUDA), with the --init weights if any."""
+    model = VQAutoencoder(config).to(device)
+    if initial is not None:
+        model.load_state_dict(initial)
+        print(f"initialised from {init_path}", file=sys.stderr)
+    if device == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True  # every batch has the same shape
+    return model
+
+
+def train(run: Run, trainer: torch.nn.Module, sampler: CropSampler, log: TrainLog | None,
+          args: argparse.Namespace, rank: int, world: int) -> bool:
+    """The training loop, to --steps or the time budget; False if the loss stopped being finite."""
+    model, optimizer, device, config = run.model, run.optimizer, run.device, run.model.config
+    # A fine-tuned model already has trained codebooks: no plain-autoencoder warm-up.
+    warmup_steps = 0 if run.init_from is not None else args.warmup_steps
+    residual_stages = model.num_stages if config.quantizer in ("diveq", "diveq-detach") and config.num_stages > 1 else 0
+    run.start = last_ckpt = time.monotonic()
+    model.train()
+    while run.step < args.steps:
+        # Every rank must take the same decision to stop, or DDP would hang.
+        stop = torch.tensor(float(time.monotonic() - run.start >= args.time_budget))
+        if world > 1:
+            dist.all_reduce(stop, op=dist.ReduceOp.MAX)
+        if stop.item():
+            break
+        set_learning_rate(optimizer, run.step, args.steps, args.lr, time.monotonic() - run.start, args.time_budget)
+        x = sampler.batch(args.batch)
+        if device == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        quantize = run.step >= warmup_steps
+        if run.step == warmup_steps and run.init_from is None:
+            # Warm-up trains a plain autoencoder so the codebooks are seeded from latents
+            # that already mean something, not from a random encoder.
+            with torch.no_grad():
+                model.quantizer.init_from_data(model.to_vectors(model.analysis(x)).float())
+            sync_quantizer(model, optimizer, world)
+        active = None
+        if quantize and residual_stages:
+            active = torch.randint(1, residual_stages + 1, (x.shape[0],), generator=run.generator).to(device)
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device == "cuda" and args.precision == "bf16"):
+            x_hat, q = trainer(x, active, quantize)
+            loss, mse = training_loss(x_hat, x, args.loss)
+        if not optimiser_step(optimizer, loss, run.step):
+            return False
+        replaced = model.quantizer.replace_dead_codes(optimizer) if quantize and rank == 0 else 0
+        if world > 1 and quantize:
+            flag = torch.tensor(float(replaced))
+            dist.broadcast(flag, src=0)
+            if flag.item():
+                sync_quantizer(model, optimizer, world)
+        run.step += 1
+        run.images_seen += x.shape[0] * world
+        if log is not None:
+            log.add(loss.item(), mse.item(), x.shape[0] * world)
+            if log.due(run.step):
+                log.write(run.step, perplexity=[round(p, 1) for p in q.perplexities] if q is not None else [],
+                          replaced=replaced, lr=optimizer.param_groups[0]["lr"])
+        if rank == 0 and time.monotonic() - last_ckpt > args.checkpoint_every:
+            run.save()
+            last_ckpt = time.monotonic()
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
@@ -250,40 +368,11 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"
 
-    config = ModelConfig(channels=args.channels, latent_dim=args.latent_dim, downsamplings=args.downsamplings,
-                         quantizer=args.quantizer, num_stages=args.stages, num_codes=args.codes,
-                         noise_std=args.noise_std, residual_blocks=args.residual_blocks or 0)
-    if config.quantizer.startswith("sf-"):
-        config = replace(config, num_stages=1)
-    step, elapsed_before, images_seen = 0, 0.0, 0
-    state, initial, init_from = None, None, None
-    if args.resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        config = ModelConfig.from_dict(state["config"])
-        init_from = state.get("init_from")
-    elif args.init is not None:
-        config, initial, init_from = load_initial_weights(args.init)
-        if args.residual_blocks is not None and args.residual_blocks != config.residual_blocks:
-            try:
-                config, initial = with_residual_blocks(config, initial, args.residual_blocks)
-            except ValueError as exc:
-                raise SystemExit(f"--residual-blocks {args.residual_blocks} with --init {args.init}: {exc}") from None
-            init_from["grown_residual_blocks"] = args.residual_blocks
-    model = VQAutoencoder(config).to(device)
-    if initial is not None:
-        model.load_state_dict(initial)
-        print(f"initialised from {args.init}", file=sys.stderr)
-    if device == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-        torch.backends.cudnn.benchmark = True  # every batch has the same shape
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    config, state, initial, init_from = starting_point(args, ckpt_path)
+    model = build_model(config, initial, args.init, device)
+    run = Run(ckpt_path, model, torch.optim.Adam(model.parameters(), lr=args.lr), generator, device, init_from)
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, elapsed_before, images_seen = state["step"], state["elapsed_s"], state["images_seen"]
-        if rank == 0:
-            generator.set_state(state["generator"])
-        print(f"resumed at step {step}", file=sys.stderr)
+        run.resume(state, rank)
     # The codebooks sit idle during warm-up, hence find_unused_parameters.
     trainer = DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
 
@@ -291,62 +380,13 @@ def main(argv: list[str] | None = None) -> int:
     if rank == 0:
         print(f"{len(sampler.images)} training images, device {device}, {world} process(es), "
               f"config {config.to_dict()}", file=sys.stderr)
-    # A fine-tuned model already has trained codebooks: no plain-autoencoder warm-up.
-    warmup_steps = 0 if init_from is not None else args.warmup_steps
-    residual_stages = model.num_stages if config.quantizer in ("diveq", "diveq-detach") and config.num_stages > 1 else 0
-
-    log = TrainLog(out / "train_log.jsonl", args.log_every, elapsed_before) if rank == 0 else None
-    start = time.monotonic()
-    last_ckpt = start
-    model.train()
-    while step < args.steps:
-        # Every rank must take the same decision to stop, or DDP would hang.
-        stop = torch.tensor(float(time.monotonic() - start >= args.time_budget))
-        if world > 1:
-            dist.all_reduce(stop, op=dist.ReduceOp.MAX)
-        if stop.item():
-            break
-        set_learning_rate(optimizer, step, args.steps, args.lr, time.monotonic() - start, args.time_budget)
-        x = sampler.batch(args.batch)
-        if device == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        quantize = step >= warmup_steps
-        if step == warmup_steps and init_from is None:
-            # Warm-up trains a plain autoencoder so the codebooks are seeded from latents
-            # that already mean something, not from a random encoder.
-            with torch.no_grad():
-                model.quantizer.init_from_data(model.to_vectors(model.analysis(x)).float())
-            sync_quantizer(model, optimizer, world)
-        active = None
-        if quantize and residual_stages:
-            active = torch.randint(1, residual_stages + 1, (x.shape[0],), generator=generator).to(device)
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device == "cuda" and args.precision == "bf16"):
-            x_hat, q = trainer(x, active, quantize)
-            loss, mse = training_loss(x_hat, x, args.loss)
-        if not optimiser_step(optimizer, loss, step):
-            return 1
-        replaced = model.quantizer.replace_dead_codes(optimizer) if quantize and rank == 0 else 0
-        if world > 1 and quantize:
-            flag = torch.tensor(float(replaced))
-            dist.broadcast(flag, src=0)
-            if flag.item():
-                sync_quantizer(model, optimizer, world)
-        step += 1
-        images_seen += x.shape[0] * world
-        if log is not None:
-            log.add(loss.item(), mse.item(), x.shape[0] * world)
-            if log.due(step):
-                log.write(step, perplexity=[round(p, 1) for p in q.perplexities] if q is not None else [],
-                          replaced=replaced, lr=optimizer.param_groups[0]["lr"])
-        if rank == 0 and time.monotonic() - last_ckpt > args.checkpoint_every:
-            save_checkpoint(ckpt_path, model, optimizer, step, elapsed_before + time.monotonic() - start,
-                            images_seen, generator, device, init_from)
-            last_ckpt = time.monotonic()
+    log = TrainLog(out / "train_log.jsonl", args.log_every, run.elapsed_before) if rank == 0 else None
+    if not train(run, trainer, sampler, log, args, rank, world):
+        return 1
     if log is not None:
         log.close()
-        save_checkpoint(ckpt_path, model, optimizer, step, elapsed_before + time.monotonic() - start,
-                        images_seen, generator, device, init_from)
-        print(f"saved {ckpt_path} at step {step}", file=sys.stderr)
+        run.save()
+        print(f"saved {ckpt_path} at step {run.step}", file=sys.stderr)
     if world > 1:
         del trainer
         shutdown_distributed()

@@ -37,10 +37,10 @@ from diveq_codec.models.autoencoder import VQAutoencoder
 from diveq_codec.models.choices import Points, choices_at_points
 from diveq_codec.models.data import list_images, load_rgb
 from diveq_codec.models.train import (
+    Run,
     TrainLog,
     optimiser_step,
     psnr_from_mse,
-    save_checkpoint,
     set_learning_rate,
     training_loss,
 )
@@ -166,42 +166,27 @@ def scored_crops(decoded: torch.Tensor, offsets: list[tuple[int, int]], cells: i
                         for i, (oy, ox) in enumerate(offsets)])
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    generator = torch.Generator().manual_seed(args.seed)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out / "checkpoint.pt"
-
-    config, tensors, tables, _ = read_weights_file(args.weights)
-    card = read_card(args.card)
-    if card.sha256 != file_sha256(args.weights):
-        raise SystemExit(f"{args.card} is not the card of {args.weights} (sha256 differs)")
+def load_release(weights: Path, card_path: Path) -> tuple[VQAutoencoder, np.ndarray, str, Points]:
+    """The shipped model with only its synthesis trainable, its entropy tables, its sha256 and its
+    card's rate points (stages, rate_weight), lowest quality first."""
+    config, tensors, tables, _ = read_weights_file(weights)
+    card = read_card(card_path)
+    if card.sha256 != file_sha256(weights):
+        raise SystemExit(f"{card_path} is not the card of {weights} (sha256 differs)")
     points = [(p.stages, p.rate_weight) for p in sorted(card_rate_points(card), key=lambda p: p.quality)]
     if not points:
-        raise SystemExit(f"{args.card} lists no rate points")
+        raise SystemExit(f"{card_path} lists no rate points")
     model = VQAutoencoder(config)
     model.load_state_dict(tensors)
     model.eval()
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(name.startswith("synthesis."))
-    optimizer = torch.optim.Adam(model.synthesis.parameters(), lr=args.lr)
-    init_from = {"path": str(args.weights), "sha256": card.sha256, "trained": "synthesis only",
-                 "coded_at": [{"stages": s, "rate_weight": w} for s, w in points]}
-    step, elapsed_before, images_seen = 0, 0.0, 0
-    if args.resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        if state.get("init_from", {}).get("sha256") != card.sha256:
-            raise SystemExit(f"{ckpt_path} did not start from {args.weights}")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, elapsed_before, images_seen = state["step"], state["elapsed_s"], state["images_seen"]
-        generator.set_state(state["generator"])
-        print(f"resumed at step {step}", file=sys.stderr)
+    return model, tables, card.sha256, points
 
+
+def code_data(args: argparse.Namespace, model: VQAutoencoder, tables: np.ndarray, points: Points,
+              generator: torch.Generator) -> tuple[list[CodedImage], ChoiceCropSampler]:
+    """The held-out images, and a crop sampler over the training ones, coded at every rate point."""
     paths = list_images(args.data)
     every = args.holdout_every
     held = paths[::every] if every else []
@@ -213,36 +198,65 @@ def main(argv: list[str] | None = None) -> int:
                                 tiling.synthesis_margin(model.synthesis), model.stride, generator)
     print(f"{len(sampler.images)} training and {len(held_out)} held-out images coded at {len(points)} rate "
           f"points in {time.monotonic() - start:.0f} s", file=sys.stderr)
-    if step == 0 and held_out:
-        write_holdout(out, model, held_out, 0)
+    return held_out, sampler
 
-    log = TrainLog(out / "train_log.jsonl", args.log_every, elapsed_before)
-    start = time.monotonic()
-    last_ckpt = start
+
+def train_synthesis(run: Run, sampler: ChoiceCropSampler, log: TrainLog, args: argparse.Namespace) -> bool:
+    """The training loop, to --steps or the time budget; False if the loss stopped being finite."""
+    model, optimizer = run.model, run.optimizer
+    run.start = last_ckpt = time.monotonic()
     model.synthesis.train()
-    while step < args.steps and time.monotonic() - start < args.time_budget:
-        set_learning_rate(optimizer, step, args.steps, args.lr, time.monotonic() - start, args.time_budget)
+    while run.step < args.steps and time.monotonic() - run.start < args.time_budget:
+        set_learning_rate(optimizer, run.step, args.steps, args.lr, time.monotonic() - run.start, args.time_budget)
         latent, x, offsets = sampler.batch(model, args.batch)
         decoded = scored_crops(model.synthesis(latent), offsets, args.crop_cells, model.stride)
         loss, mse = training_loss(decoded, x, args.loss)
-        if not optimiser_step(optimizer, loss, step):
-            return 1
-        step += 1
-        images_seen += args.batch
+        if not optimiser_step(optimizer, loss, run.step):
+            return False
+        run.step += 1
+        run.images_seen += args.batch
         log.add(loss.item(), mse.item(), args.batch)
-        if log.due(step):
-            log.write(step, lr=optimizer.param_groups[0]["lr"])
+        if log.due(run.step):
+            log.write(run.step, lr=optimizer.param_groups[0]["lr"])
         if time.monotonic() - last_ckpt > args.checkpoint_every:
-            save_checkpoint(ckpt_path, model, optimizer, step, elapsed_before + time.monotonic() - start,
-                            images_seen, generator, "cpu", init_from)
+            run.save()
             last_ckpt = time.monotonic()
-    elapsed = elapsed_before + time.monotonic() - start
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    generator = torch.Generator().manual_seed(args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / "checkpoint.pt"
+
+    model, tables, sha256, points = load_release(args.weights, args.card)
+    optimizer = torch.optim.Adam(model.synthesis.parameters(), lr=args.lr)
+    init_from = {"path": str(args.weights), "sha256": sha256, "trained": "synthesis only",
+                 "coded_at": [{"stages": s, "rate_weight": w} for s, w in points]}
+    run = Run(ckpt_path, model, optimizer, generator, "cpu", init_from)
+    if args.resume and ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        if state.get("init_from", {}).get("sha256") != sha256:
+            raise SystemExit(f"{ckpt_path} did not start from {args.weights}")
+        run.resume(state)
+
+    held_out, sampler = code_data(args, model, tables, points, generator)
+    if run.step == 0 and held_out:
+        write_holdout(out, model, held_out, 0)
+    log = TrainLog(out / "train_log.jsonl", args.log_every, run.elapsed_before)
+    if not train_synthesis(run, sampler, log, args):
+        return 1
     model.eval()
-    save_checkpoint(ckpt_path, model, optimizer, step, elapsed, images_seen, generator, "cpu", init_from)
+    run.save()
     log.close()
     if held_out:
-        write_holdout(out, model, held_out, step)
-    print(f"saved {ckpt_path} at step {step}", file=sys.stderr)
+        write_holdout(out, model, held_out, run.step)
+    print(f"saved {ckpt_path} at step {run.step}", file=sys.stderr)
     return 0
 
 

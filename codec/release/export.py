@@ -141,7 +141,7 @@ def _check_started_from(start: dict, path: Path, checkpoint: dict) -> None:
         raise SystemExit(f"--via {path} is not the checkpoint the run started from ({start['path']})")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m diveq_codec.codec.release.export", description=__doc__.splitlines()[0])
     p.add_argument("checkpoint", type=Path)
     p.add_argument("--name", required=True)
@@ -168,6 +168,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="card of a model with the same analysis transform and codebooks whose entropy tables to "
                         "copy, not measure: after a decoder-only fine-tune, the encoder it was trained against")
     p.add_argument("--out", type=Path, default=Path("weights"))
+    return p
+
+
+def parse_args(p: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """``p``'s flags, refusing the combinations that cannot work."""
     args = p.parse_args(argv)
     if args.tables_at_rate_points and args.rate_points_from is None:
         p.error("--tables-at-rate-points needs --rate-points-from")
@@ -175,7 +180,12 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--tables-from copies the tables; --tables-at-rate-points measures them: give one")
     if len(args.via) != len(args.via_command):
         p.error("give one --via-command for each --via")
+    return args
 
+
+def load_network(p: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[ModelConfig, dict[str, torch.Tensor], dict]:
+    """(config, weights, training record) of the checkpoint, or of a shipped .safetensors that is
+    exported again under its own --base-card."""
     base_card = json.loads(args.base_card.read_text()) if args.base_card is not None else None
     if args.checkpoint.suffix == ".safetensors":
         if base_card is None or base_card["sha256"] != file_sha256(args.checkpoint):
@@ -183,43 +193,56 @@ def main(argv: list[str] | None = None) -> int:
         config, state, _, _ = read_weights_file(args.checkpoint)
         training = {**base_card["training"], "reexported_from": {"name": base_card["name"],
                                                                  "sha256": base_card["sha256"]}}
-    else:
-        checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
-        config, state = ModelConfig.from_dict(checkpoint["config"]), checkpoint["model"]
-        training = {"data": args.train_data, "command": args.train_command,
-                    **training_record(checkpoint, args.checkpoint.parent, base_card,
-                                      list(zip(args.via, args.via_command)))}
-    model = VQAutoencoder(config)
-    model.load_state_dict(state)
-    model.eval()
+        return config, state, training
+    checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+    config, state = ModelConfig.from_dict(checkpoint["config"]), checkpoint["model"]
+    training = {"data": args.train_data, "command": args.train_command,
+                **training_record(checkpoint, args.checkpoint.parent, base_card, list(zip(args.via, args.via_command)))}
+    return config, state, training
+
+
+def rate_points_for(p: argparse.ArgumentParser, args: argparse.Namespace,
+                    num_stages: int) -> tuple[list[dict], Points | None]:
+    """The card's rate points (one per stage prefix, or --rate-points-from's) and, under
+    --tables-at-rate-points, the points (stages, λ) to measure the tables at."""
     rate_points = [{"quality": args.first_quality + s - 1, "stages": s, "kodak_bpp": None, "kodak_psnr": None}
-                   for s in range(1, model.num_stages + 1)]
-    if args.rate_points_from is not None:
-        kept = card_rate_points(read_card(args.rate_points_from))
-        if any(point.stages > model.num_stages for point in kept):
-            p.error(f"{args.rate_points_from} has rate points with more stages than the model's {model.num_stages}")
-        # Kodak figures are the other model's: measured again by eval + record_rd.
-        rate_points = [{"quality": point.quality, "stages": point.stages, "rate_weight": point.rate_weight,
-                        "kodak_bpp": None, "kodak_psnr": None} for point in kept]
-    if args.tables_from is not None:
-        tables, second, table_record = copied_tables(args.tables_from, state)
-    else:
-        with torch.no_grad():
-            points = [(point.stages, point.rate_weight) for point in kept] if args.tables_at_rate_points else None
-            raw, raw_second, images = measure_tables(model, args.data, args.table_images, args.max_side, points)
-        # int32 holds any count here (millions of symbols at most) in half of int64's bytes.
-        if max(raw.max(), raw_second.max()) >= np.iinfo(np.int32).max:
-            raise SystemExit("a table count does not fit int32: measure the tables on fewer images")
-        tables, second = smoothed_counts(raw).astype(np.int32), smoothed_counts(raw_second).astype(np.int32)
-        table_record = {
-            "measured_on": f"{images} images of {args.data} (long side ≤ {args.max_side}), " + (
-                "the encoder's choices at every rate point (each at its rate_weight; λ weighing the code lengths "
-                "of tables measured first on the nearest codewords at all stages), summed"
-                if args.tables_at_rate_points else "coding path, all stages"),
-            "contexts": "stage 1: the index above (row 'alphabet' for the top row); stage m > 1: stage m-1's index at the same position",
-            "second_contexts": "coder 3: stage 1: the index above-left (row 'alphabet' off the grid); stage 2: none (zero counts); stage m > 2: stage m-2's index at the same position",
-            "smoothing": "+1 on every count",
-        }
+                   for s in range(1, num_stages + 1)]
+    if args.rate_points_from is None:
+        return rate_points, None
+    kept = card_rate_points(read_card(args.rate_points_from))
+    if any(point.stages > num_stages for point in kept):
+        p.error(f"{args.rate_points_from} has rate points with more stages than the model's {num_stages}")
+    # Kodak figures are the other model's: measured again by eval + record_rd.
+    rate_points = [{"quality": point.quality, "stages": point.stages, "rate_weight": point.rate_weight,
+                    "kodak_bpp": None, "kodak_psnr": None} for point in kept]
+    return rate_points, [(point.stages, point.rate_weight) for point in kept] if args.tables_at_rate_points else None
+
+
+def measured_tables(model: VQAutoencoder, data: Path, max_images: int, max_side: int,
+                    points: Points | None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(tables, second tables, card record) measured on the training images (see measure_tables)."""
+    with torch.no_grad():
+        raw, raw_second, images = measure_tables(model, data, max_images, max_side, points)
+    # int32 holds any count here (millions of symbols at most) in half of int64's bytes.
+    if max(raw.max(), raw_second.max()) >= np.iinfo(np.int32).max:
+        raise SystemExit("a table count does not fit int32: measure the tables on fewer images")
+    tables, second = smoothed_counts(raw).astype(np.int32), smoothed_counts(raw_second).astype(np.int32)
+    record = {
+        "measured_on": f"{images} images of {data} (long side ≤ {max_side}), " + (
+            "the encoder's choices at every rate point (each at its rate_weight; λ weighing the code lengths "
+            "of tables measured first on the nearest codewords at all stages), summed"
+            if points is not None else "coding path, all stages"),
+        "contexts": "stage 1: the index above (row 'alphabet' for the top row); stage m > 1: stage m-1's index at the same position",
+        "second_contexts": "coder 3: stage 1: the index above-left (row 'alphabet' off the grid); stage 2: none (zero counts); stage m > 2: stage m-2's index at the same position",
+        "smoothing": "+1 on every count",
+    }
+    return tables, second, record
+
+
+def write_release(args: argparse.Namespace, model: VQAutoencoder, training: dict, rate_points: list[dict],
+                  tables: np.ndarray, second: np.ndarray, table_record: dict) -> None:
+    """Write OUT/NAME.safetensors (the network and its entropy tables) and its card, OUT/NAME.json."""
+    config = model.config
     tensors = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()}
     tensors[ENTROPY_TENSOR] = torch.from_numpy(tables)
     tensors[SECOND_ENTROPY_TENSOR] = torch.from_numpy(second)
@@ -250,6 +273,21 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / f"{args.name}.json").write_text(json.dumps(card, indent=1) + "\n")
     print(f"wrote {weights_path} ({weights_path.stat().st_size:,} bytes, sha256 {sha[:16]}…); "
           f"table bits/symbol {np.round(bits, 2).tolist()}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
+    args = parse_args(p, argv)
+    config, state, training = load_network(p, args)
+    model = VQAutoencoder(config)
+    model.load_state_dict(state)
+    model.eval()
+    rate_points, points = rate_points_for(p, args, model.num_stages)
+    if args.tables_from is not None:
+        tables, second, table_record = copied_tables(args.tables_from, state)
+    else:
+        tables, second, table_record = measured_tables(model, args.data, args.table_images, args.max_side, points)
+    write_release(args, model, training, rate_points, tables, second, table_record)
     return 0
 
 
