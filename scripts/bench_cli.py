@@ -27,17 +27,19 @@ CLI = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "diveq_code
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".ppm", ".bmp", ".tif", ".tiff", ".webp"}
 
 
-def wall(command: list[str], env: dict[str, str] | None = None, expect: int | None = 0) -> float:
+def wall(command: list[str], env: dict[str, str] | None = None, expect: int | None = 0,
+         cwd: Path | None = None) -> float:
     start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, env=env)
+    done = subprocess.run(command, capture_output=True, env=env, cwd=cwd)
     elapsed = time.perf_counter() - start
     if expect is not None and done.returncode != expect:
         raise SystemExit(f"{' '.join(command)} exited {done.returncode}: {done.stderr.decode()[-300:]}")
     return elapsed
 
 
-def median_wall(command: list[str], runs: int, env: dict[str, str] | None = None, expect: int | None = 0) -> float:
-    return statistics.median(wall(command, env, expect) for _ in range(runs))
+def median_wall(command: list[str], runs: int, env: dict[str, str] | None = None, expect: int | None = 0,
+                cwd: Path | None = None) -> float:
+    return statistics.median(wall(command, env, expect, cwd) for _ in range(runs))
 
 
 def start_up(work: Path, image: Path, runs: int) -> None:
@@ -53,14 +55,15 @@ def start_up(work: Path, image: Path, runs: int) -> None:
 
 
 def coding(work: Path, image: Path, runs: int, before: Path | None) -> None:
-    lines = [("now", CLI, None)]
-    if before is not None:
+    lines: list[tuple[str, list[str], dict[str, str] | None, Path | None]] = [("now", CLI, None, None)]
+    if before is not None:  # run from the old checkout, so that its top-level `codec` is the one found
         env = {**os.environ, "PYTHONPATH": str(before)}
-        lines.append(("before", [sys.executable, "-c", "import sys; from codec.cli import main; sys.argv[0] = 'diveq-codec'; main()"], env))
-    for label, cli, env in lines:
+        old = [sys.executable, "-c", "import sys; from codec.cli import main; sys.argv[0] = 'diveq-codec'; main()"]
+        lines.append(("before", old, env, before))
+    for label, cli, env, cwd in lines:
         out, png = work / f"{label}.dvq", work / f"{label}.png"
-        enc = median_wall([*cli, "encode", str(image), str(out), "--force"], runs, env)
-        dec = median_wall([*cli, "decode", str(out), str(png), "--force"], runs, env)
+        enc = median_wall([*cli, "encode", str(image), str(out), "--force"], runs, env, cwd=cwd)
+        dec = median_wall([*cli, "decode", str(out), str(png), "--force"], runs, env, cwd=cwd)
         print(f"{label:6} encode {enc:6.2f} s   decode {dec:6.2f} s   ({image.name}, default quality, wall)")
 
 
