@@ -3,7 +3,7 @@
 The networks' feature maps are tens of MB each. glibc's malloc serves a block that large
 with a fresh mmap and unmaps it when it is freed, so every layer of every encode faults its
 output's pages in anew: on the project's 2-core CPU that cost about 0.1 s of a 0.48 s
-encode at quality 7 (`diveq-codec bench ../shared/data/kodak/kodim23.png -q 7`, README
+encode at quality 7 (`diveq-codec bench <kodak-dir>/kodim23.png -q 7`, README
 "Measured rate–distortion"). Raising the mmap and trim thresholds makes malloc reuse those pages.
 The process keeps the pages it freed, so its peak RSS grows a little (483 → 551 MiB in
 `diveq-codec bench … -q 7`). It is set by the command line (and the timing scripts) only: a
