@@ -1,6 +1,10 @@
-"""diveq-codec: ``codec.encode(image, quality=...) -> bytes`` and ``codec.decode(data) -> PIL.Image``.
+"""diveq-codec's Python API.
 
-The two are loaded on first use, so that importing a light module (``codec.bitstream``
+>>> from diveq_codec import codec
+>>> data = codec.encode("photo.png", quality=4)   # bytes of a .dvq file (path, bytes or PIL image)
+>>> image = codec.decode(data)                     # PIL.Image, the original size and mode
+
+Both are loaded on first use, so importing a light module (``diveq_codec.codec.container``
 for ``diveq-codec info``, say) does not pay for PyTorch.
 """
 
@@ -16,4 +20,4 @@ def __getattr__(name: str) -> Any:
         from diveq_codec.codec import pipeline
 
         return getattr(pipeline, name)
-    raise AttributeError(f"module 'codec' has no attribute {name!r}")
+    raise AttributeError(f"module 'diveq_codec.codec' has no attribute {name!r}")
