@@ -73,7 +73,7 @@ def lower_where_cheaper(quotients: np.ndarray, lowering_costs: np.ndarray, grid:
         values = quotients[channel].ravel()
         groups, _, levels = channel_tables(quotients, channel, grid)
         # Only nonzero quotients within the direct alphabet can move; at most steps they are few.
-        candidates = np.flatnonzero((values != 0) & (np.abs(values) <= MAX_DIRECT))
+        candidates = np.flatnonzero((values != 0) & (values >= -MAX_DIRECT) & (values <= MAX_DIRECT))
         magnitude = np.abs(values[candidates])
         level = levels[groups[candidates]]
         saved = lengths[level, MAX_DIRECT + magnitude] - lengths[level, MAX_DIRECT + magnitude - 1]
@@ -150,11 +150,11 @@ def decode(layer: bytes, base: np.ndarray) -> np.ndarray:
     height, width = base.shape[:2]
     channels = 1 if base.ndim == 2 else 3
     grid = block_grid(height, width)
-    quotients = np.zeros((channels, grid[0] * grid[1], COEFFICIENTS), dtype=np.int32)
+    by_frequency = np.zeros((channels, COEFFICIENTS, grid[0] * grid[1]), dtype=np.int32)  # see decode_channel
     decoder = stream.queue.RangeDecoder(np.frombuffer(layer, dtype="<u4", offset=_LAYER_HEADER.size).astype(np.uint32))
     with coder_errors("DCT layer"):
         for channel in range(channels):
-            decode_channel(decoder, quotients, channel, grid)
+            decode_channel(decoder, by_frequency, channel, grid)
     if not decoder.maybe_exhausted():
         raise CorruptBitstreamError("DCT layer has data left after its last symbol")
-    return reconstruct(quotients, base, step)
+    return reconstruct(by_frequency.transpose(0, 2, 1), base, step)

@@ -137,10 +137,15 @@ def _flag_model(filled: int, empty: int) -> object:
                                              dtype=np.float32), perfect=False)
 
 
+# The bucket of each activity up to the first one in the open-ended last bucket: frexp's
+# exponent of an integer a ≥ 1 is floor(log2 a) + 1, exactly; of 0 it is 0.
+_BUCKET_OF = np.minimum(np.frexp(np.arange((1 << (BUCKETS - 2)) + 1))[1], BUCKETS - 1).astype(np.int16)
+
+
 def _bucket_of(activity: np.ndarray) -> np.ndarray:
-    """Activity (integers ≥ 0) → bucket: 0, 1, 2–3, 4–7, …, the last bucket open-ended."""
-    # frexp's exponent of an integer a ≥ 1 is floor(log2 a) + 1, exactly; of 0 it is 0.
-    return np.minimum(np.frexp(activity)[1], BUCKETS - 1).astype(np.int16)
+    """Activity (integers ≥ 0; overwritten) → bucket: 0, 1, 2–3, 4–7, …, the last open-ended."""
+    # A table lookup: frexp on the whole map took a float64 copy of it, and four times as long.
+    return _BUCKET_OF[np.minimum(activity, len(_BUCKET_OF) - 1, out=activity)]
 
 
 def _with_neighbours(own: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
@@ -162,38 +167,59 @@ def _with_neighbours(own: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     return total.reshape(own.shape)
 
 
-def _activity_buckets(quotients: np.ndarray, channel: int, frequency: int, grid: tuple[int, int]) -> np.ndarray:
-    """Each block's bucket at one (channel, zigzag frequency), from coded quotients only."""
-    activity = np.abs(quotients[channel, :, max(0, frequency - ACTIVITY_SPAN):frequency]).sum(axis=1, dtype=np.int64)
+def _activity_buckets(by_frequency: np.ndarray, channel: int, frequency: int, grid: tuple[int, int]) -> np.ndarray:
+    """Each block's bucket at one (channel, zigzag frequency), from coded quotients only;
+    ``by_frequency`` is (C, 64, blocks), the layout the decoder fills (decode_channel)."""
+    activity = np.abs(by_frequency[channel, max(0, frequency - ACTIVITY_SPAN):frequency]).sum(axis=0, dtype=np.int64)
     if channel:
-        activity += np.abs(quotients[0, :, frequency])
+        activity += np.abs(by_frequency[0, frequency])
     return _bucket_of(_with_neighbours(activity, grid))
+
+
+# Frequencies per piece of _all_buckets: a block's bucket at one frequency depends on a few
+# frequencies before it only, so pieces keep its int32 maps an eighth of a channel's size.
+BUCKET_PIECE = 8
 
 
 def _all_buckets(quotients: np.ndarray, channel: int, grid: tuple[int, int]) -> np.ndarray:
     """_activity_buckets for every frequency of a channel at once, (blocks, 64): the encoder
     knows every quotient in advance, the decoder learns them frequency by frequency."""
-    magnitudes = np.abs(quotients[channel])
-    before = np.zeros((magnitudes.shape[0], COEFFICIENTS + 1), dtype=np.int32)
-    np.cumsum(magnitudes, axis=1, out=before[:, 1:])  # before[:, f]: the sum over frequencies < f
-    frequencies = np.arange(COEFFICIENTS)
-    activity = before[:, frequencies] - before[:, np.maximum(frequencies - ACTIVITY_SPAN, 0)]
-    if channel:
-        activity += np.abs(quotients[0])
-    return _bucket_of(_with_neighbours(activity, grid))
+    buckets = np.empty(quotients.shape[1:], dtype=np.int16)
+    for first in range(0, COEFFICIENTS, BUCKET_PIECE):
+        low = max(0, first - ACTIVITY_SPAN)
+        magnitudes = np.abs(quotients[channel, :, low:first + BUCKET_PIECE])
+        activity = np.zeros((magnitudes.shape[0], BUCKET_PIECE), dtype=magnitudes.dtype)
+        for lag in range(1, ACTIVITY_SPAN + 1):  # shifted adds: no cumulative sum, no gathered copies
+            # activity[:, f] += magnitudes at frequency first + f − lag, where that is ≥ low
+            skip = max(0, low - (first - lag))
+            activity[:, skip:] += magnitudes[:, first - lag - low + skip:first - lag - low + BUCKET_PIECE]
+        if channel:
+            activity += np.abs(quotients[0, :, first:first + BUCKET_PIECE])
+        buckets[:, first:first + BUCKET_PIECE] = _bucket_of(_with_neighbours(activity, grid))
+    return buckets
 
 
 def _group_ids(quotients: np.ndarray, channel: int, grid: tuple[int, int]) -> np.ndarray:
     """Each coefficient's group, frequency · BUCKETS + bucket, (blocks, 64) int16: small
     integers, which numpy's stable argsort orders by radix sort, in linear time."""
-    frequencies = np.arange(COEFFICIENTS, dtype=np.int16) * np.int16(BUCKETS)
-    return frequencies + _all_buckets(quotients, channel, grid)
+    buckets = _all_buckets(quotients, channel, grid)
+    buckets += np.arange(COEFFICIENTS, dtype=np.int16) * np.int16(BUCKETS)
+    return buckets
+
+
+# Coefficients per piece of _cheapest_levels' histogram: its int32 keys stay a piece's size.
+HISTOGRAM_PIECE = 1 << 20
 
 
 def _cheapest_levels(groups: np.ndarray, symbols: np.ndarray) -> np.ndarray:
     """Per group, the level whose distribution codes its symbols in the fewest bits."""
     group_count = COEFFICIENTS * BUCKETS
-    histograms = np.bincount((groups.astype(np.int32) * ALPHABET + symbols).ravel(), minlength=group_count * ALPHABET)
+    histograms = np.zeros(group_count * ALPHABET, dtype=np.int64)
+    groups, symbols = groups.ravel(), symbols.ravel()
+    for start in range(0, groups.size, HISTOGRAM_PIECE):
+        piece = slice(start, start + HISTOGRAM_PIECE)
+        histograms += np.bincount(groups[piece].astype(np.int32) * ALPHABET + symbols[piece],
+                                  minlength=group_count * ALPHABET)
     return np.argmin(histograms.reshape(group_count, ALPHABET) @ level_code_lengths().T, axis=1)
 
 
@@ -218,20 +244,24 @@ def _channel_groups(quotients: np.ndarray, channel: int,
     """One channel's coded groups in the decoder's order (frequency, then bucket, then block):
     each group's bucket, cheapest level, symbols and escaped excesses (int32)."""
     groups, all_symbols, levels = channel_tables(quotients, channel, grid)
-    # Stable, so within a group the blocks keep their raster order (the coefficients are
-    # block-major here; the group ids put frequency first).
-    order = np.argsort(groups, kind="stable")
-    values = quotients[channel].ravel()[order]
-    symbols = all_symbols[order]
-    ends = np.cumsum(np.bincount(groups, minlength=len(levels)))
-    escaped = np.abs(values) > MAX_DIRECT
-    excess = np.abs(values) - MAX_DIRECT - 1
-    start = 0
-    for group, end in enumerate(ends):
-        if end > start:
-            members = slice(start, end)
-            yield group % BUCKETS, int(levels[group]), symbols[members], excess[members][escaped[members]]
-        start = end
+    groups, all_symbols = groups.reshape(-1, COEFFICIENTS), all_symbols.reshape(-1, COEFFICIENTS)
+    # A frequency at a time (its groups are consecutive): a stable sort of its column keeps
+    # the blocks of a group in raster order, with temporaries a column's size, not the channel's.
+    for frequency in range(COEFFICIENTS):
+        column = groups[:, frequency] - np.int16(frequency * BUCKETS)
+        order = np.argsort(column, kind="stable")
+        values = quotients[channel, :, frequency][order]
+        symbols = all_symbols[:, frequency][order]
+        ends = np.cumsum(np.bincount(column, minlength=BUCKETS))
+        escaped = np.abs(values) > MAX_DIRECT
+        excess = np.abs(values) - MAX_DIRECT - 1
+        start = 0
+        for bucket, end in enumerate(ends):
+            if end > start:
+                members = slice(start, end)
+                yield bucket, int(levels[frequency * BUCKETS + bucket]), symbols[members], \
+                    excess[members][escaped[members]]
+            start = end
 
 
 def encode_channel(encoder: stream.queue.RangeEncoder, quotients: np.ndarray, channel: int,
@@ -252,19 +282,24 @@ def encode_channel(encoder: stream.queue.RangeEncoder, quotients: np.ndarray, ch
             encoder.encode(escaped, _ESCAPE_MODEL)
 
 
-def decode_channel(decoder: stream.queue.RangeDecoder, quotients: np.ndarray, channel: int,
+def decode_channel(decoder: stream.queue.RangeDecoder, by_frequency: np.ndarray, channel: int,
                    grid: tuple[int, int]) -> None:
-    """Inverse of encode_channel: fill quotients[channel] (zeros on entry), frequency by
-    frequency, from what the earlier frequencies and channels decoded to."""
+    """Inverse of encode_channel: fill by_frequency[channel] (zeros on entry), frequency by
+    frequency, from what the earlier frequencies and channels decoded to. The quotients are
+    held frequency-major, (C, 64, blocks), the transpose of the encoder's (C, blocks, 64):
+    each step reads and writes whole rows, where the block-major layout touched every cache
+    line of the channel per frequency."""
     _, models = level_tables()
     predictor, odds = LevelPredictor(), EmptyOdds()
-    blocks = quotients.shape[1]
     for frequency in range(COEFFICIENTS):
-        buckets = _activity_buckets(quotients, channel, frequency, grid)
-        column = np.zeros(blocks, dtype=np.int64)
+        buckets = _activity_buckets(by_frequency, channel, frequency, grid)
+        # Blocks by bucket, raster order within each (a stable sort of small integers).
+        order = np.argsort(buckets, kind="stable")
+        ends = np.cumsum(np.bincount(buckets, minlength=BUCKETS))
+        column = by_frequency[channel, frequency]
         for bucket in range(BUCKETS):
-            members = buckets == bucket
-            count = int(members.sum())
+            members = order[(ends[bucket - 1] if bucket else 0):ends[bucket]]
+            count = members.size
             if not count:
                 continue
             empty = bool(decoder.decode(odds.model(bucket), 1)[0])
@@ -282,4 +317,3 @@ def decode_channel(decoder: stream.queue.RangeDecoder, quotients: np.ndarray, ch
                 excess = decoder.decode(_ESCAPE_MODEL, int(escaped.sum())).astype(np.int64) + MAX_DIRECT + 1
                 values[escaped] = np.where(symbols[escaped] == ESCAPE_POSITIVE, excess, -excess)
             column[members] = values
-        quotients[channel, :, frequency] = column
