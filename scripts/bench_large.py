@@ -5,8 +5,7 @@
     python scripts/bench_large.py --width 1024 --height 768 --max-rss-gb 3
 
 The image is built by tiling (or upscaling) a sample. Each phase runs the real command line
-(``diveq-codec encode`` — which also decodes the file to report its PSNR — and ``diveq-codec
-decode``) in a child process; its peak RSS is the child's own ru_maxrss, read with os.wait4.
+(``diveq-codec encode`` and ``diveq-codec decode``) in a child process; its peak RSS is the child's own ru_maxrss, read with os.wait4.
 ``--tile-size`` overrides diveq_codec.models.tiling.DEFAULT_TILE_SIZE (a public constant) in
 the child before the model loads (0: no tiling).
 Exit status 1 when a phase fails or exceeds --max-rss-gb.
