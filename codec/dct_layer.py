@@ -155,6 +155,13 @@ def decode(layer: bytes, base: np.ndarray) -> np.ndarray:
     with coder_errors("DCT layer"):
         for channel in range(channels):
             decode_channel(decoder, by_frequency, channel, grid)
-    if not decoder.maybe_exhausted():
-        raise CorruptBitstreamError("DCT layer has data left after its last symbol")
-    return reconstruct(by_frequency.transpose(0, 2, 1), base, step)
+    quotients = by_frequency.transpose(0, 2, 1)
+    # As for the payload (codec/index_coder.py): the decoder reads ahead, so only coding the
+    # quotients again tells an exact layer from one with a word appended or altered.
+    encoder = stream.queue.RangeEncoder()
+    blocks_first = np.ascontiguousarray(quotients)
+    for channel in range(channels):
+        encode_channel(encoder, blocks_first, channel, grid)
+    if not decoder.maybe_exhausted() or encoder.get_compressed().astype("<u4").tobytes() != layer[_LAYER_HEADER.size:]:
+        raise CorruptBitstreamError("DCT layer is not the stream of its quotients (extra or altered words)")
+    return reconstruct(quotients, base, step)

@@ -361,8 +361,10 @@ def decode_indices(payload: bytes, tables: np.ndarray, stages: int, count: int, 
                 out[m, start : start + width] = symbols
                 stage.coded(contexts, symbols, row2)
                 above = symbols
-    if not decoder.maybe_exhausted():
-        raise CorruptBitstreamError("entropy-coded payload has data left after the last symbol")
+    # The range decoder reads ahead, so a word appended to (or altered at the end of) a valid
+    # stream can decode to the same symbols; a file must hold exactly what encode writes.
+    if not decoder.maybe_exhausted() or encode_indices(out, tables, width, second=second) != payload:
+        raise CorruptBitstreamError("entropy-coded payload is not the stream of its symbols (extra or altered words)")
     return out
 
 
