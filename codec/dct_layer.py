@@ -152,16 +152,12 @@ def decode(layer: bytes, base: np.ndarray) -> np.ndarray:
     grid = block_grid(height, width)
     by_frequency = np.zeros((channels, COEFFICIENTS, grid[0] * grid[1]), dtype=np.int32)  # see decode_channel
     decoder = stream.queue.RangeDecoder(np.frombuffer(layer, dtype="<u4", offset=_LAYER_HEADER.size).astype(np.uint32))
+    # As for the payload (codec/index_coder.py): the decoder reads ahead, so only the decoded
+    # symbols coded again tell an exact layer from one with a word appended or altered.
+    echo = stream.queue.RangeEncoder()
     with coder_errors("DCT layer"):
         for channel in range(channels):
-            decode_channel(decoder, by_frequency, channel, grid)
-    quotients = by_frequency.transpose(0, 2, 1)
-    # As for the payload (codec/index_coder.py): the decoder reads ahead, so only coding the
-    # quotients again tells an exact layer from one with a word appended or altered.
-    encoder = stream.queue.RangeEncoder()
-    blocks_first = np.ascontiguousarray(quotients)
-    for channel in range(channels):
-        encode_channel(encoder, blocks_first, channel, grid)
-    if not decoder.maybe_exhausted() or encoder.get_compressed().astype("<u4").tobytes() != layer[_LAYER_HEADER.size:]:
+            decode_channel(decoder, by_frequency, channel, grid, echo)
+    if not decoder.maybe_exhausted() or echo.get_compressed().astype("<u4").tobytes() != layer[_LAYER_HEADER.size:]:
         raise CorruptBitstreamError("DCT layer is not the stream of its quotients (extra or altered words)")
-    return reconstruct(quotients, base, step)
+    return reconstruct(by_frequency.transpose(0, 2, 1), base, step)

@@ -283,12 +283,13 @@ def encode_channel(encoder: stream.queue.RangeEncoder, quotients: np.ndarray, ch
 
 
 def decode_channel(decoder: stream.queue.RangeDecoder, by_frequency: np.ndarray, channel: int,
-                   grid: tuple[int, int]) -> None:
+                   grid: tuple[int, int], echo: stream.queue.RangeEncoder) -> None:
     """Inverse of encode_channel: fill by_frequency[channel] (zeros on entry), frequency by
     frequency, from what the earlier frequencies and channels decoded to. The quotients are
     held frequency-major, (C, 64, blocks), the transpose of the encoder's (C, blocks, 64):
     each step reads and writes whole rows, where the block-major layout touched every cache
-    line of the channel per frequency."""
+    line of the channel per frequency. Every decoded symbol is coded again into ``echo``
+    with the same model, so the caller can check that the layer is exactly that stream."""
     _, models = level_tables()
     predictor, odds = LevelPredictor(), EmptyOdds()
     for frequency in range(COEFFICIENTS):
@@ -302,18 +303,26 @@ def decode_channel(decoder: stream.queue.RangeDecoder, by_frequency: np.ndarray,
             count = members.size
             if not count:
                 continue
-            empty = bool(decoder.decode(odds.model(bucket), 1)[0])
+            flag = decoder.decode(odds.model(bucket), 1)
+            echo.encode(flag, odds.model(bucket))
+            empty = bool(flag[0])
             odds.saw(bucket, empty)
             if empty:
                 continue
-            level = predictor.guess(bucket) + int(decoder.decode(models[DELTA_LEVEL], 1)[0]) - MAX_DIRECT
+            delta = decoder.decode(models[DELTA_LEVEL], 1)
+            echo.encode(delta, models[DELTA_LEVEL])
+            level = predictor.guess(bucket) + int(delta[0]) - MAX_DIRECT
             if not 0 <= level < NUM_LEVELS:
                 raise CorruptBitstreamError(f"DCT layer names table {level}, not one of 0–{NUM_LEVELS - 1}")
             predictor.saw(bucket, level)
-            symbols = decoder.decode(models[level], count).astype(np.int64)
+            coded = decoder.decode(models[level], count)
+            echo.encode(coded, models[level])
+            symbols = coded.astype(np.int64)
             values = symbols - MAX_DIRECT
             escaped = symbols >= ESCAPE_POSITIVE
             if escaped.any():
-                excess = decoder.decode(_ESCAPE_MODEL, int(escaped.sum())).astype(np.int64) + MAX_DIRECT + 1
+                raw = decoder.decode(_ESCAPE_MODEL, int(escaped.sum()))
+                echo.encode(raw, _ESCAPE_MODEL)
+                excess = raw.astype(np.int64) + MAX_DIRECT + 1
                 values[escaped] = np.where(symbols[escaped] == ESCAPE_POSITIVE, excess, -excess)
             column[members] = values

@@ -344,6 +344,7 @@ def decode_indices(payload: bytes, tables: np.ndarray, stages: int, count: int, 
     # of their payload). Its float sums may round differently on another machine, by far
     # less than the budget's margin.
     spent = 0.0
+    echo = stream.queue.RangeEncoder()  # the decoded symbols coded again, for the exact-stream check
     with coder_errors("entropy-coded payload"):
         for m in range(stages):
             stage = stage_tables(tables, second, m)
@@ -353,6 +354,7 @@ def decode_indices(payload: bytes, tables: np.ndarray, stages: int, count: int, 
                 row2 = _decoded_second_contexts(out, m, start, width, above, nothing)
                 probabilities = stage.row(contexts, row2)
                 symbols = decoder.decode(_MODEL, probabilities).astype(np.int64)
+                echo.encode(np.ascontiguousarray(symbols, dtype=np.int32), _MODEL, probabilities)
                 chosen = probabilities[positions, symbols] / probabilities.sum(axis=1)
                 spent -= float(np.log2(np.minimum(chosen + COST_FLOOR_SLACK, 1.0)).sum())
                 if spent > budget:
@@ -363,7 +365,7 @@ def decode_indices(payload: bytes, tables: np.ndarray, stages: int, count: int, 
                 above = symbols
     # The range decoder reads ahead, so a word appended to (or altered at the end of) a valid
     # stream can decode to the same symbols; a file must hold exactly what encode writes.
-    if not decoder.maybe_exhausted() or encode_indices(out, tables, width, second=second) != payload:
+    if not decoder.maybe_exhausted() or echo.get_compressed().astype("<u4").tobytes() != payload:
         raise CorruptBitstreamError("entropy-coded payload is not the stream of its symbols (extra or altered words)")
     return out
 

@@ -89,13 +89,18 @@ def _malloc_trim() -> Callable[[int], int] | None:
         return None
 
 
-def _return_freed_memory() -> None:
+# Below this many pixels the trim is not worth it: the next image's feature maps would fault
+# their pages in anew (the command line keeps freed memory on purpose, codec/cli/allocator.py).
+TRIM_ABOVE_PIXELS = 8_000_000
+
+
+def _return_freed_memory(pixels: int) -> None:
     """Hand the memory the network's tiles freed back to the system before the DCT layer
     allocates its own. The allocator keeps freed chunks of its arenas: after the synthesis of
     a 48 MP image the process held 2.9 GB of which about 0.5 GB was live, and the layer's
     arrays came on top of that."""
     trim = _malloc_trim()
-    if trim is not None:
+    if trim is not None and pixels > TRIM_ABOVE_PIXELS:
         trim(0)
 
 
@@ -202,7 +207,7 @@ def _encode_with(loaded: LoadedModel, source: SourceImage, point: RatePoint, eff
         # The layer codes what the decoder's own base planes miss, so it is measured against
         # the base exactly as decode_detailed will rebuild it.
         rgb = tensor_to_pixels(model.decode_indices(indices, (grid_h, grid_w), height, width))
-        _return_freed_memory()
+        _return_freed_memory(height * width)
     if point.layer_step is not None:
         layer, planes = dct_layer.encode_with_planes(source_planes(source), decoded_planes(rgb, source.mode),
                                                      point.layer_step, planes=reconstruct)
@@ -273,7 +278,7 @@ def _decode_with(loaded: LoadedModel, parsed: container.Container) -> Decoded:
     mode = CHANNELS_TO_MODE[header.channels]
     rgb = tensor_to_pixels(x_hat)
     del x_hat  # 12 bytes a pixel, not needed by the layer that follows
-    _return_freed_memory()
+    _return_freed_memory(header.height * header.width)
     if parsed.layer:
         planes = dct_layer.decode(parsed.layer, decoded_planes(rgb, mode))
         rgb = planes if planes.ndim == 3 else np.repeat(planes[..., None], 3, axis=2)
