@@ -89,6 +89,7 @@ LIGHT_CASES = {
     "existing output": ["encode", "{image}", "{image}"],
     "unknown extension": ["decode", "{dvq}", "{out}.gif"],
     "damaged header": ["decode", "{junk}", "{out}.png"],
+    "damaged payload": ["decode", "{flipped}", "{out}.png"],
     "info": ["info", "{dvq}"],
 }
 
@@ -97,8 +98,12 @@ def test_answers_that_need_no_network_do_not_import_numpy_or_torch(tmp_path: Pat
                                                                      golden_dvq: Path) -> None:
     junk = tmp_path / "junk.dvq"
     junk.write_bytes(golden_dvq.read_bytes()[:20])
+    flipped = tmp_path / "flipped.dvq"  # a bit flipped in the payload: the CRC tells
+    damaged = bytearray(golden_dvq.read_bytes())
+    damaged[50] ^= 1
+    flipped.write_bytes(bytes(damaged))
     names = {"missing": str(tmp_path / "nope.png"), "out": str(tmp_path / "out"), "image": str(parrots_path),
-             "dvq": str(golden_dvq), "junk": str(junk)}
+             "dvq": str(golden_dvq), "junk": str(junk), "flipped": str(flipped)}
     cases = {name: [arg.format(**names) for arg in args] for name, args in LIGHT_CASES.items()}
     script = textwrap.dedent("""
         import contextlib, io, json, sys
@@ -116,4 +121,4 @@ def test_answers_that_need_no_network_do_not_import_numpy_or_torch(tmp_path: Pat
     assert report["heavy"] == []
     assert report["codes"] == {"help": 0, "version": 0, "encode help": 0, "models": 0, "missing input": 5,
                                "bad quality": 2, "existing output": 6, "unknown extension": 2,
-                               "damaged header": 3, "info": 0}
+                               "damaged header": 3, "damaged payload": 3, "info": 0}

@@ -182,7 +182,7 @@ def _decode_one(job: Job, reporter: Reporter, fmt: OutputFormat, jpeg_quality: i
 
     check_output(job.output, force, [job.input, *extra_inputs])
     data = read_input(job.input)
-    header = container.peek_header(data)  # a damaged or foreign file is refused before PyTorch loads
+    header = container.unpack(data).header  # a damaged or foreign file is refused before PyTorch loads
     check_alpha_fits(fmt, bool(header.flags & container.FLAG_ALPHA), job.output)
     from diveq_codec.codec.image_io import encode_image_file
     from diveq_codec.codec.pipeline import decode_detailed
