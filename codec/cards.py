@@ -105,15 +105,10 @@ def resolve_quality(quality: int | None) -> RatePoint:
     if not points:
         raise WeightsError(f"no models found in {weights_dir()}")
     if quality is None:
-        named = [(card.name, card.data["default_quality"]) for card in cards if "default_quality" in card.data]
-        if not named:
+        defaults = [card.data["default_quality"] for card in cards if "default_quality" in card.data]
+        if not defaults:
             return points[(len(points) - 1) // 2]
-        name, default = named[0]
-        for point in points:
-            if point.quality == default:
-                return point
-        # A card that names a default it does not ship is broken, not a reason to pick another.
-        raise WeightsError(f"model card {name} names default_quality {default!r}, which is not one of its rate points")
+        quality = defaults[0]  # check_card refused a card whose default is not one of its points
     for point in points:
         if point.quality == quality:
             return point

@@ -51,6 +51,9 @@ CODER_TWO_CONTEXT_RANGE = 3
 CODER_CONSTRICTION_RANGE = 1
 CODER_ADAPTIVE_RANGE = 2
 DEVELOPMENT_CODERS = (CODER_CONSTRICTION_RANGE, CODER_ADAPTIVE_RANGE)
+# The header's channels field: the mode the decoded image is restored to.
+CHANNELS_TO_MODE = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
+MODE_TO_CHANNELS = {mode: n for n, mode in CHANNELS_TO_MODE.items()}
 FLAG_ALPHA = 1  # an alpha plane (zlib-deflated, lossless) follows the payload
 FLAG_FROM_16BIT = 2  # the source had 16 bits per sample and was reduced to 8
 FLAG_FROM_PALETTE = 4  # the source was a palette image

@@ -34,7 +34,7 @@ def read_input(path: str) -> bytes:
         stream = getattr(sys.stdin, "buffer", None)
         if stream is None:  # started with stdin closed (`<&-`)
             raise InputError("cannot read standard input: it is closed")
-        if _is_terminal(stream):
+        if is_terminal(stream):
             raise InputError("standard input is a terminal; pipe an image in or give a file name")
         try:
             data = stream.read(MAX_FILE_BYTES + 1)
@@ -64,7 +64,8 @@ def read_input(path: str) -> bytes:
     return data
 
 
-def _is_terminal(stream: object) -> bool:
+def is_terminal(stream: object) -> bool:
+    """Whether a stream is a terminal; False for a closed, replaced or missing one."""
     try:
         return bool(stream.isatty())  # type: ignore[attr-defined]
     except (AttributeError, ValueError, OSError):

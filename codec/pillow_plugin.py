@@ -15,7 +15,6 @@ from diveq_codec.codec.errors import CodecError
 from diveq_codec.codec.limits import MAX_FILE_BYTES
 
 FORMAT = "DVQ"
-_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 
 
 def _accept(prefix: bytes) -> bool:
@@ -35,7 +34,7 @@ class DvqImageFile(ImageFile.ImageFile):
         except CodecError as exc:  # Pillow expects SyntaxError for "not this format"
             raise SyntaxError(str(exc)) from None
         self._size = (header.width, header.height)
-        self._mode = _MODES[header.channels]
+        self._mode = container.CHANNELS_TO_MODE[header.channels]
         self._dvq_data: bytes | None = data
         self.tile = []
 

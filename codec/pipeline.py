@@ -39,8 +39,6 @@ from diveq_codec.codec.zoo import (
 from diveq_codec.models import refine
 from diveq_codec.models.autoencoder import search_options
 
-CHANNELS_TO_MODE = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
-MODE_TO_CHANNELS = {mode: n for n, mode in CHANNELS_TO_MODE.items()}
 # The header's coder_id: the format's one index coder (codec/index_coder.py).
 WRITTEN_CODER = container.CODER_TWO_CONTEXT_RANGE
 
@@ -212,7 +210,7 @@ def _encode_with(loaded: LoadedModel, source: SourceImage, point: RatePoint, eff
         layer, planes = dct_layer.encode_with_planes(source_planes(source), decoded_planes(rgb, source.mode),
                                                      point.layer_step, planes=reconstruct)
         if planes is not None:
-            rgb = planes if planes.ndim == 3 else np.repeat(planes[..., None], 3, axis=2)
+            rgb = _as_rgb(planes)
     alpha = alpha_to_bytes(source.alpha) if source.alpha is not None else b""
     flags = (container.FLAG_ALPHA if source.alpha is not None else 0)
     flags |= container.FLAG_FROM_16BIT if source.bit_depth == 16 else 0
@@ -220,7 +218,7 @@ def _encode_with(loaded: LoadedModel, source: SourceImage, point: RatePoint, eff
     header = container.Header(
         model_id=loaded.card.model_id, quality=point.quality, weights_id=loaded.card.weights_id,
         coder_id=WRITTEN_CODER, table_precision=index_coder.TABLE_PRECISION,
-        width=width, height=height, channels=MODE_TO_CHANNELS[source.mode], bit_depth=source.bit_depth,
+        width=width, height=height, channels=container.MODE_TO_CHANNELS[source.mode], bit_depth=source.bit_depth,
         flags=flags, latent_h=grid_h, latent_w=grid_w, stages=point.stages,
     )
     return container.pack(container.Container(header, payload, alpha, layer)), rgb
@@ -275,13 +273,12 @@ def _decode_with(loaded: LoadedModel, parsed: container.Container) -> Decoded:
     device_type = next(model.parameters()).device.type
     x_hat = model.decode_indices(torch.from_numpy(indices).to(device_type), (header.latent_h, header.latent_w),
                                  header.height, header.width)
-    mode = CHANNELS_TO_MODE[header.channels]
+    mode = container.CHANNELS_TO_MODE[header.channels]
     rgb = tensor_to_pixels(x_hat)
     del x_hat  # 12 bytes a pixel, not needed by the layer that follows
     _return_freed_memory(header.height * header.width)
     if parsed.layer:
-        planes = dct_layer.decode(parsed.layer, decoded_planes(rgb, mode))
-        rgb = planes if planes.ndim == 3 else np.repeat(planes[..., None], 3, axis=2)
+        rgb = _as_rgb(dct_layer.decode(parsed.layer, decoded_planes(rgb, mode)))
     return Decoded(restore_image(rgb, alpha, mode), indices, header)
 
 
@@ -302,7 +299,12 @@ def decoded_planes(rgb: np.ndarray, mode: str) -> np.ndarray:
     restore_image makes of it (the gray plane for L/LA, the RGB otherwise)."""
     if mode not in ("L", "LA"):
         return rgb  # what the round trip through two PIL images gives, without their copies
-    return color_planes(restore_image(rgb, None, "L" if mode in ("L", "LA") else "RGB"))
+    return color_planes(restore_image(rgb, None, "L"))
+
+
+def _as_rgb(planes: np.ndarray) -> np.ndarray:
+    """Planes decoded_planes kept (gray or RGB) as the RGB restore_image takes."""
+    return planes if planes.ndim == 3 else np.repeat(planes[..., None], 3, axis=2)
 
 
 def source_planes(source: SourceImage) -> np.ndarray:
@@ -332,5 +334,5 @@ def encode_with_report(image: Image.Image | bytes | str | Path | SourceImage, qu
     decoded = restore_image(rgb, source.alpha, source.mode)
     height, width = source.rgb.shape[:2]
     return EncodeReport(data, width, height, bits_per_pixel(len(data), width, height),
-                        psnr(source_planes(source), color_planes(decoded) if source.mode in ("L", "LA") else rgb),
+                        psnr(source_planes(source), decoded_planes(rgb, source.mode)),
                         point.quality, decoded, list(source.notices))

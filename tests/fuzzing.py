@@ -411,7 +411,6 @@ def run_case(data: bytes, device: str = "cpu") -> tuple[str, BaseException | Non
     return "decoded", None, image
 
 
-_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 
 
 def fuzz(cases: int, seed: int, bases: dict[str, bytes] | None = None, device: str = "cpu",
@@ -461,7 +460,7 @@ def fuzz(cases: int, seed: int, bases: dict[str, bytes] | None = None, device: s
                                         f"over a budget of {budget / MiB:.1f} MiB")
             if image is not None:
                 size = (get_field(data, "width"), get_field(data, "height"))
-                mode = _MODES.get(int(get_field(data, "channels") or 0))
+                mode = container.CHANNELS_TO_MODE.get(int(get_field(data, "channels") or 0))
                 if image.size != size or image.mode != mode:
                     summary.wrong_image += 1
                     summary.failures.append(f"{where}: decoded {image.size} {image.mode}, header says {size} {mode}")

@@ -10,12 +10,11 @@ import sys
 import time
 from typing import TextIO
 
+from diveq_codec.codec.file_io import is_terminal
+
 
 def stderr_is_terminal() -> bool:
-    try:
-        return sys.stderr.isatty()
-    except (AttributeError, ValueError):  # closed or replaced stream
-        return False
+    return is_terminal(sys.stderr)
 
 
 class Progress:
