@@ -18,7 +18,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -27,6 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from diveq_codec.models.autoencoder import VQAutoencoder, with_residual_blocks
 from diveq_codec.models.config import QUANTIZERS, ModelConfig
+from diveq_codec.models.checkpoint import Run
 from diveq_codec.models.data import CropSampler
 from diveq_codec.models.weights_file import file_sha256, read_tensors
 
@@ -166,29 +167,6 @@ class TrainLog:
         self.file.close()
 
 
-def save_checkpoint(path: Path, model: VQAutoencoder, optimizer: torch.optim.Optimizer, step: int,
-                    elapsed: float, images_seen: int, generator: torch.Generator, device: str,
-                    init_from: dict | None) -> None:
-    """Write ``checkpoint.pt`` (resumable) and ``model.pt`` (no optimiser state: a third of
-    the size, enough for export and small enough to travel back from a lent GPU)."""
-    record = {
-        "config": model.config.to_dict(),
-        "model": model.state_dict(),
-        "step": step,
-        "elapsed_s": elapsed,
-        "images_seen": images_seen,
-        "generator": generator.get_state(),
-        "device": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
-    }
-    if init_from is not None:
-        record["init_from"] = init_from
-    for target, content in ((path.with_name("model.pt"), record),
-                            (path, {**record, "optimizer": optimizer.state_dict()})):
-        tmp = target.with_suffix(".tmp")
-        torch.save(content, tmp)
-        tmp.replace(target)
-
-
 def load_initial_weights(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], dict]:
     """(config, state dict, provenance) from a training checkpoint or a shipped safetensors file."""
     if path.suffix == ".safetensors":
@@ -238,36 +216,6 @@ def sync_quantizer(model: VQAutoencoder, optimizer: torch.optim.Optimizer, world
                 dist.broadcast(moment, src=0)
 
 
-@dataclass
-class Run:
-    """A run's progress and what its checkpoints record (``elapsed_before``: seconds before a resume)."""
-
-    ckpt_path: Path
-    model: VQAutoencoder
-    optimizer: torch.optim.Optimizer
-    generator: torch.Generator
-    device: str
-    init_from: dict | None
-    step: int = 0
-    elapsed_before: float = 0.0
-    images_seen: int = 0
-    start: float = 0.0
-
-    def save(self) -> None:
-        elapsed = self.elapsed_before + time.monotonic() - self.start
-        save_checkpoint(self.ckpt_path, self.model, self.optimizer, self.step, elapsed, self.images_seen,
-                        self.generator, self.device, self.init_from)
-
-    def resume(self, state: dict, rank: int = 0) -> None:
-        """Continue from checkpoint ``state``: weights, optimiser, counters, rank 0's crop generator."""
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.step, self.elapsed_before, self.images_seen = state["step"], state["elapsed_s"], state["images_seen"]
-        if rank == 0:
-            self.generator.set_state(state["generator"])
-        print(f"resumed at step {self.step}", file=sys.stderr)
-
-
 def starting_point(args: argparse.Namespace, ckpt_path: Path) -> tuple[ModelConfig, dict | None, dict | None, dict | None]:
     """(config, checkpoint to resume, initial weights, their provenance): of the flags, --resume or --init."""
     config = ModelConfig(channels=args.channels, latent_dim=args.latent_dim, downsamplings=args.downsamplings,
@@ -309,7 +257,7 @@ def train(run: Run, trainer: torch.nn.Module, sampler: CropSampler, log: TrainLo
     # A fine-tuned model already has trained codebooks: no plain-autoencoder warm-up.
     warmup_steps = 0 if run.init_from is not None else args.warmup_steps
     residual_stages = model.num_stages if config.quantizer in ("diveq", "diveq-detach") and config.num_stages > 1 else 0
-    run.start = last_ckpt = time.monotonic()
+    run.begin()
     model.train()
     while run.step < args.steps:
         # Every rank must take the same decision to stop, or DDP would hang.
@@ -350,9 +298,8 @@ def train(run: Run, trainer: torch.nn.Module, sampler: CropSampler, log: TrainLo
             if log.due(run.step):
                 log.write(run.step, perplexity=[round(p, 1) for p in q.perplexities] if q is not None else [],
                           replaced=replaced, lr=optimizer.param_groups[0]["lr"])
-        if rank == 0 and time.monotonic() - last_ckpt > args.checkpoint_every:
-            run.save()
-            last_ckpt = time.monotonic()
+        if rank == 0:
+            run.save_when_due(args.checkpoint_every)
     return True
 
 

@@ -36,8 +36,8 @@ from diveq_codec.models import tiling
 from diveq_codec.models.autoencoder import VQAutoencoder
 from diveq_codec.models.choices import Points, choices_at_points
 from diveq_codec.models.data import list_images, load_rgb
+from diveq_codec.models.checkpoint import Run
 from diveq_codec.models.train import (
-    Run,
     TrainLog,
     optimiser_step,
     psnr_from_mse,
@@ -204,7 +204,7 @@ def code_data(args: argparse.Namespace, model: VQAutoencoder, tables: np.ndarray
 def train_synthesis(run: Run, sampler: ChoiceCropSampler, log: TrainLog, args: argparse.Namespace) -> bool:
     """The training loop, to --steps or the time budget; False if the loss stopped being finite."""
     model, optimizer = run.model, run.optimizer
-    run.start = last_ckpt = time.monotonic()
+    run.begin()
     model.synthesis.train()
     while run.step < args.steps and time.monotonic() - run.start < args.time_budget:
         set_learning_rate(optimizer, run.step, args.steps, args.lr, time.monotonic() - run.start, args.time_budget)
@@ -218,9 +218,7 @@ def train_synthesis(run: Run, sampler: ChoiceCropSampler, log: TrainLog, args: a
         log.add(loss.item(), mse.item(), args.batch)
         if log.due(run.step):
             log.write(run.step, lr=optimizer.param_groups[0]["lr"])
-        if time.monotonic() - last_ckpt > args.checkpoint_every:
-            run.save()
-            last_ckpt = time.monotonic()
+        run.save_when_due(args.checkpoint_every)
     return True
 
 
