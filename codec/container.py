@@ -3,12 +3,12 @@
 docs/format.md is the full byte layout for a reader; in short (all integers little-endian):
 
      0 magic            4s   b"\\x89DVQ"
-     4 version          u8   1 (no DCT layer) or 2 (with one)
+     4 version          u8   3 (no DCT layer) or 4 (with one)
      5 flags            u8   FLAG_*
      6 model_id         u16
      8 quality          u8   rate point, 1..255
      9 weights_id       8s   prefix of the weights file's sha256
-    17 coder_id         u8   fixed: CODER_TWO_CONTEXT_RANGE
+    17 coder_id         u8   fixed: CODER_INDEX_MODEL
     18 table_precision  u8   fixed: TABLE_PRECISION (24)
     19 width            u32  original image size
     23 height           u32
@@ -19,10 +19,10 @@ docs/format.md is the full byte layout for a reader; in short (all integers litt
     33 stages           u8   coded symbol streams (residual stages)
     34 payload_len      u32
     38 alpha_len        u32
-    42 layer_len        u32  version 2 only, > 0
+    42 layer_len        u32  version 4 only, > 0
     42 or 46: payload, then alpha, then the DCT layer, then the CRC32 (u32) of every byte before it.
 
-A file without a DCT layer is always written as version 1, so that the rate points the
+A file without a DCT layer is always written as version 3, so that the rate points the
 network codes alone do not depend on the layer's format.
 
 Rule for the future: a change that alters what ``encode`` writes takes a new format version,
@@ -43,14 +43,15 @@ from diveq_codec.codec.limits import check_dimensions
 
 TABLE_PRECISION = 24  # bits of the index coder's probabilities (constriction's range coder)
 MAGIC = b"\x89DVQ"  # non-ASCII first byte catches text-mode transfers, like PNG
-FORMAT_VERSION = 2  # the newest version this build reads and writes
-FORMAT_VERSIONS = (1, 2)  # every version a tagged release wrote, or this build writes
-# The coder_id byte has one allowed value: the index coder of codec/index_coder.py.
-CODER_TWO_CONTEXT_RANGE = 3
-# Ids that development builds before the first release wrote: refused as such (exit 3).
-CODER_CONSTRICTION_RANGE = 1
-CODER_ADAPTIVE_RANGE = 2
-DEVELOPMENT_CODERS = (CODER_CONSTRICTION_RANGE, CODER_ADAPTIVE_RANGE)
+FORMAT_VERSION = 4  # the newest version this build reads and writes
+FORMAT_VERSIONS = (3, 4)  # every version a tagged release wrote, or this build writes
+VERSION_WITH_LAYER = 4
+# Versions that development builds before the first release wrote (static-table index
+# coders): refused as such (exit 3).
+DEVELOPMENT_VERSIONS = (1, 2)
+# The coder_id byte has one allowed value: the index coder of codec/index_coder.py, whose
+# probabilities come from the learned index model (codec/index_model.py).
+CODER_INDEX_MODEL = 4
 # The header's channels field: the mode the decoded image is restored to.
 CHANNELS_TO_MODE = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 MODE_TO_CHANNELS = {mode: n for n, mode in CHANNELS_TO_MODE.items()}
@@ -59,14 +60,14 @@ FLAG_FROM_16BIT = 2  # the source had 16 bits per sample and was reduced to 8
 FLAG_FROM_PALETTE = 4  # the source was a palette image
 KNOWN_FLAGS = FLAG_ALPHA | FLAG_FROM_16BIT | FLAG_FROM_PALETTE
 HEADER_SIZE = 42  # of a version-1 file
-HEADER_SIZE_V2 = 46
+HEADER_SIZE_WITH_LAYER = 46
 TRAILER_SIZE = 4
 
 _HEADER = struct.Struct("<4sBBHB8sBBIIBBHHBII")
-_LAYER_LEN = struct.Struct("<I")  # version 2's extra field, right after version 1's header
+_LAYER_LEN = struct.Struct("<I")  # version 4's extra field, right after version 3's header
 _CRC = struct.Struct("<I")
 _MIN_SIZE = HEADER_SIZE + TRAILER_SIZE
-assert _HEADER.size == HEADER_SIZE and HEADER_SIZE + _LAYER_LEN.size == HEADER_SIZE_V2
+assert _HEADER.size == HEADER_SIZE and HEADER_SIZE + _LAYER_LEN.size == HEADER_SIZE_WITH_LAYER
 
 # Bit width of each integer header field, so pack can refuse values the layout cannot hold.
 _FIELD_BITS = {
@@ -80,7 +81,7 @@ class Header:
     model_id: int  # u16
     quality: int  # u8, rate point (1..255)
     weights_id: bytes  # exactly 8 bytes: prefix of the weights file's sha256
-    coder_id: int  # u8, always CODER_TWO_CONTEXT_RANGE
+    coder_id: int  # u8, always CODER_INDEX_MODEL
     table_precision: int  # u8, always TABLE_PRECISION
     width: int  # u32, original image width
     height: int  # u32
@@ -97,12 +98,12 @@ class Container:
     header: Header
     payload: bytes  # entropy-coded indices
     alpha: bytes  # deflated alpha plane, b"" when FLAG_ALPHA is not set
-    layer: bytes = b""  # the DCT layer (codec/dct_layer.py); b"" in a version-1 file
+    layer: bytes = b""  # the DCT layer (codec/dct_layer.py); b"" in a version-3 file
 
     @property
     def version(self) -> int:
-        """The format version this container is written as: 2 only with a DCT layer."""
-        return 2 if self.layer else 1
+        """The format version this container is written as: 4 only with a DCT layer."""
+        return VERSION_WITH_LAYER if self.layer else FORMAT_VERSIONS[0]
 
 
 def development_build_error(what: str) -> UnsupportedVersionError:
@@ -116,7 +117,7 @@ def _field_problem(h: Header, payload_len: int, alpha_len: int) -> str | None:
     """Why the header's values are inconsistent, or None; shared so pack never writes what unpack refuses."""
     if h.flags & ~KNOWN_FLAGS:
         return f"unknown flag bits 0x{h.flags & ~KNOWN_FLAGS:02x}"
-    if h.coder_id != CODER_TWO_CONTEXT_RANGE:
+    if h.coder_id != CODER_INDEX_MODEL:
         return f"unknown entropy coder id {h.coder_id}"
     if h.table_precision != TABLE_PRECISION:
         return f"table precision of {h.table_precision} bits; this format's is {TABLE_PRECISION}"
@@ -177,15 +178,17 @@ def _parse(data: bytes) -> tuple[Header, int, int, int, int]:
         raise CorruptBitstreamError(f"truncated: {len(data)} bytes, a .dvq file has at least {_MIN_SIZE}")
     (_, version, flags, model_id, quality, weights_id, coder_id, table_precision, width, height,
      channels, bit_depth, latent_h, latent_w, stages, payload_len, alpha_len) = _HEADER.unpack_from(data)
+    if version in DEVELOPMENT_VERSIONS:
+        raise development_build_error(f"format version {version}")
     if version not in FORMAT_VERSIONS:
-        raise UnsupportedVersionError(
-            f"format version {version} is not supported by this build (reads 1 to {FORMAT_VERSION})")
+        raise UnsupportedVersionError(f"format version {version} is not supported by this build "
+                                      f"(reads {FORMAT_VERSIONS[0]} to {FORMAT_VERSION})")
     header_size, layer_len = HEADER_SIZE, 0
-    if version == 2:
-        header_size = HEADER_SIZE_V2
+    if version == VERSION_WITH_LAYER:
+        header_size = HEADER_SIZE_WITH_LAYER
         if len(data) < header_size + TRAILER_SIZE:
             raise CorruptBitstreamError(
-                f"truncated: {len(data)} bytes, a version-2 file has at least {header_size + TRAILER_SIZE}")
+                f"truncated: {len(data)} bytes, a version-{version} file has at least {header_size + TRAILER_SIZE}")
         (layer_len,) = _LAYER_LEN.unpack_from(data, HEADER_SIZE)
     declared = header_size + payload_len + alpha_len + layer_len + TRAILER_SIZE
     if len(data) < declared:
@@ -198,13 +201,11 @@ def _parse(data: bytes) -> tuple[Header, int, int, int, int]:
     if stored != computed:
         raise CorruptBitstreamError(
             f"checksum mismatch (stored 0x{stored:08x}, computed 0x{computed:08x}): the file is damaged")
-    if coder_id in DEVELOPMENT_CODERS:
-        raise development_build_error(f"entropy coder {coder_id}")
     header = Header(model_id, quality, weights_id, coder_id, table_precision, width, height, channels,
                     bit_depth, flags, latent_h, latent_w, stages)
     problem = _field_problem(header, payload_len, alpha_len)
-    if problem is None and version == 2 and layer_len == 0:
-        problem = "a version-2 file without a DCT layer (such a file is written as version 1)"
+    if problem is None and version == VERSION_WITH_LAYER and layer_len == 0:
+        problem = f"a version-{version} file without a DCT layer (such a file is written as version {FORMAT_VERSIONS[0]})"
     if problem is not None:
         raise CorruptBitstreamError(f"invalid header: {problem}")
     return header, header_size, payload_len, alpha_len, layer_len

@@ -40,7 +40,7 @@ from diveq_codec.models import refine
 from diveq_codec.models.autoencoder import search_options
 
 # The header's coder_id: the format's one index coder (codec/index_coder.py).
-WRITTEN_CODER = container.CODER_TWO_CONTEXT_RANGE
+WRITTEN_CODER = container.CODER_INDEX_MODEL
 
 
 def _is_allocation_failure(exc: BaseException) -> bool:
@@ -166,8 +166,9 @@ def encode_at_point(image: Image.Image | bytes | str | Path | SourceImage, point
     return _encode(as_source(image), point, device, effort, reconstruct=False)[0]
 
 
-def _choose_indices(loaded: LoadedModel, point: RatePoint, effort: int | None,
+def choose_indices(loaded: LoadedModel, point: RatePoint, effort: int | None,
                     x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    """The indices (stages, h·w) encode writes for image tensor ``x`` at ``point``, and the grid."""
     settings = effort_settings(effort)
     model = loaded.model
     # The rate point's λ makes the choices entropy-constrained (the decoder does not care how
@@ -197,9 +198,9 @@ def _encode_with(loaded: LoadedModel, source: SourceImage, point: RatePoint, eff
     model = loaded.model
     height, width = source.rgb.shape[:2]
     x = image_to_tensor(source.rgb, next(model.parameters()).device.type)
-    indices, (grid_h, grid_w) = _choose_indices(loaded, point, effort, x)
+    indices, (grid_h, grid_w) = choose_indices(loaded, point, effort, x)
     del x  # 12 bytes a pixel, not needed by the synthesis and the layer that follow
-    payload = index_coder.encode_indices(indices.cpu().numpy(), loaded.tables, grid_w, second=loaded.second_tables)
+    payload = index_coder.encode_indices(indices.cpu().numpy(), loaded.require_index_model(), grid_w)
     layer, rgb = b"", None
     if point.layer_step is not None or reconstruct:
         # The layer codes what the decoder's own base planes miss, so it is measured against
@@ -267,8 +268,7 @@ def decode_detailed(data: bytes, device: str = "auto") -> Decoded:
 def _decode_with(loaded: LoadedModel, parsed: container.Container) -> Decoded:
     header, model = parsed.header, loaded.model
     count = header.latent_h * header.latent_w
-    indices = index_coder.decode_indices(parsed.payload, loaded.tables, header.stages, count, header.latent_w,
-                                         second=loaded.second_tables)
+    indices = index_coder.decode_indices(parsed.payload, loaded.require_index_model(), header.stages, count, header.latent_w)
     alpha = alpha_from_bytes(parsed.alpha, header.width, header.height) if parsed.alpha else None
     device_type = next(model.parameters()).device.type
     x_hat = model.decode_indices(torch.from_numpy(indices).to(device_type), (header.latent_h, header.latent_w),

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diveq_codec.codec.index_coder import code_lengths
+from diveq_codec.codec.index_model import TENSOR_PREFIX, IndexModel, from_tensors
+from diveq_codec.codec.rate_tables import code_lengths
 from diveq_codec.codec.cards import (  # noqa: F401  (re-exported: the zoo's public face)
     Card,
     RatePoint,
@@ -33,16 +34,22 @@ from diveq_codec.models.config import ModelConfig
 from diveq_codec.models.weights_file import file_sha256, read_tensors
 from diveq_codec.models.residual import RateCosts
 
-ENTROPY_TENSOR = "entropy_counts"
-SECOND_ENTROPY_TENSOR = "entropy_second_counts"  # the index coder's second contexts
+ENTROPY_TENSOR = "entropy_counts"  # the static tables of the encoder's rate term (codec/rate_tables.py)
 
 
 @dataclass(frozen=True)
 class LoadedModel:
     card: Card
     model: VQAutoencoder
-    tables: np.ndarray  # smoothed integer counts (stages, alphabet + 1, alphabet): first contexts
-    second_tables: np.ndarray  # the same for the index coder's second contexts
+    tables: np.ndarray  # smoothed integer counts (stages, alphabet + 1, alphabet): the rate term's
+    index_model: IndexModel | None  # the index coder's probabilities (None: a release in the making)
+
+    def require_index_model(self) -> IndexModel:
+        """The index model, which coding needs: weights without one are exit 4."""
+        if self.index_model is None:
+            raise WeightsError(f"weights file {self.card.file} has no index model ({TENSOR_PREFIX}*), which the "
+                               f"format's index coder needs; add one (docs/training.md)")
+        return self.index_model
 
     @cached_property
     def _code_lengths(self) -> tuple[np.ndarray, np.ndarray]:
@@ -70,13 +77,13 @@ def _check_tensors(path: Path, expected: dict[str, torch.Tensor], stored: dict[s
                                f"{tuple(stored[name].shape)}, the config's network needs {tensor.dtype} {tuple(tensor.shape)}")
 
 
-def read_weights_file(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], np.ndarray, np.ndarray | None]:
-    """(config, network tensors, entropy tables, second-context tables or None) of a weights
-    file, as stored: no checks."""
+def read_weights_file(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], np.ndarray, dict[str, np.ndarray]]:
+    """(config, network tensors, static tables, index-model tensors) of a weights file, as
+    stored: no checks."""
     config, tensors = read_tensors(path)
     tables = tensors.pop(ENTROPY_TENSOR).numpy().astype(np.int64)
-    second = tensors.pop(SECOND_ENTROPY_TENSOR, None)
-    return config, tensors, tables, None if second is None else second.numpy().astype(np.int64)
+    index_tensors = {name: tensors.pop(name).numpy() for name in list(tensors) if name.startswith(TENSOR_PREFIX)}
+    return config, tensors, tables, index_tensors
 
 
 @lru_cache(maxsize=4)
@@ -88,7 +95,7 @@ def _load(model_id: int, device: str, folder: str) -> LoadedModel:
     if file_sha256(path) != card.sha256:
         raise WeightsError(f"weights file {path.name} does not match the sha256 in its card")
     try:
-        config, tensors, tables, second = read_weights_file(path)
+        config, tensors, tables, index_tensors = read_weights_file(path)
     except Exception as exc:  # noqa: BLE001 - any reader failure is this file's fault
         raise WeightsError(f"weights file {path.name} cannot be read ({_first_line(exc)})") from None
     try:
@@ -97,17 +104,29 @@ def _load(model_id: int, device: str, folder: str) -> LoadedModel:
         raise WeightsError(f"weights file {path.name}: its config describes no valid network ({_first_line(exc)})") from None
     _check_tensors(path, model.state_dict(), tensors)
     model.load_state_dict(tensors)
-    if second is None:
-        raise WeightsError(f"weights file {path.name} has no second-context tables ({SECOND_ENTROPY_TENSOR}), "
-                           f"which the format's index coder needs; export the weights again")
     alphabet = model.quantizer.alphabet_sizes[0]
-    for counts in (tables, second):
-        if counts is not None and (counts.shape != (model.num_stages, alphabet + 1, alphabet) or (counts < 1).any()):
-            raise WeightsError(f"entropy tables in {path.name} do not fit the model")
+    if tables.shape != (model.num_stages, alphabet + 1, alphabet) or (tables < 1).any():
+        raise WeightsError(f"entropy tables in {path.name} do not fit the model")
+    index_model = _index_model(path, index_tensors, alphabet, model.num_stages)
     model.eval().to(device)
     for p in model.parameters():
         p.requires_grad_(False)
-    return LoadedModel(card, model, tables, second)
+    return LoadedModel(card, model, tables, index_model)
+
+
+def _index_model(path: Path, tensors: dict[str, np.ndarray], alphabet: int, stages: int) -> IndexModel | None:
+    """The index model of a weights file, checked against the network (exit 4 if it does not
+    fit), or None for weights without one (which choose indices but cannot code them)."""
+    if not tensors:
+        return None
+    count = sum(1 for name in tensors if name.endswith(".first_shift"))
+    try:
+        index_model = from_tensors(tensors, count)
+    except (KeyError, ValueError, TypeError, IndexError) as exc:
+        raise WeightsError(f"weights file {path.name}: index model is invalid ({_first_line(exc)})") from None
+    if index_model.codes != alphabet or not 1 <= count <= stages:
+        raise WeightsError(f"weights file {path.name}: index model does not fit the network")
+    return index_model
 
 
 def load_model(model_id: int, device: str = "cpu") -> LoadedModel:

@@ -64,7 +64,7 @@ def main() -> None:
                 exact = tiling.analysis_at(model.float64_analysis(), x, model.stride, cells)
                 indices[:, unsure] = model.quantizer.indices(exact, point.stages, **search)
             redecided = time.perf_counter()
-            payload = index_coder.encode_indices(indices.numpy(), loaded.tables, width, second=loaded.second_tables)
+            payload = index_coder.encode_indices(indices.numpy(), loaded.require_index_model(), width)
             coded = time.perf_counter()
             times = [analysed - start, searched - analysed, redecided - searched, coded - redecided]
             layer = b""

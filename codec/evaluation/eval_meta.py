@@ -66,9 +66,9 @@ def _refuse_changed(out_dir: Path, old: dict[str, Any], meta_now: dict[str, Any]
     if zoo_before is not None and zoo_before != zoo_now:
         raise OutputError(f"{out_dir} holds results for other weights (models {zoo_before} vs {zoo_now} now); "
                           f"choose another -o or remove it")
-    # The same indices cost other bytes under another entropy coder. Folders from before
-    # the meta named the coder hold coder 1's files.
-    coder_before, coder_now = old.get("coder", container.CODER_CONSTRICTION_RANGE), meta_now.get("coder")
+    # The same indices cost other bytes under another entropy coder. Folders whose meta
+    # names no coder come from development builds.
+    coder_before, coder_now = old.get("coder", "a development build's"), meta_now.get("coder")
     if old and coder_before != coder_now:
         raise OutputError(f"{out_dir} holds files of entropy coder {coder_before}, and this version writes "
                           f"coder {coder_now}; choose another -o or remove it")

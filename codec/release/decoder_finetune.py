@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diveq_codec.codec.index_coder import code_lengths
+from diveq_codec.codec.rate_tables import code_lengths
 from diveq_codec.codec.zoo import card_rate_points, file_sha256, read_card, read_weights_file
 from diveq_codec.models import tiling
 from diveq_codec.models.autoencoder import VQAutoencoder

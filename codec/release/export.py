@@ -21,16 +21,9 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from diveq_codec.codec.index_coder import (
-    code_lengths,
-    context_counts,
-    second_context_counts,
-    smoothed_counts,
-    table_entropy_bits,
-)
+from diveq_codec.codec.rate_tables import code_lengths, context_counts, smoothed_counts, table_entropy_bits
 from diveq_codec.codec.zoo import (
     ENTROPY_TENSOR,
-    SECOND_ENTROPY_TENSOR,
     card_rate_points,
     file_sha256,
     read_card,
@@ -44,7 +37,7 @@ from diveq_codec.models.data import list_images, load_rgb
 
 def measure_tables(model: VQAutoencoder, folder: Path, max_images: int, max_side: int,
                    points: Points | None = None) -> tuple[np.ndarray, np.ndarray, int]:
-    """Raw counts (stages, alphabet + 1, alphabet) in the first and in the second contexts, over
+    """Raw counts (stages, alphabet + 1, alphabet) in their contexts (codec/rate_tables.py), over
     up to ``max_images`` training images: of the nearest codewords at all stages, or, given
     rate points (stages, λ), of the encoder's choices at each, λ weighing the code lengths of
     the nearest codewords' tables (measured first)."""
@@ -54,41 +47,39 @@ def measure_tables(model: VQAutoencoder, folder: Path, max_images: int, max_side
     if len(paths) > max_images:
         paths = [paths[i] for i in sorted(rng.choice(len(paths), max_images, replace=False))]
 
-    def count(choose: Callable[[torch.Tensor], list[torch.Tensor]]) -> tuple[np.ndarray, np.ndarray]:
+    def count(choose: Callable[[torch.Tensor], list[torch.Tensor]]) -> np.ndarray:
         counts = np.zeros((stages, alphabet + 1, alphabet), dtype=np.int64)
-        second = np.zeros_like(counts)
         for path in paths:
             for indices in choose(load_rgb(path, max_side).unsqueeze(0).float() / 255.0):
                 flat = indices.reshape(indices.shape[0], -1).numpy()
                 counts[: flat.shape[0]] += context_counts(flat, indices.shape[-1], alphabet)
-                second[: flat.shape[0]] += second_context_counts(flat, indices.shape[-1], alphabet)
-        return counts, second
+        return counts
 
     def nearest(x: torch.Tensor) -> list[torch.Tensor]:
         """All stages' nearest codewords, exactly as the coding path picks them."""
         indices, grid = model.encode_indices(x)
         return [indices.reshape(stages, *grid)]
 
-    counts, second = count(nearest)
+    counts = count(nearest)
     if points is not None:
         lengths = code_lengths(smoothed_counts(counts))
-        counts, second = count(lambda x: choices_at_points(model, x, points, lengths))
-    return counts, second, len(paths)
+        counts = count(lambda x: choices_at_points(model, x, points, lengths))
+    return counts, len(paths)
 
 
-def copied_tables(card_path: Path, state: dict[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(tables, second tables, card record) of the model of ``card_path``, which must have the
+def copied_tables(card_path: Path, state: dict[str, torch.Tensor]) -> tuple[np.ndarray, dict]:
+    """(tables, card record) of the model of ``card_path``, which must have the
     same analysis transform and codebooks as ``state``: tables describe one encoder's choices."""
     source = json.loads(card_path.read_text())
-    _, source_state, tables, second = read_weights_file(card_path.parent / source["file"])
+    _, source_state, tables, _ = read_weights_file(card_path.parent / source["file"])
     encoder = [name for name in source_state if not name.startswith("synthesis.")]
-    if second is None or any(not torch.equal(source_state[name], state[name].float()) for name in encoder):
+    if any(not torch.equal(source_state[name], state[name].float()) for name in encoder):
         raise SystemExit(f"--tables-from {card_path}: its analysis transform or codebooks differ from the "
-                         f"checkpoint's (or it has no second-context tables), so its tables do not fit")
+                         f"checkpoint's, so its tables do not fit")
     record = {key: value for key, value in source["entropy_tables"].items()
-              if key not in ("bits_per_symbol", "tensor", "second_tensor")}
+              if key not in ("bits_per_symbol", "tensor")}
     record["copied_from"] = {"name": source["name"], "sha256": source["sha256"]}
-    return tables.astype(np.int32), second.astype(np.int32), record
+    return tables.astype(np.int32), record
 
 
 def training_record(checkpoint: dict, run_dir: Path, base_card: dict | None = None,
@@ -219,33 +210,33 @@ def rate_points_for(p: argparse.ArgumentParser, args: argparse.Namespace,
 
 
 def measured_tables(model: VQAutoencoder, data: Path, max_images: int, max_side: int,
-                    points: Points | None) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(tables, second tables, card record) measured on the training images (see measure_tables)."""
+                    points: Points | None) -> tuple[np.ndarray, dict]:
+    """(tables, card record) measured on the training images (see measure_tables)."""
     with torch.no_grad():
-        raw, raw_second, images = measure_tables(model, data, max_images, max_side, points)
+        raw, images = measure_tables(model, data, max_images, max_side, points)
     # int32 holds any count here (millions of symbols at most) in half of int64's bytes.
-    if max(raw.max(), raw_second.max()) >= np.iinfo(np.int32).max:
+    if raw.max() >= np.iinfo(np.int32).max:
         raise SystemExit("a table count does not fit int32: measure the tables on fewer images")
-    tables, second = smoothed_counts(raw).astype(np.int32), smoothed_counts(raw_second).astype(np.int32)
+    tables = smoothed_counts(raw).astype(np.int32)
     record = {
         "measured_on": f"{images} images of {data} (long side ≤ {max_side}), " + (
             "the encoder's choices at every rate point (each at its rate_weight; λ weighing the code lengths "
             "of tables measured first on the nearest codewords at all stages), summed"
             if points is not None else "coding path, all stages"),
         "contexts": "stage 1: the index above (row 'alphabet' for the top row); stage m > 1: stage m-1's index at the same position",
-        "second_contexts": "coder 3: stage 1: the index above-left (row 'alphabet' off the grid); stage 2: none (zero counts); stage m > 2: stage m-2's index at the same position",
         "smoothing": "+1 on every count",
     }
-    return tables, second, record
+    return tables, record
 
 
 def write_release(args: argparse.Namespace, model: VQAutoencoder, training: dict, rate_points: list[dict],
-                  tables: np.ndarray, second: np.ndarray, table_record: dict) -> None:
-    """Write OUT/NAME.safetensors (the network and its entropy tables) and its card, OUT/NAME.json."""
+                  tables: np.ndarray, table_record: dict) -> None:
+    """Write OUT/NAME.safetensors (the network and its static tables) and its card, OUT/NAME.json.
+    The coder also needs an index model, trained on this model's own choices and added by
+    codec/release/index_model_export.py (docs/training.md)."""
     config = model.config
     tensors = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()}
     tensors[ENTROPY_TENSOR] = torch.from_numpy(tables)
-    tensors[SECOND_ENTROPY_TENSOR] = torch.from_numpy(second)
     args.out.mkdir(parents=True, exist_ok=True)
     weights_path = args.out / f"{args.name}.safetensors"
     save_file(tensors, str(weights_path), metadata={"config": json.dumps(config.to_dict()),
@@ -266,7 +257,6 @@ def write_release(args: argparse.Namespace, model: VQAutoencoder, training: dict
             **table_record,
             "bits_per_symbol": [round(float(b), 4) for b in bits],
             "tensor": f"{ENTROPY_TENSOR} in the weights file, int32, shape {list(tables.shape)}",
-            "second_tensor": f"{SECOND_ENTROPY_TENSOR} in the weights file, int32, shape {list(second.shape)}",
         },
         "rate_points": rate_points,
     }
@@ -284,10 +274,10 @@ def main(argv: list[str] | None = None) -> int:
     model.eval()
     rate_points, points = rate_points_for(p, args, model.num_stages)
     if args.tables_from is not None:
-        tables, second, table_record = copied_tables(args.tables_from, state)
+        tables, table_record = copied_tables(args.tables_from, state)
     else:
-        tables, second, table_record = measured_tables(model, args.data, args.table_images, args.max_side, points)
-    write_release(args, model, training, rate_points, tables, second, table_record)
+        tables, table_record = measured_tables(model, args.data, args.table_images, args.max_side, points)
+    write_release(args, model, training, rate_points, tables, table_record)
     return 0
 
 

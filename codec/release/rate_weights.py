@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from diveq_codec.codec import index_coder
+from diveq_codec.codec import index_coder, rate_tables
 from diveq_codec.codec.metrics import psnr
 from diveq_codec.codec.pipeline import effort_settings, image_to_tensor, tensor_to_pixels
 from diveq_codec.codec.zoo import LoadedModel, RatePoint, load_model, network_rate_points
@@ -66,7 +66,7 @@ def exact_search_beam(effort: int | None) -> int:
 def coded_bits_and_psnr(loaded: LoadedModel, indices: torch.Tensor, grid: tuple[int, int],
                         rgb: np.ndarray) -> tuple[int, float]:
     """The payload bits of ``indices`` under the real coder and the PSNR of their real decode."""
-    payload = index_coder.encode_indices(indices.numpy(), loaded.tables, grid[1], second=loaded.second_tables)
+    payload = index_coder.encode_indices(indices.numpy(), loaded.require_index_model(), grid[1])
     decoded = tensor_to_pixels(loaded.model.decode_indices(indices, grid, rgb.shape[0], rgb.shape[1]))
     return len(payload) * 8, psnr(rgb, decoded)
 
@@ -102,7 +102,7 @@ def measure(loaded: LoadedModel, points: list[RatePoint], paths: list[Path],
             images.append(rgb)
             latents.append(model.analyse(model.float64_analysis(), image_to_tensor(rgb, "cpu").double()))
         slopes = stage_slopes(model.quantizer, [model.to_vectors(t) for t in latents],
-                              index_coder.table_entropy_bits(loaded.tables))
+                              rate_tables.table_entropy_bits(loaded.tables))
         totals = {(p.quality, a): np.zeros(2) for p in points for a in ALPHAS}
         for rgb, latent in zip(images, latents):
             _, _, h, w = latent.shape

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from diveq_codec.codec.evaluation.msssim import ms_ssim
-from diveq_codec.codec.index_coder import encode_without_context, smoothed_counts, table_entropy_bits
+from diveq_codec.codec.rate_tables import encode_without_context, smoothed_counts, table_entropy_bits
 from diveq_codec.codec.metrics import psnr
 from diveq_codec.models.autoencoder import crop_to, pad_to_multiple
 from diveq_codec.models.codebook import nearest_codeword

@@ -1,0 +1,214 @@
+"""The index model's integer network: the probabilities the index coder gives each codeword.
+
+It is the integer copy of models/index_prior.py (see that module for what it conditions
+on and in which order a decoder learns the indices), stored in the weights file as
+``index_model.*`` int32 tensors. Every weight, input and activation is an integer; each
+layer is a sum of products of integers, rescaled by a power of two (a floor) and clipped.
+The products and sums are held in float64, where they are exact whatever the summation
+order while every partial sum stays below 2⁵³ (they stay below 2³¹; ``check_bounds``
+proves it from the weights when they are loaded). So the probabilities do not depend on
+the BLAS, the thread count, the batch shape or numpy against torch: the encoder computes a
+stage's at once and the decoder a half-row at a time, and they get the same integers.
+
+The last layer's base-2 logits become frequencies by a table (``output_table``, 2^(−d/16)
+in integers for d sixteenths of a bit below the row's largest logit, clipped to the
+table's end): no exponential, whose last bit differs between maths libraries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+TENSOR_PREFIX = "index_model."
+EXACT_LIMIT = 2.0**53  # float64 holds every integer below this exactly
+
+
+@dataclass(frozen=True)
+class StageNetwork:
+    """One stage's integer layers (float64 arrays holding integers). Shifts are powers of
+    two: ``a = clip(floor(z / 2^shift), 0, cap)``."""
+
+    neighbours: np.ndarray  # (K, tokens, H): the first layer's terms per neighbour token
+    bias: np.ndarray  # (H,)
+    first_shift: int
+    hidden_w: np.ndarray  # (H, H), transposed: a @ hidden_w
+    hidden_b: np.ndarray
+    hidden_shift: int
+    out_w: np.ndarray  # (H, codes)
+    out_b: np.ndarray
+    logit_shift: int  # logits / 2^logit_shift are in sixteenths of a bit
+    # stages after the first: the previous stages' sum → projection → 3×3 context
+    codebook: np.ndarray | None = None  # (codes, D) integer codewords of this stage (input of the next)
+    project_w: np.ndarray | None = None  # (D, P)
+    project_b: np.ndarray | None = None
+    project_shift: int = 0
+    context_w: np.ndarray | None = None  # (9·P, H): 3×3 window, row-major, then channels
+    previous: np.ndarray | None = None  # (codes, H): stage m − 1's index at the position
+
+
+@dataclass(frozen=True)
+class IndexModel:
+    stages: list[StageNetwork]
+    codebooks: np.ndarray  # (S, codes, D) integer codewords, the inputs of the later stages
+    offsets: tuple[tuple[int, int], ...]  # (row, column) of each neighbour: rows above, or odd columns beside
+    cap: int  # activations are clipped to [0, cap]
+    output_table: np.ndarray  # (steps,) integer frequencies by distance below the largest logit
+
+    @property
+    def codes(self) -> int:
+        return self.codebooks.shape[1]
+
+    @property
+    def off_grid(self) -> int:
+        return self.codes
+
+    @property
+    def not_yet(self) -> int:
+        return self.codes + 1
+
+    def max_probability(self) -> float:
+        """No symbol gets a higher probability: the table's first entry against every other
+        codeword at its last."""
+        top, floor = float(self.output_table[0]), float(self.output_table[-1])
+        return top / (top + (self.codes - 1) * floor)
+
+
+def _activate(z: np.ndarray, shift: int, cap: int) -> np.ndarray:
+    z = np.floor(np.multiply(z, 2.0**-shift, out=z), out=z)  # a power of two: exact
+    return np.minimum(np.maximum(z, 0.0, out=z), cap, out=z)
+
+
+def previous_context(model: IndexModel, stage: int, previous: np.ndarray) -> np.ndarray:
+    """Stage ``stage``'s (> 0) first-layer terms from the stages before it, (h, w, H):
+    ``previous`` (stage, h, w) their indices; zeros stand for the codewords beyond the edges."""
+    net = model.stages[stage]
+    total = model.codebooks[0][previous[0]]
+    for m in range(1, stage):
+        total = total + model.codebooks[m][previous[m]]
+    h, w, _ = total.shape
+    projected = _activate(total.reshape(h * w, -1) @ net.project_w + net.project_b, net.project_shift, model.cap)
+    padded = np.zeros((h + 2, w + 2, projected.shape[1]))
+    padded[1:-1, 1:-1] = projected.reshape(h, w, -1)
+    window = np.concatenate([padded[dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3)], axis=2)
+    out = window.reshape(h * w, -1) @ net.context_w
+    out += net.previous[previous[stage - 1].reshape(-1)]
+    return out.reshape(h, w, -1)
+
+
+def frequencies(model: IndexModel, stage: int, first: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    """Integer frequencies (n, codes) as float32, for positions whose first-layer terms from
+    earlier stages are ``first`` (n, H) (zeros for stage 1) and whose neighbours are
+    ``tokens`` (n, K)."""
+    net = model.stages[stage]
+    z = first + net.bias
+    for k in range(len(model.offsets)):
+        z += net.neighbours[k][tokens[:, k]]
+    a = _activate(z, net.first_shift, model.cap)
+    a = _activate(a @ net.hidden_w + net.hidden_b, net.hidden_shift, model.cap)
+    logits = a @ net.out_w + net.out_b
+    below = np.floor((logits.max(axis=1, keepdims=True) - logits) * 2.0**-net.logit_shift)
+    steps = np.minimum(below, model.output_table.size - 1).astype(np.intp)
+    return model.output_table[steps]
+
+
+def margin(model: IndexModel) -> int:
+    """How far the farthest neighbour lies: the margin of ``padded``."""
+    return max(max(-dy, abs(dx)) for dy, dx in model.offsets)
+
+
+def padded(indices: np.ndarray, model: IndexModel) -> np.ndarray:
+    """One stage's (h, w) map inside a margin of OFF_GRID tokens (above and beside it), which
+    ``tokens_of`` reads; a decoder writes what it decodes into it."""
+    h, w = indices.shape
+    pad = margin(model)
+    out = np.full((h + pad, w + 2 * pad), model.off_grid, dtype=np.intp)
+    out[pad:, pad:pad + w] = indices
+    return out
+
+
+def tokens_of(padded_map: np.ndarray, rows: np.ndarray, cols: np.ndarray, model: IndexModel) -> np.ndarray:
+    """The neighbour tokens (n, K) of positions (rows, cols) of a stage's ``padded`` map, as a
+    decoder sees them: off the grid, or beside an even column, not known."""
+    pad, stride = margin(model), padded_map.shape[1]
+    steps = np.array([dy * stride + dx for dy, dx in model.offsets], dtype=np.intp)
+    out = padded_map.reshape(-1)[((rows + pad) * stride + cols + pad)[:, None] + steps]
+    same_row = np.array([dy == 0 for dy, _ in model.offsets])
+    if same_row.any():
+        out[np.ix_(cols % 2 == 0, same_row)] = model.not_yet
+    return out
+
+
+def check_bounds(model: IndexModel) -> None:
+    """Refuse weights whose sums could leave float64's exact integers (ValueError)."""
+    for m, net in enumerate(model.stages):
+        a = float(model.cap)
+        bound = np.abs(net.neighbours).max(axis=1).sum() + np.abs(net.bias).max()
+        if m:
+            inputs = np.abs(model.codebooks[:m]).max(axis=1).sum(axis=0)  # per component
+            projected = float((inputs @ np.abs(net.project_w)).max() + np.abs(net.project_b).max())
+            bound += np.abs(net.context_w).sum(axis=0).max() * a + np.abs(net.previous).max()
+            bound = max(bound, projected)
+        bound = max(bound, np.abs(net.hidden_w).sum(axis=0).max() * a + np.abs(net.hidden_b).max())
+        bound = max(bound, 2 * (np.abs(net.out_w).sum(axis=0).max() * a + np.abs(net.out_b).max()))
+        if not bound < EXACT_LIMIT:
+            raise ValueError(f"index model stage {m + 1}: sums up to {bound:.3g} are not exact in float64")
+
+
+def _scalar(tensors: dict[str, np.ndarray], name: str) -> int:
+    return int(np.asarray(tensors[TENSOR_PREFIX + name]).reshape(-1)[0])
+
+
+def from_tensors(tensors: dict[str, np.ndarray], stages: int) -> IndexModel:
+    """The model from a weights file's ``index_model.*`` int32 tensors (KeyError if one is
+    missing, ValueError if their shapes disagree or their sums are not exact)."""
+    def get(name: str) -> np.ndarray:
+        return np.asarray(tensors[TENSOR_PREFIX + name], dtype=np.float64)
+
+    codebooks = get("codebooks")
+    nets = []
+    for m in range(stages):
+        p = f"stage{m + 1}."
+        extra = {}
+        if m:
+            extra = {"project_w": get(p + "project_w"), "project_b": get(p + "project_b"),
+                     "project_shift": _scalar(tensors, p + "project_shift"),
+                     "context_w": get(p + "context_w"), "previous": get(p + "previous")}
+        nets.append(StageNetwork(
+            neighbours=get(p + "neighbours"), bias=get(p + "bias"), first_shift=_scalar(tensors, p + "first_shift"),
+            hidden_w=get(p + "hidden_w"), hidden_b=get(p + "hidden_b"), hidden_shift=_scalar(tensors, p + "hidden_shift"),
+            out_w=get(p + "out_w"), out_b=get(p + "out_b"), logit_shift=_scalar(tensors, p + "logit_shift"), **extra))
+    table = np.asarray(tensors[TENSOR_PREFIX + "output_table"]).astype(np.float32)
+    offsets = np.asarray(tensors[TENSOR_PREFIX + "neighbour_offsets"]).astype(np.int64)
+    if offsets.ndim != 2 or offsets.shape[1] != 2 or not 1 <= offsets.shape[0] <= 64 \
+            or any(not -8 <= dx <= 8 or not -8 <= dy <= 0 or (dy == 0 and dx % 2 == 0) for dy, dx in offsets):
+        raise ValueError("index model neighbour offsets must be rows above, or odd columns of the same row")
+    model = IndexModel(nets, codebooks, tuple((int(dy), int(dx)) for dy, dx in offsets), _scalar(tensors, "cap"), table)
+    _check_shapes(model)
+    check_bounds(model)
+    return model
+
+
+def _check_shapes(model: IndexModel) -> None:
+    codes = model.codes
+    table = model.output_table
+    if table.ndim != 1 or table.size < 2 or not (table >= 1).all() or not (np.diff(table) <= 0).all() \
+            or table[0] > 2**16:
+        raise ValueError("index model output table must fall from at most 2^16 to at least 1")
+    for m, net in enumerate(model.stages):
+        hidden = net.bias.shape[0]
+        shapes = [(net.neighbours, (len(model.offsets), codes + 2, hidden)), (net.hidden_w, (hidden, hidden)),
+                  (net.hidden_b, (hidden,)), (net.out_w, (hidden, codes)), (net.out_b, (codes,))]
+        if m:
+            projected = net.project_w.shape[1]
+            shapes += [(net.project_w, (model.codebooks.shape[2], projected)), (net.project_b, (projected,)),
+                       (net.context_w, (9 * projected, hidden)), (net.previous, (codes, hidden))]
+        for array, shape in shapes:
+            if array.shape != shape:
+                raise ValueError(f"index model stage {m + 1}: a tensor of shape {array.shape}, not {shape}")
+        shifts = (net.first_shift, net.hidden_shift, net.logit_shift, net.project_shift)
+        if not all(0 <= s <= 60 for s in shifts):
+            raise ValueError(f"index model stage {m + 1}: shifts {shifts} outside 0..60")
+    if model.cap < 1 or model.cap > 2**16 or model.codebooks.shape[0] < len(model.stages):
+        raise ValueError("index model cap or codebooks out of range")

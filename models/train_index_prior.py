@@ -1,0 +1,171 @@
+"""Train the index prior (models/index_prior.py) on the encoder's own index maps.
+
+``python -m diveq_codec.models.train_index_prior MAPS.npz WEIGHTS.safetensors OUT_DIR
+[--time-budget S] [--hidden H]``
+
+MAPS.npz comes from ``python -m diveq_codec.codec.release.index_maps`` (training photos
+only, never Kodak). One image in ``HOLDOUT_EVERY`` (by sorted name) is held out: the run
+reports bits per symbol on it, per stage, and never trains on it. Time-boxed and
+resumable: OUT_DIR/checkpoint.pt is written every ``--checkpoint-every`` seconds and a run
+started on the same OUT_DIR continues from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from diveq_codec.models.index_prior import WIDE_NEIGHBOURS, IndexPrior, IndexPriorConfig, bits, stage_inputs
+from diveq_codec.models.weights_file import read_tensors
+
+HOLDOUT_EVERY = 8  # images 0, 8, 16, … of the sorted names are held out
+PAD = 3  # a window's margin (the farthest neighbour's offset): its neighbours are real, not the crop's edge
+OUTSIDE = 255  # a map cell off the image
+
+
+def load_maps(path: Path) -> tuple[list[tuple[str, np.ndarray]], list[tuple[str, np.ndarray]]]:
+    """(training, held-out) lists of (config key, map (S, h, w) uint8)."""
+    with np.load(path) as data:
+        names = sorted(str(n) for n in data["names"])
+        held = {n for i, n in enumerate(names) if i % HOLDOUT_EVERY == 0}
+        train, holdout = [], []
+        for key in data.files:
+            if key == "names":
+                continue
+            name, config = key.split("|", 1)
+            (holdout if name in held else train).append((config, data[key]))
+    return train, holdout
+
+
+def window_batch(maps: list[np.ndarray], stage: int, size: int, count: int,
+                 rng: np.random.Generator) -> torch.Tensor:
+    """``count`` windows (count, stage + 1, size + 2·PAD, size + 2·PAD) of maps with more
+    than ``stage`` stages, OUTSIDE beyond the image; their left edge is at an even column so
+    the columns keep their parity."""
+    usable = [m for m in maps if m.shape[0] > stage]
+    out = np.full((count, stage + 1, size + 2 * PAD, size + 2 * PAD), OUTSIDE, dtype=np.int64)
+    for n in range(count):
+        m = usable[rng.integers(len(usable))][: stage + 1]
+        padded = np.pad(m, ((0, 0), (PAD, PAD), (PAD, PAD)), constant_values=OUTSIDE)
+        y = rng.integers(max(1, padded.shape[1] - out.shape[2] + 1))
+        x = 2 * rng.integers(max(1, (padded.shape[2] - out.shape[3]) // 2 + 1))
+        piece = padded[:, y : y + out.shape[2], x : x + out.shape[3]]
+        out[n, :, : piece.shape[1], : piece.shape[2]] = piece
+    return torch.from_numpy(out)
+
+
+def window_bits(prior: IndexPrior, windows: torch.Tensor, stage: int, books: torch.Tensor) -> torch.Tensor:
+    """Bits of every real cell of the windows' stage ``stage`` (teacher forcing)."""
+    config = prior.config
+    outside = windows == OUTSIDE
+    maps = windows.masked_fill(outside, config.codes)  # the codebooks' extra zero row
+    previous_sum, previous_index, tokens = stage_inputs(maps, stage, books, config)
+    if previous_index is not None:
+        previous_index = previous_index.clamp(max=config.codes - 1)
+    logits = prior.stages[stage](previous_sum, previous_index, tokens)
+    target = maps[:, stage]
+    inner = ~outside[:, stage]
+    inner[:, :PAD] = False
+    inner[:, :, :PAD] = False
+    inner[:, :, -PAD:] = False
+    return bits(logits[inner], target[inner])
+
+
+def padded_codebooks(weights: Path, stages: int) -> torch.Tensor:
+    """The first ``stages`` codebooks (stages, codes + 1, D), with a zero row for cells off the image."""
+    _, tensors = read_tensors(weights)
+    books = tensors["quantizer.codebooks"].float()[:stages]
+    return torch.cat([books, torch.zeros(stages, 1, books.shape[2])], dim=1)
+
+
+@torch.no_grad()
+def holdout_bits(prior: IndexPrior, maps: list[tuple[str, np.ndarray]], books: torch.Tensor) -> dict[str, list[float]]:
+    """Mean bits per symbol of each stage of each config on whole held-out maps."""
+    totals: dict[str, list[list[float]]] = {}
+    for config, m in maps:
+        padded = np.pad(m.astype(np.int64), ((0, 0), (PAD, PAD), (PAD, PAD)), constant_values=OUTSIDE)
+        windows = torch.from_numpy(padded)[None]
+        entry = totals.setdefault(config, [[0.0, 0] for _ in range(m.shape[0])])
+        for stage in range(m.shape[0]):
+            b = window_bits(prior, windows[:, : stage + 1], stage, books)
+            entry[stage][0] += float(b.sum())
+            entry[stage][1] += b.numel()
+    return {c: [s / max(n, 1) for s, n in v] for c, v in totals.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("maps", type=Path)
+    parser.add_argument("weights", type=Path)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--time-budget", type=float, default=1800.0)
+    parser.add_argument("--checkpoint-every", type=float, default=120.0)
+    parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--projected", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--window", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--wide", action="store_true", help="condition on 19 neighbours rather than 10")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--eval-only", action="store_true")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    train, holdout = load_maps(args.maps)
+    config = IndexPriorConfig(stages=max(m.shape[0] for _, m in train), hidden=args.hidden, projected=args.projected,
+                              **({"neighbours": WIDE_NEIGHBOURS} if args.wide else {}))
+    books = padded_codebooks(args.weights, config.stages)
+    prior = IndexPrior(config)
+    optimizer = torch.optim.Adam(prior.parameters(), lr=args.lr)
+    args.out.mkdir(parents=True, exist_ok=True)
+    ckpt = args.out / "checkpoint.pt"
+    step, elapsed_before = 0, 0.0
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        prior.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, elapsed_before = state["step"], state["elapsed_s"]
+        print(f"resumed at step {step}", flush=True)
+    train_maps = [m for _, m in train]
+    rng = np.random.default_rng(step)
+    start = last_saved = time.monotonic()
+
+    def save() -> None:
+        record = {"config": {**config.__dict__, "neighbours": [list(o) for o in config.neighbours]}, "model": prior.state_dict(), "optimizer": optimizer.state_dict(),
+                  "step": step, "elapsed_s": elapsed_before + time.monotonic() - start}
+        torch.save(record, ckpt.with_suffix(".tmp"))
+        ckpt.with_suffix(".tmp").replace(ckpt)
+
+    while not args.eval_only and elapsed_before + time.monotonic() - start < args.time_budget:
+        # The learning rate falls to a tenth over the budget (cosine).
+        progress = min(1.0, (elapsed_before + time.monotonic() - start) / args.time_budget)
+        for group in optimizer.param_groups:
+            group["lr"] = args.lr * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * progress)))
+        losses = []
+        for stage in range(config.stages):
+            windows = window_batch(train_maps, stage, args.window, args.batch, rng)
+            loss = window_bits(prior, windows, stage, books).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+        step += 1
+        if step % 100 == 0:
+            print(f"step {step} {time.monotonic() - start:.0f} s bits " + " ".join(f"{v:.3f}" for v in losses), flush=True)
+        if time.monotonic() - last_saved > args.checkpoint_every:
+            save()
+            last_saved = time.monotonic()
+    if not args.eval_only:
+        save()
+    result = holdout_bits(prior, holdout, books)
+    (args.out / "holdout_bits.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
