@@ -157,12 +157,37 @@ def check_bounds(model: IndexModel) -> None:
 
 
 def _scalar(tensors: dict[str, np.ndarray], name: str) -> int:
-    return int(np.asarray(tensors[TENSOR_PREFIX + name]).reshape(-1)[0])
+    value = np.asarray(tensors[TENSOR_PREFIX + name])
+    if value.size != 1:
+        raise ValueError(f"{TENSOR_PREFIX + name} holds {value.size} values, not one")
+    return int(value.reshape(-1)[0])
 
 
-def from_tensors(tensors: dict[str, np.ndarray], stages: int) -> IndexModel:
-    """The model from a weights file's ``index_model.*`` int32 tensors (KeyError if one is
-    missing, ValueError if their shapes disagree or their sums are not exact)."""
+_COMMON = ("codebooks", "cap", "output_table", "neighbour_offsets")
+_EVERY_STAGE = ("neighbours", "bias", "first_shift", "hidden_w", "hidden_b", "hidden_shift", "out_w", "out_b",
+                "logit_shift")
+_LATER_STAGES = ("project_w", "project_b", "project_shift", "context_w", "previous")
+
+
+def expected_names(stages: int) -> set[str]:
+    """The tensor names of a model of ``stages`` stages, prefix included."""
+    names = set(_COMMON)
+    for m in range(stages):
+        names |= {f"stage{m + 1}.{n}" for n in _EVERY_STAGE + (_LATER_STAGES if m else ())}
+    return {TENSOR_PREFIX + n for n in names}
+
+
+def from_tensors(tensors: dict[str, np.ndarray]) -> IndexModel:
+    """The model from a weights file's ``index_model.*`` int32 tensors: exactly the names of
+    its stages (``stage1.`` …), else ValueError, as for shapes that disagree or sums that are
+    not exact."""
+    stages = sum(1 for name in tensors if name.endswith(".first_shift"))
+    wrong = sorted(set(tensors) ^ expected_names(stages))
+    if not stages or wrong:
+        raise ValueError(f"tensor {wrong[0] if wrong else TENSOR_PREFIX + 'stage1.first_shift'!r} "
+                         f"{'is missing' if wrong and wrong[0] not in tensors else 'is unexpected'} "
+                         f"for {stages} stages")
+
     def get(name: str) -> np.ndarray:
         return np.asarray(tensors[TENSOR_PREFIX + name], dtype=np.float64)
 
@@ -210,5 +235,5 @@ def _check_shapes(model: IndexModel) -> None:
         shifts = (net.first_shift, net.hidden_shift, net.logit_shift, net.project_shift)
         if not all(0 <= s <= 60 for s in shifts):
             raise ValueError(f"index model stage {m + 1}: shifts {shifts} outside 0..60")
-    if model.cap < 1 or model.cap > 2**16 or model.codebooks.shape[0] < len(model.stages):
+    if model.cap < 1 or model.cap > 2**16 or model.codebooks.shape[0] != len(model.stages):
         raise ValueError("index model cap or codebooks out of range")

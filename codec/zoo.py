@@ -107,25 +107,29 @@ def _load(model_id: int, device: str, folder: str) -> LoadedModel:
     alphabet = model.quantizer.alphabet_sizes[0]
     if tables.shape != (model.num_stages, alphabet + 1, alphabet) or (tables < 1).any():
         raise WeightsError(f"entropy tables in {path.name} do not fit the model")
-    index_model = _index_model(path, index_tensors, alphabet, model.num_stages)
+    needed = max((point.stages for point in card_rate_points(card)), default=1)
+    index_model = _index_model(path, index_tensors, alphabet, model.num_stages, needed)
     model.eval().to(device)
     for p in model.parameters():
         p.requires_grad_(False)
     return LoadedModel(card, model, tables, index_model)
 
 
-def _index_model(path: Path, tensors: dict[str, np.ndarray], alphabet: int, stages: int) -> IndexModel | None:
-    """The index model of a weights file, checked against the network (exit 4 if it does not
-    fit), or None for weights without one (which choose indices but cannot code them)."""
+def _index_model(path: Path, tensors: dict[str, np.ndarray], alphabet: int, stages: int,
+                 needed: int) -> IndexModel | None:
+    """The index model of a weights file, checked against the network and the ``needed``
+    stages of the card's rate points (exit 4 if it does not fit), or None for weights without
+    one (which choose indices but cannot code them)."""
     if not tensors:
         return None
-    count = sum(1 for name in tensors if name.endswith(".first_shift"))
     try:
-        index_model = from_tensors(tensors, count)
+        index_model = from_tensors(tensors)
     except (KeyError, ValueError, TypeError, IndexError) as exc:
         raise WeightsError(f"weights file {path.name}: index model is invalid ({_first_line(exc)})") from None
-    if index_model.codes != alphabet or not 1 <= count <= stages:
-        raise WeightsError(f"weights file {path.name}: index model does not fit the network")
+    count = len(index_model.stages)
+    if index_model.codes != alphabet or index_model.codebooks.shape[0] != count or not needed <= count <= stages:
+        raise WeightsError(f"weights file {path.name}: index model of {count} stages and {index_model.codes} "
+                           f"codewords does not fit the network ({alphabet}) or its rate points ({needed} stages)")
     return index_model
 
 

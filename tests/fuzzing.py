@@ -44,7 +44,8 @@ FIELDS: dict[str, tuple[int, str]] = {
     "latent_w": (31, "H"), "stages": (33, "B"), "payload_len": (34, "I"), "alpha_len": (38, "I"),
 }
 HEADER_SIZE = 42
-HEADER_SIZE_V2 = 46  # version 2 adds layer_len (u32) at offset 42
+HEADER_SIZE_WITH_LAYER = 46  # version 4 adds layer_len (u32) at offset 42
+VERSION_WITH_LAYER = 4  # version 3: no DCT layer; 1 and 2 were development builds
 TRAILER = 4
 
 
@@ -67,7 +68,7 @@ def base_images() -> dict[str, tuple[Image.Image, int | None]]:
 
 def make_bases(device: str = "cpu") -> dict[str, bytes]:
     """The valid .dvq files of :func:`base_images`, at the lowest rate point, the default and
-    the highest (the default and the highest add a DCT layer: format version 2)."""
+    the highest (the default and the highest add a DCT layer: format version 4)."""
     from diveq_codec.codec.pipeline import encode
     from diveq_codec.codec.zoo import rate_points
 
@@ -104,7 +105,7 @@ def get_field(data: bytes, name: str) -> int | bytes | None:
 
 
 def _header_size(data: bytes) -> int:
-    return HEADER_SIZE_V2 if len(data) > 4 and data[4] == 2 else HEADER_SIZE
+    return HEADER_SIZE_WITH_LAYER if len(data) > 4 and data[4] == VERSION_WITH_LAYER else HEADER_SIZE
 
 
 def regions(data: bytes) -> dict[str, tuple[int, int]]:
@@ -112,7 +113,7 @@ def regions(data: bytes) -> dict[str, tuple[int, int]]:
     payload_len = get_field(data, "payload_len") or 0
     alpha_len = get_field(data, "alpha_len") or 0
     h = _header_size(data)
-    layer_len = struct.unpack_from("<I", data, HEADER_SIZE)[0] if h == HEADER_SIZE_V2 else 0
+    layer_len = struct.unpack_from("<I", data, HEADER_SIZE)[0] if h == HEADER_SIZE_WITH_LAYER else 0
     p0, a0 = h, h + int(payload_len)
     r0 = a0 + int(alpha_len)
     return {"header": (0, h), "payload": (p0, a0), "alpha": (a0, r0), "layer": (r0, r0 + layer_len),
@@ -208,13 +209,13 @@ def consistent_resize(rng: random.Random, data: bytes) -> bytes:
 
 
 def _with_lengths(data: bytes, payload: bytes, alpha: bytes, layer: bytes | None = None) -> bytes:
-    """data with other sections and lengths that match them; a version-2 file keeps its
+    """data with other sections and lengths that match them; a version-4 file keeps its
     DCT layer unless another is given."""
     h = _header_size(data)
     if layer is None:
         layer = data[slice(*regions(data)["layer"])]
     header = set_field(set_field(data[:h], "payload_len", len(payload)), "alpha_len", len(alpha))
-    if h == HEADER_SIZE_V2:
+    if h == HEADER_SIZE_WITH_LAYER:
         header = header[:HEADER_SIZE] + struct.pack("<I", len(layer))
     return header + payload + alpha + layer + data[-TRAILER:]
 
@@ -286,7 +287,7 @@ def replace_alpha(rng: random.Random, data: bytes) -> bytes:
 
 def replace_layer(rng: random.Random, data: bytes) -> bytes:
     """A DCT layer that is cut, extended, garbage, of another step or transform (the
-    lengths kept consistent); a version-1 file gets one it has no field for."""
+    lengths kept consistent); a version-3 file gets one it has no field for."""
     layer = data[slice(*regions(data)["layer"])]
     kind = rng.choice(["random", "short", "long", "step", "transform", "header_only", "empty"])
     if kind == "random":

@@ -48,4 +48,4 @@ def random_tensors(seed: int = 0, stages: int = 3, codes: int = 8, dim: int = 4,
 
 
 def random_model(seed: int = 0, stages: int = 3, **options: int) -> IndexModel:
-    return from_tensors(random_tensors(seed, stages, **options), stages)
+    return from_tensors(random_tensors(seed, stages, **options))

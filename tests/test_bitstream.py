@@ -17,8 +17,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from diveq_codec.codec.container import (
-    CODER_TWO_CONTEXT_RANGE, DEVELOPMENT_CODERS, FLAG_ALPHA, FLAG_FROM_16BIT, FLAG_FROM_PALETTE, HEADER_SIZE,
-    HEADER_SIZE_V2, MAGIC, TRAILER_SIZE, Container, Header, pack, peek_header, unpack,
+    CODER_INDEX_MODEL, DEVELOPMENT_VERSIONS, FLAG_ALPHA, FLAG_FROM_16BIT, FLAG_FROM_PALETTE, FORMAT_VERSION,
+    FORMAT_VERSIONS, HEADER_SIZE, HEADER_SIZE_WITH_LAYER, MAGIC, TRAILER_SIZE, VERSION_WITH_LAYER, Container, Header,
+    pack, peek_header, unpack,
 )
 from diveq_codec.codec.errors import BitstreamError, CorruptBitstreamError, UnsupportedVersionError
 from diveq_codec.codec.limits import MAX_PIXELS, MAX_SIDE
@@ -32,7 +33,7 @@ FIELDS = {
 }
 
 RGBA = Header(model_id=0x0102, quality=5, weights_id=bytes.fromhex("0011223344556677"),
-              coder_id=CODER_TWO_CONTEXT_RANGE, table_precision=24, width=640, height=480, channels=4,
+              coder_id=CODER_INDEX_MODEL, table_precision=24, width=640, height=480, channels=4,
               bit_depth=16, flags=FLAG_ALPHA | FLAG_FROM_16BIT, latent_h=30, latent_w=40, stages=2)
 RGBA_FILE = pack(Container(RGBA, bytes.fromhex("deadbeef01020304"), bytes.fromhex("aabbccdd")))
 RGB = dataclasses.replace(RGBA, channels=3, bit_depth=8, flags=FLAG_FROM_PALETTE)
@@ -41,12 +42,12 @@ FILES = {"rgba": RGBA_FILE, "rgb": RGB_FILE}
 
 GOLDEN_HEX = (
     "89445651"  # 0 magic
-    "01"  # 4 version
+    "03"  # 4 version: no DCT layer
     "03"  # 5 flags: alpha | from 16-bit
     "0201"  # 6 model_id 0x0102
     "05"  # 8 quality
     "0011223344556677"  # 9 weights_id
-    "03"  # 17 coder_id: fixed
+    "04"  # 17 coder_id: fixed (the index model's coder)
     "18"  # 18 table_precision 24: fixed
     "80020000"  # 19 width 640
     "e0010000"  # 23 height 480
@@ -59,7 +60,7 @@ GOLDEN_HEX = (
     "04000000"  # 38 alpha_len
     "deadbeef01020304"  # 42 payload
     "aabbccdd"  # 50 alpha
-    "1efba33f"  # 54 CRC32 of bytes 0..53
+    "62a782d8"  # 54 CRC32 of bytes 0..53
 )
 
 
@@ -89,7 +90,7 @@ def containers(draw: st.DrawFn) -> Container:
     width = draw(st.integers(1, MAX_SIDE))
     header = Header(
         model_id=draw(st.integers(0, 0xFFFF)), quality=draw(st.integers(1, 255)),
-        weights_id=draw(st.binary(min_size=8, max_size=8)), coder_id=CODER_TWO_CONTEXT_RANGE,
+        weights_id=draw(st.binary(min_size=8, max_size=8)), coder_id=CODER_INDEX_MODEL,
         table_precision=24, width=width,
         height=draw(st.integers(1, min(MAX_SIDE, MAX_PIXELS // width))), channels=channels,
         bit_depth=draw(st.sampled_from([8, 16])),
@@ -111,7 +112,7 @@ def test_round_trip(container: Container) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.sampled_from([b"", MAGIC + b"\x01", MAGIC + b"\x02"]), st.binary(max_size=80))
+@given(st.sampled_from([b"", MAGIC + b"\x03", MAGIC + b"\x04", MAGIC + b"\x02"]), st.binary(max_size=80))
 def test_arbitrary_bytes_raise_only_bitstream_errors(prefix: bytes, tail: bytes) -> None:
     """Past the magic and version too (random bytes alone would stop at the magic check)."""
     try:
@@ -123,17 +124,16 @@ def test_arbitrary_bytes_raise_only_bitstream_errors(prefix: bytes, tail: bytes)
 @settings(max_examples=300, deadline=None)
 @given(st.binary(min_size=29, max_size=29))
 def test_arbitrary_header_fields_behind_a_valid_crc(fields: bytes) -> None:
-    """Bytes 5..33 (all but magic, version and lengths), resealed: parsed as written, refused as
-    corrupt, or (a development build's coder id) refused as such."""
+    """Bytes 5..33 (all but magic, version and lengths), resealed: parsed as written or refused
+    as corrupt; never as another version (the version byte alone says which build wrote a file)."""
     body = RGBA_FILE[:5] + fields + RGBA_FILE[34:-TRAILER_SIZE]
     data = body + struct.pack("<I", zlib.crc32(body))
     try:
         container = unpack(data)
-    except UnsupportedVersionError as error:
-        assert data[17] in DEVELOPMENT_CODERS and "development build" in str(error)
     except CorruptBitstreamError as error:
         assert str(error).startswith("invalid header: ")
     else:
+        assert data[17] == CODER_INDEX_MODEL
         assert pack(container) == data
 
 
@@ -173,44 +173,53 @@ def test_too_short_for_a_header(size: int) -> None:
     _refused(RGBA_FILE[:size], CorruptBitstreamError, f"truncated: {size} bytes, a .dvq file has at least 46")
 
 
-@pytest.mark.parametrize("version", [0, 3, 255])
+def test_the_versions_this_build_reads_and_writes() -> None:
+    assert FORMAT_VERSIONS == (3, 4) and FORMAT_VERSION == VERSION_WITH_LAYER == 4
+    assert DEVELOPMENT_VERSIONS == (1, 2) and CODER_INDEX_MODEL == 4
+    assert RGBA_FILE[4] == 3 and RGBA_FILE[17] == CODER_INDEX_MODEL
+
+
+@pytest.mark.parametrize("version", [0, 5, 6, 255])
 def test_bad_version(version: int) -> None:
     _refused(_edit(RGBA_FILE, version=version), UnsupportedVersionError,
-             f"format version {version} is not supported by this build (reads 1 to 2)")
+             f"format version {version} is not supported by this build (reads 3 to 4)")
 
 
 def test_version_is_checked_before_length_and_crc() -> None:
     """A newer file may be laid out differently: its version is the only thing worth reporting."""
     newer = bytearray(RGBA_FILE + b"more")
-    newer[4] = 3
-    _refused(bytes(newer), UnsupportedVersionError, "format version 3")
+    newer[4] = 5
+    _refused(bytes(newer), UnsupportedVersionError, "format version 5")
+    older = bytearray(RGBA_FILE + b"more")
+    older[4] = 2
+    _refused(bytes(older), UnsupportedVersionError, "development build")
 
 
 LAYER = bytes.fromhex("0380000102030405")  # the container does not look inside the DCT layer
-V2_FILE = pack(Container(RGBA, bytes.fromhex("deadbeef01020304"), bytes.fromhex("aabbccdd"), LAYER))
+LAYER_FILE = pack(Container(RGBA, bytes.fromhex("deadbeef01020304"), bytes.fromhex("aabbccdd"), LAYER))
 
 
-def test_a_dct_layer_makes_a_version_2_file_with_one_more_length() -> None:
-    assert V2_FILE[4] == 2 and RGBA_FILE[4] == 1
-    assert len(V2_FILE) == HEADER_SIZE_V2 + 8 + 4 + len(LAYER) + TRAILER_SIZE
-    assert V2_FILE[HEADER_SIZE:HEADER_SIZE_V2] == len(LAYER).to_bytes(4, "little")
-    # Everything else is version 1's layout: the same fields, then the sections in order.
-    assert V2_FILE[5:HEADER_SIZE] == RGBA_FILE[5:HEADER_SIZE]
-    assert V2_FILE[HEADER_SIZE_V2:-TRAILER_SIZE] == RGBA_FILE[HEADER_SIZE:-TRAILER_SIZE] + LAYER
-    assert unpack(V2_FILE) == Container(RGBA, bytes.fromhex("deadbeef01020304"), bytes.fromhex("aabbccdd"), LAYER)
-    assert peek_header(V2_FILE) == RGBA
+def test_a_dct_layer_makes_a_version_4_file_with_one_more_length() -> None:
+    assert LAYER_FILE[4] == 4 and RGBA_FILE[4] == 3
+    assert len(LAYER_FILE) == HEADER_SIZE_WITH_LAYER + 8 + 4 + len(LAYER) + TRAILER_SIZE
+    assert LAYER_FILE[HEADER_SIZE:HEADER_SIZE_WITH_LAYER] == len(LAYER).to_bytes(4, "little")
+    # Everything else is version 3's layout: the same fields, then the sections in order.
+    assert LAYER_FILE[5:HEADER_SIZE] == RGBA_FILE[5:HEADER_SIZE]
+    assert LAYER_FILE[HEADER_SIZE_WITH_LAYER:-TRAILER_SIZE] == RGBA_FILE[HEADER_SIZE:-TRAILER_SIZE] + LAYER
+    assert unpack(LAYER_FILE) == Container(RGBA, bytes.fromhex("deadbeef01020304"), bytes.fromhex("aabbccdd"), LAYER)
+    assert peek_header(LAYER_FILE) == RGBA
 
 
-def test_version_2_damage_is_refused() -> None:
-    _refused(V2_FILE[:-1], CorruptBitstreamError, f"truncated: {len(V2_FILE) - 1} bytes, the header declares")
-    _refused(V2_FILE[:HEADER_SIZE + 6], CorruptBitstreamError, "a version-2 file has at least 50")
-    flipped = bytearray(V2_FILE)
+def test_version_4_damage_is_refused() -> None:
+    _refused(LAYER_FILE[:-1], CorruptBitstreamError, f"truncated: {len(LAYER_FILE) - 1} bytes, the header declares")
+    _refused(LAYER_FILE[:HEADER_SIZE + 6], CorruptBitstreamError, "a version-4 file has at least 50")
+    flipped = bytearray(LAYER_FILE)
     flipped[-TRAILER_SIZE - 1] ^= 1  # in the DCT layer: only the CRC can see it
     _refused(bytes(flipped), CorruptBitstreamError, "checksum mismatch")
     empty = bytearray(RGBA_FILE[:HEADER_SIZE] + b"\0\0\0\0" + RGBA_FILE[HEADER_SIZE:-TRAILER_SIZE])
-    empty[4] = 2
+    empty[4] = 4
     _refused(bytes(empty) + zlib.crc32(bytes(empty)).to_bytes(4, "little"), CorruptBitstreamError,
-             "a version-2 file without a DCT layer")
+             "a version-4 file without a DCT layer (such a file is written as version 3)")
 
 
 def test_truncation_declared_by_header() -> None:
@@ -251,7 +260,10 @@ FIELD_REFUSALS = [
     ("rgba", {"flags": FLAG_ALPHA | 8}, "unknown flag bits 0x08"),
     ("rgba", {"flags": 0xFF}, "unknown flag bits 0xf8"),
     ("rgba", {"coder_id": 0}, "unknown entropy coder id 0"),
-    ("rgba", {"coder_id": 4}, "unknown entropy coder id 4"),
+    ("rgba", {"coder_id": 1}, "unknown entropy coder id 1"),
+    ("rgba", {"coder_id": 2}, "unknown entropy coder id 2"),
+    ("rgba", {"coder_id": 3}, "unknown entropy coder id 3"),
+    ("rgba", {"coder_id": 5}, "unknown entropy coder id 5"),
     ("rgba", {"coder_id": 255}, "unknown entropy coder id 255"),
     ("rgba", {"table_precision": 0}, "table precision of 0 bits"),
     ("rgba", {"table_precision": 16}, "table precision of 16 bits; this format's is 24"),
@@ -312,6 +324,7 @@ def test_giant_declared_length_is_refused_without_allocating() -> None:
 PACK_REFUSALS = [
     ({"weights_id": b"short"}, "weights_id"),
     ({"coder_id": 1}, "unknown entropy coder id 1"),
+    ({"coder_id": 3}, "unknown entropy coder id 3"),
     ({"table_precision": 16}, "table precision of 16 bits"),
     ({"model_id": 0x10000}, "model_id"),
     ({"width": -1}, "width"),
@@ -343,16 +356,24 @@ def test_pack_refuses_inconsistent_lengths(payload: bytes, alpha: bytes, match: 
 # --- files of development builds, and weights the format cannot use -------------------------
 
 
-@pytest.mark.parametrize("coder", DEVELOPMENT_CODERS)
-def test_a_development_builds_coder_is_refused_as_such(coder: int) -> None:
-    """Entropy coders 1 and 2 were written only by builds before the first release: their
-    files are sound, so the refusal says what they are and what to do, not "damaged"."""
-    for original in (RGBA_FILE, V2_FILE):
-        body = bytearray(original[:-TRAILER_SIZE])
-        body[FIELDS["coder_id"][0]] = coder
-        _refused(bytes(body) + struct.pack("<I", zlib.crc32(body)), UnsupportedVersionError,
-                 f"made by a development build of diveq-codec before the first release (entropy coder {coder}); "
-                 f"encode the image again")
+def _with_version(data: bytes, version: int) -> bytes:
+    body = bytearray(data[:-TRAILER_SIZE])
+    body[FIELDS["version"][0]] = version
+    return bytes(body) + struct.pack("<I", zlib.crc32(body))
+
+
+@pytest.mark.parametrize("version", DEVELOPMENT_VERSIONS)
+def test_a_development_builds_version_is_refused_as_such(version: int) -> None:
+    """Versions 1 and 2 (static-table index coders) were written only by builds before the
+    first release: their files are sound, so the refusal says what they are and what to do,
+    not "damaged", and says it before their length or CRC is looked at."""
+    expected = (f"made by a development build of diveq-codec before the first release (format version {version}); "
+                f"encode the image again")
+    for original in (RGBA_FILE, LAYER_FILE):
+        _refused(_with_version(original, version), UnsupportedVersionError, expected)
+        unsealed = bytearray(original + b"more")  # another layout: neither its length nor its CRC is checked
+        unsealed[4] = version
+        _refused(bytes(unsealed), UnsupportedVersionError, expected)
 
 
 def _real_file(parrots_path: Path, quality: int = 2) -> bytes:
@@ -371,27 +392,38 @@ def _decode_exit(tmp_path: Path, capsys: pytest.CaptureFixture[str], data: bytes
     return code, capsys.readouterr().err
 
 
-@pytest.mark.parametrize("coder", DEVELOPMENT_CODERS)
-def test_a_real_file_of_a_development_coder_exits_3(parrots_path: Path, tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture[str], coder: int) -> None:
+@pytest.mark.parametrize("version", DEVELOPMENT_VERSIONS)
+def test_a_real_file_of_a_development_version_exits_3(parrots_path: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str], version: int) -> None:
     data = _real_file(parrots_path)
-    assert data[17] == CODER_TWO_CONTEXT_RANGE
-    code, err = _decode_exit(tmp_path, capsys, fuzzing.fix_crc(fuzzing.set_field(data, "coder_id", coder)))
-    assert code == 3 and f"development build of diveq-codec before the first release (entropy coder {coder})" in err
+    assert data[4] in FORMAT_VERSIONS and data[17] == CODER_INDEX_MODEL
+    code, err = _decode_exit(tmp_path, capsys, fuzzing.fix_crc(fuzzing.set_field(data, "version", version)))
+    assert code == 3 and f"development build of diveq-codec before the first release (format version {version})" in err
     assert err.count("\n") == 1
 
 
-def test_weights_without_second_context_tables_are_a_weights_error(parrots_path: Path, tmp_path: Path,
-                                                                    capsys: pytest.CaptureFixture[str],
-                                                                    weights_copy: Path) -> None:
-    """Weights exported before the format's coder existed lack its second-context tables:
-    neither encode nor decode can use them (exit 4), rather than writing or reading
-    something else."""
+def test_a_real_file_with_the_development_coder_id_exits_3(parrots_path: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """Coder 3 (the two-context static tables) was never written with versions 3 and 4: such
+    a header is corrupt, one line."""
+    data = _real_file(parrots_path)
+    code, err = _decode_exit(tmp_path, capsys, fuzzing.fix_crc(fuzzing.set_field(data, "coder_id", 3)))
+    assert code == 3 and "invalid header: unknown entropy coder id 3" in err
+    assert err.count("\n") == 1
+
+
+def test_weights_without_an_index_model_are_a_weights_error(parrots_path: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str],
+                                                            weights_copy: Path) -> None:
+    """Weights exported before the format's coder existed lack its index model: they load
+    (their network still chooses indices) but neither encode nor decode can use them
+    (exit 4, one line naming the file), rather than writing or reading something else."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
     from diveq_codec.codec import zoo
     from diveq_codec.codec.errors import WeightsError
+    from diveq_codec.codec.index_model import TENSOR_PREFIX
     from diveq_codec.models.weights_file import file_sha256
 
     data = _real_file(parrots_path)
@@ -400,14 +432,19 @@ def test_weights_without_second_context_tables_are_a_weights_error(parrots_path:
     file = weights_copy / card["file"]
     with safe_open(str(file), framework="pt") as fh:
         metadata, tensors = fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
-    del tensors[zoo.SECOND_ENTROPY_TENSOR]
+    dropped = [name for name in tensors if name.startswith(TENSOR_PREFIX)]
+    assert dropped
+    for name in dropped:
+        del tensors[name]
     save_file(tensors, str(file), metadata=metadata)
     card["sha256"] = file_sha256(file)
     card_path.write_text(json.dumps(card))
     zoo.clear_model_cache()
-    with pytest.raises(WeightsError, match="second-context"):
+    assert zoo.load_model(card["model_id"]).index_model is None
+    with pytest.raises(WeightsError, match=f"weights file {file.name} has no index model"):
         _real_file(parrots_path)
-    # The file names the original weights: give it the new id so that only the tables differ.
+    # The file names the original weights: give it the new id so that only the index model differs.
     renamed = bytes.fromhex(card["sha256"])[:8]
     code, err = _decode_exit(tmp_path, capsys, fuzzing.fix_crc(fuzzing.set_field(data, "weights_id", renamed)))
-    assert code == 4 and "second-context" in err
+    assert code == 4 and f"weights file {file.name} has no index model" in err
+    assert err.count("\n") == 1

@@ -242,17 +242,17 @@ def test_the_shipped_zoo_has_layer_points_above_the_network_points() -> None:
     assert None not in measured and measured == sorted(measured)
 
 
-def test_a_layer_rate_point_writes_a_version_2_file_that_decodes_better(parrots_path: Path) -> None:
+def test_a_layer_rate_point_writes_a_version_4_file_that_decodes_better(parrots_path: Path) -> None:
     quality = _layer_quality()
     base_quality = resolve_quality(quality)
     report = encode_with_report(parrots_path, quality=quality, device="cpu")
     parsed = container.unpack(report.data)
-    assert report.data[4] == 2 and parsed.layer
+    assert report.data[4] == 4 and parsed.layer
     assert parsed.header.quality == quality and parsed.header.stages == base_quality.stages
-    # The same point without its layer: the same base indices, in a version-1 file.
+    # The same point without its layer: the same base indices, in a version-3 file.
     source = read_image(parrots_path.read_bytes(), "parrots")
     plain = encode_at_point(source, replace(base_quality, layer_step=None), "cpu")
-    assert plain[4] == 1 and container.unpack(plain).payload == parsed.payload
+    assert plain[4] == 3 and container.unpack(plain).payload == parsed.payload
     assert report.psnr > psnr(source.rgb, np.asarray(decode(plain, "cpu"))) + 1.0
     # The decoder needs nothing but the file: the step travels in the layer.
     assert np.array_equal(np.asarray(decode(report.data, "cpu")), np.asarray(report.decoded))
@@ -294,7 +294,7 @@ def test_the_cli_writes_reads_and_describes_a_layered_file(tmp_path: Path, parro
     summary = json.loads(encoded.stdout)
     assert summary["psnr"] > 40
     info = json.loads(runner.invoke(app, ["info", str(out), "--json"]).stdout)
-    assert info["format_version"] == 2 and info["quality"] == quality and info["layer_bytes"] > 0
+    assert info["format_version"] == 4 and info["quality"] == quality and info["layer_bytes"] > 0
     assert info["bytes"] == out.stat().st_size
     listed = json.loads(runner.invoke(app, ["models", "--json"]).stdout)
     assert [r["layer_step"] is not None for r in listed] == [p.layer_step is not None for p in rate_points()]

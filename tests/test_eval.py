@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from diveq_codec.codec.container import CODER_INDEX_MODEL
 from diveq_codec.codec.errors import OutputError
 from diveq_codec.codec.evaluation.anchors import ANCHORS, measure, resolve_anchors
 from diveq_codec.codec.evaluation.bdrate import bd_rate, why_not
@@ -339,23 +340,37 @@ def test_one_eval_per_folder(tmp_path: Path) -> None:
 
 def test_meta_of_a_folder_from_before_the_dct_layer_rename_still_matches(tmp_path: Path) -> None:
     old_record = {"stages": 3, "rate_weight": 0.1, "residual_step": 5.0, "residual_rounding": 0.45}
-    (tmp_path / META_NAME).write_text(json.dumps({"coder": 3, "rate_points": {"18": old_record}}))
+    (tmp_path / META_NAME).write_text(json.dumps({"coder": CODER_INDEX_MODEL, "rate_points": {"18": old_record}}))
     now = {"stages": 3, "rate_weight": 0.1, "layer_step": 5.0, "layer_rounding": 0.45}
     assert read_meta(tmp_path)["rate_points"]["18"] == now
-    merged = check_meta(tmp_path, {"coder": 3, "weights": {}, "images": {}, "rate_points": {"18": now}})
+    merged = check_meta(tmp_path, {"coder": CODER_INDEX_MODEL, "weights": {}, "images": {}, "rate_points": {"18": now}})
     assert merged["rate_points"] == {"18": now}
     with pytest.raises(OutputError, match="quality 18 encoded otherwise"):
-        check_meta(tmp_path, {"coder": 3, "rate_points": {"18": {**now, "layer_step": 6.0}}})
+        check_meta(tmp_path, {"coder": CODER_INDEX_MODEL, "rate_points": {"18": {**now, "layer_step": 6.0}}})
+
+
+@pytest.mark.parametrize(("before", "named"), [(3, "entropy coder 3"), (None, "a development build's coder")])
+def test_meta_refuses_files_of_another_entropy_coder(tmp_path: Path, before: int | None, named: str) -> None:
+    """Rows of coder 3 (the static two-context tables), or of a folder whose meta names no
+    coder, cost other bytes than this version's coder's: not mixed with them."""
+    old = {"weights": {"9": "ab"}, "images": {}, "rate_points": {}}
+    if before is not None:
+        old["coder"] = before
+    (tmp_path / META_NAME).write_text(json.dumps(old))
+    with pytest.raises(OutputError, match=f"holds files of {named}, and this version writes coder {CODER_INDEX_MODEL}"):
+        check_meta(tmp_path, {**old, "coder": CODER_INDEX_MODEL})
+    (tmp_path / META_NAME).write_text(json.dumps({**old, "coder": CODER_INDEX_MODEL}))
+    assert check_meta(tmp_path, {**old, "coder": CODER_INDEX_MODEL})["coder"] == CODER_INDEX_MODEL
 
 
 def test_meta_merges_and_refuses_other_images(tmp_path: Path) -> None:
     assert read_meta(tmp_path) == {}
-    first = check_meta(tmp_path, {"coder": 3, "weights": {"9": "ab"}, "images": {"a.png": "1"}, "rate_points": {}})
+    first = check_meta(tmp_path, {"coder": CODER_INDEX_MODEL, "weights": {"9": "ab"}, "images": {"a.png": "1"}, "rate_points": {}})
     (tmp_path / META_NAME).write_text(json.dumps(first))
-    merged = check_meta(tmp_path, {"coder": 3, "weights": {"9": "ab"}, "images": {"b.png": "2"}, "rate_points": {}})
+    merged = check_meta(tmp_path, {"coder": CODER_INDEX_MODEL, "weights": {"9": "ab"}, "images": {"b.png": "2"}, "rate_points": {}})
     assert merged["images"] == {"a.png": "1", "b.png": "2"}
     with pytest.raises(OutputError, match="other image a.png"):
-        check_meta(tmp_path, {"coder": 3, "weights": {"9": "ab"}, "images": {"a.png": "3"}, "rate_points": {}})
+        check_meta(tmp_path, {"coder": CODER_INDEX_MODEL, "weights": {"9": "ab"}, "images": {"a.png": "3"}, "rate_points": {}})
     (tmp_path / META_NAME).write_text("[1, 2]")
     with pytest.raises(OutputError, match="unreadable"):
         read_meta(tmp_path)

@@ -33,11 +33,19 @@ SAMPLES = REPO / "samples"
 
 @pytest.fixture(scope="module")
 def tiny_weights(tmp_path_factory: pytest.TempPathFactory):
-    """A tiny random model with 2 rate points, exported the real way, made the zoo."""
+    """A tiny random model with 2 rate points, exported the real way, made the zoo; export
+    writes no index model, so a small random one is added, as index_model_export would."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
     from diveq_codec.codec import cards, zoo
     from diveq_codec.codec.release import export
     from diveq_codec.models.autoencoder import VQAutoencoder
     from diveq_codec.models.config import ModelConfig
+    from diveq_codec.models.weights_file import file_sha256
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from index_models import random_tensors  # tests/index_models.py
 
     root = tmp_path_factory.mktemp("tiny")
     torch.manual_seed(0)
@@ -49,6 +57,15 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory):
     out = root / "weights"
     assert export.main([str(checkpoint), "--name", "tiny", "--model-id", "9", "--data", str(SAMPLES),
                         "--table-images", "2", "--max-side", "256", "--out", str(out)]) == 0
+    weights, card_path = out / "tiny.safetensors", out / "tiny.json"
+    with safe_open(str(weights), framework="pt") as fh:
+        metadata, tensors = fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
+    index_tensors = random_tensors(0, stages=config.num_stages, codes=config.num_codes, dim=config.latent_dim)
+    save_file({**tensors, **{k: torch.from_numpy(v) for k, v in index_tensors.items()}}, str(weights),
+              metadata=metadata)
+    card = json.loads(card_path.read_text())
+    card.update(sha256=file_sha256(weights), bytes=weights.stat().st_size)
+    card_path.write_text(json.dumps(card))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(cards.WEIGHTS_DIR_ENV, str(out))
         yield out
@@ -182,17 +199,21 @@ def test_eval_refuses_to_mix_encoder_efforts_in_one_folder(eval_run, effort: str
     assert result.exit_code == 6 and "encoded otherwise" in result.stderr and recorded in result.stderr
 
 
-@pytest.mark.parametrize("coder", [None, 1])
-def test_eval_refuses_results_of_another_entropy_coder(eval_run, coder: int | None) -> None:
-    """The same indices cost other bytes under another coder: rows of coder 1 (named, or
-    from before the meta named the coder) are not mixed with this version's."""
+@pytest.mark.parametrize(("coder", "named"), [(None, "a development build's coder"), (1, "entropy coder 1"),
+                                              (3, "entropy coder 3")])
+def test_eval_refuses_results_of_another_entropy_coder(eval_run, coder: int | None, named: str) -> None:
+    """The same indices cost other bytes under another coder: rows of coders 1 and 3 (the
+    static tables of development builds), or of a folder whose meta names no coder, are not
+    mixed with this version's."""
+    from diveq_codec.codec.container import CODER_INDEX_MODEL
+
     def change(meta: dict) -> None:
-        assert meta.pop("coder") == 3
+        assert meta.pop("coder") == CODER_INDEX_MODEL
         if coder is not None:
             meta["coder"] = coder
 
     result = _rerun_with_meta(eval_run, change)
-    assert result.exit_code == 6 and "entropy coder 1" in result.stderr
+    assert result.exit_code == 6 and f"{named}, and this version writes coder {CODER_INDEX_MODEL}" in result.stderr
 
 
 def test_eval_refuses_a_second_concurrent_run(eval_run) -> None:

@@ -37,13 +37,14 @@ def test_round_trip_size_mode_and_quality(parrots_path: Path, qualities: list[in
 
 
 def test_every_rate_point_writes_a_file_that_decodes(parrots_path: Path, qualities: list[int]) -> None:
-    """Each shipped point, the network's alone (version 1) and the layer's (version 2),
+    """Each shipped point, the network's alone (version 3) and the layer's (version 4),
     round-trips. (Sizes need not climb on a crop this small: quality 5's 3-stage base plus a
     coarse layer can undercut quality 4's 4 stages; on Kodak they climb, see test_residual_layer.)"""
     crop = Image.open(parrots_path).convert("RGB").crop((100, 60, 196, 124))
     for quality in qualities:
         data = encode(crop, quality=quality)
-        assert data[4] == (1 if resolve_quality(quality).layer_step is None else 2)
+        assert data[4] == (3 if resolve_quality(quality).layer_step is None else 4)
+        assert data[17] == container.CODER_INDEX_MODEL
         assert container.unpack(data).header.quality == quality and decode(data).size == crop.size
 
 
@@ -192,12 +193,12 @@ def test_inconsistent_latent_grid_is_refused(parrots_path: Path) -> None:
         decode(container.pack(container.Container(other, parsed.payload, parsed.alpha)))
 
 
-@pytest.mark.parametrize("quality", [1, None])  # a version-1 file, and the default's version 2
+@pytest.mark.parametrize("quality", [1, None])  # a version-3 file, and the default's version 4
 def test_header_counts_in_bpp(parrots_path: Path, quality: int | None) -> None:
     data = encode(parrots_path, quality=quality)
     parsed = container.unpack(data)
-    header = container.HEADER_SIZE_V2 if parsed.layer else container.HEADER_SIZE
-    assert data[4] == (2 if parsed.layer else 1)
+    header = container.HEADER_SIZE_WITH_LAYER if parsed.layer else container.HEADER_SIZE
+    assert data[4] == (container.VERSION_WITH_LAYER if parsed.layer else 3)
     assert len(data) == (header + len(parsed.payload) + len(parsed.alpha) + len(parsed.layer)
                          + container.TRAILER_SIZE)
 
@@ -205,12 +206,29 @@ def test_header_counts_in_bpp(parrots_path: Path, quality: int | None) -> None:
 def test_cards_carry_the_required_fields() -> None:
     from diveq_codec.codec.zoo import list_cards
     for card in list_cards():
-        for key in ("config", "sha256", "entropy_tables", "training", "rate_points"):
+        for key in ("config", "sha256", "entropy_tables", "index_model", "training", "rate_points"):
             assert key in card.data
+        assert not {"second_contexts", "second_tensor"} & set(card.data["entropy_tables"])
         stages = len(card.data["entropy_tables"]["bits_per_symbol"])
         qualities = [rp["quality"] for rp in card.data["rate_points"]]
         assert len(set(qualities)) == len(qualities)
         assert all(1 <= rp["stages"] <= stages for rp in card.data["rate_points"])
+        # The index coder codes as many stages as its index model has: every point's at most.
+        coded = card.data["index_model"]["config"]["stages"]
+        assert all(rp["stages"] <= coded for rp in card.data["rate_points"])
+
+
+def test_the_shipped_index_model_codes_every_rate_points_stages() -> None:
+    """What the card says, the weights file holds: an index model for every stage a rate
+    point codes, over the network's alphabet."""
+    from diveq_codec.codec.zoo import list_cards
+
+    for card in list_cards():
+        loaded = load_model(card.model_id, "cpu")
+        index_model = loaded.require_index_model()
+        assert len(index_model.stages) == card.data["index_model"]["config"]["stages"]
+        assert index_model.codes == loaded.model.quantizer.alphabet_sizes[0]
+        assert max(rp["stages"] for rp in card.data["rate_points"]) <= len(index_model.stages)
 
 
 def test_package_level_api(parrots_path: Path) -> None:

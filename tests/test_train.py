@@ -155,7 +155,8 @@ def test_fine_tunes_from_a_checkpoint_and_from_shipped_weights(image_folder: Pat
 
 def test_shipped_weights_re_export_with_new_tables(image_folder: Path, tmp_path: Path) -> None:
     """A shipped .safetensors with its own card ships again under a new id: same network,
-    freshly measured first- and second-context tables, the card's training record kept."""
+    freshly measured static tables (the rate term's), the card's training record kept; no
+    index model (codec/release/index_model_export.py adds one) and no second-context tables."""
     from diveq_codec.codec.zoo import read_weights_file
 
     base = tmp_path / "base"
@@ -169,11 +170,12 @@ def test_shipped_weights_re_export_with_new_tables(image_folder: Path, tmp_path:
                                                         tmp_path / "w2" / "tiny-again.json"))
     assert new_card["model_id"] == 10 and new_card["training"]["reexported_from"]["sha256"] == card["sha256"]
     assert new_card["training"]["steps"] == card["training"]["steps"] == 4
-    _, old_net, old_tables, old_second = read_weights_file(shipped)
-    _, new_net, new_tables, new_second = read_weights_file(tmp_path / "w2" / "tiny-again.safetensors")
-    assert all(torch.equal(old_net[k], new_net[k]) for k in old_net)
-    assert np.array_equal(old_tables, new_tables) and np.array_equal(old_second, new_second)
-    assert new_second.shape == new_tables.shape and new_second[1].max() == 1  # stage 2: no second context
+    _, old_net, old_tables, old_index = read_weights_file(shipped)
+    _, new_net, new_tables, new_index = read_weights_file(tmp_path / "w2" / "tiny-again.safetensors")
+    assert set(old_net) == set(new_net) and all(torch.equal(old_net[k], new_net[k]) for k in old_net)
+    assert np.array_equal(old_tables, new_tables) and new_tables.min() >= 1
+    assert old_index == new_index == {}
+    assert not any("second" in k for k in new_net) and "second_tensor" not in new_card["entropy_tables"]
     unmatched = _export(shipped, "tiny-x", 11, image_folder, tmp_path / "w3")
     assert unmatched.returncode != 0 and "needs its own card" in unmatched.stderr
 
@@ -251,7 +253,8 @@ def test_decoder_finetune_trains_only_the_synthesis_and_exports(image_folder: Pa
     state = torch.load(out / "model.pt", weights_only=True)
     assert state["step"] == 5 and state["init_from"]["sha256"] == card["sha256"]
     assert state["init_from"]["coded_at"] == [{"stages": 1, "rate_weight": 0.0}, {"stages": 2, "rate_weight": 0.5}]
-    _, original, tables, second_tables = read_weights_file(weights)
+    _, original, tables, index_tensors = read_weights_file(weights)
+    assert index_tensors == {}  # export writes the network and its static tables only
     changed = {name for name, tensor in original.items() if not torch.equal(tensor, state["model"][name])}
     assert changed and all(name.startswith("synthesis.") for name in changed)
     # Held out (image 0 of 3): its PSNR per rate point before training and after each run.
@@ -265,8 +268,9 @@ def test_decoder_finetune_trains_only_the_synthesis_and_exports(image_folder: Pa
     new_card = json.loads((tmp_path / "w2" / "tiny-dec.json").read_text())
     assert [(p["stages"], p["rate_weight"]) for p in new_card["rate_points"]] == [(1, 0.0), (2, 0.5)]
     assert new_card["training"]["initialised_from"]["trained"] == "synthesis only"
-    _, _, new_tables, new_second = read_weights_file(tmp_path / "w2" / "tiny-dec.safetensors")
-    assert np.array_equal(tables, new_tables) and np.array_equal(second_tables, new_second)
+    _, new_network, new_tables, new_index = read_weights_file(tmp_path / "w2" / "tiny-dec.safetensors")
+    assert np.array_equal(tables, new_tables) and new_index == {}
+    assert not any("second" in k for k in new_network)
     # Tables measured on the encoder's choices count each rate point's: stage 1 twice (both
     # points use it), stage 2 once; without --rate-points-from the option is refused.
     at_points = _export(out / "model.pt", "tiny-dec2", 11, image_folder, tmp_path / "w3", "--base-card",

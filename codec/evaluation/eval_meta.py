@@ -68,9 +68,10 @@ def _refuse_changed(out_dir: Path, old: dict[str, Any], meta_now: dict[str, Any]
                           f"choose another -o or remove it")
     # The same indices cost other bytes under another entropy coder. Folders whose meta
     # names no coder come from development builds.
-    coder_before, coder_now = old.get("coder", "a development build's"), meta_now.get("coder")
+    coder_before, coder_now = old.get("coder"), meta_now.get("coder")
     if old and coder_before != coder_now:
-        raise OutputError(f"{out_dir} holds files of entropy coder {coder_before}, and this version writes "
+        made_by = f"entropy coder {coder_before}" if coder_before is not None else "a development build's coder"
+        raise OutputError(f"{out_dir} holds files of {made_by}, and this version writes "
                           f"coder {coder_now}; choose another -o or remove it")
     before = old.get("images", {})
     for key, value in meta_now.get("images", {}).items():

@@ -30,7 +30,7 @@ CODEWORD_BITS = 10  # a codeword component's unit is 2^-10
 LOGIT_STEPS_BITS = 4  # the output table has 2^4 steps per bit
 # The output table spans 2^-TABLE_SPAN_BITS: with 128 codewords no probability exceeds
 # 1 / (1 + 127·2^-span), which bounds the bits a symbol can cost from below.
-TABLE_SPAN_BITS = 16
+TABLE_SPAN_BITS = 12
 
 
 def weight_shift(w: torch.Tensor) -> int:
@@ -100,7 +100,7 @@ def add_to_release(card_path: Path, checkpoint: Path, name: str, model_id: int, 
     prior = IndexPrior(IndexPriorConfig(**state["config"]))
     prior.load_state_dict(state["model"])
     index_tensors = integer_tensors(prior, tensors["quantizer.codebooks"].float())
-    from_tensors({k: v.numpy() for k, v in index_tensors.items()}, prior.config.stages)  # refuses inexact sums
+    from_tensors({k: v.numpy() for k, v in index_tensors.items()})  # refuses inexact sums
     out.mkdir(parents=True, exist_ok=True)
     weights = out / f"{name}.safetensors"
     with safe_open(str(card_path.parent / card["file"]), framework="pt") as fh:

@@ -44,7 +44,7 @@ def candidate(checkpoint: Path, codebooks: torch.Tensor) -> IndexModel:
     prior = IndexPrior(IndexPriorConfig(**state["config"]))
     prior.load_state_dict(state["model"])
     tensors = index_model_export.integer_tensors(prior, codebooks)
-    return from_tensors({k: v.numpy() for k, v in tensors.items()}, prior.config.stages)
+    return from_tensors({k: v.numpy() for k, v in tensors.items()})
 
 
 def with_span(model: IndexModel, span_bits: int) -> IndexModel:
