@@ -69,7 +69,7 @@ def at_rate(curve: Curve, bpp: float) -> float:
 def measure(paths: list[Path], bases: dict[str, RatePoint], settings: list[Setting],
             steps: list[float]) -> tuple[dict[str, Curve], dict[tuple[str, Setting, float], Curve]]:
     """Per image: each base alone, and each (base, setting, step) with its layer."""
-    extra = container.HEADER_SIZE_V2 - container.HEADER_SIZE
+    extra = container.HEADER_SIZE_WITH_LAYER - container.HEADER_SIZE
     alone: dict[str, Curve] = {}
     results: dict[tuple[str, Setting, float], Curve] = {}
     for path in paths:
