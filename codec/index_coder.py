@@ -20,6 +20,7 @@ from constriction import stream
 
 from diveq_codec.codec import container
 from diveq_codec.codec.errors import CorruptBitstreamError
+from diveq_codec.codec.index_adaptation import StageCounts, first_contexts
 from diveq_codec.codec.index_model import IndexModel, frequencies, margin, padded, previous_context, tokens_of
 
 # constriction's default range coder works with 24-bit probabilities; the header records it.
@@ -51,20 +52,52 @@ def coder_errors(what: str) -> Iterator[None]:
         raise CorruptBitstreamError(f"{what} is damaged (coder panic: {exc})") from None
 
 
-def _strip_terms(model: IndexModel, stage: int, maps: np.ndarray, top: int, bottom: int) -> np.ndarray:
-    """The first-layer terms from earlier stages of rows top..bottom − 1, (rows, w, H):
-    computed on the strip plus the row either side that the 3×3 window reaches (whose own
-    terms are dropped), zeros for stage 1."""
-    hidden = model.stages[stage].bias.shape[0]
-    if stage == 0:
-        return np.zeros((bottom - top, maps.shape[2], hidden))
-    start, stop = max(0, top - 1), min(maps.shape[1], bottom + 1)
-    terms = previous_context(model, stage, maps[:stage, start:stop])
-    return terms[top - start : top - start + bottom - top]
+class _StageCoding:
+    """One stage's probabilities as coding goes, a pass of a row at a time, computed the same
+    way by encoder and decoder: ``passes`` yields (row, cols), ``probabilities`` gives their
+    frequencies, ``coded`` records their symbols (which the later passes see)."""
 
+    def __init__(self, model: IndexModel, stage: int, maps: np.ndarray) -> None:
+        self.model, self.stage, self.maps = model, stage, maps
+        self.stage_map = padded(maps[stage], model)
+        self.pad = margin(model)
+        self.counts = StageCounts(model.codes, model.log_table, model.stages[stage].adapt_weight)
+        self.terms = np.empty((0, 0, 0))
+        self.top = 0
 
-def _passes(width: int) -> tuple[np.ndarray, np.ndarray]:
-    return np.arange(0, width, 2), np.arange(1, width, 2)
+    def passes(self) -> Iterator[tuple[int, np.ndarray]]:
+        _, height, width = self.maps.shape
+        even, odd = np.arange(0, width, 2), np.arange(1, width, 2)
+        for self.top in range(0, height, STRIP_ROWS):
+            bottom = min(height, self.top + STRIP_ROWS)
+            self.terms = self._strip_terms(self.top, bottom)
+            for row in range(self.top, bottom):
+                yield row, even
+                if odd.size:
+                    yield row, odd
+
+    def _strip_terms(self, top: int, bottom: int) -> np.ndarray:
+        """The first-layer terms from earlier stages of rows top..bottom − 1, (rows, w, H):
+        computed on the strip plus the row either side that the 3×3 window reaches (whose own
+        terms are dropped), zeros for stage 1. Strips bound the memory of a large image."""
+        model, stage, maps = self.model, self.stage, self.maps
+        if stage == 0:
+            return np.zeros((bottom - top, maps.shape[2], model.stages[0].bias.shape[0]))
+        start, stop = max(0, top - 1), min(maps.shape[1], bottom + 1)
+        terms = previous_context(model, stage, maps[:stage, start:stop])
+        return terms[top - start : top - start + bottom - top]
+
+    def probabilities(self, row: int, cols: np.ndarray) -> np.ndarray:
+        contexts = first_contexts(self.maps, self.stage, row, cols, self.model.codes)
+        tokens = tokens_of(self.stage_map, np.full(cols.size, row), cols, self.model)
+        return frequencies(self.model, self.stage, self.terms[row - self.top, cols], tokens,
+                           self.counts.terms(contexts))
+
+    def coded(self, row: int, cols: np.ndarray, symbols: np.ndarray) -> None:
+        contexts = first_contexts(self.maps, self.stage, row, cols, self.model.codes)
+        self.stage_map[row + self.pad, cols + self.pad] = symbols
+        self.maps[self.stage, row, cols] = symbols
+        self.counts.coded(contexts, symbols)
 
 
 def encode_indices(indices: np.ndarray, model: IndexModel, width: int) -> bytes:
@@ -76,26 +109,15 @@ def encode_indices(indices: np.ndarray, model: IndexModel, width: int) -> bytes:
         raise ValueError(f"{count} symbols do not form rows of width {width}")
     if indices.size and (indices.min() < 0 or indices.max() >= model.codes):
         raise ValueError("index outside the alphabet of the index model")
-    maps = np.asarray(indices, dtype=np.intp).reshape(stages, count // width, width)
-    height = maps.shape[1]
+    maps = np.array(indices, dtype=np.intp).reshape(stages, count // width, width)
     encoder = stream.queue.RangeEncoder()
     for m in range(stages):
-        stage_map = padded(maps[m], model)
-        for top in range(0, height, STRIP_ROWS):
-            bottom = min(height, top + STRIP_ROWS)
-            terms = _strip_terms(model, m, maps, top, bottom)
-            rows, cols = _coding_order(top, bottom, width)
-            probabilities = frequencies(model, m, terms[rows - top, cols], tokens_of(stage_map, rows, cols, model))
-            encoder.encode(np.ascontiguousarray(maps[m, rows, cols], dtype=np.int32), _MODEL, probabilities)
+        coding = _StageCoding(model, m, maps)
+        for row, cols in coding.passes():
+            symbols = maps[m, row, cols]
+            encoder.encode(np.ascontiguousarray(symbols, dtype=np.int32), _MODEL, coding.probabilities(row, cols))
+            coding.coded(row, cols, symbols)
     return encoder.get_compressed().astype("<u4").tobytes()
-
-
-def _coding_order(top: int, bottom: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, cols) of the positions of rows top..bottom − 1 in coding order."""
-    even, odd = _passes(width)
-    cols = np.concatenate([even, odd])
-    rows = np.repeat(np.arange(top, bottom), cols.size)
-    return rows, np.tile(cols, bottom - top)
 
 
 def min_payload_bits(model: IndexModel, stages: int, count: int) -> float:
@@ -123,9 +145,7 @@ def decode_indices(payload: bytes, model: IndexModel, stages: int, count: int, w
     if budget < min_payload_bits(model, stages, count):
         raise CorruptBitstreamError(f"entropy-coded payload of {len(payload)} bytes is too short for "
                                     f"{stages}×{count} symbols")
-    height = count // width
-    maps = np.zeros((stages, height, width), dtype=np.intp)
-    pad = margin(model)
+    maps = np.zeros((stages, count // width, width), dtype=np.intp)
     decoder = stream.queue.RangeDecoder(np.frombuffer(payload, dtype="<u4").astype(np.uint32))
     echo = stream.queue.RangeEncoder()  # the decoded symbols coded again, for the exact-stream check
     # The bound above lets near-certain symbols through, so the decoder also adds up what the
@@ -135,25 +155,17 @@ def decode_indices(payload: bytes, model: IndexModel, stages: int, count: int, w
     spent = 0.0
     with coder_errors("entropy-coded payload"):
         for m in range(stages):
-            stage_map = padded(maps[m], model)  # the stage's symbols as they are decoded
-            for top in range(0, height, STRIP_ROWS):
-                bottom = min(height, top + STRIP_ROWS)
-                terms = _strip_terms(model, m, maps, top, bottom)
-                for row in range(top, bottom):
-                    for cols in _passes(width):
-                        if not cols.size:
-                            continue
-                        rows = np.full(cols.size, row)
-                        probabilities = frequencies(model, m, terms[row - top, cols], tokens_of(stage_map, rows, cols, model))
-                        symbols = decoder.decode(_MODEL, probabilities).astype(np.intp)
-                        echo.encode(np.ascontiguousarray(symbols, dtype=np.int32), _MODEL, probabilities)
-                        chosen = probabilities[np.arange(cols.size), symbols] / probabilities.sum(axis=1)
-                        spent -= float(np.log2(np.minimum(chosen + COST_FLOOR_SLACK, 1.0)).sum())
-                        if spent > budget:
-                            raise CorruptBitstreamError(f"entropy-coded payload of {len(payload)} bytes ends "
-                                                        f"before its {stages}×{count} symbols do")
-                        stage_map[row + pad, cols + pad] = symbols
-                maps[m, top:bottom] = stage_map[top + pad : bottom + pad, pad : pad + width]
+            coding = _StageCoding(model, m, maps)
+            for row, cols in coding.passes():
+                probabilities = coding.probabilities(row, cols)
+                symbols = decoder.decode(_MODEL, probabilities).astype(np.intp)
+                echo.encode(np.ascontiguousarray(symbols, dtype=np.int32), _MODEL, probabilities)
+                chosen = probabilities[np.arange(cols.size), symbols] / probabilities.sum(axis=1)
+                spent -= float(np.log2(np.minimum(chosen + COST_FLOOR_SLACK, 1.0)).sum())
+                if spent > budget:
+                    raise CorruptBitstreamError(f"entropy-coded payload of {len(payload)} bytes ends "
+                                                f"before its {stages}×{count} symbols do")
+                coding.coded(row, cols, symbols)
     # The range decoder reads ahead, so a word appended to (or altered at the end of) a valid
     # stream can decode to the same symbols; a file must hold exactly what encode writes.
     if not decoder.maybe_exhausted() or echo.get_compressed().astype("<u4").tobytes() != payload:

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from diveq_codec.codec.index_adaptation import WEIGHT_UNITS, log_table_size
+
 TENSOR_PREFIX = "index_model."
 EXACT_LIMIT = 2.0**53  # float64 holds every integer below this exactly
 
@@ -39,6 +41,7 @@ class StageNetwork:
     out_w: np.ndarray  # (H, codes)
     out_b: np.ndarray
     logit_shift: int  # logits / 2^logit_shift are in sixteenths of a bit
+    adapt_weight: int  # w of the adaptation's term, in sixteenths (codec/index_adaptation.py)
     # stages after the first: the previous stages' sum → projection → 3×3 context
     codebook: np.ndarray | None = None  # (codes, D) integer codewords of this stage (input of the next)
     project_w: np.ndarray | None = None  # (D, P)
@@ -55,6 +58,7 @@ class IndexModel:
     offsets: tuple[tuple[int, int], ...]  # (row, column) of each neighbour: rows above, or odd columns beside
     cap: int  # activations are clipped to [0, cap]
     output_table: np.ndarray  # (steps,) integer frequencies by distance below the largest logit
+    log_table: np.ndarray  # round(64 · log₂ x) for the adaptation (codec/index_adaptation.py)
 
     @property
     def codes(self) -> int:
@@ -97,18 +101,21 @@ def previous_context(model: IndexModel, stage: int, previous: np.ndarray) -> np.
     return out.reshape(h, w, -1)
 
 
-def frequencies(model: IndexModel, stage: int, first: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+def frequencies(model: IndexModel, stage: int, first: np.ndarray, tokens: np.ndarray,
+                adaptive: np.ndarray | None = None) -> np.ndarray:
     """Integer frequencies (n, codes) as float32, for positions whose first-layer terms from
-    earlier stages are ``first`` (n, H) (zeros for stage 1) and whose neighbours are
-    ``tokens`` (n, K)."""
+    earlier stages are ``first`` (n, H) (zeros for stage 1), whose neighbours are ``tokens``
+    (n, K), and whose adaptation adds ``adaptive`` (n, codes) to the logits, in 1/64 bit."""
     net = model.stages[stage]
     z = first + net.bias
     for k in range(len(model.offsets)):
         z += net.neighbours[k][tokens[:, k]]
     a = _activate(z, net.first_shift, model.cap)
     a = _activate(a @ net.hidden_w + net.hidden_b, net.hidden_shift, model.cap)
-    logits = a @ net.out_w + net.out_b
-    below = np.floor((logits.max(axis=1, keepdims=True) - logits) * 2.0**-net.logit_shift)
+    logits = np.floor((a @ net.out_w + net.out_b) * 2.0 ** (2 - net.logit_shift))  # in 1/64 bit
+    if adaptive is not None:
+        logits += adaptive
+    below = np.floor((logits.max(axis=1, keepdims=True) - logits) * 0.25)  # in 1/16 bit
     steps = np.minimum(below, model.output_table.size - 1).astype(np.intp)
     return model.output_table[steps]
 
@@ -163,9 +170,9 @@ def _scalar(tensors: dict[str, np.ndarray], name: str) -> int:
     return int(value.reshape(-1)[0])
 
 
-_COMMON = ("codebooks", "cap", "output_table", "neighbour_offsets")
+_COMMON = ("codebooks", "cap", "output_table", "neighbour_offsets", "log_table")
 _EVERY_STAGE = ("neighbours", "bias", "first_shift", "hidden_w", "hidden_b", "hidden_shift", "out_w", "out_b",
-                "logit_shift")
+                "logit_shift", "adapt_weight")
 _LATER_STAGES = ("project_w", "project_b", "project_shift", "context_w", "previous")
 
 
@@ -203,13 +210,16 @@ def from_tensors(tensors: dict[str, np.ndarray]) -> IndexModel:
         nets.append(StageNetwork(
             neighbours=get(p + "neighbours"), bias=get(p + "bias"), first_shift=_scalar(tensors, p + "first_shift"),
             hidden_w=get(p + "hidden_w"), hidden_b=get(p + "hidden_b"), hidden_shift=_scalar(tensors, p + "hidden_shift"),
-            out_w=get(p + "out_w"), out_b=get(p + "out_b"), logit_shift=_scalar(tensors, p + "logit_shift"), **extra))
+            out_w=get(p + "out_w"), out_b=get(p + "out_b"), logit_shift=_scalar(tensors, p + "logit_shift"),
+            adapt_weight=_scalar(tensors, p + "adapt_weight"), **extra))
     table = np.asarray(tensors[TENSOR_PREFIX + "output_table"]).astype(np.float32)
     offsets = np.asarray(tensors[TENSOR_PREFIX + "neighbour_offsets"]).astype(np.int64)
     if offsets.ndim != 2 or offsets.shape[1] != 2 or not 1 <= offsets.shape[0] <= 64 \
             or any(not -8 <= dx <= 8 or not -8 <= dy <= 0 or (dy == 0 and dx % 2 == 0) for dy, dx in offsets):
         raise ValueError("index model neighbour offsets must be rows above, or odd columns of the same row")
-    model = IndexModel(nets, codebooks, tuple((int(dy), int(dx)) for dy, dx in offsets), _scalar(tensors, "cap"), table)
+    logs = np.asarray(tensors[TENSOR_PREFIX + "log_table"]).astype(np.intp)
+    model = IndexModel(nets, codebooks, tuple((int(dy), int(dx)) for dy, dx in offsets), _scalar(tensors, "cap"),
+                       table, logs)
     _check_shapes(model)
     check_bounds(model)
     return model
@@ -233,7 +243,13 @@ def _check_shapes(model: IndexModel) -> None:
             if array.shape != shape:
                 raise ValueError(f"index model stage {m + 1}: a tensor of shape {array.shape}, not {shape}")
         shifts = (net.first_shift, net.hidden_shift, net.logit_shift, net.project_shift)
-        if not all(0 <= s <= 60 for s in shifts):
-            raise ValueError(f"index model stage {m + 1}: shifts {shifts} outside 0..60")
+        if not all(0 <= s <= 60 for s in shifts) or net.logit_shift < 2:
+            raise ValueError(f"index model stage {m + 1}: shifts {shifts} outside 0..60 (the last at least 2)")
+        if not 0 <= net.adapt_weight <= 4 * WEIGHT_UNITS:
+            raise ValueError(f"index model stage {m + 1}: adaptation weight {net.adapt_weight} outside 0..64")
+    logs = model.log_table
+    if logs.ndim != 1 or logs.size < log_table_size(codes) or (np.diff(logs[1:]) < 0).any() \
+            or logs[1] != 0 or logs[-1] > 2**20:
+        raise ValueError("index model log table must rise from 0, with an entry for every count")
     if model.cap < 1 or model.cap > 2**16 or model.codebooks.shape[0] != len(model.stages):
         raise ValueError("index model cap or codebooks out of range")

@@ -50,7 +50,7 @@ def test_fixed_bytes() -> None:
     assert encode_indices(symbols, MODEL, 5).hex() == FIXED_TWO_STAGES_HEX
 
 
-FIXED_TWO_STAGES_HEX = "519d000064d6820b06dcda07"
+FIXED_TWO_STAGES_HEX = "10f80000cbbb610c49ed6570"
 
 
 def test_the_decoder_sees_only_what_it_has_decoded() -> None:
@@ -168,8 +168,8 @@ def _torch_frequencies(model: IndexModel, stage: int, maps: np.ndarray, device: 
     z = z + torch.einsum("nkt,kth->nh", one_hot, t(net.neighbours))
     a = act(z, net.first_shift)
     a = act(a @ t(net.hidden_w) + t(net.hidden_b), net.hidden_shift)
-    logits = a @ t(net.out_w) + t(net.out_b)
-    below = torch.floor((logits.max(dim=1, keepdim=True).values - logits) / 2.0**net.logit_shift)
+    logits = torch.floor((a @ t(net.out_w) + t(net.out_b)) / 2.0 ** (net.logit_shift - 2))  # 1/64 bit
+    below = torch.floor((logits.max(dim=1, keepdim=True).values - logits) / 4)
     steps = torch.clamp(below, max=model.output_table.size - 1).long().cpu().numpy()
     return model.output_table[steps]
 
@@ -251,3 +251,32 @@ def test_the_shipped_model_is_exact_and_bounded() -> None:
     freq = _numpy_frequencies(model, 0, maps)
     assert freq.min() >= 1 and freq.dtype == np.float32
     assert (freq == freq.astype(np.int64)).all()
+
+
+# --- adaptation to the image ----------------------------------------------------------------
+
+def test_adaptation_makes_what_the_image_repeats_cheaper() -> None:
+    """An image that keeps using two codewords costs fewer bits with the adaptation's term
+    than without it (weight 0), and both decode."""
+    rng = np.random.default_rng(12)
+    symbols = rng.choice([3, 5], size=(2, 40 * 12))
+    sizes = {}
+    for adapt in (0, 8):
+        model = random_model(0, stages=2, adapt=adapt)
+        payload = encode_indices(symbols, model, 12)
+        assert (decode_indices(payload, model, 2, 40 * 12, 12) == symbols).all()
+        sizes[adapt] = len(payload)
+    assert sizes[8] < 0.8 * sizes[0]
+
+
+def test_counts_are_halved_past_the_cap() -> None:
+    from diveq_codec.codec.index_adaptation import COUNT_CAP, StageCounts, log_table
+
+    counts = StageCounts(8, log_table(8), 4)
+    contexts = np.zeros(1000, dtype=np.intp)
+    for _ in range(5):
+        counts.coded(contexts, np.full(1000, 2))
+    assert counts.totals[0] <= COUNT_CAP and counts.counts[0, 2] == counts.totals[0] > COUNT_CAP // 2
+    terms = counts.terms(np.array([0, 1]))
+    assert terms[0, 2] > terms[0, 3] and (terms[1] == terms[1, 0]).all()  # context 1 has seen nothing
+    assert StageCounts(8, log_table(8), 0).terms(np.array([0])) is None

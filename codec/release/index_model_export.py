@@ -20,6 +20,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from diveq_codec.codec.index_adaptation import log_table
 from diveq_codec.codec.index_model import TENSOR_PREFIX, from_tensors
 from diveq_codec.models.index_prior import ACTIVATION_CAP, IndexPrior, IndexPriorConfig
 from diveq_codec.models.weights_file import file_sha256, read_tensors
@@ -31,6 +32,9 @@ LOGIT_STEPS_BITS = 4  # the output table has 2^4 steps per bit
 # The output table spans 2^-TABLE_SPAN_BITS: with 128 codewords no probability exceeds
 # 1 / (1 + 127·2^-span), which bounds the bits a symbol can cost from below.
 TABLE_SPAN_BITS = 12
+# The adaptation's weight per stage, in sixteenths (codec/index_adaptation.py), chosen on the
+# held-out training photos (docs/entropy-coding.md).
+ADAPT_WEIGHTS = (4, 4, 3, 0)
 
 
 def weight_shift(w: torch.Tensor) -> int:
@@ -58,6 +62,7 @@ def integer_tensors(prior: IndexPrior, codebooks: torch.Tensor) -> dict[str, tor
         "cap": torch.tensor([int(ACTIVATION_CAP * 2**a_bits)], dtype=torch.int32),
         "output_table": torch.from_numpy(output_table()),
         "neighbour_offsets": torch.tensor(prior.config.neighbours, dtype=torch.int32),
+        "log_table": torch.from_numpy(log_table(prior.config.codes)),
     }
     for m, stage in enumerate(prior.stages):
         p = f"stage{m + 1}."
@@ -86,6 +91,8 @@ def integer_tensors(prior: IndexPrior, codebooks: torch.Tensor) -> dict[str, tor
         out[p + "out_w"] = _int(stage.out.weight.T, so)
         out[p + "out_b"] = _int(stage.out.bias, so + a_bits)
         out[p + "logit_shift"] = torch.tensor([so + a_bits - LOGIT_STEPS_BITS], dtype=torch.int32)
+        weight = ADAPT_WEIGHTS[m] if m < len(ADAPT_WEIGHTS) else 0
+        out[p + "adapt_weight"] = torch.tensor([weight], dtype=torch.int32)
     return {TENSOR_PREFIX + k: v.contiguous() for k, v in out.items()}
 
 
@@ -118,6 +125,7 @@ def add_to_release(card_path: Path, checkpoint: Path, name: str, model_id: int, 
         "training_s": round(state["elapsed_s"]), **record,
         "integer": {"weight_bits": WEIGHT_BITS, "activation_bits": ACTIVATION_BITS,
                     "codeword_bits": CODEWORD_BITS, "table_span_bits": TABLE_SPAN_BITS},
+        "adapt_weights_sixteenths": list(ADAPT_WEIGHTS[: prior.config.stages]),
     }
     card_out = out / f"{name}.json"
     card_out.write_text(json.dumps(card, indent=1, ensure_ascii=False) + "\n")

@@ -9,7 +9,8 @@ bits are the real coder's: the payload's length after each stage, less the one b
 Without ``--checkpoint`` the shipped model's index model is measured; with one, its integer
 copy (as codec/release/index_model_export.py would ship it), and with ``--spans`` each
 output-table span in bits (how far below the likeliest codeword a probability may fall:
-the shorter, the more a near-certain symbol costs and the more bits a declared image needs).
+the shorter, the more a near-certain symbol costs and the more bits a declared image needs);
+``--adapt`` replaces the adaptation's weights (codec/index_adaptation.py).
 """
 
 from __future__ import annotations
@@ -50,6 +51,10 @@ def candidate(checkpoint: Path, codebooks: torch.Tensor) -> IndexModel:
 def with_span(model: IndexModel, span_bits: int) -> IndexModel:
     steps = 2**index_model_export.LOGIT_STEPS_BITS
     return replace(model, output_table=model.output_table[: span_bits * steps + 1])
+
+
+def with_adaptation(model: IndexModel, weights: list[int]) -> IndexModel:
+    return replace(model, stages=[replace(net, adapt_weight=w) for net, w in zip(model.stages, weights, strict=True)])
 
 
 def stage_bits(model: IndexModel, maps: list[tuple[str, np.ndarray]]) -> dict[str, list[float]]:
@@ -94,11 +99,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", type=Path)
     parser.add_argument("--spans", default=None, help="output-table spans in bits to compare, e.g. 16,12,10")
     parser.add_argument("--timing", action="store_true")
+    parser.add_argument("--adapt", default=None, help="adaptation weights per stage in sixteenths, e.g. 4,4,2,0")
     args = parser.parse_args(argv)
     loaded = load_model(network_rate_points()[0].model_id)
     model = loaded.index_model
     if args.checkpoint is not None:
         model = candidate(args.checkpoint, loaded.model.quantizer.codebooks.detach().float())
+    if args.adapt is not None:
+        model = with_adaptation(model, [int(w) for w in args.adapt.split(",")])
     maps = selected_maps(args.maps, args.holdout)
     spans = [int(s) for s in args.spans.split(",")] if args.spans else [None]
     report: dict[str, object] = {"images": len({id(m) for _, m in maps}) // max(1, len({c for c, _ in maps}))}
