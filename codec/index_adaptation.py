@@ -62,8 +62,9 @@ class StageCounts:
     def coded(self, contexts: np.ndarray, symbols: np.ndarray) -> None:
         if not self.weight:
             return
-        np.add.at(self.counts, (contexts, symbols), 1)
-        np.add.at(self.totals, contexts, 1)
+        size = self.counts.size
+        self.counts += np.bincount(contexts * self.codes + symbols, minlength=size).reshape(self.counts.shape)
+        self.totals += np.bincount(contexts, minlength=self.totals.size)
         full = np.flatnonzero(self.totals > COUNT_CAP)
         while full.size:
             self.counts[full] = (self.counts[full] + 1) // 2

@@ -141,9 +141,10 @@ def tokens_of(padded_map: np.ndarray, rows: np.ndarray, cols: np.ndarray, model:
     pad, stride = margin(model), padded_map.shape[1]
     steps = np.array([dy * stride + dx for dy, dx in model.offsets], dtype=np.intp)
     out = padded_map.reshape(-1)[((rows + pad) * stride + cols + pad)[:, None] + steps]
-    same_row = np.array([dy == 0 for dy, _ in model.offsets])
-    if same_row.any():
-        out[np.ix_(cols % 2 == 0, same_row)] = model.not_yet
+    same_row = [k for k, (dy, _) in enumerate(model.offsets) if dy == 0]
+    even = cols % 2 == 0
+    if same_row and even.any():
+        out[np.ix_(even, same_row)] = model.not_yet
     return out
 
 

@@ -34,6 +34,9 @@ from diveq_codec.codec.limits import MAX_PIXELS, MAX_SIDE, check_dimensions
 MiB = 1 << 20
 MODEL_ALLOWANCE = 64 * MiB  # fixed allowance for the model's own working memory
 BYTES_PER_PIXEL = 64  # allowance per declared pixel
+# A decode that really runs the synthesis holds a few 128-channel float32 maps at full
+# resolution (512 B a pixel each): the allowance of a valid payload's pixels.
+DECODE_BYTES_PER_PIXEL = 4096
 TIME_LIMIT_S = 5.0
 
 # name -> (offset, struct code): the layout of codec/container.py, written out independently.
@@ -316,11 +319,39 @@ def splice(rng: random.Random, data: bytes, bases: dict[str, bytes]) -> bytes:
 
 
 Mutator = Callable[[random.Random, bytes], bytes]
+def recoded_at_size(rng: random.Random, data: bytes) -> bytes:
+    """A *valid* payload, coded by the real index coder, for another declared size: a
+    constant map (the cheapest a payload can be) or runs of a few codewords, on a grid of up
+    to 64 × 64 latents (512 × 512 pixels, well within the time limit);
+    no alpha, no DCT layer. What the file declares is real work, paid for by its bytes."""
+    from diveq_codec.codec import index_coder  # late: the fuzzer's other strategies need no model
+    from diveq_codec.codec.zoo import load_model
+
+    try:
+        header = container.unpack(data).header
+        model = load_model(header.model_id).require_index_model()
+    except CodecError:
+        return data
+    grid_h, grid_w = rng.randrange(1, 65), rng.randrange(1, 65)
+    stages = rng.randrange(1, len(model.stages) + 1)
+    if rng.random() < 0.5:
+        indices = np.array([[rng.randrange(model.codes)] * (grid_h * grid_w) for _ in range(stages)])
+    else:
+        palette = [rng.randrange(model.codes) for _ in range(rng.choice([2, 3, 8]))]
+        run = rng.choice([1, 4, 16])
+        indices = np.array([[palette[(i // run) % len(palette)] for i in range(grid_h * grid_w)] for _ in range(stages)])
+    payload = index_coder.encode_indices(indices, model, grid_w)
+    width, height = grid_w * 8 - rng.randrange(8), grid_h * 8 - rng.randrange(8)
+    sized = container.Header(**{**header.__dict__, "width": width, "height": height, "latent_h": grid_h,
+                                "latent_w": grid_w, "stages": stages, "channels": 3, "flags": 0})
+    return container.pack(container.Container(sized, payload, b""))
+
+
 MUTATORS: dict[str, Mutator] = {
     "bit_flips": bit_flips, "byte_overwrites": byte_overwrites, "truncation": truncation,
     "extension": extension, "header_field": header_field, "several_fields": several_fields,
     "consistent_resize": consistent_resize, "replace_payload": replace_payload, "replace_alpha": replace_alpha,
-    "replace_layer": replace_layer,
+    "replace_layer": replace_layer, "recoded_at_size": recoded_at_size,
 }
 STRATEGIES = sorted(MUTATORS) + ["splice"]
 
@@ -344,11 +375,14 @@ def make_case(seed: int, index: int, bases: dict[str, bytes]) -> tuple[str, byte
 # --- running cases -------------------------------------------------------------------------------
 
 
-def declared_budget(data: bytes) -> int:
-    """Memory a case may use: 64 B per declared pixel (only if the size is legal) + 64 MiB."""
+def declared_budget(data: bytes, valid_payload: bool = False) -> int:
+    """Memory a case may use: 64 B per declared pixel (only if the size is legal) + 64 MiB;
+    for a valid payload (``recoded_at_size``), which really decodes at its size, what the
+    synthesis needs per pixel instead (DECODE_BYTES_PER_PIXEL)."""
     width, height = get_field(data, "width"), get_field(data, "height")
     if isinstance(width, int) and isinstance(height, int) and check_dimensions(width, height) is None:
-        return MODEL_ALLOWANCE + BYTES_PER_PIXEL * width * height
+        per_pixel = DECODE_BYTES_PER_PIXEL if valid_payload else BYTES_PER_PIXEL
+        return MODEL_ALLOWANCE + per_pixel * width * height
     return MODEL_ALLOWANCE
 
 
@@ -374,6 +408,8 @@ class Summary:
     max_time_s: float = 0.0
     max_time_case: str = ""
     max_traced_bytes: int = 0  # tracemalloc peak of the worst case
+    max_ms_per_byte: float = 0.0  # decode time per byte of the file, worst case
+    max_traced_per_byte: float = 0.0  # tracemalloc peak per byte of the file, worst case
     max_rss_growth: int = 0  # how far a case raised ru_maxrss above the RSS at the start
     start_rss: int = 0
     end_rss: int = 0
@@ -387,7 +423,8 @@ class Summary:
         out = [f"cases: {self.cases}  wall: {self.wall_s:.1f} s  failures: {len(self.failures)} "
                f"(uncaught {self.uncaught}, slow {self.slow}, over memory {self.over_memory}, "
                f"wrong image {self.wrong_image})",
-               f"max time: {self.max_time_s * 1000:.1f} ms ({self.max_time_case})",
+               f"max time: {self.max_time_s * 1000:.1f} ms ({self.max_time_case}); per byte of the file at most "
+               f"{self.max_ms_per_byte:.3f} ms and {self.max_traced_per_byte / 1024:.1f} KiB traced",
                f"memory: max traced peak per case {self.max_traced_bytes / MiB:.1f} MiB; peak RSS rose "
                f"{self.max_rss_growth / MiB:.1f} MiB above the start; RSS {self.start_rss / MiB:.0f} → "
                f"{self.end_rss / MiB:.0f} MiB",
@@ -429,7 +466,7 @@ def fuzz(cases: int, seed: int, bases: dict[str, bytes] | None = None, device: s
     try:
         for index in range(start, start + cases):
             name, data = make_case(seed, index, bases)
-            budget = declared_budget(data)
+            budget = declared_budget(data, valid_payload="/recoded_at_size/" in name)
             if trace_memory:
                 tracemalloc.reset_peak()
             max_before = _max_rss_bytes()
@@ -446,6 +483,8 @@ def fuzz(cases: int, seed: int, bases: dict[str, bytes] | None = None, device: s
             if elapsed > summary.max_time_s:
                 summary.max_time_s, summary.max_time_case = elapsed, f"#{index} {name}"
             summary.max_traced_bytes = max(summary.max_traced_bytes, traced)
+            summary.max_ms_per_byte = max(summary.max_ms_per_byte, elapsed * 1000 / len(data)) if data else 0.0
+            summary.max_traced_per_byte = max(summary.max_traced_per_byte, traced / max(1, len(data)))
             summary.max_rss_growth = max(summary.max_rss_growth, rss_growth)
             where = f"case #{index} (seed {seed}) {name}"
             if unexpected is not None:
