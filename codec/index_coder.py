@@ -53,9 +53,14 @@ def coder_errors(what: str) -> Iterator[None]:
 
 
 class _StageCoding:
-    """One stage's probabilities as coding goes, a pass of a row at a time, computed the same
-    way by encoder and decoder: ``passes`` yields (row, cols), ``probabilities`` gives their
-    frequencies, ``coded`` records their symbols (which the later passes see)."""
+    """One stage's probabilities as coding goes, computed the same way by encoder and decoder.
+
+    ``strips`` goes through the rows a strip at a time and ``passes`` through a strip's
+    passes, (row, cols); ``probabilities`` gives their frequencies and ``coded`` records
+    their symbols, which the later passes see. The encoder, which knows every symbol, takes
+    the adaptation's terms a pass at a time (``adaptive_terms``, cheap) and runs the network
+    on a whole strip at once (``frequencies_of``): the same integers, in a tenth of the calls.
+    """
 
     def __init__(self, model: IndexModel, stage: int, maps: np.ndarray) -> None:
         self.model, self.stage, self.maps = model, stage, maps
@@ -65,16 +70,20 @@ class _StageCoding:
         self.terms = np.empty((0, 0, 0))
         self.top = 0
 
-    def passes(self) -> Iterator[tuple[int, np.ndarray]]:
-        _, height, width = self.maps.shape
-        even, odd = np.arange(0, width, 2), np.arange(1, width, 2)
+    def strips(self) -> Iterator[tuple[int, int]]:
+        height = self.maps.shape[1]
         for self.top in range(0, height, STRIP_ROWS):
             bottom = min(height, self.top + STRIP_ROWS)
             self.terms = self._strip_terms(self.top, bottom)
-            for row in range(self.top, bottom):
-                yield row, even
-                if odd.size:
-                    yield row, odd
+            yield self.top, bottom
+
+    def passes(self, top: int, bottom: int) -> Iterator[tuple[int, np.ndarray]]:
+        width = self.maps.shape[2]
+        even, odd = np.arange(0, width, 2), np.arange(1, width, 2)
+        for row in range(top, bottom):
+            yield row, even
+            if odd.size:
+                yield row, odd
 
     def _strip_terms(self, top: int, bottom: int) -> np.ndarray:
         """The first-layer terms from earlier stages of rows top..bottom − 1, (rows, w, H):
@@ -87,11 +96,15 @@ class _StageCoding:
         terms = previous_context(model, stage, maps[:stage, start:stop])
         return terms[top - start : top - start + bottom - top]
 
+    def adaptive_terms(self, row: int, cols: np.ndarray) -> np.ndarray | None:
+        return self.counts.terms(first_contexts(self.maps, self.stage, row, cols, self.model.codes))
+
+    def frequencies_of(self, rows: np.ndarray, cols: np.ndarray, adaptive: np.ndarray | None) -> np.ndarray:
+        tokens = tokens_of(self.stage_map, rows, cols, self.model)
+        return frequencies(self.model, self.stage, self.terms[rows - self.top, cols], tokens, adaptive)
+
     def probabilities(self, row: int, cols: np.ndarray) -> np.ndarray:
-        contexts = first_contexts(self.maps, self.stage, row, cols, self.model.codes)
-        tokens = tokens_of(self.stage_map, np.full(cols.size, row), cols, self.model)
-        return frequencies(self.model, self.stage, self.terms[row - self.top, cols], tokens,
-                           self.counts.terms(contexts))
+        return self.frequencies_of(np.full(cols.size, row), cols, self.adaptive_terms(row, cols))
 
     def coded(self, row: int, cols: np.ndarray, symbols: np.ndarray) -> None:
         contexts = first_contexts(self.maps, self.stage, row, cols, self.model.codes)
@@ -113,10 +126,17 @@ def encode_indices(indices: np.ndarray, model: IndexModel, width: int) -> bytes:
     encoder = stream.queue.RangeEncoder()
     for m in range(stages):
         coding = _StageCoding(model, m, maps)
-        for row, cols in coding.passes():
-            symbols = maps[m, row, cols]
-            encoder.encode(np.ascontiguousarray(symbols, dtype=np.int32), _MODEL, coding.probabilities(row, cols))
-            coding.coded(row, cols, symbols)
+        for top, bottom in coding.strips():
+            rows, cols, adaptive = [], [], []
+            for row, pass_cols in coding.passes(top, bottom):
+                rows.append(np.full(pass_cols.size, row))
+                cols.append(pass_cols)
+                adaptive.append(coding.adaptive_terms(row, pass_cols))
+                coding.coded(row, pass_cols, maps[m, row, pass_cols])
+            all_rows, all_cols = np.concatenate(rows), np.concatenate(cols)
+            terms = None if adaptive[0] is None else np.concatenate(adaptive)
+            encoder.encode(np.ascontiguousarray(maps[m, all_rows, all_cols], dtype=np.int32), _MODEL,
+                           coding.frequencies_of(all_rows, all_cols, terms))
     return encoder.get_compressed().astype("<u4").tobytes()
 
 
@@ -156,7 +176,7 @@ def decode_indices(payload: bytes, model: IndexModel, stages: int, count: int, w
     with coder_errors("entropy-coded payload"):
         for m in range(stages):
             coding = _StageCoding(model, m, maps)
-            for row, cols in coding.passes():
+            for row, cols in (p for strip in coding.strips() for p in coding.passes(*strip)):
                 probabilities = coding.probabilities(row, cols)
                 symbols = decoder.decode(_MODEL, probabilities).astype(np.intp)
                 echo.encode(np.ascontiguousarray(symbols, dtype=np.int32), _MODEL, probabilities)
