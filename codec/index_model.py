@@ -43,7 +43,6 @@ class StageNetwork:
     logit_shift: int  # logits / 2^logit_shift are in sixteenths of a bit
     adapt_weight: int  # w of the adaptation's term, in sixteenths (codec/index_adaptation.py)
     # stages after the first: the previous stages' sum → projection → 3×3 context
-    codebook: np.ndarray | None = None  # (codes, D) integer codewords of this stage (input of the next)
     project_w: np.ndarray | None = None  # (D, P)
     project_b: np.ndarray | None = None
     project_shift: int = 0

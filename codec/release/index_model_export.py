@@ -48,9 +48,9 @@ def _int(x: torch.Tensor, shift: int) -> torch.Tensor:
     return torch.round(x.detach().double() * 2.0**shift).to(torch.int32)
 
 
-def output_table() -> np.ndarray:
+def output_table(span_bits: int = TABLE_SPAN_BITS) -> np.ndarray:
     steps = 2**LOGIT_STEPS_BITS
-    d = np.arange(TABLE_SPAN_BITS * steps + 1)
+    d = np.arange(span_bits * steps + 1)
     return np.maximum(1, np.round(2.0**16 * 2.0 ** (-d / steps))).astype(np.int32)
 
 

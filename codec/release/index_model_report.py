@@ -49,8 +49,10 @@ def candidate(checkpoint: Path, codebooks: torch.Tensor) -> IndexModel:
 
 
 def with_span(model: IndexModel, span_bits: int) -> IndexModel:
-    steps = 2**index_model_export.LOGIT_STEPS_BITS
-    return replace(model, output_table=model.output_table[: span_bits * steps + 1])
+    """The model with its output table made for another span (at most 16 bits: the table's
+    first entry is 2^16 and none may fall below 1)."""
+    table = index_model_export.output_table(span_bits).astype(np.float32)
+    return replace(model, output_table=table)
 
 
 def with_adaptation(model: IndexModel, weights: list[int]) -> IndexModel:

@@ -29,7 +29,7 @@ def main() -> None:
     before, after = curve(args.before), curve(args.after)
     print("| quality | bpp before | bpp after | bits | PSNR after − before (dB) |")
     print("| ---: | ---: | ---: | ---: | ---: |")
-    for q, (b0, b1, p0, p1) in enumerate(zip(before["bpp"], after["bpp"], before["psnr-rgb"], after["psnr-rgb"]), 1):
+    for q, (b0, b1, p0, p1) in enumerate(zip(before["bpp"], after["bpp"], before["psnr-rgb"], after["psnr-rgb"], strict=True), 1):
         print(f"| {q} | {b0:.4f} | {b1:.4f} | {100 * (b1 / b0 - 1):+.1f} % | {p1 - p0:+.3f} |")
     print(f"\nBD-rate after against before: {bd_rate(before['bpp'], before['psnr-rgb'], after['bpp'], after['psnr-rgb']):+.2f} %")
     if args.webp is not None:
