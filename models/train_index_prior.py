@@ -24,7 +24,7 @@ from diveq_codec.models.index_prior import WIDE_NEIGHBOURS, IndexPrior, IndexPri
 from diveq_codec.models.weights_file import read_tensors
 
 HOLDOUT_EVERY = 8  # images 0, 8, 16, … of the sorted names are held out
-PAD = 3  # a window's margin (the farthest neighbour's offset): its neighbours are real, not the crop's edge
+PAD = 4  # a window's margin: past the farthest neighbour, and even so that columns keep their parity
 OUTSIDE = 255  # a map cell off the image
 
 
