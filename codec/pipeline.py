@@ -197,10 +197,11 @@ def _encode_with(loaded: LoadedModel, source: SourceImage, point: RatePoint, eff
                  reconstruct: bool) -> tuple[bytes, np.ndarray | None]:
     model = loaded.model
     height, width = source.rgb.shape[:2]
+    index_model = loaded.require_index_model()  # before any work: weights without one cannot code
     x = image_to_tensor(source.rgb, next(model.parameters()).device.type)
     indices, (grid_h, grid_w) = choose_indices(loaded, point, effort, x)
     del x  # 12 bytes a pixel, not needed by the synthesis and the layer that follow
-    payload = index_coder.encode_indices(indices.cpu().numpy(), loaded.require_index_model(), grid_w)
+    payload = index_coder.encode_indices(indices.cpu().numpy(), index_model, grid_w)
     layer, rgb = b"", None
     if point.layer_step is not None or reconstruct:
         # The layer codes what the decoder's own base planes miss, so it is measured against

@@ -31,8 +31,10 @@ from torch import nn
 # (row, column) offsets of the neighbours a position is conditioned on: rows above, and in
 # its own row (odd column offsets only) the even columns, which odd columns know.
 NEIGHBOURS = ((-2, -1), (-2, 0), (-2, 1), (-1, -2), (-1, -1), (-1, 0), (-1, 1), (-1, 2), (0, -1), (0, 1))
-WIDE_NEIGHBOURS = tuple((dy, dx) for dy in (-3, -2, -1) for dx in range(-3, 4) if abs(dx) <= 3 + dy + 1
-                        or dy == -1) + ((0, -3), (0, -1), (0, 1), (0, 3))
+# A wider neighbourhood (19) for a larger model: three rows above, and two more in the row.
+WIDE_NEIGHBOURS = ((-3, -1), (-3, 0), (-3, 1), (-2, -2), (-2, -1), (-2, 0), (-2, 1), (-2, 2),
+                   (-1, -3), (-1, -2), (-1, -1), (-1, 0), (-1, 1), (-1, 2), (-1, 3),
+                   (0, -3), (0, -1), (0, 1), (0, 3))
 ACTIVATION_CAP = 2.0  # activations are clamped to [0, cap]: the integer copy holds them in a fixed range
 
 
