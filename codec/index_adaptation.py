@@ -36,7 +36,9 @@ def log_table(codes: int) -> np.ndarray:
 
 
 def first_contexts(maps: np.ndarray, stage: int, row: int, cols: np.ndarray, codes: int) -> np.ndarray:
-    """The adaptation's context of positions (row, cols) of stage ``stage`` of (stages, h, w) maps."""
+    """The adaptation's context of positions (row, cols) of stage ``stage`` of (stages, h, w) maps:
+    the same context as the static tables' (codec/rate_tables.py first_contexts), taken a pass
+    at a time, since a decoder has the row above only once it is decoded."""
     if stage:
         return maps[stage - 1, row, cols]
     if row == 0:

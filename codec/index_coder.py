@@ -52,12 +52,13 @@ def coder_errors(what: str) -> Iterator[None]:
         raise CorruptBitstreamError(f"{what} is damaged (coder panic: {exc})") from None
 
 
-class _StageCoding:
+class StageCoding:
     """One stage's probabilities as coding goes, computed the same way by encoder and decoder.
 
     ``strips`` goes through the rows a strip at a time and ``passes`` through a strip's
-    passes, (row, cols); ``probabilities`` gives their frequencies and ``coded`` records
-    their symbols, which the later passes see. The encoder, which knows every symbol, takes
+    passes, (row, cols, the adaptation's contexts); ``probabilities`` gives their frequencies
+    and ``coded`` records their symbols, which the later passes see (``all_passes`` chains
+    the strips' passes). The encoder, which knows every symbol, takes
     the adaptation's terms a pass at a time (``adaptive_terms``, cheap) and runs the network
     on a whole strip at once (``frequencies_of``): the same integers, in a tenth of the calls.
     """
@@ -77,13 +78,18 @@ class _StageCoding:
             self.terms = self._strip_terms(self.top, bottom)
             yield self.top, bottom
 
-    def passes(self, top: int, bottom: int) -> Iterator[tuple[int, np.ndarray]]:
+    def passes(self, top: int, bottom: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """(row, cols, contexts) of each pass: the contexts are known before the pass is coded
+        (the row above, or the stage before), so they are looked up once."""
         width = self.maps.shape[2]
         even, odd = np.arange(0, width, 2), np.arange(1, width, 2)
         for row in range(top, bottom):
-            yield row, even
-            if odd.size:
-                yield row, odd
+            for cols in (even, odd) if odd.size else (even,):
+                yield row, cols, first_contexts(self.maps, self.stage, row, cols, self.model.codes)
+
+    def all_passes(self) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        for top, bottom in self.strips():
+            yield from self.passes(top, bottom)
 
     def _strip_terms(self, top: int, bottom: int) -> np.ndarray:
         """The first-layer terms from earlier stages of rows top..bottom − 1, (rows, w, H):
@@ -96,18 +102,17 @@ class _StageCoding:
         terms = previous_context(model, stage, maps[:stage, start:stop])
         return terms[top - start : top - start + bottom - top]
 
-    def adaptive_terms(self, row: int, cols: np.ndarray) -> np.ndarray | None:
-        return self.counts.terms(first_contexts(self.maps, self.stage, row, cols, self.model.codes))
+    def adaptive_terms(self, contexts: np.ndarray) -> np.ndarray | None:
+        return self.counts.terms(contexts)
 
     def frequencies_of(self, rows: np.ndarray, cols: np.ndarray, adaptive: np.ndarray | None) -> np.ndarray:
         tokens = tokens_of(self.stage_map, rows, cols, self.model)
         return frequencies(self.model, self.stage, self.terms[rows - self.top, cols], tokens, adaptive)
 
-    def probabilities(self, row: int, cols: np.ndarray) -> np.ndarray:
-        return self.frequencies_of(np.full(cols.size, row), cols, self.adaptive_terms(row, cols))
+    def probabilities(self, row: int, cols: np.ndarray, contexts: np.ndarray) -> np.ndarray:
+        return self.frequencies_of(np.full(cols.size, row), cols, self.counts.terms(contexts))
 
-    def coded(self, row: int, cols: np.ndarray, symbols: np.ndarray) -> None:
-        contexts = first_contexts(self.maps, self.stage, row, cols, self.model.codes)
+    def coded(self, row: int, cols: np.ndarray, symbols: np.ndarray, contexts: np.ndarray) -> None:
         self.stage_map[row + self.pad, cols + self.pad] = symbols
         self.maps[self.stage, row, cols] = symbols
         self.counts.coded(contexts, symbols)
@@ -125,14 +130,14 @@ def encode_indices(indices: np.ndarray, model: IndexModel, width: int) -> bytes:
     maps = np.array(indices, dtype=np.intp).reshape(stages, count // width, width)
     encoder = stream.queue.RangeEncoder()
     for m in range(stages):
-        coding = _StageCoding(model, m, maps)
+        coding = StageCoding(model, m, maps)
         for top, bottom in coding.strips():
             rows, cols, adaptive = [], [], []
-            for row, pass_cols in coding.passes(top, bottom):
+            for row, pass_cols, contexts in coding.passes(top, bottom):
                 rows.append(np.full(pass_cols.size, row))
                 cols.append(pass_cols)
-                adaptive.append(coding.adaptive_terms(row, pass_cols))
-                coding.coded(row, pass_cols, maps[m, row, pass_cols])
+                adaptive.append(coding.adaptive_terms(contexts))
+                coding.coded(row, pass_cols, maps[m, row, pass_cols], contexts)
             all_rows, all_cols = np.concatenate(rows), np.concatenate(cols)
             terms = None if adaptive[0] is None else np.concatenate(adaptive)
             encoder.encode(np.ascontiguousarray(maps[m, all_rows, all_cols], dtype=np.int32), _MODEL,
@@ -175,9 +180,9 @@ def decode_indices(payload: bytes, model: IndexModel, stages: int, count: int, w
     spent = 0.0
     with coder_errors("entropy-coded payload"):
         for m in range(stages):
-            coding = _StageCoding(model, m, maps)
-            for row, cols in (p for strip in coding.strips() for p in coding.passes(*strip)):
-                probabilities = coding.probabilities(row, cols)
+            coding = StageCoding(model, m, maps)
+            for row, cols, contexts in coding.all_passes():
+                probabilities = coding.probabilities(row, cols, contexts)
                 symbols = decoder.decode(_MODEL, probabilities).astype(np.intp)
                 echo.encode(np.ascontiguousarray(symbols, dtype=np.int32), _MODEL, probabilities)
                 chosen = probabilities[np.arange(cols.size), symbols] / probabilities.sum(axis=1)
@@ -185,7 +190,7 @@ def decode_indices(payload: bytes, model: IndexModel, stages: int, count: int, w
                 if spent > budget:
                     raise CorruptBitstreamError(f"entropy-coded payload of {len(payload)} bytes ends "
                                                 f"before its {stages}×{count} symbols do")
-                coding.coded(row, cols, symbols)
+                coding.coded(row, cols, symbols, contexts)
     # The range decoder reads ahead, so a word appended to (or altered at the end of) a valid
     # stream can decode to the same symbols; a file must hold exactly what encode writes.
     if not decoder.maybe_exhausted() or echo.get_compressed().astype("<u4").tobytes() != payload:

@@ -13,6 +13,7 @@ Cases are reproducible one by one: case ``i`` of seed ``s`` draws from ``Random(
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import resource
 import struct
@@ -342,8 +343,8 @@ def recoded_at_size(rng: random.Random, data: bytes) -> bytes:
         indices = np.array([[palette[(i // run) % len(palette)] for i in range(grid_h * grid_w)] for _ in range(stages)])
     payload = index_coder.encode_indices(indices, model, grid_w)
     width, height = grid_w * 8 - rng.randrange(8), grid_h * 8 - rng.randrange(8)
-    sized = container.Header(**{**header.__dict__, "width": width, "height": height, "latent_h": grid_h,
-                                "latent_w": grid_w, "stages": stages, "channels": 3, "flags": 0})
+    sized = dataclasses.replace(header, width=width, height=height, latent_h=grid_h, latent_w=grid_w,
+                                stages=stages, channels=3, flags=0)
     return container.pack(container.Container(sized, payload, b""))
 
 

@@ -102,7 +102,7 @@ def add_to_release(card_path: Path, checkpoint: Path, name: str, model_id: int, 
     of ``checkpoint``) and its card OUT/NAME.json; returns the card's path."""
     card = json.loads(card_path.read_text())
     _, tensors = read_tensors(card_path.parent / card["file"])
-    tensors = {k: v for k, v in tensors.items() if not k.startswith(TENSOR_PREFIX) and k != "entropy_second_counts"}
+    tensors = {k: v for k, v in tensors.items() if not k.startswith(TENSOR_PREFIX)}
     state = torch.load(checkpoint, weights_only=False)
     prior = IndexPrior(IndexPriorConfig(**state["config"]))
     prior.load_state_dict(state["model"])

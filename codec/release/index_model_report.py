@@ -29,15 +29,13 @@ from diveq_codec.codec.index_model import IndexModel, from_tensors
 from diveq_codec.codec.release import index_model_export
 from diveq_codec.codec.zoo import load_model, network_rate_points
 from diveq_codec.models.index_prior import IndexPrior, IndexPriorConfig
-from diveq_codec.models.train_index_prior import HOLDOUT_EVERY
+from diveq_codec.models.train_index_prior import load_maps
 
 
 def selected_maps(path: Path, holdout: bool) -> list[tuple[str, np.ndarray]]:
-    with np.load(path) as data:
-        names = sorted(str(n) for n in data["names"])
-        keep = {n for i, n in enumerate(names) if i % HOLDOUT_EVERY == 0} if holdout else set(names)
-        return [(key.split("|", 1)[1], data[key]) for key in data.files
-                if key != "names" and key.split("|", 1)[0] in keep]
+    """(configuration, map) of every image, or of the images the training held out."""
+    train, held_out = load_maps(path)
+    return held_out if holdout else train + held_out
 
 
 def candidate(checkpoint: Path, codebooks: torch.Tensor) -> IndexModel:
@@ -111,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         model = with_adaptation(model, [int(w) for w in args.adapt.split(",")])
     maps = selected_maps(args.maps, args.holdout)
     spans = [int(s) for s in args.spans.split(",")] if args.spans else [None]
-    report: dict[str, object] = {"images": len({id(m) for _, m in maps}) // max(1, len({c for c, _ in maps}))}
+    report: dict[str, object] = {"images": len(maps) // max(1, len({c for c, _ in maps}))}  # a map per configuration
     for span in spans:
         measured = model if span is None else with_span(model, span)
         report[f"bits (span {span})" if span else "bits"] = stage_bits(measured, maps)

@@ -15,29 +15,22 @@ import sys
 
 import numpy as np
 
-from diveq_codec.codec.index_adaptation import StageCounts, first_contexts
-from diveq_codec.codec.index_model import IndexModel, frequencies, padded, previous_context, tokens_of
+from diveq_codec.codec.index_coder import StageCoding
+from diveq_codec.codec.index_model import IndexModel
 from diveq_codec.codec.rate_tables import code_lengths
 from diveq_codec.codec.zoo import load_model, network_rate_points
 
 
 def model_bits(model: IndexModel, maps: np.ndarray, stage: int) -> np.ndarray:
-    """−log₂ of each symbol's probability under the index model, in coding order's layout (h, w)."""
-    _, h, w = maps.shape
-    terms = previous_context(model, stage, maps[:stage]) if stage else np.zeros((h, w, model.stages[0].bias.size))
-    stage_map = padded(maps[stage], model)
-    counts = StageCounts(model.codes, model.log_table, model.stages[stage].adapt_weight)
-    out = np.zeros((h, w))
-    for row in range(h):
-        for cols in (np.arange(0, w, 2), np.arange(1, w, 2)):
-            if not cols.size:
-                continue
-            contexts = first_contexts(maps, stage, row, cols, model.codes)
-            freq = frequencies(model, stage, terms[row, cols], tokens_of(stage_map, np.full(cols.size, row), cols, model),
-                               counts.terms(contexts)).astype(np.float64)
-            symbols = maps[stage, row, cols]
-            out[row, cols] = -np.log2(freq[np.arange(cols.size), symbols] / freq.sum(axis=1))
-            counts.coded(contexts, symbols)
+    """−log₂ of each symbol's probability under the index model, as the coder computes it
+    pass by pass (codec.index_coder.StageCoding), in the map's layout (h, w)."""
+    coding = StageCoding(model, stage, maps.copy())
+    out = np.zeros(maps.shape[1:])
+    for row, cols, contexts in coding.all_passes():
+        freq = coding.probabilities(row, cols, contexts).astype(np.float64)
+        symbols = maps[stage, row, cols]
+        out[row, cols] = -np.log2(freq[np.arange(cols.size), symbols] / freq.sum(axis=1))
+        coding.coded(row, cols, symbols, contexts)
     return out
 
 
