@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from diveq_codec.codec import container, dct_layer, index_coder
+from diveq_codec.codec import container, dct_layer, index_coder, index_costs
 from diveq_codec.codec.errors import CodecError, CorruptBitstreamError, InputError, WeightsError
 from diveq_codec.codec.image_io import (
     SourceImage,
@@ -174,13 +174,16 @@ def choose_indices(loaded: LoadedModel, point: RatePoint, effort: int | None,
     # The rate point's λ makes the choices entropy-constrained (the decoder does not care how
     # the indices were chosen).
     search = search_options(loaded.rate_costs(point.rate_weight), settings.beam)
+    # After a search with the static tables' costs, rounds charge the index model's own
+    # (codec/index_costs.py).
+    recost = index_costs.recoster(loaded.require_index_model(), point.rate_weight)
     if settings.refine_steps:
-        return refine.refined_indices(model, x, point.stages, search, settings.refine_steps)
+        return refine.refined_indices(model, x, point.stages, search, settings.refine_steps, recost)
     # Both give the exact choices, so a file is the same whichever device wrote it (see
     # VQAutoencoder.encode_indices): float64 costs little on an accelerator; on a CPU,
     # float32 with the few near-boundary latents re-decided in float64 is nearly twice as fast.
     exact = torch.float32 if x.device.type == "cpu" else torch.float64
-    return model.encode_indices(x, point.stages, dtype=exact, **search)
+    return model.encode_indices(x, point.stages, dtype=exact, recost=recost, **search)
 
 
 def _encode(source: SourceImage, point: RatePoint, device: str, effort: int | None,

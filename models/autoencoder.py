@@ -10,6 +10,7 @@ may add residual blocks at the latent resolution, where they are cheapest (1/64 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import replace
 
 import torch
@@ -177,6 +178,21 @@ def search_options(rate: RateCosts | None = None, beam: int = 1) -> dict[str, ob
     return {**({} if rate is None else {"rate": rate}), **({"beam": beam} if beam > 1 else {})}
 
 
+# Turns a search's indices (S, h·w) on grid (h, w) into the next search's rate term, or None
+# to stop (VQAutoencoder.encode_indices).
+Recost = Callable[[torch.Tensor, tuple[int, int]], RateCosts | None]
+
+
+def searched_in_rounds(search: Callable[..., torch.Tensor], options: dict[str, object], recost: Recost | None,
+                       grid: tuple[int, int]) -> torch.Tensor:
+    """``search(**options)``'s indices, then again with each rate term ``recost`` gives for
+    the indices so far, until it gives None."""
+    indices = search(**options)
+    while recost is not None and (rate := recost(indices, grid)) is not None:
+        indices = search(**{**options, "rate": rate})
+    return indices
+
+
 def unsure_choices(vectors: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
     """Which rows' float32 choices could differ from the exact ones (a boolean per row): those
     nearer to a decision boundary than ``EXACT_SEARCH_MARGIN`` of their length."""
@@ -234,7 +250,8 @@ class VQAutoencoder(nn.Module):
 
     @torch.no_grad()
     def encode_indices(self, x: torch.Tensor, num_stages: int | None = None, dtype: torch.dtype = torch.float32,
-                       rate: RateCosts | None = None, beam: int = 1) -> tuple[torch.Tensor, tuple[int, int]]:
+                       rate: RateCosts | None = None, beam: int = 1,
+                       recost: Recost | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
         """Coding path: image (1, 3, H, W) in [0, 1] → indices (S, h·w) and the grid (h, w).
 
         The indices are the ones exact arithmetic would choose, on every device, so that the
@@ -256,27 +273,42 @@ class VQAutoencoder(nn.Module):
         cheapest codeword in distance plus rate rather than the nearest (see RateCosts).
         ``beam`` > 1 (likewise) searches the stages jointly, keeping that many partial paths
         (see ResidualDiVeQ._beam_search); its gaps make the same exact re-decision work.
+        ``recost`` turns each search's indices into the next search's rate term, until it
+        gives None: the coder's own costs given the choices so far (rounds of the same exact
+        search, on the same latent).
         """
         if (rate is not None or beam > 1) and not isinstance(self.quantizer, ResidualDiVeQ):
             raise ValueError(f"a rate term or a beam needs a residual quantizer, not {type(self.quantizer).__name__}")
-        search = search_options(rate, beam)
         if dtype == torch.float64:
             latent = self.analyse(self.float64_analysis(), x.double())
             _, _, h, w = latent.shape
-            return tiling.chunked_indices(self.quantizer, self.to_vectors(latent), num_stages, **search), (h, w)
-        latent = self.analyse(self.analysis, x.float())
-        _, _, h, w = latent.shape
-        vectors = self.to_vectors(latent)
-        decided = tiling.chunked_indices_and_gaps(self.quantizer, vectors, num_stages, **search)
-        if decided is None:  # a quantizer that cannot say how sure it is: all in float64
-            return self.encode_indices(x, num_stages, torch.float64)
-        indices, gaps = decided
-        unsure = torch.nonzero(unsure_choices(vectors, gaps)).squeeze(1)
-        if unsure.numel():
-            cells = torch.stack([unsure // w, unsure % w], dim=1)
-            exact = tiling.analysis_at(self.float64_analysis(), x, self.stride, cells)
-            indices[:, unsure] = self.quantizer.indices(exact, num_stages, **search)
-        return indices, (h, w)
+            vectors = self.to_vectors(latent)
+
+            def search(**options: object) -> torch.Tensor:
+                return tiling.chunked_indices(self.quantizer, vectors, num_stages, **options)
+        else:
+            latent = self.analyse(self.analysis, x.float())
+            _, _, h, w = latent.shape
+            vectors = self.to_vectors(latent)
+            if tiling.chunked_indices_and_gaps(self.quantizer, vectors[:1], num_stages) is None:
+                # a quantizer that cannot say how sure it is: all in float64
+                return self.encode_indices(x, num_stages, torch.float64, rate, beam, recost)
+            del latent
+
+            def search(**options: object) -> torch.Tensor:
+                decided = tiling.chunked_indices_and_gaps(self.quantizer, vectors, num_stages, **options)
+                assert decided is not None
+                indices, gaps = decided
+                unsure = torch.nonzero(unsure_choices(vectors, gaps)).squeeze(1)
+                if unsure.numel():
+                    cells = torch.stack([unsure // w, unsure % w], dim=1)
+                    exact = tiling.analysis_at(self.float64_analysis(), x, self.stride, cells)
+                    chosen_rate = options.get("rate")
+                    exact_options = options if chosen_rate is None else {**options, "rate": chosen_rate.rows(unsure)}
+                    indices[:, unsure] = self.quantizer.indices(exact, num_stages, **exact_options)
+                return indices
+
+        return searched_in_rounds(search, search_options(rate, beam), recost, (h, w)), (h, w)
 
     def float64_analysis(self) -> nn.Module:
         """A double-precision copy of the analysis transform (the model itself stays float32).

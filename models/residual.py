@@ -25,16 +25,19 @@ class RateCosts:
     1989): codeword j of stage m costs its squared distance plus λ times the bits it takes to
     code, so that a codeword nearly as near but much cheaper to code can win.
 
-    ``first`` (K,) is stage 1's term, by codeword alone: the coder's stage-1 context (the
-    index above) would chain every row's choices to the row above's, and each latent must
-    stay decidable on its own (the float64 re-decision of single latents relies on it).
-    ``following`` (S − 1, K, K) is stage m's, by stage m − 1's index at the same position
-    (the coder's own context) and codeword. Values are float32 numbers (held in float64) so
-    that a float32 and a float64 search add exactly the same costs.
+    Either static, by codeword and context (``from_lengths``): ``first`` (K,) is stage 1's
+    term, by codeword alone (each latent must stay decidable on its own: the float64
+    re-decision of single latents relies on it), and ``following`` (S − 1, K, K) stage m's,
+    by stage m − 1's index at the same position and codeword. Or per position
+    (``per_position``): ``positions`` (S, N, K), a term for every latent, stage and codeword,
+    fixed before the search (the coder's own costs given an earlier choice of the indices),
+    so each latent still stays decidable on its own. Values are float32 numbers (held in
+    float64) so that a float32 and a float64 search add exactly the same costs.
     """
 
-    first: torch.Tensor
-    following: torch.Tensor
+    first: torch.Tensor | None = None
+    following: torch.Tensor | None = None
+    positions: torch.Tensor | None = None
 
     @classmethod
     def from_lengths(cls, lengths: tuple[np.ndarray, np.ndarray], weight: float,
@@ -49,14 +52,40 @@ class RateCosts:
             return torch.from_numpy((weight * bits).astype(np.float32)).double().to(device)
 
         first, following = lengths
-        return cls(exact(first), exact(following))
+        return cls(first=exact(first), following=exact(following))
+
+    @classmethod
+    def per_position(cls, costs: torch.Tensor) -> RateCosts:
+        """A term per latent (S, N, K), rounded to float32 numbers once, here."""
+        return cls(positions=costs.float().double())
+
+    def rows(self, which: slice | torch.Tensor) -> RateCosts:
+        """The term of some latents only (a chunk of rows, or the re-decided ones)."""
+        if self.positions is None:
+            return self
+        return RateCosts(positions=self.positions[:, which])
 
     def for_stage(self, stage: int, previous: torch.Tensor | None) -> torch.Tensor:
-        """Stage ``stage``'s (0-based) term: (K,) for the first, (N, K) given the previous indices."""
+        """Stage ``stage``'s (0-based) term: (K,) or (N, K) for the first, (N, K) after it,
+        given the previous stage's indices (N,)."""
+        if self.positions is not None:
+            return self.positions[stage]
+        assert self.first is not None and self.following is not None
         if stage == 0:
             return self.first
         assert previous is not None
         return self.following[stage - 1].to(previous.device)[previous]
+
+    def for_paths(self, stage: int, previous: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+        """Stage ``stage``'s term for a beam's paths, broadcastable to (N, paths, K), given
+        each path's previous index (N, paths)."""
+        if self.positions is not None:
+            return self.positions[stage].to(dtype).unsqueeze(1)
+        assert self.first is not None and self.following is not None
+        if stage == 0:
+            return self.first.to(dtype)
+        assert previous is not None
+        return self.following[stage - 1].to(dtype)[previous]
 
 
 # Left-out paths per stage whose distance to the kept ones the beam search measures one by
@@ -211,15 +240,13 @@ class ResidualDiVeQ(Quantizer):
         spent = vectors.new_zeros(rows, 1)  # the kept paths' rate terms so far
         paths = torch.zeros(rows, 1, 0, dtype=torch.long, device=z.device)
         gaps = torch.full((rows,), float("inf"), dtype=dtype, device=z.device) if with_gaps else None
-        if rate is not None:  # the same float32 numbers in either dtype (RateCosts)
-            first, following = rate.first.to(dtype), rate.following.to(dtype)
         for m in range(stages):
             remainder = vectors.unsqueeze(1) - sums
             cost = torch.matmul(remainder, books[m].t()).mul_(-2.0)  # (rows, paths, K), in place from here
             cost.add_((remainder * remainder).sum(dim=2, keepdim=True)).add_(book_norms[m]).clamp_min_(0.0)
-            if rate is not None:
-                previous = paths[:, :, -1].reshape(-1) if m else None
-                cost.add_(first if m == 0 else following[m - 1].index_select(0, previous).view_as(cost))
+            if rate is not None:  # the same float32 numbers in either dtype (RateCosts)
+                term = rate.for_paths(m, paths[:, :, -1] if m else None, dtype).expand_as(cost)
+                cost.add_(term)
                 cost.add_(spent.unsqueeze(2))
             candidates = cost.shape[1] * codes
             kept = 1 if m == stages - 1 else min(width, candidates)
@@ -232,8 +259,7 @@ class ResidualDiVeQ(Quantizer):
                                                        more=listed < candidates))
             parent, code, sums = parent[:, :kept], code[:, :kept], listed_sums[:, :kept]
             if rate is not None:
-                spent = spent.gather(1, parent) + (first[code] if m == 0 else
-                                                   following[m - 1][paths[:, :, -1].gather(1, parent), code])
+                spent = spent.gather(1, parent) + term.reshape(rows, -1).gather(1, order[:, :kept])
             paths = torch.cat([paths.gather(1, parent.unsqueeze(2).expand(-1, -1, paths.shape[2])),
                                code.unsqueeze(2)], dim=2)
         return paths[:, 0, :].t().contiguous(), gaps

@@ -356,22 +356,29 @@ def tiled_synthesis(synthesis: nn.Module, latent: torch.Tensor, stride: int, til
     return out
 
 
-def _in_chunks(search: Callable[[torch.Tensor], Any], vectors: torch.Tensor, chunk: int) -> list[Any]:
-    return [search(vectors[i:i + chunk]) for i in range(0, max(vectors.shape[0], 1), chunk)]
+def _in_chunks(search: Callable[..., Any], vectors: torch.Tensor, chunk: int, options: dict[str, Any]) -> list[Any]:
+    """search(rows, **options) over chunks of rows; a rate term per latent is cut to the chunk."""
+    rate = options.get("rate")
+    parts = []
+    for i in range(0, max(vectors.shape[0], 1), chunk):
+        chunk_options = options if rate is None else {**options, "rate": rate.rows(slice(i, i + chunk))}
+        parts.append(search(vectors[i:i + chunk], **chunk_options))
+    return parts
 
 
 def chunked_indices(quantizer: nn.Module, vectors: torch.Tensor, num_stages: int | None,
                     chunk: int = QUANTIZE_CHUNK, **search: Any) -> torch.Tensor:
     """quantizer.indices over rows in chunks: same result (rows are independent), bounded memory.
-    ``search`` options (a rate term) go to the quantizer as they are."""
-    parts = _in_chunks(lambda rows: quantizer.indices(rows, num_stages, **search), vectors, chunk)
+    ``search`` options (a rate term, a beam) go to the quantizer, a rate per latent cut to each chunk."""
+    parts = _in_chunks(lambda rows, **options: quantizer.indices(rows, num_stages, **options), vectors, chunk, search)
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 
 def chunked_indices_and_gaps(quantizer: nn.Module, vectors: torch.Tensor, num_stages: int | None,
                              chunk: int = QUANTIZE_CHUNK, **search: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
     """quantizer.indices_and_gaps over rows in chunks (None where the quantizer has no gaps)."""
-    parts = _in_chunks(lambda rows: quantizer.indices_and_gaps(rows, num_stages, **search), vectors, chunk)
+    parts = _in_chunks(lambda rows, **options: quantizer.indices_and_gaps(rows, num_stages, **options),
+                       vectors, chunk, search)
     if parts[0] is None:
         return None
     return torch.cat([i for i, _ in parts], dim=1), torch.cat([g for _, g in parts])

@@ -151,16 +151,16 @@ def test_bad_quality_and_usage(tmp_path: Path, parrots_path: Path) -> None:
 
 
 def test_higher_efforts_write_other_files_that_any_decoder_reads(tmp_path: Path, parrots_path: Path) -> None:
-    """The beam search chooses other indices (a smaller file here, at a cost in PSNR the
-    README's Kodak table weighs), the refinement others again (a higher PSNR here), all in
-    the same format; an unknown effort is a usage error."""
+    """The beam search chooses other indices (docs/results.md weighs them on Kodak), the
+    refinement others again (a higher PSNR here), all in the same format; an unknown effort
+    is a usage error."""
     files = [tmp_path / f"{effort}.dvq" for effort in (1, 2, 3)]
     reports = []
     for effort, out in enumerate(files, start=1):
         result = run("encode", str(parrots_path), str(out), "--effort", str(effort), "--json")
         assert result.exit_code == 0, result.output
         reports.append(json.loads(result.stdout))
-    assert len({f.read_bytes() for f in files}) == 3 and reports[1]["bpp"] < reports[0]["bpp"]
+    assert len({f.read_bytes() for f in files}) == 3
     assert reports[2]["psnr"] > reports[1]["psnr"]
     for out, report in zip(files[1:], reports[1:]):
         result = run("decode", str(out), str(tmp_path / "o.png"), "--reference", str(parrots_path), "--json", "--force")

@@ -54,29 +54,43 @@ def test_gap_is_the_distance_to_the_nearest_cell_wall(rate_term: bool) -> None:
     assert torch.equal(nearest_codeword(z + 0.999 * gap[:, None] * through, books, extra), idx)
 
 
-def _rate_costs(num_stages: int, num_codes: int, scale: float, generator: torch.Generator) -> RateCosts:
-    """A random rate term of float32 numbers, as the encoder builds them."""
-    first = (scale * torch.rand(num_codes, generator=generator)).double()
-    following = (scale * torch.rand(num_stages - 1, num_codes, num_codes, generator=generator)).double()
+def _rate_costs(kind: str | None, rows: int, scale: float, generator: torch.Generator) -> RateCosts | None:
+    """A random rate term of float32 numbers, as the encoder builds them, for 4 stages of 16
+    codewords: static (by codeword and previous index) or per latent."""
+    if kind is None:
+        return None
+    if kind == "positions":
+        return RateCosts.per_position(scale * torch.rand(4, rows, 16, generator=generator))
+    first = (scale * torch.rand(16, generator=generator)).double()
+    following = (scale * torch.rand(3, 16, 16, generator=generator)).double()
     return RateCosts(first, following)
 
 
-@pytest.mark.parametrize("rate_term", [False, True])
-def test_no_move_shorter_than_the_residual_gap_changes_any_stage(rate_term: bool) -> None:
+def _rate_paid(rate: RateCosts, indices: torch.Tensor) -> torch.Tensor:
+    """The rate term each row's path (S, N) pays."""
+    total = torch.zeros(indices.shape[1], dtype=torch.float64)
+    for m in range(indices.shape[0]):
+        term = rate.for_stage(m, indices[m - 1] if m else None)
+        total += term[indices[m]] if term.dim() == 1 else term.gather(1, indices[m][:, None]).squeeze(1)
+    return total
+
+
+RATE_KINDS = [None, "static", "positions"]
+
+
+@pytest.mark.parametrize("rate_term", RATE_KINDS)
+def test_no_move_shorter_than_the_residual_gap_changes_any_stage(rate_term: str | None) -> None:
     g = torch.Generator().manual_seed(1)
     quantizer = ResidualDiVeQ(4, 16, 8).double()
     with torch.no_grad():
         quantizer.codebooks.normal_(generator=g)
         quantizer.codebooks.mul_(torch.tensor([1.0, 0.5, 0.25, 0.125], dtype=torch.float64)[:, None, None])
     z = torch.randn(400, 8, generator=g, dtype=torch.float64)
-    rate = _rate_costs(4, 16, 0.5, g) if rate_term else None
+    rate = _rate_costs(rate_term, 400, 0.5, g)
     idx, gap = quantizer.indices_and_gaps(z, rate=rate)
     assert torch.equal(idx, quantizer.indices(z, rate=rate))
     if rate is not None:  # the choices pay less rate than the nearest codewords (its whole point)
-        def paid(indices: torch.Tensor) -> float:
-            return float(rate.first[indices[0]].sum()
-                         + sum(rate.following[m - 1][indices[m - 1], indices[m]].sum() for m in range(1, 4)))
-        assert paid(idx) < paid(quantizer.indices(z))
+        assert _rate_paid(rate, idx).sum() < _rate_paid(rate, quantizer.indices(z)).sum()
     for _ in range(20):
         moved = z + 0.999 * gap[:, None] * _random_directions(400, 8, g)
         assert torch.equal(quantizer.indices(moved, rate=rate), idx)
@@ -90,37 +104,34 @@ def _random_layer(generator: torch.Generator) -> ResidualDiVeQ:
     return quantizer
 
 
-@pytest.mark.parametrize("rate_term", [False, True])
-def test_a_beam_search_finds_cheaper_paths_and_a_beam_of_one_is_the_greedy_search(rate_term: bool) -> None:
+@pytest.mark.parametrize("rate_term", RATE_KINDS)
+def test_a_beam_search_finds_cheaper_paths_and_a_beam_of_one_is_the_greedy_search(rate_term: str | None) -> None:
     g = torch.Generator().manual_seed(11)
     quantizer = _random_layer(g)
     z = torch.randn(400, 8, generator=g, dtype=torch.float64)
-    rate = _rate_costs(4, 16, 0.5, g) if rate_term else None
+    rate = _rate_costs(rate_term, 400, 0.5, g)
     greedy = quantizer.indices(z, rate=rate)
     assert torch.equal(quantizer._beam_search(z, 4, rate, 1, with_gaps=False)[0], greedy)
 
     def cost(indices: torch.Tensor) -> torch.Tensor:
         books = quantizer.codebooks.detach()
         distance = (z - sum(books[m][indices[m]] for m in range(4))).square().sum(dim=1)
-        if rate is None:
-            return distance
-        return distance + rate.first[indices[0]] + sum(rate.following[m - 1][indices[m - 1], indices[m]]
-                                                       for m in range(1, 4))
+        return distance if rate is None else distance + _rate_paid(rate, indices)
     beam = quantizer.indices(z, rate=rate, beam=4)
     assert (beam != greedy).any(dim=0).sum() > 20
     assert (cost(beam) <= cost(greedy) + 1e-12).float().mean() > 0.9 and cost(beam).sum() < cost(greedy).sum()
     assert torch.equal(quantizer.indices(z, 2, rate=rate, beam=4), quantizer.indices(z, 2, rate=rate, beam=4))
 
 
-@pytest.mark.parametrize("rate_term", [False, True])
+@pytest.mark.parametrize("rate_term", RATE_KINDS)
 @pytest.mark.parametrize("width", [2, 4])
-def test_no_move_shorter_than_the_beam_gap_changes_the_beams_choice(rate_term: bool, width: int,
+def test_no_move_shorter_than_the_beam_gap_changes_the_beams_choice(rate_term: str | None, width: int,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """Also with few left-out paths measured one by one, where the bound on the others counts."""
     g = torch.Generator().manual_seed(12)
     quantizer = _random_layer(g)
     z = torch.randn(400, 8, generator=g, dtype=torch.float64)
-    rate = _rate_costs(4, 16, 0.5, g) if rate_term else None
+    rate = _rate_costs(rate_term, 400, 0.5, g)
     for listed in (residual.GAP_CANDIDATES, 1):
         monkeypatch.setattr(residual, "GAP_CANDIDATES", listed)
         idx, gap = quantizer.indices_and_gaps(z, rate=rate, beam=width)
@@ -229,6 +240,39 @@ def test_cpu_path_with_a_beam_gives_the_float64_indices(shipped: VQAutoencoder, 
     exact, _ = shipped.encode_indices(x, 6, dtype=torch.float64, rate=rate, beam=4)
     assert torch.equal(shipped.encode_indices(x, 6, rate=rate, beam=4)[0], exact)
     assert not torch.equal(shipped.encode_indices(x, 6, dtype=torch.float64, rate=rate)[0], exact)
+
+
+def test_a_rate_per_latent_is_cut_with_the_chunks_and_the_re_decided_rows() -> None:
+    g = torch.Generator().manual_seed(13)
+    quantizer = _random_layer(g)
+    z = torch.randn(400, 8, generator=g, dtype=torch.float64)
+    rate = _rate_costs("positions", 400, 0.5, g)
+    whole = quantizer.indices(z, rate=rate)
+    assert torch.equal(tiling.chunked_indices(quantizer, z, None, chunk=37, rate=rate), whole)
+    chunked = tiling.chunked_indices_and_gaps(quantizer, z, None, chunk=37, rate=rate)
+    assert chunked is not None and torch.equal(chunked[0], whole)
+    some = torch.tensor([3, 200, 399])
+    assert torch.equal(quantizer.indices(z[some], rate=rate.rows(some)), whole[:, some])
+
+
+@pytest.mark.parametrize("beam", [1, 4])
+def test_cpu_path_with_the_index_models_costs_gives_the_float64_indices(shipped: VQAutoencoder,
+                                                                        lighthouse_path: Path, beam: int) -> None:
+    """The rounds that charge the index model's costs (codec/index_costs.py) are exact too."""
+    from diveq_codec.codec import index_costs
+    from diveq_codec.codec.zoo import load_model, resolve_quality
+
+    loaded = load_model(resolve_quality(None).model_id, "cpu")
+    x = _lighthouse(lighthouse_path.parent)
+    rate = loaded.rate_costs(0.005)
+
+    def search(dtype: torch.dtype) -> torch.Tensor:
+        recost = index_costs.recoster(loaded.require_index_model(), 0.005)
+        return shipped.encode_indices(x, 3, dtype=dtype, rate=rate, beam=beam, recost=recost)[0]
+
+    exact = search(torch.float64)
+    assert torch.equal(search(torch.float32), exact)
+    assert not torch.equal(shipped.encode_indices(x, 3, dtype=torch.float64, rate=rate, beam=beam)[0], exact)
 
 
 def test_a_rate_term_needs_a_residual_quantizer() -> None:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from diveq_codec.codec import container
+from diveq_codec.codec import container, index_costs
 from diveq_codec.codec.errors import BitstreamError, CorruptBitstreamError, WeightsError
 from diveq_codec.codec.metrics import bits_per_pixel, psnr
 from diveq_codec.codec.pipeline import decode, decode_detailed, encode, encode_with_report
@@ -59,8 +59,9 @@ def test_bytes_identical_across_runs_and_indices_survive(parrots_path: Path) -> 
     header = container.unpack(first).header
     loaded = load_model(header.model_id, "cpu")
     x = torch.from_numpy(np.asarray(Image.open(parrots_path).convert("RGB")).copy()).permute(2, 0, 1)[None].float() / 255
-    rate = loaded.rate_costs(resolve_quality(header.quality).rate_weight)
-    expected, _ = loaded.model.encode_indices(x, header.stages, rate=rate)
+    weight = resolve_quality(header.quality).rate_weight
+    recost = index_costs.recoster(loaded.require_index_model(), weight)
+    expected, _ = loaded.model.encode_indices(x, header.stages, rate=loaded.rate_costs(weight), recost=recost)
     assert np.array_equal(decode_detailed(first).indices, expected.numpy())
 
 

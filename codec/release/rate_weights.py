@@ -1,21 +1,30 @@
 """Choose each rate point's λ for entropy-constrained assignment, on training photos.
 
-``python -m diveq_codec.codec.release.rate_weights IMAGE_DIR [--every 24] [--card weights/NAME.json] [--effort E]``
+``python -m diveq_codec.codec.release.rate_weights IMAGE_DIR [--start 1] [--every 24] [--card weights/NAME.json]
+[--effort E] [--keep-psnr]``
 
-For every image (every ``--every``-th, starting at the second, so never the first one) and
-every rate point of the model, the indices are chosen at λ = α·s for each α of the grid,
-where s is the stage's slope: the latent energy its codewords remove per bit of its tables
-(measured on these images). Each choice is coded by the real coder and decoded by the real
-decoder. A rate point's gain at α is its PSNR minus that of the nearest-codeword curve (α =
-0, all rate points) at the same bits per pixel, interpolated in log-rate (extended linearly
-past its ends). Each rate point keeps the α of the largest mean gain; with ``--card`` its λ
-goes into the card's ``rate_weight``. Where two rate points have the same stages, only the
-first is tuned: the other keeps λ = 0, the nearest codewords.
+The photos are every ``--every``-th from number ``--start`` of IMAGE_DIR's sorted names.
+The search is the encoder's: the static tables' costs, then rounds charging the index
+model's own costs (codec/index_costs.py). Each choice is coded by the real coder and
+decoded by the real decoder; the rate is the payload's (the header is the same few bytes
+either way); PSNR is RGB, of the 8-bit decoded image, averaged per image. Never run it on
+the test set.
 
-The rate is the payload's (the header is the same few bytes either way); PSNR is RGB, of the
-8-bit decoded image, averaged per image. Never run it on the test set. ``--effort 2`` probes
-the beam search's choices instead (against its own α = 0 curve); a card holds one λ per rate
-point, the default effort's, so it is printed only.
+Two criteria:
+
+- the default: for every rate point the indices are chosen at λ = α·s for each α of the
+  grid, where s is the stage's slope: the latent energy its codewords remove per bit of its
+  tables (measured on these images). A rate point's gain at α is its PSNR minus that of the
+  nearest-codeword curve (α = 0, all rate points) at the same bits per pixel, interpolated
+  in log-rate (extended linearly past its ends). Each rate point keeps the α of the largest
+  mean gain; with ``--card`` its λ goes into the card's ``rate_weight``. Where two rate
+  points have the same stages, only the first is tuned: the other keeps λ = 0.
+- ``--keep-psnr``: each rate point's λ is scaled so that the whole search gives the PSNR
+  the static tables' search alone gave at the card's λ: the same quality for fewer bits.
+  A layer point's λ gets the scale of the network point with its stages.
+
+``--effort 2`` probes the beam search's choices instead (against its own α = 0 curve); a
+card holds one λ per rate point, the default effort's, so it is printed only.
 
 ``coded_bits_and_psnr``, ``gain_over`` and ``exact_search_beam`` are shared with the probes
 under experiments/ and scripts/encode_profile.py.
@@ -32,15 +41,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from diveq_codec.codec import index_coder, rate_tables
+from diveq_codec.codec import index_coder, index_costs, rate_tables
 from diveq_codec.codec.metrics import psnr
 from diveq_codec.codec.pipeline import effort_settings, image_to_tensor, tensor_to_pixels
 from diveq_codec.codec.zoo import LoadedModel, RatePoint, load_model, network_rate_points
 from diveq_codec.models import tiling
+from diveq_codec.models.autoencoder import search_options, searched_in_rounds
 from diveq_codec.models.data import list_images
 
 PROG = "python -m diveq_codec.codec.release.rate_weights"
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5)
+SCALES = (0.3, 0.45, 0.6, 0.75, 1.0)  # of the card's λ, for --keep-psnr
 
 
 def stage_slopes(quantizer: torch.nn.Module, vectors: list[torch.Tensor], bits: np.ndarray) -> np.ndarray:
@@ -69,6 +80,19 @@ def coded_bits_and_psnr(loaded: LoadedModel, indices: torch.Tensor, grid: tuple[
     payload = index_coder.encode_indices(indices.numpy(), loaded.require_index_model(), grid[1])
     decoded = tensor_to_pixels(loaded.model.decode_indices(indices, grid, rgb.shape[0], rgb.shape[1]))
     return len(payload) * 8, psnr(rgb, decoded)
+
+
+def encoder_choice(loaded: LoadedModel, vectors: torch.Tensor, grid: tuple[int, int], stages: int, weight: float,
+                   beam: int, rounds: int = index_costs.ROUNDS) -> torch.Tensor:
+    """The indices the encoder chooses for float64 latent vectors at λ = ``weight``: the
+    static tables' search, then ``rounds`` charging the index model's costs (as encode does)."""
+    model = loaded.model
+
+    def search(**options: object) -> torch.Tensor:
+        return tiling.chunked_indices(model.quantizer, vectors, stages, **options)
+
+    recost = index_costs.recoster(loaded.require_index_model(), weight, rounds)
+    return searched_in_rounds(search, search_options(loaded.rate_costs(weight), beam), recost, grid)
 
 
 def gain_over(curve: np.ndarray, bpp: float, db: float) -> float:
@@ -109,8 +133,7 @@ def measure(loaded: LoadedModel, points: list[RatePoint], paths: list[Path],
             vectors = model.to_vectors(latent)
             for point in points:
                 for alpha in ALPHAS:
-                    rate = loaded.rate_costs(alpha * float(slopes[point.stages - 1]))
-                    indices = tiling.chunked_indices(model.quantizer, vectors, point.stages, rate=rate, beam=beam)
+                    indices = encoder_choice(loaded, vectors, (h, w), point.stages, alpha * float(slopes[point.stages - 1]), beam)
                     totals[(point.quality, alpha)] += coded_bits_and_psnr(loaded, indices, (h, w), rgb)
     pixels = sum(rgb.shape[0] * rgb.shape[1] for rgb in images)
     mean = {key: (bits / pixels, db / len(images)) for key, (bits, db) in totals.items()}
@@ -134,6 +157,40 @@ def choose(points: list[RatePoint], mean: dict[tuple[int, float], tuple[float, f
     return chosen
 
 
+def keep_psnr(loaded: LoadedModel, points: list[RatePoint], paths: list[Path]) -> dict[int, float]:
+    """Each point's scale of its λ at which the encoder's search (static tables, then the
+    index model's costs) gives the PSNR the static tables' search alone gave at the card's
+    λ, on these images: the same quality for fewer bits. Prints the table; points at λ = 0
+    (the nearest codewords) keep it."""
+    model = loaded.model
+    tuned = [p for p in points if p.rate_weight > 0]
+    totals = {(p.quality, scale): np.zeros(2) for p in tuned for scale in (None, *SCALES)}
+    with torch.no_grad():
+        for path in paths:
+            rgb = np.asarray(Image.open(path).convert("RGB"))
+            latent = model.analyse(model.float64_analysis(), image_to_tensor(rgb, "cpu").double())
+            grid = tuple(latent.shape[-2:])
+            vectors = model.to_vectors(latent)
+            for point in tuned:
+                for scale in (None, *SCALES):
+                    rounds, weight = (0, point.rate_weight) if scale is None else (index_costs.ROUNDS, scale * point.rate_weight)
+                    indices = encoder_choice(loaded, vectors, grid, point.stages, weight, 1, rounds)
+                    totals[(point.quality, scale)] += coded_bits_and_psnr(loaded, indices, grid, rgb)
+    pixels = sum(np.prod(Image.open(p).size) for p in paths)
+    mean = {key: (bits / pixels, db / len(paths)) for key, (bits, db) in totals.items()}
+    chosen = {}
+    print("quality  static tables (bpp, dB)  " + "  ".join(f"×{s:<4}" for s in SCALES) + "  chosen")
+    for point in tuned:
+        bpp0, db0 = mean[(point.quality, None)]
+        curve = np.array([mean[(point.quality, s)] for s in SCALES])  # PSNR falls as the scale grows
+        scale = float(np.interp(-db0, -curve[:, 1], SCALES))
+        bpp = float(np.exp(np.interp(-db0, -curve[:, 1], np.log(curve[:, 0]))))
+        chosen[point.stages] = scale
+        print(f"{point.quality:>7}  {bpp0:.4f} {db0:.3f}  " + "  ".join(f"{b:.4f} {d:.3f}" for b, d in curve)
+              + f"  ×{scale:.3f}: {bpp:.4f} bpp ({100 * (bpp / bpp0 - 1):+.1f} %)")
+    return chosen
+
+
 def write_card(card_path: Path, points: list[RatePoint], chosen: dict[int, float], chosen_by: str) -> None:
     """Put each rate point's λ into the card; a layer point's λ is its base's: the network
     point of the same stages."""
@@ -152,6 +209,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--every", type=int, default=24, help="every N-th photo, starting at the second")
     parser.add_argument("--card", type=Path, default=None, help="write the chosen λ into this card")
     parser.add_argument("--effort", type=int, default=None, help="the encoder's effort (default 1)")
+    parser.add_argument("--start", type=int, default=1, help="the first photo picked (0-based)")
+    parser.add_argument("--keep-psnr", action="store_true",
+                        help="scale each point's λ (layer points: their base's scale) so that the whole search "
+                             "keeps the PSNR the static tables' search alone gave")
     return parser.parse_args(argv)
 
 
@@ -166,9 +227,11 @@ def main(argv: list[str] | None = None) -> int:
     if any(p.model_id != loaded.card.model_id for p in every_point):
         raise SystemExit("the probe expects one residual model behind every rate point")
     points = tuned_points(every_point)
-    paths = list_images(args.folder)[1::args.every]
+    paths = list_images(args.folder)[args.start::args.every]
     if not paths:
-        raise SystemExit(f"no images picked from {args.folder} (every {args.every}-th from the second)")
+        raise SystemExit(f"no images picked from {args.folder} (every {args.every}-th from number {args.start})")
+    if args.keep_psnr:
+        return scale_to_keep_psnr(args, loaded, points, paths, started)
     mean, slopes = measure(loaded, points, paths, beam)
     print(f"{len(paths)} images of {args.folder}, {time.perf_counter() - started:.0f} s; stage slopes "
           f"{', '.join(f'{s:.3g}' for s in slopes)}")
@@ -176,6 +239,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.card is not None:
         write_card(args.card, points, chosen, f"{PROG} {args.folder} --every {args.every} --card {args.card} "
                                               f"({len(paths)} training photos, α grid {list(ALPHAS)})")
+        print(f"wrote rate_weight into {args.card}")
+    return 0
+
+
+def scale_to_keep_psnr(args: argparse.Namespace, loaded: LoadedModel, points: list[RatePoint],
+                       paths: list[Path], started: float) -> int:
+    scales = keep_psnr(loaded, points, paths)
+    print(f"{len(paths)} images of {args.folder}, {time.perf_counter() - started:.0f} s")
+    if args.card is not None:
+        card = json.loads(args.card.read_text())
+        for rp in card["rate_points"]:
+            rp["rate_weight"] = float(f"{scales.get(int(rp['stages']), 1.0) * rp['rate_weight']:.4g}")
+        card["rate_weight_chosen_by"] = (f"{PROG} {args.folder} --start {args.start} --every {args.every} --keep-psnr "
+                                         f"--card {args.card} ({len(paths)} training photos held out from the index "
+                                         f"model; scales {', '.join(f'{k} stages ×{v:.3f}' for k, v in sorted(scales.items()))})")
+        args.card.write_text(json.dumps(card, indent=1) + "\n")
         print(f"wrote rate_weight into {args.card}")
     return 0
 
