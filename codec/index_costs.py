@@ -60,10 +60,11 @@ def model_rate(model: IndexModel, indices: torch.Tensor, grid: tuple[int, int], 
     return RateCosts.per_position(torch.from_numpy(weight * bits).to(indices.device))
 
 
-def recoster(model: IndexModel, weight: float, rounds: int = ROUNDS) -> Recost | None:
+def recoster(model: IndexModel | None, weight: float, rounds: int = ROUNDS) -> Recost | None:
     """``rounds`` searches charging the index model's costs after the first, at λ =
-    ``weight``; None (the first search only) at λ = 0, the nearest codewords."""
-    if weight == 0 or rounds == 0:
+    ``weight``; None (the first search only) at λ = 0, the nearest codewords, and without an
+    index model (weights in the making, whose first index maps come from the static search)."""
+    if model is None or weight == 0 or rounds == 0:
         return None
     done = 0
 

@@ -176,7 +176,7 @@ def choose_indices(loaded: LoadedModel, point: RatePoint, effort: int | None,
     search = search_options(loaded.rate_costs(point.rate_weight), settings.beam)
     # After a search with the static tables' costs, rounds charge the index model's own
     # (codec/index_costs.py).
-    recost = index_costs.recoster(loaded.require_index_model(), point.rate_weight)
+    recost = index_costs.recoster(loaded.index_model, point.rate_weight)
     if settings.refine_steps:
         return refine.refined_indices(model, x, point.stages, search, settings.refine_steps, recost)
     # Both give the exact choices, so a file is the same whichever device wrote it (see

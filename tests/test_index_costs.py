@@ -41,6 +41,7 @@ def test_costs_are_the_coders_code_lengths_up_to_a_constant_per_latent(shape, mo
 def test_rounds_end_and_lambda_zero_has_none() -> None:
     model = random_model(3)
     assert index_costs.recoster(model, 0.0) is None and index_costs.recoster(model, 0.01, rounds=0) is None
+    assert index_costs.recoster(None, 0.01) is None  # weights in the making: the static search alone
     recost = index_costs.recoster(model, 0.01, rounds=2)
     indices = torch.from_numpy(np.random.default_rng(2).integers(0, model.codes, size=(3, 6 * 7)))
     terms = [recost(indices, (6, 7)) for _ in range(3)]

@@ -91,7 +91,7 @@ def encoder_choice(loaded: LoadedModel, vectors: torch.Tensor, grid: tuple[int, 
     def search(**options: object) -> torch.Tensor:
         return tiling.chunked_indices(model.quantizer, vectors, stages, **options)
 
-    recost = index_costs.recoster(loaded.require_index_model(), weight, rounds)
+    recost = index_costs.recoster(loaded.index_model, weight, rounds)
     return searched_in_rounds(search, search_options(loaded.rate_costs(weight), beam), recost, grid)
 
 
