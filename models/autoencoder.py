@@ -294,6 +294,8 @@ class VQAutoencoder(nn.Module):
                 # a quantizer that cannot say how sure it is: all in float64
                 return self.encode_indices(x, num_stages, torch.float64, rate, beam, recost)
             del latent
+            # float64 vectors of the latents re-decided so far: the rounds re-decide many of the same
+            exact_rows: dict[int, torch.Tensor] = {}
 
             def search(**options: object) -> torch.Tensor:
                 decided = tiling.chunked_indices_and_gaps(self.quantizer, vectors, num_stages, **options)
@@ -301,8 +303,11 @@ class VQAutoencoder(nn.Module):
                 indices, gaps = decided
                 unsure = torch.nonzero(unsure_choices(vectors, gaps)).squeeze(1)
                 if unsure.numel():
-                    cells = torch.stack([unsure // w, unsure % w], dim=1)
-                    exact = tiling.analysis_at(self.float64_analysis(), x, self.stride, cells)
+                    new = [int(i) for i in unsure if int(i) not in exact_rows]
+                    if new:
+                        cells = torch.tensor([[i // w, i % w] for i in new], dtype=torch.long, device=vectors.device)
+                        exact_rows.update(zip(new, tiling.analysis_at(self.float64_analysis(), x, self.stride, cells)))
+                    exact = torch.stack([exact_rows[int(i)] for i in unsure])
                     chosen_rate = options.get("rate")
                     exact_options = options if chosen_rate is None else {**options, "rate": chosen_rate.rows(unsure)}
                     indices[:, unsure] = self.quantizer.indices(exact, num_stages, **exact_options)
