@@ -174,11 +174,13 @@ def choose_indices(loaded: LoadedModel, point: RatePoint, effort: int | None,
     # The rate point's λ makes the choices entropy-constrained (the decoder does not care how
     # the indices were chosen).
     search = search_options(loaded.rate_costs(point.rate_weight), settings.beam)
+    if settings.refine_steps:
+        # The steps move the latent through the static tables' search, so the final search is
+        # that one too (the index model's rounds would undo what the steps found).
+        return refine.refined_indices(model, x, point.stages, search, settings.refine_steps)
     # After a search with the static tables' costs, rounds charge the index model's own
     # (codec/index_costs.py).
     recost = index_costs.recoster(loaded.index_model, point.rate_weight)
-    if settings.refine_steps:
-        return refine.refined_indices(model, x, point.stages, search, settings.refine_steps, recost)
     # Both give the exact choices, so a file is the same whichever device wrote it (see
     # VQAutoencoder.encode_indices): float64 costs little on an accelerator; on a CPU,
     # float32 with the few near-boundary latents re-decided in float64 is nearly twice as fast.

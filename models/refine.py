@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from diveq_codec.models import progress, tiling
-from diveq_codec.models.autoencoder import Recost, VQAutoencoder, searched_in_rounds
+from diveq_codec.models.autoencoder import VQAutoencoder
 
 STEPS = 10
 STEP_SIZE = 1e-3
@@ -86,16 +86,9 @@ def refine_latent(model: VQAutoencoder, x: torch.Tensor, latent: torch.Tensor, n
 
 
 def refined_indices(model: VQAutoencoder, x: torch.Tensor, num_stages: int, search: dict[str, Any],
-                    steps: int = STEPS, recost: Recost | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Coding path at a refining effort: image (1, 3, H, W) → indices (S, h·w) and the grid.
-    The steps search with ``search`` alone; the final search adds ``recost``'s rounds (see
-    VQAutoencoder.encode_indices)."""
+                    steps: int = STEPS) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Coding path at a refining effort: image (1, 3, H, W) → indices (S, h·w) and the grid."""
     with torch.no_grad():
         latent = model.analyse(model.analysis, x.float())
     refined = refine_latent(model, x, latent, num_stages, search, steps)
-    grid = (refined.shape[-2], refined.shape[-1])
-
-    def final(**options: Any) -> torch.Tensor:
-        return latent_indices(model, refined, num_stages, options)
-
-    return searched_in_rounds(final, search, recost, grid), grid
+    return latent_indices(model, refined, num_stages, search), (refined.shape[-2], refined.shape[-1])

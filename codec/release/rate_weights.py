@@ -200,7 +200,7 @@ def write_card(card_path: Path, points: list[RatePoint], chosen: dict[int, float
         quality = base_of.get(int(rp["stages"])) if "layer_step" in rp else int(rp["quality"])
         rp["rate_weight"] = float(f"{chosen.get(quality, 0.0):.4g}")
     card["rate_weight_chosen_by"] = chosen_by
-    card_path.write_text(json.dumps(card, indent=1) + "\n")
+    card_path.write_text(json.dumps(card, indent=1, ensure_ascii=False) + "\n")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -254,7 +254,7 @@ def scale_to_keep_psnr(args: argparse.Namespace, loaded: LoadedModel, points: li
         card["rate_weight_chosen_by"] = (f"{PROG} {args.folder} --start {args.start} --every {args.every} --keep-psnr "
                                          f"--card {args.card} ({len(paths)} training photos held out from the index "
                                          f"model; scales {', '.join(f'{k} stages ×{v:.3f}' for k, v in sorted(scales.items()))})")
-        args.card.write_text(json.dumps(card, indent=1) + "\n")
+        args.card.write_text(json.dumps(card, indent=1, ensure_ascii=False) + "\n")
         print(f"wrote rate_weight into {args.card}")
     return 0
 
