@@ -25,7 +25,7 @@ from diveq_codec.models.residual import RateCosts
 # photos at 3 stages, the second round adds about as much again as the first (docs/encoder.md).
 ROUNDS = 2
 # Above this many latents (16.8 megapixels) the search keeps the static tables: the costs
-# take stages × latents × codes float64 numbers (256 MB at 4 stages and this size).
+# take stages × latents × codes float32 numbers (128 MB at 4 stages and this size).
 MAX_LATENTS = 1 << 16
 STRIP_ROWS = 64  # rows of latents whose costs are computed at once
 
@@ -48,7 +48,7 @@ def stage_bits(model: IndexModel, stage: int, maps: np.ndarray) -> np.ndarray:
             terms = previous_context(model, stage, maps[:stage, start:stop])
             first = terms[top - start : top - start + bottom - top].reshape(rows.size, -1)
         steps = output_steps(model, stage, first, tokens_of(stage_map, rows, cols[: rows.size], model))
-        out[top * w : bottom * w] = steps / 16.0
+        np.multiply(steps, 1.0 / 16.0, out=out[top * w : bottom * w])
     return out
 
 
@@ -56,8 +56,10 @@ def model_rate(model: IndexModel, indices: torch.Tensor, grid: tuple[int, int], 
     """λ = ``weight`` times the index model's bits for every stage, latent and codeword,
     given ``indices`` (S, h·w) around each latent."""
     maps = indices.cpu().numpy().reshape(indices.shape[0], *grid).astype(np.intp)
-    bits = np.stack([stage_bits(model, m, maps) for m in range(maps.shape[0])])
-    return RateCosts.per_position(torch.from_numpy(weight * bits).to(indices.device))
+    costs = np.empty((maps.shape[0], maps.shape[1] * maps.shape[2], model.codes), dtype=np.float32)
+    for m in range(maps.shape[0]):
+        np.multiply(stage_bits(model, m, maps), weight, out=costs[m], casting="same_kind")
+    return RateCosts.per_position(torch.from_numpy(costs).to(indices.device))
 
 
 def recoster(model: IndexModel | None, weight: float, rounds: int = ROUNDS) -> Recost | None:

@@ -105,13 +105,14 @@ def frequencies(model: IndexModel, stage: int, first: np.ndarray, tokens: np.nda
     """Integer frequencies (n, codes) as float32, for positions whose first-layer terms from
     earlier stages are ``first`` (n, H) (zeros for stage 1), whose neighbours are ``tokens``
     (n, K), and whose adaptation adds ``adaptive`` (n, codes) to the logits, in 1/64 bit."""
-    return model.output_table[output_steps(model, stage, first, tokens, adaptive)]
+    return model.output_table[output_steps(model, stage, first, tokens, adaptive).astype(np.intp)]
 
 
 def output_steps(model: IndexModel, stage: int, first: np.ndarray, tokens: np.ndarray,
                  adaptive: np.ndarray | None = None) -> np.ndarray:
     """How far each codeword's logit lies below the largest, in 1/16 bit and capped at the
-    output table's span (n, codes): the index of its frequency in ``model.output_table``."""
+    output table's span (n, codes), as whole float64 numbers: the index of its frequency in
+    ``model.output_table``."""
     net = model.stages[stage]
     z = first + net.bias
     for k in range(len(model.offsets)):
@@ -121,8 +122,9 @@ def output_steps(model: IndexModel, stage: int, first: np.ndarray, tokens: np.nd
     logits = np.floor((a @ net.out_w + net.out_b) * 2.0 ** (2 - net.logit_shift))  # in 1/64 bit
     if adaptive is not None:
         logits += adaptive
-    below = np.floor((logits.max(axis=1, keepdims=True) - logits) * 0.25)  # in 1/16 bit
-    return np.minimum(below, model.output_table.size - 1).astype(np.intp)
+    below = np.subtract(logits.max(axis=1, keepdims=True), logits, out=logits)
+    below = np.floor(np.multiply(below, 0.25, out=below), out=below)  # in 1/16 bit
+    return np.minimum(below, model.output_table.size - 1, out=below)
 
 
 def margin(model: IndexModel) -> int:

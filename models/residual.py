@@ -31,8 +31,8 @@ class RateCosts:
     by stage m − 1's index at the same position and codeword. Or per position
     (``per_position``): ``positions`` (S, N, K), a term for every latent, stage and codeword,
     fixed before the search (the coder's own costs given an earlier choice of the indices),
-    so each latent still stays decidable on its own. Values are float32 numbers (held in
-    float64) so that a float32 and a float64 search add exactly the same costs.
+    so each latent still stays decidable on its own. Values are float32 numbers (the static
+    ones held in float64) so that a float32 and a float64 search add exactly the same costs.
     """
 
     first: torch.Tensor | None = None
@@ -56,8 +56,9 @@ class RateCosts:
 
     @classmethod
     def per_position(cls, costs: torch.Tensor) -> RateCosts:
-        """A term per latent (S, N, K), rounded to float32 numbers once, here."""
-        return cls(positions=costs.float().double())
+        """A term per latent (S, N, K), rounded to float32 once, here, and held so (half the
+        memory): a float64 search widens the same numbers exactly."""
+        return cls(positions=costs.float())
 
     def rows(self, which: slice | torch.Tensor) -> RateCosts:
         """The term of some latents only (a chunk of rows, or the re-decided ones)."""
