@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         card["kodak_eval"] = {"images": results["meta"].get("images"), "command": args.command,
                               "measure": "whole-file bpp; PSNR-RGB of the 8-bit decoded file, averaged per image"}
-        card_path.write_text(json.dumps(card, indent=1) + "\n")
+        card_path.write_text(json.dumps(card, indent=1, ensure_ascii=False) + "\n")
         total += updated
     print(f"recorded {total} rate points", file=sys.stderr)
     return 0 if total else 1
