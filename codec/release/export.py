@@ -260,7 +260,7 @@ def write_release(args: argparse.Namespace, model: VQAutoencoder, training: dict
         },
         "rate_points": rate_points,
     }
-    (args.out / f"{args.name}.json").write_text(json.dumps(card, indent=1) + "\n")
+    (args.out / f"{args.name}.json").write_text(json.dumps(card, indent=1, ensure_ascii=False) + "\n")
     print(f"wrote {weights_path} ({weights_path.stat().st_size:,} bytes, sha256 {sha[:16]}…); "
           f"table bits/symbol {np.round(bits, 2).tolist()}", file=sys.stderr)
 
