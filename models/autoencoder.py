@@ -306,7 +306,8 @@ class VQAutoencoder(nn.Module):
                     new = [int(i) for i in unsure if int(i) not in exact_rows]
                     if new:
                         cells = torch.tensor([[i // w, i % w] for i in new], dtype=torch.long, device=vectors.device)
-                        exact_rows.update(zip(new, tiling.analysis_at(self.float64_analysis(), x, self.stride, cells), strict=True))
+                        analysed = tiling.analysis_at(self.float64_analysis(), x, self.stride, cells)
+                        exact_rows.update(zip(new, analysed, strict=True))
                     exact = torch.stack([exact_rows[int(i)] for i in unsure])
                     chosen_rate = options.get("rate")
                     exact_options = options if chosen_rate is None else {**options, "rate": chosen_rate.rows(unsure)}
