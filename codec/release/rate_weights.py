@@ -48,6 +48,7 @@ from diveq_codec.codec.zoo import LoadedModel, RatePoint, load_model, network_ra
 from diveq_codec.models import tiling
 from diveq_codec.models.autoencoder import search_options, searched_in_rounds
 from diveq_codec.models.data import list_images
+from diveq_codec.models.train_index_prior import HOLDOUT_EVERY
 
 PROG = "python -m diveq_codec.codec.release.rate_weights"
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5)
@@ -133,7 +134,8 @@ def measure(loaded: LoadedModel, points: list[RatePoint], paths: list[Path],
             vectors = model.to_vectors(latent)
             for point in points:
                 for alpha in ALPHAS:
-                    indices = encoder_choice(loaded, vectors, (h, w), point.stages, alpha * float(slopes[point.stages - 1]), beam)
+                    weight = alpha * float(slopes[point.stages - 1])
+                    indices = encoder_choice(loaded, vectors, (h, w), point.stages, weight, beam)
                     totals[(point.quality, alpha)] += coded_bits_and_psnr(loaded, indices, (h, w), rgb)
     pixels = sum(rgb.shape[0] * rgb.shape[1] for rgb in images)
     mean = {key: (bits / pixels, db / len(images)) for key, (bits, db) in totals.items()}
@@ -173,7 +175,9 @@ def keep_psnr(loaded: LoadedModel, points: list[RatePoint], paths: list[Path]) -
             vectors = model.to_vectors(latent)
             for point in tuned:
                 for scale in (None, *SCALES):
-                    rounds, weight = (0, point.rate_weight) if scale is None else (index_costs.ROUNDS, scale * point.rate_weight)
+                    # None: the static tables' search alone at the card's λ, the PSNR to keep
+                    rounds, weight = ((0, point.rate_weight) if scale is None
+                                      else (index_costs.ROUNDS, scale * point.rate_weight))
                     indices = encoder_choice(loaded, vectors, grid, point.stages, weight, 1, rounds)
                     totals[(point.quality, scale)] += coded_bits_and_psnr(loaded, indices, grid, rgb)
     pixels = sum(np.prod(Image.open(p).size) for p in paths)
@@ -249,11 +253,13 @@ def scale_to_keep_psnr(args: argparse.Namespace, loaded: LoadedModel, points: li
     print(f"{len(paths)} images of {args.folder}, {time.perf_counter() - started:.0f} s")
     if args.card is not None:
         card = json.loads(args.card.read_text())
+        listed = ", ".join(f"{k} stages ×{v:.3f}" for k, v in sorted(scales.items()))
         for rp in card["rate_points"]:
             rp["rate_weight"] = float(f"{scales.get(int(rp['stages']), 1.0) * rp['rate_weight']:.4g}")
+        held_out = args.start % HOLDOUT_EVERY == 0 and args.every % HOLDOUT_EVERY == 0
+        photos = f"{len(paths)} training photos" + (" held out from the index model" if held_out else "")
         card["rate_weight_chosen_by"] = (f"{PROG} {args.folder} --start {args.start} --every {args.every} --keep-psnr "
-                                         f"--card {args.card} ({len(paths)} training photos held out from the index "
-                                         f"model; scales {', '.join(f'{k} stages ×{v:.3f}' for k, v in sorted(scales.items()))})")
+                                         f"--card {args.card} ({photos}; scales {listed})")
         args.card.write_text(json.dumps(card, indent=1, ensure_ascii=False) + "\n")
         print(f"wrote rate_weight into {args.card}")
     return 0
