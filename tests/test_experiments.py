@@ -124,3 +124,27 @@ def test_gpu_train_recipe_names_the_installed_modules() -> None:
     recipe = (REPO / "scripts" / "gpu_train.sh").read_text()
     assert "python -m diveq_codec.models.train" in recipe
     assert "python -m models." not in recipe and "python -m codec." not in recipe
+
+
+def test_keep_psnr_scales_each_lambda_within_its_grid(tmp_path: Path) -> None:
+    """--keep-psnr codes each tuned point with the static search alone and with the rounds at
+    each scale, and writes λ × the interpolated scale into the card (λ = 0 stays 0; a layer
+    point takes its base's scale)."""
+    shipped = json.loads((Path(rate_weights.__file__).parents[2] / "weights" /
+                          f"{load_model(network_rate_points()[0].model_id).card.name}.json").read_text())
+    card = tmp_path / "card.json"
+    card.write_text(json.dumps(shipped))
+    folder = _photos(tmp_path / "photos", 1)
+    assert rate_weights.main([str(folder), "--start", "0", "--every", "1", "--keep-psnr", "--card", str(card)]) == 0
+    written = json.loads(card.read_text())
+    for before, after in zip(shipped["rate_points"], written["rate_points"], strict=True):
+        if before["rate_weight"] == 0:
+            assert after["rate_weight"] == 0
+        else:
+            scale = after["rate_weight"] / before["rate_weight"]
+            assert min(rate_weights.SCALES) - 1e-3 <= scale <= max(rate_weights.SCALES) + 1e-3
+    by_stages = {rp["stages"]: rp["rate_weight"] / before["rate_weight"]
+                 for rp, before in zip(written["rate_points"], shipped["rate_points"], strict=True)
+                 if before["rate_weight"] > 0}
+    assert len(by_stages) == 3  # the layer points' scale is their 3-stage base's
+    assert "--keep-psnr" in written["rate_weight_chosen_by"] and "held out" not in written["rate_weight_chosen_by"]
