@@ -24,8 +24,9 @@ from diveq_codec.models.residual import RateCosts
 # Searches after the first that charge the index model's costs. On 5 held-out training
 # photos at 3 stages, the second round adds about as much again as the first (docs/encoder.md).
 ROUNDS = 2
-# Above this many latents (16.8 megapixels) the search keeps the static tables: the costs
-# take stages × latents × codes float32 numbers (128 MB at 4 stages and this size).
+# Above this many latents (4.2 megapixels) the search keeps the static tables: the costs
+# take stages × latents × codes float32 numbers (128 MB at 4 stages and this size), and a
+# 12-megapixel photo's rounds would add about 10 s to its encode on a 2-core CPU.
 MAX_LATENTS = 1 << 16
 STRIP_ROWS = 64  # rows of latents whose costs are computed at once
 
