@@ -25,8 +25,8 @@ from diveq_codec.models.residual import RateCosts
 # photos at 3 stages, the second round adds about as much again as the first (docs/encoder.md).
 ROUNDS = 2
 # Above this many latents (4.2 megapixels) the search keeps the static tables: the costs
-# take stages × latents × codes float32 numbers (128 MB at 4 stages and this size), and a
-# 12-megapixel photo's rounds would add about 10 s to its encode on a 2-core CPU.
+# take stages × latents × codes float32 numbers (128 MB at 4 stages and this size), and
+# their time grows with the latents (docs/results.md, "What the search's rounds cost").
 MAX_LATENTS = 1 << 16
 STRIP_ROWS = 64  # rows of latents whose costs are computed at once
 
