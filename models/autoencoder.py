@@ -282,39 +282,46 @@ class VQAutoencoder(nn.Module):
         if dtype == torch.float64:
             latent = self.analyse(self.float64_analysis(), x.double())
             _, _, h, w = latent.shape
-            vectors = self.to_vectors(latent)
+            return self.vector_indices(self.to_vectors(latent), (h, w), num_stages, rate, beam, recost), (h, w)
+        latent = self.analyse(self.analysis, x.float())
+        _, _, h, w = latent.shape
+        vectors = self.to_vectors(latent)
+        if tiling.chunked_indices_and_gaps(self.quantizer, vectors[:1], num_stages) is None:
+            # a quantizer that cannot say how sure it is: all in float64
+            return self.encode_indices(x, num_stages, torch.float64, rate, beam, recost)
+        del latent
+        # float64 vectors of the latents re-decided so far: the rounds re-decide many of the same
+        exact_rows: dict[int, torch.Tensor] = {}
 
-            def search(**options: object) -> torch.Tensor:
-                return tiling.chunked_indices(self.quantizer, vectors, num_stages, **options)
-        else:
-            latent = self.analyse(self.analysis, x.float())
-            _, _, h, w = latent.shape
-            vectors = self.to_vectors(latent)
-            if tiling.chunked_indices_and_gaps(self.quantizer, vectors[:1], num_stages) is None:
-                # a quantizer that cannot say how sure it is: all in float64
-                return self.encode_indices(x, num_stages, torch.float64, rate, beam, recost)
-            del latent
-            # float64 vectors of the latents re-decided so far: the rounds re-decide many of the same
-            exact_rows: dict[int, torch.Tensor] = {}
-
-            def search(**options: object) -> torch.Tensor:
-                decided = tiling.chunked_indices_and_gaps(self.quantizer, vectors, num_stages, **options)
-                assert decided is not None
-                indices, gaps = decided
-                unsure = torch.nonzero(unsure_choices(vectors, gaps)).squeeze(1)
-                if unsure.numel():
-                    new = [int(i) for i in unsure if int(i) not in exact_rows]
-                    if new:
-                        cells = torch.tensor([[i // w, i % w] for i in new], dtype=torch.long, device=vectors.device)
-                        analysed = tiling.analysis_at(self.float64_analysis(), x, self.stride, cells)
-                        exact_rows.update(zip(new, analysed, strict=True))
-                    exact = torch.stack([exact_rows[int(i)] for i in unsure])
-                    chosen_rate = options.get("rate")
-                    exact_options = options if chosen_rate is None else {**options, "rate": chosen_rate.rows(unsure)}
-                    indices[:, unsure] = self.quantizer.indices(exact, num_stages, **exact_options)
-                return indices
+        def search(**options: object) -> torch.Tensor:
+            decided = tiling.chunked_indices_and_gaps(self.quantizer, vectors, num_stages, **options)
+            assert decided is not None
+            indices, gaps = decided
+            unsure = torch.nonzero(unsure_choices(vectors, gaps)).squeeze(1)
+            if unsure.numel():
+                new = [int(i) for i in unsure if int(i) not in exact_rows]
+                if new:
+                    cells = torch.tensor([[i // w, i % w] for i in new], dtype=torch.long, device=vectors.device)
+                    analysed = tiling.analysis_at(self.float64_analysis(), x, self.stride, cells)
+                    exact_rows.update(zip(new, analysed, strict=True))
+                exact = torch.stack([exact_rows[int(i)] for i in unsure])
+                chosen_rate = options.get("rate")
+                exact_options = options if chosen_rate is None else {**options, "rate": chosen_rate.rows(unsure)}
+                indices[:, unsure] = self.quantizer.indices(exact, num_stages, **exact_options)
+            return indices
 
         return searched_in_rounds(search, search_options(rate, beam), recost, (h, w)), (h, w)
+
+    @torch.no_grad()
+    def vector_indices(self, vectors: torch.Tensor, grid: tuple[int, int], num_stages: int | None = None,
+                       rate: RateCosts | None = None, beam: int = 1, recost: Recost | None = None) -> torch.Tensor:
+        """The search of ``encode_indices`` on latent vectors (h·w, D) already analysed, as
+        they are (float64 vectors: the exact choices), rounds included."""
+
+        def search(**options: object) -> torch.Tensor:
+            return tiling.chunked_indices(self.quantizer, vectors, num_stages, **options)
+
+        return searched_in_rounds(search, search_options(rate, beam), recost, grid)
 
     def float64_analysis(self) -> nn.Module:
         """A double-precision copy of the analysis transform (the model itself stays float32).

@@ -26,8 +26,9 @@ Two criteria:
 ``--effort 2`` probes the beam search's choices instead (against its own α = 0 curve); a
 card holds one λ per rate point, the default effort's, so it is printed only.
 
-``coded_bits_and_psnr``, ``gain_over`` and ``exact_search_beam`` are shared with the probes
-under experiments/ and scripts/encode_profile.py.
+``exact_vectors``, ``encoder_choice``, ``coded_bits_and_psnr``, ``gain_over`` and
+``exact_search_beam`` are shared with the probes under experiments/ and
+scripts/encode_profile.py.
 """
 
 from __future__ import annotations
@@ -45,8 +46,6 @@ from diveq_codec.codec import index_coder, index_costs, rate_tables
 from diveq_codec.codec.metrics import psnr
 from diveq_codec.codec.pipeline import effort_settings, image_to_tensor, tensor_to_pixels
 from diveq_codec.codec.zoo import LoadedModel, RatePoint, load_model, network_rate_points
-from diveq_codec.models import tiling
-from diveq_codec.models.autoencoder import search_options, searched_in_rounds
 from diveq_codec.models.data import list_images
 from diveq_codec.models.train_index_prior import HOLDOUT_EVERY
 
@@ -83,17 +82,22 @@ def coded_bits_and_psnr(loaded: LoadedModel, indices: torch.Tensor, grid: tuple[
     return len(payload) * 8, psnr(rgb, decoded)
 
 
+def exact_vectors(loaded: LoadedModel, path: Path) -> tuple[np.ndarray, torch.Tensor, tuple[int, int]]:
+    """A photo's RGB pixels, its float64 latent vectors (h·w, D) and their grid (h, w): what
+    the probes search, the exact choices without the CPU path's re-decisions."""
+    model = loaded.model
+    rgb = np.asarray(Image.open(path).convert("RGB"))
+    with torch.no_grad():
+        latent = model.analyse(model.float64_analysis(), image_to_tensor(rgb, "cpu").double())
+    return rgb, model.to_vectors(latent), (latent.shape[-2], latent.shape[-1])
+
+
 def encoder_choice(loaded: LoadedModel, vectors: torch.Tensor, grid: tuple[int, int], stages: int, weight: float,
                    beam: int, rounds: int = index_costs.ROUNDS) -> torch.Tensor:
     """The indices the encoder chooses for float64 latent vectors at λ = ``weight``: the
     static tables' search, then ``rounds`` charging the index model's costs (as encode does)."""
-    model = loaded.model
-
-    def search(**options: object) -> torch.Tensor:
-        return tiling.chunked_indices(model.quantizer, vectors, stages, **options)
-
     recost = index_costs.recoster(loaded.index_model, weight, rounds)
-    return searched_in_rounds(search, search_options(loaded.rate_costs(weight), beam), recost, grid)
+    return loaded.model.vector_indices(vectors, grid, stages, loaded.rate_costs(weight), beam, recost)
 
 
 def gain_over(curve: np.ndarray, bpp: float, db: float) -> float:
@@ -119,26 +123,19 @@ def tuned_points(every_point: list[RatePoint]) -> list[RatePoint]:
 def measure(loaded: LoadedModel, points: list[RatePoint], paths: list[Path],
             beam: int) -> tuple[dict[tuple[int, float], tuple[float, float]], np.ndarray]:
     """Mean (bpp, PSNR) of every (quality, α) over the images, and the stage slopes."""
-    model = loaded.model
-    images, latents = [], []
+    photos = [exact_vectors(loaded, path) for path in paths]
     with torch.no_grad():
-        for path in paths:
-            rgb = np.asarray(Image.open(path).convert("RGB"))
-            images.append(rgb)
-            latents.append(model.analyse(model.float64_analysis(), image_to_tensor(rgb, "cpu").double()))
-        slopes = stage_slopes(model.quantizer, [model.to_vectors(t) for t in latents],
+        slopes = stage_slopes(loaded.model.quantizer, [vectors for _, vectors, _ in photos],
                               rate_tables.table_entropy_bits(loaded.tables))
         totals = {(p.quality, a): np.zeros(2) for p in points for a in ALPHAS}
-        for rgb, latent in zip(images, latents):
-            _, _, h, w = latent.shape
-            vectors = model.to_vectors(latent)
+        for rgb, vectors, grid in photos:
             for point in points:
                 for alpha in ALPHAS:
                     weight = alpha * float(slopes[point.stages - 1])
-                    indices = encoder_choice(loaded, vectors, (h, w), point.stages, weight, beam)
-                    totals[(point.quality, alpha)] += coded_bits_and_psnr(loaded, indices, (h, w), rgb)
-    pixels = sum(rgb.shape[0] * rgb.shape[1] for rgb in images)
-    mean = {key: (bits / pixels, db / len(images)) for key, (bits, db) in totals.items()}
+                    indices = encoder_choice(loaded, vectors, grid, point.stages, weight, beam)
+                    totals[(point.quality, alpha)] += coded_bits_and_psnr(loaded, indices, grid, rgb)
+    pixels = sum(rgb.shape[0] * rgb.shape[1] for rgb, _, _ in photos)
+    mean = {key: (bits / pixels, db / len(photos)) for key, (bits, db) in totals.items()}
     return mean, slopes
 
 
@@ -164,15 +161,13 @@ def keep_psnr(loaded: LoadedModel, points: list[RatePoint], paths: list[Path]) -
     index model's costs) gives the PSNR the static tables' search alone gave at the card's
     λ, on these images: the same quality for fewer bits. Prints the table; points at λ = 0
     (the nearest codewords) keep it."""
-    model = loaded.model
     tuned = [p for p in points if p.rate_weight > 0]
     totals = {(p.quality, scale): np.zeros(2) for p in tuned for scale in (None, *SCALES)}
+    pixels = 0
     with torch.no_grad():
         for path in paths:
-            rgb = np.asarray(Image.open(path).convert("RGB"))
-            latent = model.analyse(model.float64_analysis(), image_to_tensor(rgb, "cpu").double())
-            grid = tuple(latent.shape[-2:])
-            vectors = model.to_vectors(latent)
+            rgb, vectors, grid = exact_vectors(loaded, path)
+            pixels += rgb.shape[0] * rgb.shape[1]
             for point in tuned:
                 for scale in (None, *SCALES):
                     # None: the static tables' search alone at the card's λ, the PSNR to keep
@@ -180,7 +175,6 @@ def keep_psnr(loaded: LoadedModel, points: list[RatePoint], paths: list[Path]) -
                                       else (index_costs.ROUNDS, scale * point.rate_weight))
                     indices = encoder_choice(loaded, vectors, grid, point.stages, weight, 1, rounds)
                     totals[(point.quality, scale)] += coded_bits_and_psnr(loaded, indices, grid, rgb)
-    pixels = sum(np.prod(Image.open(p).size) for p in paths)
     mean = {key: (bits / pixels, db / len(paths)) for key, (bits, db) in totals.items()}
     chosen = {}
     print("quality  static tables (bpp, dB)  " + "  ".join(f"×{s:<4}" for s in SCALES) + "  chosen")

@@ -19,10 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
-from diveq_codec.codec.pipeline import image_to_tensor
-from diveq_codec.codec.release.rate_weights import coded_bits_and_psnr, gain_over
+from diveq_codec.codec.release.rate_weights import coded_bits_and_psnr, exact_vectors, gain_over
 from diveq_codec.codec.zoo import load_model, network_rate_points
 from diveq_codec.models import tiling
 from diveq_codec.models.data import list_images
@@ -49,11 +47,8 @@ def main() -> None:
     pixels = 0
     with torch.no_grad():
         for path in paths:
-            rgb = np.asarray(Image.open(path).convert("RGB"))
+            rgb, vectors, (h, w) = exact_vectors(loaded, path)
             pixels += rgb.shape[0] * rgb.shape[1]
-            latent = model.analyse(model.float64_analysis(), image_to_tensor(rgb, "cpu").double())
-            _, _, h, w = latent.shape
-            vectors = model.to_vectors(latent)
             for point in points:
                 rate = loaded.rate_costs(point.rate_weight)
                 for width in widths:

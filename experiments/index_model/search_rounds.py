@@ -17,10 +17,8 @@ import json
 
 import numpy as np
 import torch
-from PIL import Image
 
-from diveq_codec.codec.pipeline import image_to_tensor
-from diveq_codec.codec.release.rate_weights import coded_bits_and_psnr, encoder_choice, gain_over
+from diveq_codec.codec.release.rate_weights import coded_bits_and_psnr, encoder_choice, exact_vectors, gain_over
 from diveq_codec.codec.zoo import load_model, network_rate_points
 from diveq_codec.models.data import list_images
 
@@ -37,18 +35,14 @@ def main() -> None:
     rounds = [int(r) for r in args.rounds.split(",")]
     points = [p for p in network_rate_points() if p.rate_weight > 0]
     loaded = load_model(points[0].model_id, "cpu")
-    model = loaded.model
     paths = list_images(args.folder)[8::args.every]
     runs = [(0, s) for s in STATIC_SCALES] + [(r, s) for r in rounds for s in SCALES]
     totals = {(p.quality, run): np.zeros(2) for p in points for run in runs}
     pixels = 0
     with torch.no_grad():
         for path in paths:
-            rgb = np.asarray(Image.open(path).convert("RGB"))
+            rgb, vectors, grid = exact_vectors(loaded, path)
             pixels += rgb.shape[0] * rgb.shape[1]
-            latent = model.analyse(model.float64_analysis(), image_to_tensor(rgb, "cpu").double())
-            grid = tuple(latent.shape[-2:])
-            vectors = model.to_vectors(latent)
             for point in points:
                 for r, scale in runs:
                     indices = encoder_choice(loaded, vectors, grid, point.stages, scale * point.rate_weight, 1, r)
