@@ -6,8 +6,9 @@ that ceiling add this layer to a network rate point: the difference between the 
 the network's decoded 8-bit planes is rotated to decorrelate its colours, cut into 8×8
 blocks, transformed by the orthonormal DCT (codec/dct_transform.py), quantised with one
 uniform step for every coefficient (a flat step minimises squared error for the bits: PSNR
-is what it is judged on) and range-coded (codec/dct_layer_coding.py). The decoder adds what
-it decodes to its own base planes and rounds.
+is what it is judged on) and range-coded (codec/dct_layer_coding.py), with contexts that include the
+detail the network's codewords put around each block (base_detail, integers from the file's
+indices). The decoder adds what it decodes to its own base planes and rounds.
 
 Layout of the layer (the container's last section, codec/container.py; docs/format.md):
 
@@ -38,9 +39,10 @@ from diveq_codec.codec.index_coder import coder_errors
 from diveq_codec.codec.limits import MIN_LAYER_STEP_SIXTEENTHS, layer_step_is_valid
 
 # The layer's first byte has one allowed value. Development builds before the first release
-# wrote 1 and 2 (other groupings of the quotients): refused as such (exit 3).
-WRITTEN_TRANSFORM = 3
-DEVELOPMENT_TRANSFORMS = (1, 2)
+# wrote 1 to 3 (other groupings of the quotients; 3 without the base's detail): refused as
+# such (exit 3).
+WRITTEN_TRANSFORM = 4
+DEVELOPMENT_TRANSFORMS = (1, 2, 3)
 # The encoder's quantiser, its own choice (the decoder reconstructs q · step whatever it was):
 # a quotient starts as sign(c) · floor(|c| / step + ROUNDING), a dead zone a little wider
 # than nearest rounding's, and then lower_where_cheaper moves it one towards zero where the
@@ -59,7 +61,7 @@ _LAYER_HEADER = struct.Struct("<BH")
 
 
 def lower_where_cheaper(quotients: np.ndarray, lowering_costs: np.ndarray, grid: tuple[int, int],
-                        weight: float) -> None:
+                        detail: np.ndarray, weight: float) -> None:
     """Rate–distortion optimised quantisation, one greedy pass, in place: a nonzero quotient
     moves one step towards zero where the squared error that adds (``lowering_costs``, in
     step²) is less than weight · (2 ln 2 / 12) · step² per bit its group's table saves (the
@@ -71,7 +73,7 @@ def lower_where_cheaper(quotients: np.ndarray, lowering_costs: np.ndarray, grid:
     lowered = []
     for channel in range(quotients.shape[0]):
         values = quotients[channel].ravel()
-        groups, _, levels = channel_tables(quotients, channel, grid)
+        groups, _, levels = channel_tables(quotients, channel, grid, detail)
         # Only nonzero quotients within the direct alphabet can move; at most steps they are few.
         candidates = np.flatnonzero((values != 0) & (values >= -MAX_DIRECT) & (values <= MAX_DIRECT))
         magnitude = np.abs(values[candidates])
@@ -83,11 +85,14 @@ def lower_where_cheaper(quotients: np.ndarray, lowering_costs: np.ndarray, grid:
         values[positions] -= np.sign(values[positions])
 
 
-def encode_with_planes(source: np.ndarray, base: np.ndarray, step: float, rounding: float = ROUNDING,
-                       rd_weight: float = RD_WEIGHT, planes: bool = True) -> tuple[bytes, np.ndarray | None]:
+def encode_with_planes(source: np.ndarray, base: np.ndarray, step: float, detail: np.ndarray,
+                       rounding: float = ROUNDING, rd_weight: float = RD_WEIGHT,
+                       planes: bool = True) -> tuple[bytes, np.ndarray | None]:
     """The DCT layer lifting ``base`` towards ``source`` (both uint8, (H, W) or (H, W, 3)), and
     (with ``planes``) the planes it decodes to, reconstructed from the quotients exactly as
-    decode() does, so the encoder reports what the file gives without decoding it.
+    decode() does, so the encoder reports what the file gives without decoding it. ``detail``
+    is the base's detail per 8×8 block (base_detail of the base's indices; zeros for a base
+    without any), which the decoder must be given too.
 
     ``rounding`` and ``rd_weight`` are the encoder's own choices (the decoder reconstructs
     q · step whatever they were): rounding 0.5 rounds to the nearest multiple, less widens the
@@ -104,23 +109,30 @@ def encode_with_planes(source: np.ndarray, base: np.ndarray, step: float, roundi
         raise ValueError(f"rounding {rounding} is outside [0, 0.5]")
     if not 0.0 <= rd_weight < math.inf:
         raise ValueError(f"rd_weight {rd_weight} is not a finite number ≥ 0")
-    quotients, lowering_costs = quantise(source, base, step, rounding)
     grid = block_grid(source.shape[0], source.shape[1])
+    _check_detail(detail, grid)
+    quotients, lowering_costs = quantise(source, base, step, rounding)
     if rd_weight:
-        lower_where_cheaper(quotients, lowering_costs, grid, rd_weight)
+        lower_where_cheaper(quotients, lowering_costs, grid, detail, rd_weight)
     del lowering_costs  # 4 bytes a coefficient, not needed by the coding that follows
     encoder = stream.queue.RangeEncoder()
     for channel in range(quotients.shape[0]):
-        encode_channel(encoder, quotients, channel, grid)
+        encode_channel(encoder, quotients, channel, grid, detail)
     words = encoder.get_compressed().astype("<u4").tobytes()
     layer = _LAYER_HEADER.pack(WRITTEN_TRANSFORM, int(step * 16)) + words
     return layer, reconstruct(quotients, base, step) if planes else None
 
 
-def encode(source: np.ndarray, base: np.ndarray, step: float, rounding: float = ROUNDING,
+def encode(source: np.ndarray, base: np.ndarray, step: float, detail: np.ndarray, rounding: float = ROUNDING,
            rd_weight: float = RD_WEIGHT) -> bytes:
     """The DCT layer's bytes alone (see encode_with_planes)."""
-    return encode_with_planes(source, base, step, rounding, rd_weight, planes=False)[0]
+    return encode_with_planes(source, base, step, detail, rounding, rd_weight, planes=False)[0]
+
+
+def _check_detail(detail: np.ndarray, grid: tuple[int, int]) -> None:
+    if detail.shape != (grid[0] * grid[1],) or detail.dtype != np.int32:
+        raise ValueError(f"detail must be int32 ({grid[0] * grid[1]},), one per 8×8 block, "
+                         f"got {detail.dtype} {detail.shape}")
 
 
 def read_layer_header(layer: bytes) -> float:
@@ -139,8 +151,9 @@ def read_layer_header(layer: bytes) -> float:
     return sixteenths / 16
 
 
-def decode(layer: bytes, base: np.ndarray) -> np.ndarray:
+def decode(layer: bytes, base: np.ndarray, detail: np.ndarray) -> np.ndarray:
     """``base`` (uint8 planes) with the DCT layer added: the planes the file decodes to.
+    ``detail`` is the encoder's (see encode_with_planes).
 
     A layer of empty groups is rightly a few bytes for any image size, so no length check
     ties the layer to the size here: the base's payload, decoded first and bounded by its
@@ -150,6 +163,7 @@ def decode(layer: bytes, base: np.ndarray) -> np.ndarray:
     height, width = base.shape[:2]
     channels = 1 if base.ndim == 2 else 3
     grid = block_grid(height, width)
+    _check_detail(detail, grid)
     by_frequency = np.zeros((channels, COEFFICIENTS, grid[0] * grid[1]), dtype=np.int32)  # see decode_channel
     decoder = stream.queue.RangeDecoder(np.frombuffer(layer, dtype="<u4", offset=_LAYER_HEADER.size).astype(np.uint32))
     # As for the payload (codec/index_coder.py): the decoder reads ahead, so only the decoded
@@ -157,7 +171,7 @@ def decode(layer: bytes, base: np.ndarray) -> np.ndarray:
     echo = stream.queue.RangeEncoder()
     with coder_errors("DCT layer"):
         for channel in range(channels):
-            decode_channel(decoder, by_frequency, channel, grid, echo)
+            decode_channel(decoder, by_frequency, channel, grid, detail, echo)
     if not decoder.maybe_exhausted() or echo.get_compressed().astype("<u4").tobytes() != layer[_LAYER_HEADER.size:]:
         raise CorruptBitstreamError("DCT layer is not the stream of its quotients (extra or altered words)")
     return reconstruct(by_frequency.transpose(0, 2, 1), base, step)

@@ -5,7 +5,8 @@ Coding order: channel by channel, each channel's 64 frequencies in zigzag order,
 one frequency the blocks in raster order, split into groups by *activity*: the sum of the
 magnitudes this block coded at the ACTIVITY_SPAN frequencies before (plus, for the second
 and third channel, the first channel's magnitude at this frequency), doubled and added to
-its four neighbour blocks' own, bucketed by powers of two. Each group first sends a flag
+its four neighbour blocks' own, plus the network's own detail around the block (base_detail),
+bucketed by powers of two. Each group first sends a flag
 (EmptyOdds) that says whether it holds only zeros; a group flagged empty sends nothing more,
 as most groups at the higher frequencies are. Otherwise the group's symbols share one
 two-sided geometric distribution, of which the encoder picks one of NUM_LEVELS (the
@@ -54,6 +55,16 @@ DELTA_LEVEL = 38
 # this (the odds follow the frequencies, which empty out as they rise, and the distinct
 # count pairs, each a cached model, stay few).
 FLAG_COUNT_LIMIT = 64
+# The base's detail (base_detail) in each block's activity: the L1 norm of the codewords the
+# network's stages after the first add at the block's latent (one latent per 8×8 block),
+# summed over the 3×3 latents around it, in the index model's integer codeword units (2^-10),
+# less DETAIL_OFFSET, in DETAIL_UNITs, from 0 up. Where the network had to add detail its
+# pixels miss more, most of all at the coarse steps whose quotients are few. Chosen for the
+# shipped model on 14 held-out training photos (experiments/dct_layer/base_detail_probe.py):
+# the layer's bits fell 6.7, 3.6, 0.8 and 0.35 % at steps 100, 64, 32 and 12.5.
+DETAIL_OFFSET = 12_000
+DETAIL_UNIT = 4_000
+DETAIL_PIECE = 1 << 14  # latents per piece of base_detail: its (piece, D) sums stay a few MiB
 
 _ESCAPE_MODEL = stream.model.Uniform(1 << ESCAPE_BITS)
 
@@ -167,13 +178,42 @@ def _with_neighbours(own: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     return total.reshape(own.shape)
 
 
-def _activity_buckets(by_frequency: np.ndarray, channel: int, frequency: int, grid: tuple[int, int]) -> np.ndarray:
-    """Each block's bucket at one (channel, zigzag frequency), from coded quotients only;
-    ``by_frequency`` is (C, 64, blocks), the layout the decoder fills (decode_channel)."""
+def base_detail(codebooks: np.ndarray, indices: np.ndarray, grid: tuple[int, int], stride: int,
+                blocks: tuple[int, int], offset: int = DETAIL_OFFSET, unit: int = DETAIL_UNIT) -> np.ndarray:
+    """Each block's share of its activity from the base, (blocks,) int32, as DETAIL_OFFSET's
+    comment says: ``codebooks`` (S, codes, D) the index model's integer codewords, ``indices``
+    (stages, h·w) the file's on the latent grid ``grid`` of a model of ``stride`` pixels,
+    ``blocks`` the block grid (the same grid at the shipped model's stride of 8; otherwise a
+    block takes the latent at its top-left pixel). Integers only, so every machine gets the
+    same groups. ``offset`` and ``unit`` are for the probe that chose them."""
+    rows, cols = grid
+    norms = np.zeros(rows * cols, dtype=np.int64)
+    for start in range(0, rows * cols, DETAIL_PIECE):
+        piece = slice(start, start + DETAIL_PIECE)
+        added = np.zeros((indices[0, piece].size, codebooks.shape[2]), dtype=np.int64)
+        for stage in range(1, indices.shape[0]):
+            added += codebooks[stage].astype(np.int64)[indices[stage, piece]]
+        norms[piece] = np.abs(added).sum(axis=1)
+    edged = np.pad(norms.reshape(rows, cols), 1, mode="edge")
+    window = sum(edged[dy:dy + rows, dx:dx + cols] for dy in range(3) for dx in range(3))
+    detail = np.maximum(window - offset, 0) // unit
+    if blocks != grid:
+        pixels = np.arange(max(blocks)) * 8 // stride
+        detail = detail[pixels[:blocks[0], None], pixels[None, :blocks[1]]]
+    return detail.astype(np.int32).ravel()
+
+
+def _activity_buckets(by_frequency: np.ndarray, channel: int, frequency: int, grid: tuple[int, int],
+                      detail: np.ndarray) -> np.ndarray:
+    """Each block's bucket at one (channel, zigzag frequency), from coded quotients and the
+    base's ``detail`` only; ``by_frequency`` is (C, 64, blocks), the layout the decoder fills
+    (decode_channel)."""
     activity = np.abs(by_frequency[channel, max(0, frequency - ACTIVITY_SPAN):frequency]).sum(axis=0, dtype=np.int64)
     if channel:
         activity += np.abs(by_frequency[0, frequency])
-    return _bucket_of(_with_neighbours(activity, grid))
+    total = _with_neighbours(activity, grid)
+    total += detail
+    return _bucket_of(total)
 
 
 # Frequencies per piece of _all_buckets: a block's bucket at one frequency depends on a few
@@ -181,7 +221,7 @@ def _activity_buckets(by_frequency: np.ndarray, channel: int, frequency: int, gr
 BUCKET_PIECE = 8
 
 
-def _all_buckets(quotients: np.ndarray, channel: int, grid: tuple[int, int]) -> np.ndarray:
+def _all_buckets(quotients: np.ndarray, channel: int, grid: tuple[int, int], detail: np.ndarray) -> np.ndarray:
     """_activity_buckets for every frequency of a channel at once, (blocks, 64): the encoder
     knows every quotient in advance, the decoder learns them frequency by frequency."""
     buckets = np.empty(quotients.shape[1:], dtype=np.int16)
@@ -195,14 +235,16 @@ def _all_buckets(quotients: np.ndarray, channel: int, grid: tuple[int, int]) -> 
             activity[:, skip:] += magnitudes[:, first - lag - low + skip:first - lag - low + BUCKET_PIECE]
         if channel:
             activity += np.abs(quotients[0, :, first:first + BUCKET_PIECE])
-        buckets[:, first:first + BUCKET_PIECE] = _bucket_of(_with_neighbours(activity, grid))
+        total = _with_neighbours(activity, grid)
+        total += detail[:, None]
+        buckets[:, first:first + BUCKET_PIECE] = _bucket_of(total)
     return buckets
 
 
-def _group_ids(quotients: np.ndarray, channel: int, grid: tuple[int, int]) -> np.ndarray:
+def _group_ids(quotients: np.ndarray, channel: int, grid: tuple[int, int], detail: np.ndarray) -> np.ndarray:
     """Each coefficient's group, frequency · BUCKETS + bucket, (blocks, 64) int16: small
     integers, which numpy's stable argsort orders by radix sort, in linear time."""
-    buckets = _all_buckets(quotients, channel, grid)
+    buckets = _all_buckets(quotients, channel, grid, detail)
     buckets += np.arange(COEFFICIENTS, dtype=np.int16) * np.int16(BUCKETS)
     return buckets
 
@@ -230,20 +272,20 @@ def _to_symbols(quotients: np.ndarray) -> np.ndarray:
     return symbols
 
 
-def channel_tables(quotients: np.ndarray, channel: int,
-                   grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def channel_tables(quotients: np.ndarray, channel: int, grid: tuple[int, int],
+                   detail: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One channel's coefficients as the coder sees them, in raster order of blocks then
     frequency: each one's group and symbol, and each group's cheapest level."""
-    groups = _group_ids(quotients, channel, grid).ravel()
+    groups = _group_ids(quotients, channel, grid, detail).ravel()
     symbols = _to_symbols(quotients[channel].ravel())
     return groups, symbols, _cheapest_levels(groups, symbols)
 
 
-def _channel_groups(quotients: np.ndarray, channel: int,
-                    grid: tuple[int, int]) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+def _channel_groups(quotients: np.ndarray, channel: int, grid: tuple[int, int],
+                    detail: np.ndarray) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
     """One channel's coded groups in the decoder's order (frequency, then bucket, then block):
     each group's bucket, cheapest level, symbols and escaped excesses (int32)."""
-    groups, all_symbols, levels = channel_tables(quotients, channel, grid)
+    groups, all_symbols, levels = channel_tables(quotients, channel, grid, detail)
     groups, all_symbols = groups.reshape(-1, COEFFICIENTS), all_symbols.reshape(-1, COEFFICIENTS)
     # A frequency at a time (its groups are consecutive): a stable sort of its column keeps
     # the blocks of a group in raster order, with temporaries a column's size, not the channel's.
@@ -265,11 +307,12 @@ def _channel_groups(quotients: np.ndarray, channel: int,
 
 
 def encode_channel(encoder: stream.queue.RangeEncoder, quotients: np.ndarray, channel: int,
-                   grid: tuple[int, int]) -> None:
-    """Append one channel's quotients (quotients[channel], (blocks, 64)) to ``encoder``."""
+                   grid: tuple[int, int], detail: np.ndarray) -> None:
+    """Append one channel's quotients (quotients[channel], (blocks, 64)) to ``encoder``, with
+    the base's ``detail`` (base_detail) in their activity."""
     _, models = level_tables()
     predictor, odds = LevelPredictor(), EmptyOdds()
-    for bucket, level, symbols, escaped in _channel_groups(quotients, channel, grid):
+    for bucket, level, symbols, escaped in _channel_groups(quotients, channel, grid, detail):
         empty = not np.any(symbols != MAX_DIRECT)  # the symbol of a zero quotient
         encoder.encode(np.array([empty], dtype=np.int32), odds.model(bucket))
         odds.saw(bucket, empty)
@@ -283,7 +326,7 @@ def encode_channel(encoder: stream.queue.RangeEncoder, quotients: np.ndarray, ch
 
 
 def decode_channel(decoder: stream.queue.RangeDecoder, by_frequency: np.ndarray, channel: int,
-                   grid: tuple[int, int], echo: stream.queue.RangeEncoder) -> None:
+                   grid: tuple[int, int], detail: np.ndarray, echo: stream.queue.RangeEncoder) -> None:
     """Inverse of encode_channel: fill by_frequency[channel] (zeros on entry), frequency by
     frequency, from what the earlier frequencies and channels decoded to. The quotients are
     held frequency-major, (C, 64, blocks), the transpose of the encoder's (C, blocks, 64):
@@ -293,7 +336,7 @@ def decode_channel(decoder: stream.queue.RangeDecoder, by_frequency: np.ndarray,
     _, models = level_tables()
     predictor, odds = LevelPredictor(), EmptyOdds()
     for frequency in range(COEFFICIENTS):
-        buckets = _activity_buckets(by_frequency, channel, frequency, grid)
+        buckets = _activity_buckets(by_frequency, channel, frequency, grid, detail)
         # Blocks by bucket, raster order within each (a stable sort of small integers).
         order = np.argsort(buckets, kind="stable")
         ends = np.cumsum(np.bincount(buckets, minlength=BUCKETS))

@@ -19,6 +19,8 @@ import torch
 from PIL import Image
 
 from diveq_codec.codec import container, dct_layer, index_coder, index_costs
+from diveq_codec.codec.dct_layer_coding import base_detail
+from diveq_codec.codec.dct_transform import block_grid
 from diveq_codec.codec.errors import CodecError, CorruptBitstreamError, InputError, WeightsError
 from diveq_codec.codec.image_io import (
     SourceImage,
@@ -188,6 +190,14 @@ def choose_indices(loaded: LoadedModel, point: RatePoint, effort: int | None,
     return model.encode_indices(x, point.stages, dtype=exact, recost=recost, **search)
 
 
+def layer_detail(loaded: LoadedModel, indices: np.ndarray, grid: tuple[int, int], height: int,
+                 width: int) -> np.ndarray:
+    """The base's detail per 8×8 block, which the DCT layer's contexts take (see
+    dct_layer_coding.base_detail), from the file's ``indices`` (stages, h·w) on ``grid``."""
+    return base_detail(loaded.require_index_model().codebooks, indices, grid, loaded.model.stride,
+                       block_grid(height, width))
+
+
 def _encode(source: SourceImage, point: RatePoint, device: str, effort: int | None,
             reconstruct: bool) -> tuple[bytes, np.ndarray | None]:
     """(the file, and with ``reconstruct`` the RGB planes it decodes to: the encoder already
@@ -214,8 +224,9 @@ def _encode_with(loaded: LoadedModel, source: SourceImage, point: RatePoint, eff
         rgb = tensor_to_pixels(model.decode_indices(indices, (grid_h, grid_w), height, width))
         _return_freed_memory(height * width)
     if point.layer_step is not None:
+        detail = layer_detail(loaded, indices.cpu().numpy(), (grid_h, grid_w), height, width)
         layer, planes = dct_layer.encode_with_planes(source_planes(source), decoded_planes(rgb, source.mode),
-                                                     point.layer_step, planes=reconstruct)
+                                                     point.layer_step, detail, planes=reconstruct)
         if planes is not None:
             rgb = _as_rgb(planes)
     alpha = alpha_to_bytes(source.alpha) if source.alpha is not None else b""
@@ -274,7 +285,8 @@ def decode_detailed(data: bytes, device: str = "auto") -> Decoded:
 def _decode_with(loaded: LoadedModel, parsed: container.Container) -> Decoded:
     header, model = parsed.header, loaded.model
     count = header.latent_h * header.latent_w
-    indices = index_coder.decode_indices(parsed.payload, loaded.require_index_model(), header.stages, count, header.latent_w)
+    indices = index_coder.decode_indices(parsed.payload, loaded.require_index_model(), header.stages, count,
+                                         header.latent_w)
     alpha = alpha_from_bytes(parsed.alpha, header.width, header.height) if parsed.alpha else None
     device_type = next(model.parameters()).device.type
     x_hat = model.decode_indices(torch.from_numpy(indices).to(device_type), (header.latent_h, header.latent_w),
@@ -284,7 +296,8 @@ def _decode_with(loaded: LoadedModel, parsed: container.Container) -> Decoded:
     del x_hat  # 12 bytes a pixel, not needed by the layer that follows
     _return_freed_memory(header.height * header.width)
     if parsed.layer:
-        rgb = _as_rgb(dct_layer.decode(parsed.layer, decoded_planes(rgb, mode)))
+        detail = layer_detail(loaded, indices, (header.latent_h, header.latent_w), header.height, header.width)
+        rgb = _as_rgb(dct_layer.decode(parsed.layer, decoded_planes(rgb, mode), detail))
     return Decoded(restore_image(rgb, alpha, mode), indices, header)
 
 

@@ -2,9 +2,10 @@
 
 ``python scripts/encode_profile.py IMAGE_DIR [-q QUALITY] [--effort E]`` runs the steps of
 ``diveq_codec.codec.pipeline.encode_source`` one by one on every image (after one warm-up encode) and
-prints the mean seconds per image of each: float32 analysis, codeword search with decision
-gaps, float64 re-decision of the unsure latents, entropy coding, and at a rate point with a
-DCT layer the base's synthesis and the layer. It checks that the parts give the same
+prints the mean seconds per image of each: the float32 analysis (timed on its own), the
+search (pipeline.choose_indices less one analysis: the static tables' search, the rounds
+that charge the index model's costs, and the float64 re-decisions), entropy coding, and at
+a rate point with a DCT layer the base's synthesis and the layer. It checks that the parts give the same
 payload and layer as the encoder itself, so it times the real path.
 """
 
@@ -19,14 +20,19 @@ import torch
 from diveq_codec.codec import container, dct_layer, index_coder
 from diveq_codec.codec.cli.allocator import keep_freed_memory
 from diveq_codec.codec.image_io import read_image
-from diveq_codec.codec.pipeline import decoded_planes, encode_source, image_to_tensor, source_planes, tensor_to_pixels
-from diveq_codec.codec.release.rate_weights import exact_search_beam
+from diveq_codec.codec.pipeline import (
+    choose_indices,
+    decoded_planes,
+    encode_source,
+    image_to_tensor,
+    layer_detail,
+    source_planes,
+    tensor_to_pixels,
+)
 from diveq_codec.codec.zoo import load_model, resolve_quality
-from diveq_codec.models import tiling
-from diveq_codec.models.autoencoder import search_options, unsure_choices
 from diveq_codec.models.data import list_images
 
-NETWORK_PARTS = ("analysis", "search", "re-decision", "entropy coding")
+NETWORK_PARTS = ("analysis", "search", "entropy coding")
 LAYER_PARTS = ("synthesis", "DCT layer")
 
 
@@ -37,53 +43,44 @@ def main() -> None:
     parser.add_argument("--effort", type=int, default=None, help="the encoder's effort (default 1)")
     args = parser.parse_args()
     keep_freed_memory()  # as the command line does, so the parts add up to its encode time
-    beam = exact_search_beam(args.effort)
     point = resolve_quality(args.quality)
     loaded = load_model(point.model_id, "cpu")
     model = loaded.model
-    rate = loaded.rate_costs(point.rate_weight)
-    search = search_options(rate, beam)
     sources = [read_image(path.read_bytes(), str(path)) for path in list_images(args.folder)]
     encode_source(sources[0], point.quality, "cpu", args.effort)
     parts = NETWORK_PARTS + (LAYER_PARTS if point.layer_step is not None else ())
     totals = dict.fromkeys(parts, 0.0)
-    unsure_count = 0
     with torch.no_grad():
         for source in sources:
             x = image_to_tensor(source.rgb, "cpu")
             start = time.perf_counter()
-            latent = model.analyse(model.analysis, x)
-            _, _, _, width = latent.shape
-            vectors = model.to_vectors(latent)
-            analysed = time.perf_counter()
-            indices, gaps = tiling.chunked_indices_and_gaps(model.quantizer, vectors, point.stages, **search)
+            # the analysis, then the search (the rounds and re-decisions included)
+            indices, grid = choose_indices(loaded, point, args.effort, x)
             searched = time.perf_counter()
-            unsure = torch.nonzero(unsure_choices(vectors, gaps)).squeeze(1)
-            if unsure.numel():
-                cells = torch.stack([unsure // width, unsure % width], dim=1)
-                exact = tiling.analysis_at(model.float64_analysis(), x, model.stride, cells)
-                indices[:, unsure] = model.quantizer.indices(exact, point.stages, **search)
-            redecided = time.perf_counter()
-            payload = index_coder.encode_indices(indices.numpy(), loaded.require_index_model(), width)
+            model.analyse(model.analysis, x)  # once more on its own, warm as the first was not
+            analysis = time.perf_counter() - searched
+            coding = time.perf_counter()
+            payload = index_coder.encode_indices(indices.numpy(), loaded.require_index_model(), grid[1])
             coded = time.perf_counter()
-            times = [analysed - start, searched - analysed, redecided - searched, coded - redecided]
+            times = [analysis, searched - start - analysis, coded - coding]
             layer = b""
             if point.layer_step is not None:
-                base = model.decode_indices(indices, (latent.shape[2], width), *source.rgb.shape[:2])
+                height, width = source.rgb.shape[:2]
+                base = model.decode_indices(indices, grid, height, width)
                 synthesised = time.perf_counter()
+                detail = layer_detail(loaded, indices.numpy(), grid, height, width)
                 layer = dct_layer.encode(source_planes(source), decoded_planes(tensor_to_pixels(base), source.mode),
-                                         point.layer_step)
+                                         point.layer_step, detail)
                 times += [synthesised - coded, time.perf_counter() - synthesised]
             parsed = container.unpack(encode_source(source, point.quality, "cpu", args.effort))
             if (payload, layer) != (parsed.payload, parsed.layer):
                 raise SystemExit("the parts do not give the encoder's payload: this script is out of date")
-            unsure_count += unsure.numel()
             for part, seconds in zip(parts, times):
                 totals[part] += seconds
     count = len(sources)
     print(f"quality {point.quality}, effort {args.effort or 1}, {count} images of {args.folder}, seconds per image: "
           + ", ".join(f"{part} {seconds / count:.3f}" for part, seconds in totals.items())
-          + f"; total {sum(totals.values()) / count:.3f}; {unsure_count / count:.1f} latents re-decided per image")
+          + f"; total {sum(totals.values()) / count:.3f}")
 
 
 if __name__ == "__main__":

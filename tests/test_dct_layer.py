@@ -22,18 +22,30 @@ from diveq_codec.codec.pipeline import (
     encode,
     encode_at_point,
     encode_with_report,
+    layer_detail,
 )
-from diveq_codec.codec.zoo import rate_points, resolve_quality
+from diveq_codec.codec.zoo import load_model, rate_points, resolve_quality
 
 
-def _photo_and_base(path: Path, quality: int = 4) -> tuple[np.ndarray, np.ndarray]:
+def _photo_and_base(path: Path, quality: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A photo, the network's decode of it and the base's detail the layer's contexts take."""
     rgb = np.asarray(Image.open(path).convert("RGB"))
-    return rgb, np.asarray(decode(encode(Image.fromarray(rgb), quality=quality, device="cpu"), "cpu"))
+    decoded = decode_detailed(encode(Image.fromarray(rgb), quality=quality, device="cpu"), "cpu")
+    head = decoded.header
+    detail = layer_detail(load_model(head.model_id, "cpu"), decoded.indices, (head.latent_h, head.latent_w),
+                          head.height, head.width)
+    return rgb, np.asarray(decoded.image), detail
 
 
 @pytest.fixture(scope="module")
-def photo_and_base() -> tuple[np.ndarray, np.ndarray]:
+def photo_and_base() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return _photo_and_base(Path(__file__).resolve().parents[1] / "samples" / "parrots.png")
+
+
+def _no_detail(planes: np.ndarray) -> np.ndarray:
+    """The detail of a base without any: every block's 0."""
+    rows, cols = dct_transform.block_grid(*planes.shape[:2])
+    return np.zeros(rows * cols, dtype=np.int32)
 
 
 def _expected(source: np.ndarray, base: np.ndarray, step: float,
@@ -63,10 +75,10 @@ def _expected(source: np.ndarray, base: np.ndarray, step: float,
 @pytest.mark.parametrize(("step", "rounding"), [(2.0, 0.5), (12.5, dct_layer.ROUNDING), (40.0, 0.1)])
 def test_the_layer_decodes_to_the_quantised_dct_of_the_difference(photo_and_base, step: float,
                                                                   rounding: float) -> None:
-    source, base = photo_and_base
-    layer = dct_layer.encode(source, base, step, rounding, rd_weight=0.0)
+    source, base, detail = photo_and_base
+    layer = dct_layer.encode(source, base, step, detail, rounding, rd_weight=0.0)
     assert layer[0] == dct_layer.WRITTEN_TRANSFORM and int.from_bytes(layer[1:3], "little") == step * 16
-    decoded = dct_layer.decode(layer, base)
+    decoded = dct_layer.decode(layer, base, detail)
     expected = _expected(source, base, step, rounding)
     # The same quotients on both sides; the float transforms may round a pixel on a .5 tie differently.
     assert np.abs(decoded.astype(int) - expected).max() <= 1
@@ -80,17 +92,18 @@ def test_images_taller_than_a_strip_are_coded_as_one(shape: tuple[int, ...]) -> 
     rng = np.random.default_rng(6)
     source = rng.integers(0, 256, shape, dtype=np.uint8)
     base = np.clip(source.astype(int) + rng.integers(-9, 10, shape), 0, 255).astype(np.uint8)
-    decoded = dct_layer.decode(dct_layer.encode(source, base, 3.0, rd_weight=0.0), base)
+    detail = _no_detail(base)
+    decoded = dct_layer.decode(dct_layer.encode(source, base, 3.0, detail, rd_weight=0.0), base, detail)
     assert (decoded != _expected(source, base, 3.0)).mean() < 1e-4
 
 
 def test_finer_steps_cost_more_bits_and_give_more_db(photo_and_base) -> None:
-    source, base = photo_and_base
+    source, base, detail = photo_and_base
     sizes, gains = [], []
     for step in (32.0, 12.0, 4.0):
-        layer = dct_layer.encode(source, base, step)
+        layer = dct_layer.encode(source, base, step, detail)
         sizes.append(len(layer))
-        gains.append(psnr(source, dct_layer.decode(layer, base)))
+        gains.append(psnr(source, dct_layer.decode(layer, base, detail)))
     assert sizes[0] < sizes[1] < sizes[2]
     assert psnr(source, base) < gains[0] < gains[1] < gains[2]
 
@@ -99,21 +112,22 @@ def test_a_layer_of_empty_groups_is_a_few_bytes_and_decodes_to_the_base() -> Non
     """Where the difference quantises to nothing, the layer sends one cheap flag a group."""
     rng = np.random.default_rng(3)
     base = rng.integers(0, 256, (512, 768, 3), dtype=np.uint8)
-    layer = dct_layer.encode(base, base, 16.0)
+    detail = _no_detail(base)
+    layer = dct_layer.encode(base, base, 16.0, detail)
     assert len(layer) < 64
-    assert np.array_equal(dct_layer.decode(layer, base), base)
+    assert np.array_equal(dct_layer.decode(layer, base, detail), base)
 
 
 def test_the_shipped_quantiser_beats_nearest_rounding_at_equal_rate(photo_and_base) -> None:
     """The encoder's quantiser is its own choice: every setting decodes, a wider dead zone
     zeroes more coefficients, and the shipped one (a dead zone, then the rate–distortion
     pass) writes fewer bytes for more dB than nearest rounding or a plain dead zone here too."""
-    source, base = photo_and_base
+    source, base, detail = photo_and_base
     results = {}
     for setting in ((0.5, 0.0), (0.32, 0.0), (dct_layer.ROUNDING, dct_layer.RD_WEIGHT), (0.0, 0.0)):
         for step in (10.0, 12.0, 16.0):
-            layer = dct_layer.encode(source, base, step, setting[0], rd_weight=setting[1])
-            results[setting, step] = (len(layer), psnr(source, dct_layer.decode(layer, base)))
+            layer = dct_layer.encode(source, base, step, detail, setting[0], rd_weight=setting[1])
+            results[setting, step] = (len(layer), psnr(source, dct_layer.decode(layer, base, detail)))
     shipped = (dct_layer.ROUNDING, dct_layer.RD_WEIGHT)
     assert results[(0.0, 0.0), 16.0][0] < results[shipped, 16.0][0] < results[(0.5, 0.0), 16.0][0]
     for other in (results[(0.5, 0.0), 12.0], results[(0.32, 0.0), 10.0]):
@@ -121,50 +135,52 @@ def test_the_shipped_quantiser_beats_nearest_rounding_at_equal_rate(photo_and_ba
 
 
 def test_the_rate_distortion_pass_only_moves_quotients_one_towards_zero(photo_and_base) -> None:
-    source, base = photo_and_base
+    source, base, detail = photo_and_base
     grid = dct_transform.block_grid(*source.shape[:2])
     before, lowering_costs = dct_transform.quantise(source, base, 6.0, 0.5)
     after = before.copy()
-    dct_layer.lower_where_cheaper(after, lowering_costs, grid, 1.0)
+    dct_layer.lower_where_cheaper(after, lowering_costs, grid, detail, 1.0)
     moved = after != before
     assert moved.any() and np.all(np.abs(after[moved]) == np.abs(before[moved]) - 1)
     assert np.all(np.sign(after[moved]) * np.sign(before[moved]) >= 0)
     # It pays for itself: fewer bytes than the same dead zone without it.
-    assert len(dct_layer.encode(source, base, 6.0, 0.5, rd_weight=1.0)) < len(
-        dct_layer.encode(source, base, 6.0, 0.5, rd_weight=0.0))
+    assert len(dct_layer.encode(source, base, 6.0, detail, 0.5, rd_weight=1.0)) < len(
+        dct_layer.encode(source, base, 6.0, detail, 0.5, rd_weight=0.0))
 
 
 @pytest.mark.parametrize("weight", [-1.0, float("inf"), float("nan")])
 def test_encode_refuses_a_meaningless_rate_distortion_weight(photo_and_base, weight: float) -> None:
-    source, base = photo_and_base
+    source, base, detail = photo_and_base
     with pytest.raises(ValueError, match="rd_weight"):
-        dct_layer.encode(source, base, 8.0, rd_weight=weight)
+        dct_layer.encode(source, base, 8.0, detail, rd_weight=weight)
 
 
 @pytest.mark.parametrize("rounding", [-0.1, 0.51, float("nan")])
 def test_encode_refuses_a_rounding_outside_the_dead_zone_range(photo_and_base, rounding: float) -> None:
-    source, base = photo_and_base
+    source, base, detail = photo_and_base
     with pytest.raises(ValueError, match="rounding"):
-        dct_layer.encode(source, base, 8.0, rounding)
+        dct_layer.encode(source, base, 8.0, detail, rounding)
 
 
 def test_the_smallest_step_is_lossless_through_the_escape_code() -> None:
     rng = np.random.default_rng(3)
     source = rng.integers(0, 256, (21, 19, 3), dtype=np.uint8)  # noise: every quotient large, most escaped
     base = np.full_like(source, 128)
-    layer = dct_layer.encode(source, base, 0.25)
-    assert np.array_equal(dct_layer.decode(layer, base), source)
+    detail = _no_detail(base)
+    layer = dct_layer.encode(source, base, 0.25, detail)
+    assert np.array_equal(dct_layer.decode(layer, base, detail), source)
 
 
 def test_gray_planes_and_one_pixel_images() -> None:
     rng = np.random.default_rng(4)
     gray = rng.integers(0, 256, (13, 30), dtype=np.uint8)
     base = np.clip(gray.astype(int) + rng.integers(-20, 21, gray.shape), 0, 255).astype(np.uint8)
-    decoded = dct_layer.decode(dct_layer.encode(gray, base, 3.0), base)
+    detail = _no_detail(base)
+    decoded = dct_layer.decode(dct_layer.encode(gray, base, 3.0, detail), base, detail)
     assert decoded.shape == gray.shape and psnr(gray, decoded) > psnr(gray, base) + 6
     one = np.array([[[10, 200, 30]]], dtype=np.uint8)
-    assert np.array_equal(dct_layer.decode(dct_layer.encode(one, np.zeros_like(one), 0.25),
-                                                np.zeros_like(one)), one)
+    assert np.array_equal(dct_layer.decode(dct_layer.encode(one, np.zeros_like(one), 0.25, _no_detail(one)),
+                                           np.zeros_like(one), _no_detail(one)), one)
 
 
 def test_the_level_tables_are_the_same_integers_everywhere() -> None:
@@ -177,9 +193,62 @@ def test_the_level_tables_are_the_same_integers_everywhere() -> None:
 
 @pytest.mark.parametrize("step", [0.0, 0.2, 1.03, 4096.0, -1.0, float("inf"), float("nan")])
 def test_encode_refuses_steps_a_layer_cannot_hold(photo_and_base, step: float) -> None:
-    source, base = photo_and_base
+    source, base, detail = photo_and_base
     with pytest.raises(ValueError, match="step"):
-        dct_layer.encode(source, base, step)
+        dct_layer.encode(source, base, step, detail)
+
+
+def test_the_base_detail_is_the_later_codewords_l1_norm_around_each_block() -> None:
+    """base_detail by its definition, computed here with loops: the L1 norm of the integer
+    codewords of the stages after the first at each latent, summed over the 3×3 latents
+    around it (edges repeated), less the offset, in units, from 0 up."""
+    codebooks = load_model(resolve_quality(5).model_id, "cpu").require_index_model().codebooks
+    rng = np.random.default_rng(8)
+    rows, cols = 5, 7
+    indices = rng.integers(0, codebooks.shape[1], (3, rows * cols))
+    detail = dct_layer_coding.base_detail(codebooks, indices, (rows, cols), 8, (rows, cols), offset=900, unit=700)
+    norms = np.abs(codebooks[1][indices[1]] + codebooks[2][indices[2]]).sum(axis=1).reshape(rows, cols)
+    for y in range(rows):
+        for x in range(cols):
+            window = sum(norms[min(max(y + dy, 0), rows - 1), min(max(x + dx, 0), cols - 1)]
+                         for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+            assert detail[y * cols + x] == max(window - 900, 0) // 700
+    assert detail.dtype == np.int32 and detail.max() > 0
+    # A model of stride 16: each 8×8 block takes the latent at its top-left pixel.
+    coarse = dct_layer_coding.base_detail(codebooks, indices, (rows, cols), 16, (2 * rows - 1, 2 * cols), 900, 700)
+    assert np.array_equal(coarse.reshape(2 * rows - 1, 2 * cols),
+                          detail.reshape(rows, cols).repeat(2, axis=0).repeat(2, axis=1)[: 2 * rows - 1])
+
+
+def test_the_decoder_needs_the_encoders_detail(photo_and_base) -> None:
+    """The detail chooses the groups, so it is part of the stream: the same layer read with
+    no detail is refused or decodes to other pixels, and with it decodes to what was coded."""
+    source, base, detail = photo_and_base
+    assert detail.max() > 0
+    layer = dct_layer.encode(source, base, 64.0, detail)
+    assert np.array_equal(dct_layer.decode(layer, base, detail), dct_layer.encode_with_planes(source, base, 64.0,
+                                                                                              detail)[1])
+    try:
+        assert not np.array_equal(dct_layer.decode(layer, base, _no_detail(base)), dct_layer.decode(layer, base, detail))
+    except CorruptBitstreamError:
+        pass
+    with pytest.raises(ValueError, match="one per 8×8 block"):
+        dct_layer.encode(source, base, 64.0, detail[1:])
+
+
+def test_the_detail_saves_layer_bits_at_the_coarse_steps(parrots_path: Path) -> None:
+    """At the first layer point's step, on a 3-stage base as the zoo codes it, the detail
+    in the contexts codes the sample photo's layer in fewer bytes than none."""
+    point = resolve_quality(_layer_quality())
+    source = read_image(parrots_path.read_bytes(), str(parrots_path))
+    decoded = decode_detailed(encode_at_point(source, replace(point, layer_step=None), "cpu"), "cpu")
+    planes, base = np.asarray(Image.open(parrots_path).convert("RGB")), np.asarray(decoded.image.convert("RGB"))
+    head = decoded.header
+    detail = layer_detail(load_model(point.model_id, "cpu"), decoded.indices, (head.latent_h, head.latent_w),
+                          head.height, head.width)
+    with_detail = len(dct_layer.encode(planes, base, point.layer_step, detail))
+    without = len(dct_layer.encode(planes, base, point.layer_step, _no_detail(base)))
+    assert with_detail < without
 
 
 def _damaged(layer: bytes) -> dict[str, bytes]:
@@ -199,21 +268,21 @@ def _damaged(layer: bytes) -> dict[str, bytes]:
 
 @pytest.mark.parametrize("case", list(_damaged(b"\x03\x40\x00" + b"\x00" * 8)))
 def test_a_damaged_layer_is_one_error(photo_and_base, case: str) -> None:
-    source, base = photo_and_base
-    layer = _damaged(dct_layer.encode(source, base, 8.0))[case]
+    source, base, detail = photo_and_base
+    layer = _damaged(dct_layer.encode(source, base, 8.0, detail))[case]
     with pytest.raises(CorruptBitstreamError):
-        dct_layer.decode(layer, base)
+        dct_layer.decode(layer, base, detail)
 
 
 @pytest.mark.parametrize("transform", dct_layer.DEVELOPMENT_TRANSFORMS)
 def test_a_development_builds_transform_is_refused_as_such(transform: int) -> None:
-    """Transforms 1 and 2 were written only by builds before the first release: refused
+    """Transforms 1 to 3 were written only by builds before the first release: refused
     (exit 3) with what they are and what to do, before any decoding."""
     base = np.zeros((8000, 8000, 3), dtype=np.uint8)
     layer = bytes([transform]) + b"\x40\x00" + b"\x00" * 64
     message = (f"made by a development build of diveq-codec before the first release (DCT-layer transform "
                f"{transform}); encode the image again")
-    for read in (dct_layer.read_layer_header, lambda data: dct_layer.decode(data, base)):
+    for read in (dct_layer.read_layer_header, lambda data: dct_layer.decode(data, base, _no_detail(base))):
         with pytest.raises(UnsupportedVersionError) as info:
             read(layer)
         assert str(info.value) == message and info.value.exit_code == 3
@@ -352,7 +421,7 @@ def test_a_word_appended_to_a_stream_is_refused(parrots_path: Path, part: str) -
 @pytest.mark.parametrize("transform", dct_layer.DEVELOPMENT_TRANSFORMS)
 def test_a_file_with_a_development_builds_layer_exits_3(parrots_path: Path, tmp_path: Path,
                                                         capsys: pytest.CaptureFixture[str], transform: int) -> None:
-    """A real layered file whose layer says transform 1 or 2 (CRC fixed, as a development
+    """A real layered file whose layer says transform 1, 2 or 3 (CRC fixed, as a development
     build would have written it): the CLI refuses it in one line with exit 3."""
     import fuzzing
 

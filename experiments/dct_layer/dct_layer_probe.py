@@ -28,7 +28,7 @@ from PIL import Image
 
 from diveq_codec.codec import container, dct_layer, pipeline
 from diveq_codec.codec.metrics import bits_per_pixel, psnr
-from diveq_codec.codec.zoo import RatePoint, network_rate_points
+from diveq_codec.codec.zoo import RatePoint, load_model, network_rate_points
 from diveq_codec.models.data import list_images, load_rgb
 
 Setting = tuple[float, float]  # the layer encoder's (rounding offset, rate–distortion weight)
@@ -78,15 +78,19 @@ def measure(paths: list[Path], bases: dict[str, RatePoint], settings: list[Setti
         image = Image.fromarray(rgb, "RGB")
         for label, point in bases.items():
             data = pipeline.encode_at_point(image, point, device="cpu")
-            base = np.asarray(pipeline.decode(data, "cpu"))
+            decoded = pipeline.decode_detailed(data, "cpu")
+            base = np.asarray(decoded.image)
+            head = decoded.header
+            detail = pipeline.layer_detail(load_model(point.model_id, "cpu"), decoded.indices,
+                                           (head.latent_h, head.latent_w), height, width)
             alone.setdefault(label, []).append((bits_per_pixel(len(data), width, height), psnr(rgb, base)))
             for setting in settings:
                 for step in steps:
-                    layer = dct_layer.encode(rgb, base, step, rounding=setting[0], rd_weight=setting[1])
-                    decoded = dct_layer.decode(layer, base)
+                    layer = dct_layer.encode(rgb, base, step, detail, rounding=setting[0], rd_weight=setting[1])
+                    lifted = dct_layer.decode(layer, base, detail)
                     size = len(data) + extra + len(layer)
                     results.setdefault((label, setting, step), []).append(
-                        (bits_per_pixel(size, width, height), min(psnr(rgb, decoded), 60.0)))
+                        (bits_per_pixel(size, width, height), min(psnr(rgb, lifted), 60.0)))
     return alone, results
 
 
