@@ -30,6 +30,13 @@ TABLE_PRECISION = container.TABLE_PRECISION
 # one unit per symbol, and rounding).
 COST_FLOOR_SLACK = 4.0 / 2**TABLE_PRECISION
 _MODEL = stream.model.Categorical(perfect=False)  # probabilities given per symbol
+# The fewest payload bytes a file of this many pixels may have (rounded up to whole words):
+# decoding costs about a second per megapixel whatever the payload holds, and the cheapest
+# symbols cost 0.044 bits each, so without a floor 6 KB could declare 50 megapixels of work.
+# At one byte per 1,024 pixels a file pays about a millisecond of decoding per byte at
+# worst. Photos need far more (Kodak's smallest files 0.03 bpp, 4 times the floor); a payload
+# that would be shorter, a flat image's, is padded with zero words.
+PIXELS_PER_PAYLOAD_BYTE = 1024
 # Rows of latents whose previous-stage terms are computed at once: bounds the memory of a
 # large image's coding (a strip of a 7,071-pixel-wide image is 884 × 64 × 8 float64 bytes a row).
 STRIP_ROWS = 64
@@ -118,8 +125,14 @@ class StageCoding:
         self.counts.coded(contexts, symbols)
 
 
-def encode_indices(indices: np.ndarray, model: IndexModel, width: int) -> bytes:
-    """Code ``indices`` (stages, h·w, raster order); ``width`` is the latent grid's width."""
+def min_payload_bytes(pixels: int) -> int:
+    """The shortest payload a file of ``pixels`` pixels may have: PIXELS_PER_PAYLOAD_BYTE's comment."""
+    return 4 * -(-pixels // (4 * PIXELS_PER_PAYLOAD_BYTE))
+
+
+def encode_indices(indices: np.ndarray, model: IndexModel, width: int, min_bytes: int = 0) -> bytes:
+    """Code ``indices`` (stages, h·w, raster order); ``width`` is the latent grid's width. A
+    stream shorter than ``min_bytes`` (whole words) is padded with zero words to that length."""
     stages, count = indices.shape
     if not 1 <= stages <= len(model.stages):
         raise ValueError(f"{stages} index rows but the index model has {len(model.stages)} stages")
@@ -142,7 +155,13 @@ def encode_indices(indices: np.ndarray, model: IndexModel, width: int) -> bytes:
             terms = None if adaptive[0] is None else np.concatenate(adaptive)
             encoder.encode(np.ascontiguousarray(maps[m, all_rows, all_cols], dtype=np.int32), _MODEL,
                            coding.frequencies_of(all_rows, all_cols, terms))
-    return encoder.get_compressed().astype("<u4").tobytes()
+    return _padded(encoder.get_compressed().astype("<u4").tobytes(), min_bytes)
+
+
+def _padded(words: bytes, min_bytes: int) -> bytes:
+    if min_bytes % 4:
+        raise ValueError(f"a payload's least length {min_bytes} is not whole words")
+    return words + bytes(max(0, min_bytes - len(words)))
 
 
 def min_payload_bits(model: IndexModel, stages: int, count: int) -> float:
@@ -152,15 +171,20 @@ def min_payload_bits(model: IndexModel, stages: int, count: int) -> float:
     return float(stages * count * -np.log2(p_max))
 
 
-def decode_indices(payload: bytes, model: IndexModel, stages: int, count: int, width: int) -> np.ndarray:
+def decode_indices(payload: bytes, model: IndexModel, stages: int, count: int, width: int,
+                   min_bytes: int = 0) -> np.ndarray:
     """Inverse of :func:`encode_indices` for exactly ``stages × count`` symbols (stages, count).
 
     A range decoder reads garbage without complaint, so the container's CRC is the real
-    integrity check; here the decoder also insists that the payload can hold the declared
-    symbols and is exactly the stream the encoder writes for them.
+    integrity check; here the decoder also insists that the payload is at least ``min_bytes``
+    long, can hold the declared symbols, and is exactly the stream the encoder writes for
+    them (padded to ``min_bytes`` as it pads).
     """
     if len(payload) == 0 or len(payload) % 4:
         raise CorruptBitstreamError("entropy-coded payload length is not a whole number of 32-bit words")
+    if len(payload) < min_bytes:
+        raise CorruptBitstreamError(f"entropy-coded payload of {len(payload)} bytes is shorter than the "
+                                    f"{min_bytes} bytes the image's size requires")
     if not 1 <= stages <= len(model.stages):
         raise CorruptBitstreamError(f"file declares {stages} stages; the index model codes 1 to {len(model.stages)}")
     if width < 1 or count % width:
@@ -193,6 +217,6 @@ def decode_indices(payload: bytes, model: IndexModel, stages: int, count: int, w
                 coding.coded(row, cols, symbols, contexts)
     # The range decoder reads ahead, so a word appended to (or altered at the end of) a valid
     # stream can decode to the same symbols; a file must hold exactly what encode writes.
-    if not decoder.maybe_exhausted() or echo.get_compressed().astype("<u4").tobytes() != payload:
+    if _padded(echo.get_compressed().astype("<u4").tobytes(), min_bytes) != payload:
         raise CorruptBitstreamError("entropy-coded payload is not the stream of its symbols (extra or altered words)")
     return maps.reshape(stages, count).astype(np.int64)

@@ -216,7 +216,8 @@ def _encode_with(loaded: LoadedModel, source: SourceImage, point: RatePoint, eff
     x = image_to_tensor(source.rgb, next(model.parameters()).device.type)
     indices, (grid_h, grid_w) = choose_indices(loaded, point, effort, x)
     del x  # 12 bytes a pixel, not needed by the synthesis and the layer that follow
-    payload = index_coder.encode_indices(indices.cpu().numpy(), index_model, grid_w)
+    payload = index_coder.encode_indices(indices.cpu().numpy(), index_model, grid_w,
+                                         index_coder.min_payload_bytes(width * height))
     layer, rgb = b"", None
     if point.layer_step is not None or reconstruct:
         # The layer codes what the decoder's own base planes miss, so it is measured against
@@ -286,7 +287,7 @@ def _decode_with(loaded: LoadedModel, parsed: container.Container) -> Decoded:
     header, model = parsed.header, loaded.model
     count = header.latent_h * header.latent_w
     indices = index_coder.decode_indices(parsed.payload, loaded.require_index_model(), header.stages, count,
-                                         header.latent_w)
+                                         header.latent_w, index_coder.min_payload_bytes(header.width * header.height))
     alpha = alpha_from_bytes(parsed.alpha, header.width, header.height) if parsed.alpha else None
     device_type = next(model.parameters()).device.type
     x_hat = model.decode_indices(torch.from_numpy(indices).to(device_type), (header.latent_h, header.latent_w),

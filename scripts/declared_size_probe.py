@@ -1,12 +1,14 @@
 """What a small file that declares a large image costs to decode: valid files whose payload
-codes a constant index map (the cheapest a file of that size can be) at large declared
-sizes, decoded by the command line in a fresh process; and the same payloads cut short.
+codes a constant index map (the cheapest a file of that size can be: the stream padded with
+zero words to the least payload for the size, index_coder.min_payload_bytes) at large
+declared sizes, decoded by the command line in a fresh process; the same payloads cut short;
+and the stream without its padding (what a file could be without the floor).
 
     python scripts/declared_size_probe.py [--sizes 2000x1500,4000x3000,7071x7071] [--stages 1]
 
 For each size it prints the file's bytes, the decode's wall time and peak RSS, and both per
-byte of the file. A payload shorter than the index model's minimum for the declared symbols
-is refused before decoding (exit 3): the cut-short lines show how fast.
+byte of the file. A payload shorter than the least for the declared size is refused before
+decoding (exit 3): the cut-short and unpadded lines show how fast.
 """
 
 from __future__ import annotations
@@ -42,14 +44,15 @@ def cheapest_constant(model: IndexModel, stages: int) -> np.ndarray:
     return np.array(best)
 
 
-def bomb(width: int, height: int, stages: int) -> bytes:
+def bomb(width: int, height: int, stages: int, padded: bool = True) -> bytes:
     point = network_rate_points()[0]
     loaded = load_model(point.model_id)
     model = loaded.require_index_model()
     grid_h, grid_w = math.ceil(height / 8), math.ceil(width / 8)
     codes = cheapest_constant(model, stages)
     indices = np.repeat(codes[:, None], grid_h * grid_w, axis=1)
-    payload = index_coder.encode_indices(indices, model, grid_w)
+    payload = index_coder.encode_indices(indices, model, grid_w,
+                                         index_coder.min_payload_bytes(width * height) if padded else 0)
     header = container.Header(
         model_id=loaded.card.model_id, quality=stages, weights_id=loaded.card.weights_id,
         coder_id=container.CODER_INDEX_MODEL, table_precision=index_coder.TABLE_PRECISION, width=width,
@@ -80,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         width, height = (int(v) for v in size.split("x"))
         data = bomb(width, height, args.stages)
         payload_len = len(data) - container.HEADER_SIZE - container.TRAILER_SIZE
-        for name, case in (("valid", data), ("cut short", _cut(data, payload_len // 2))):
+        cases = (("valid", data), ("cut short", _cut(data, payload_len // 2)),
+                 ("unpadded", bomb(width, height, args.stages, padded=False)))
+        for name, case in cases:
             code, wall, rss = decode_cost(case)
             print(f"{width}×{height} {args.stages} stage(s) {name}: {len(case):,} bytes, exit {code}, "
                   f"{wall:.2f} s, peak RSS {rss:.0f} MB; "

@@ -60,7 +60,9 @@ def main() -> None:
             model.analyse(model.analysis, x)  # once more on its own, warm as the first was not
             analysis = time.perf_counter() - searched
             coding = time.perf_counter()
-            payload = index_coder.encode_indices(indices.numpy(), loaded.require_index_model(), grid[1])
+            pixels = source.rgb.shape[0] * source.rgb.shape[1]
+            payload = index_coder.encode_indices(indices.numpy(), loaded.require_index_model(), grid[1],
+                                                 index_coder.min_payload_bytes(pixels))
             coded = time.perf_counter()
             times = [analysis, searched - start - analysis, coded - coding]
             layer = b""

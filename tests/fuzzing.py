@@ -341,8 +341,8 @@ def recoded_at_size(rng: random.Random, data: bytes) -> bytes:
         palette = [rng.randrange(model.codes) for _ in range(rng.choice([2, 3, 8]))]
         run = rng.choice([1, 4, 16])
         indices = np.array([[palette[(i // run) % len(palette)] for i in range(grid_h * grid_w)] for _ in range(stages)])
-    payload = index_coder.encode_indices(indices, model, grid_w)
     width, height = grid_w * 8 - rng.randrange(8), grid_h * 8 - rng.randrange(8)
+    payload = index_coder.encode_indices(indices, model, grid_w, index_coder.min_payload_bytes(width * height))
     sized = dataclasses.replace(header, width=width, height=height, latent_h=grid_h, latent_w=grid_w,
                                 stages=stages, channels=3, flags=0)
     return container.pack(container.Container(sized, payload, b""))

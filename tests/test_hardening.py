@@ -128,6 +128,26 @@ def test_giant_declared_image_behind_a_valid_crc(bases: dict[str, bytes], width:
     assert peak < 64 << 20 and peak < 3 * width * height / 4
 
 
+def test_a_flat_image_pays_the_least_payload_for_its_size() -> None:
+    """A flat image's stream is a few words: the encoder pads it to one byte per 1,024
+    pixels, and the file decodes; the same stream without the padding is refused before any
+    decoding, so no small file declares a large image's work."""
+    from diveq_codec.codec import index_coder
+
+    image = Image.new("RGB", (512, 384), (120, 130, 140))
+    data = encode(image, quality=1, device="cpu")
+    parsed = container.unpack(data)
+    least = index_coder.min_payload_bytes(512 * 384)
+    assert len(parsed.payload) == least == 192 and parsed.payload.endswith(bytes(64))
+    decoded = np.asarray(decode(data, "cpu"), dtype=int)
+    assert decoded.shape == (384, 512, 3) and np.abs(decoded - (120, 130, 140)).mean() < 16
+    stream = parsed.payload.rstrip(b"\x00")
+    stream += bytes(-len(stream) % 4)
+    unpadded = container.pack(container.Container(parsed.header, stream, b""))
+    with pytest.raises(container.BitstreamError, match="bytes the image's size requires"):
+        decode(unpadded, "cpu")
+
+
 # --- 2. hostile and unusual images through the CLI --------------------------------------------------------
 
 

@@ -16,7 +16,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from diveq_codec.codec.errors import CorruptBitstreamError
-from diveq_codec.codec.index_coder import decode_indices, encode_indices, min_payload_bits
+from diveq_codec.codec.index_coder import (
+    PIXELS_PER_PAYLOAD_BYTE,
+    decode_indices,
+    encode_indices,
+    min_payload_bits,
+    min_payload_bytes,
+)
 from diveq_codec.codec.index_model import IndexModel, frequencies, padded, previous_context, tokens_of
 from diveq_codec.codec.zoo import load_model, network_rate_points
 
@@ -131,6 +137,34 @@ def test_payload_too_short_for_the_declared_symbols_is_refused_before_decoding()
     assert min_payload_bits(MODEL, 2, count * 2000) > len(payload) * 8
     with pytest.raises(CorruptBitstreamError, match="too short"):
         decode_indices(payload, MODEL, 2, count * 2000, 5)
+
+
+def test_the_least_payload_is_a_byte_per_1024_pixels_in_whole_words() -> None:
+    assert PIXELS_PER_PAYLOAD_BYTE == 1024
+    assert [min_payload_bytes(p) for p in (0, 1, 4096, 4097, 50_000_000)] == [0, 4, 4, 8, 48_832]
+
+
+@pytest.mark.parametrize("stages", [1, 3])
+def test_a_short_stream_is_padded_to_the_least_payload_and_decodes(stages: int) -> None:
+    """A flat map's stream is a few words; padded with zero words it decodes to the same
+    symbols, and only the exact padding is accepted."""
+    symbols = np.full((stages, 60 * 40), 7, dtype=np.int64)
+    stream = encode_indices(symbols, MODEL, 60)
+    least = len(stream) + 64
+    payload = encode_indices(symbols, MODEL, 60, least)
+    assert payload == stream + bytes(64)
+    assert (decode_indices(payload, MODEL, stages, 60 * 40, 60, least) == symbols).all()
+    for wrong in (payload + bytes(4), payload[:-4], payload[:-1] + b"\x01"):
+        with pytest.raises(CorruptBitstreamError):
+            decode_indices(wrong, MODEL, stages, 60 * 40, 60, least)
+    # A stream longer than the least is not padded at all.
+    assert encode_indices(symbols, MODEL, 60, len(stream) - 4) == stream
+
+
+def test_a_payload_under_the_least_for_its_size_is_refused_before_decoding() -> None:
+    stream = encode_indices(np.zeros((1, 10), dtype=np.int64), MODEL, 5)
+    with pytest.raises(CorruptBitstreamError, match="shorter than the .* bytes the image's size requires"):
+        decode_indices(stream, MODEL, 1, 10, 5, len(stream) + 4)
 
 
 def test_programming_errors() -> None:
