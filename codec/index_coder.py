@@ -34,8 +34,8 @@ _MODEL = stream.model.Categorical(perfect=False)  # probabilities given per symb
 # decoding costs about a second per megapixel whatever the payload holds, and the cheapest
 # symbols cost 0.044 bits each, so without a floor 6 KB could declare 50 megapixels of work.
 # At one byte per 1,024 pixels a file pays about a millisecond of decoding per byte at
-# worst. Photos need far more (Kodak's smallest files 0.03 bpp, 4 times the floor); a payload
-# that would be shorter, a flat image's, is padded with zero words.
+# worst. Photos need far more (Kodak's smallest file, at quality 1, is 0.041 bpp: 5 times the
+# floor's 0.0078); a payload that would be shorter, a flat image's, is padded with zero words.
 PIXELS_PER_PAYLOAD_BYTE = 1024
 # Rows of latents whose previous-stage terms are computed at once: bounds the memory of a
 # large image's coding (a strip of a 7,071-pixel-wide image is 884 × 64 × 8 float64 bytes a row).
