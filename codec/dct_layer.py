@@ -6,9 +6,9 @@ that ceiling add this layer to a network rate point: the difference between the 
 the network's decoded 8-bit planes is rotated to decorrelate its colours, cut into 8×8
 blocks, transformed by the orthonormal DCT (codec/dct_transform.py), quantised with one
 uniform step for every coefficient (a flat step minimises squared error for the bits: PSNR
-is what it is judged on) and range-coded (codec/dct_layer_coding.py), with contexts that include the
-detail the network's codewords put around each block (base_detail, integers from the file's
-indices). The decoder adds what it decodes to its own base planes and rounds.
+is what it is judged on) and range-coded (codec/dct_layer_coding.py), with contexts that
+include the detail the network's codewords put around each block (base_detail, integers
+from the file's indices). The decoder adds what it decodes to its own base planes and rounds.
 
 Layout of the layer (the container's last section, codec/container.py; docs/format.md):
 
