@@ -118,9 +118,10 @@ def _check_rate_point(path: Path, where: str, point: Any) -> None:
     _integer(path, f"{where}.stages", point["stages"], 1, 255)
     for field in ("kodak_bpp", "kodak_psnr"):
         _number(path, f"{where}.{field}", point.get(field), optional=True)
-    weight = _number(path, f"{where}.rate_weight", point.get("rate_weight", 0.0))
-    if weight is not None and weight < 0:
-        raise CardError(path, f"{where}.rate_weight", f"must be ≥ 0, got {weight}")
+    for field, optional in (("rate_weight", False), ("static_rate_weight", True)):
+        weight = _number(path, f"{where}.{field}", point.get(field, None if optional else 0.0), optional)
+        if weight is not None and weight < 0:
+            raise CardError(path, f"{where}.{field}", f"must be ≥ 0, got {weight}")
     step = _number(path, f"{where}.layer_step", point.get("layer_step"), optional=True)
     if step is not None and not layer_step_is_valid(step):
         raise CardError(path, f"{where}.layer_step", f"{step} is not a whole number of sixteenths from 0.25 up")

@@ -45,6 +45,16 @@ class RatePoint:
     # The quantiser step of a DCT layer on top (codec/dct_layer.py), None for a
     # point the network codes alone. The layer's own header carries it for the decoder.
     layer_step: float | None = None
+    # λ of the static tables' search on its own, where the index model's rounds do not run
+    # (effort 3's final search, images too large for the rounds): rate_weight was scaled
+    # down to keep the PSNR with the rounds (docs/encoder.md). None: rate_weight.
+    static_rate_weight: float | None = None
+
+    def search_weight(self, rounds: bool) -> float:
+        """λ for a search with the index model's rounds after it (``rounds``) or without."""
+        if rounds or self.static_rate_weight is None:
+            return self.rate_weight
+        return self.static_rate_weight
 
 
 @dataclass(frozen=True)
@@ -79,7 +89,8 @@ def card_rate_points(card: Card) -> list[RatePoint]:
     # read_card has checked every field, so the values are the right types and in range.
     return [RatePoint(rp["quality"], card.name, card.model_id, rp["stages"], rp.get("kodak_bpp"),
                       rp.get("kodak_psnr"), float(rp.get("rate_weight", 0.0)),
-                      None if rp.get("layer_step") is None else float(rp["layer_step"]))
+                      None if rp.get("layer_step") is None else float(rp["layer_step"]),
+                      None if rp.get("static_rate_weight") is None else float(rp["static_rate_weight"]))
             for rp in card.data["rate_points"]]
 
 

@@ -63,6 +63,12 @@ def model_rate(model: IndexModel, indices: torch.Tensor, grid: tuple[int, int], 
     return RateCosts.per_position(torch.from_numpy(costs).to(indices.device))
 
 
+def rounds_apply(model: IndexModel | None, latents: int) -> bool:
+    """Whether the rounds run on an image of ``latents`` latents: with an index model (weights
+    in the making have none) and up to MAX_LATENTS."""
+    return model is not None and latents <= MAX_LATENTS
+
+
 def recoster(model: IndexModel | None, weight: float, rounds: int = ROUNDS) -> Recost | None:
     """``rounds`` searches charging the index model's costs after the first, at λ =
     ``weight``; None (the first search only) at λ = 0, the nearest codewords, and without an

@@ -173,16 +173,18 @@ def choose_indices(loaded: LoadedModel, point: RatePoint, effort: int | None,
     """The indices (stages, h·w) encode writes for image tensor ``x`` at ``point``, and the grid."""
     settings = effort_settings(effort)
     model = loaded.model
-    # The rate point's λ makes the choices entropy-constrained (the decoder does not care how
-    # the indices were chosen).
-    search = search_options(loaded.rate_costs(point.rate_weight), settings.beam)
-    if settings.refine_steps:
-        # The steps move the latent through the static tables' search, so the final search is
-        # that one too (the index model's rounds would undo what the steps found).
-        return refine.refined_indices(model, x, point.stages, search, settings.refine_steps)
     # After a search with the static tables' costs, rounds charge the index model's own
-    # (codec/index_costs.py).
-    recost = index_costs.recoster(loaded.index_model, point.rate_weight)
+    # (codec/index_costs.py), except after effort 3's steps, which move the latent through
+    # the static tables' search (the rounds would undo what the steps found), and on images
+    # too large for them. Without them the search takes the point's static λ.
+    latents = math.ceil(x.shape[-2] / model.stride) * math.ceil(x.shape[-1] / model.stride)
+    rounds = not settings.refine_steps and index_costs.rounds_apply(loaded.index_model, latents)
+    weight = point.search_weight(rounds)
+    # λ makes the choices entropy-constrained (the decoder does not care how they were chosen).
+    search = search_options(loaded.rate_costs(weight), settings.beam)
+    if settings.refine_steps:
+        return refine.refined_indices(model, x, point.stages, search, settings.refine_steps)
+    recost = index_costs.recoster(loaded.index_model, weight) if rounds else None
     # Both give the exact choices, so a file is the same whichever device wrote it (see
     # VQAutoencoder.encode_indices): float64 costs little on an accelerator; on a CPU,
     # float32 with the few near-boundary latents re-decided in float64 is nearly twice as fast.

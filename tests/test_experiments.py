@@ -127,9 +127,9 @@ def test_gpu_train_recipe_names_the_installed_modules() -> None:
 
 
 def test_keep_psnr_scales_each_lambda_within_its_grid(tmp_path: Path) -> None:
-    """--keep-psnr codes each tuned point with the static search alone and with the rounds at
-    each scale, and writes λ × the interpolated scale into the card (λ = 0 stays 0; a layer
-    point takes its base's scale)."""
+    """--keep-psnr codes each tuned point with the static search alone (at its static λ) and
+    with the rounds at each scale, and writes static λ × the interpolated scale into the card
+    as rate_weight, keeping the static λ (λ = 0 stays 0; a layer point takes its base's scale)."""
     shipped = json.loads((Path(rate_weights.__file__).parents[2] / "weights" /
                           f"{load_model(network_rate_points()[0].model_id).card.name}.json").read_text())
     card = tmp_path / "card.json"
@@ -138,13 +138,15 @@ def test_keep_psnr_scales_each_lambda_within_its_grid(tmp_path: Path) -> None:
     assert rate_weights.main([str(folder), "--start", "0", "--every", "1", "--keep-psnr", "--card", str(card)]) == 0
     written = json.loads(card.read_text())
     for before, after in zip(shipped["rate_points"], written["rate_points"], strict=True):
-        if before["rate_weight"] == 0:
+        static = before["static_rate_weight"]
+        assert after["static_rate_weight"] == static
+        if static == 0:
             assert after["rate_weight"] == 0
         else:
-            scale = after["rate_weight"] / before["rate_weight"]
+            scale = after["rate_weight"] / static
             assert min(rate_weights.SCALES) - 1e-3 <= scale <= max(rate_weights.SCALES) + 1e-3
-    by_stages = {rp["stages"]: rp["rate_weight"] / before["rate_weight"]
+    by_stages = {rp["stages"]: rp["rate_weight"] / before["static_rate_weight"]
                  for rp, before in zip(written["rate_points"], shipped["rate_points"], strict=True)
-                 if before["rate_weight"] > 0}
+                 if before["static_rate_weight"] > 0}
     assert len(by_stages) == 3  # the layer points' scale is their 3-stage base's
     assert "--keep-psnr" in written["rate_weight_chosen_by"] and "held out" not in written["rate_weight_chosen_by"]

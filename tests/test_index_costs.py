@@ -3,6 +3,8 @@ lengths, exact numbers, and rounds that end."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -51,3 +53,42 @@ def test_rounds_end_and_lambda_zero_has_none() -> None:
     big = index_costs.recoster(model, 0.01)
     side = int(np.sqrt(index_costs.MAX_LATENTS)) + 1
     assert big(torch.zeros(3, side * side, dtype=torch.long), (side, side)) is None
+
+
+def test_without_the_rounds_the_search_takes_the_points_static_lambda(monkeypatch) -> None:
+    """An image too large for the rounds (the cap lowered here) is searched once, with the
+    static tables at the card's static λ, not the λ scaled down for the rounds; effort 3's
+    final search likewise. A Kodak-sized image keeps the rounds at rate_weight."""
+    from PIL import Image
+
+    from diveq_codec.codec.pipeline import choose_indices, image_to_tensor
+    from diveq_codec.codec.zoo import load_model, resolve_quality
+    from diveq_codec.models.autoencoder import search_options
+
+    point = resolve_quality(3)
+    assert point.static_rate_weight is not None and point.static_rate_weight > point.rate_weight > 0
+    assert point.search_weight(rounds=True) == point.rate_weight
+    assert point.search_weight(rounds=False) == point.static_rate_weight
+    loaded = load_model(point.model_id, "cpu")
+    rgb = np.asarray(Image.open(Path(__file__).resolve().parents[1] / "samples" / "parrots.png").convert("RGB"))[:96, :128]
+    x = image_to_tensor(rgb, "cpu")
+
+    def static_search(weight: float) -> torch.Tensor:
+        return loaded.model.encode_indices(x, point.stages, **search_options(loaded.rate_costs(weight), 1))[0]
+
+    with_rounds = choose_indices(loaded, point, None, x)[0]
+    assert not torch.equal(with_rounds, static_search(point.rate_weight))
+    monkeypatch.setattr(index_costs, "MAX_LATENTS", 12 * 16 - 1)
+    assert torch.equal(choose_indices(loaded, point, None, x)[0], static_search(point.static_rate_weight))
+
+
+def test_an_effort_3_eval_records_the_static_lambda() -> None:
+    """Eval folders refuse rows encoded otherwise: effort 3's record names the λ its final
+    (static) search used, efforts 1 and 2 the rounds' λ as before."""
+    from diveq_codec.codec.evaluation.eval_meta import rate_point_record
+    from diveq_codec.codec.zoo import resolve_quality
+
+    point = resolve_quality(4)
+    assert rate_point_record(point, {})["rate_weight"] == point.rate_weight
+    assert rate_point_record(point, {"beam": 4})["rate_weight"] == point.rate_weight
+    assert rate_point_record(point, {"beam": 4, "refine_steps": 3})["rate_weight"] == point.static_rate_weight

@@ -45,6 +45,22 @@ def test_a_card_field_of_the_wrong_kind(weights_copy: Path, field: str, value: o
     assert len(err) == 1 and err[0].startswith(f"diveq-codec: error: model card {path.name}: {words}"), err
 
 
+@pytest.mark.parametrize("value, words", [
+    (-0.001, "must be ≥ 0, got -0.001"),
+    ("0.0035", "must be a finite number"),
+    (float("inf"), "must be a finite number"),
+])
+def test_a_bad_static_rate_weight(weights_copy: Path, value: object, words: str,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    path = card_path(weights_copy)
+    card = json.loads(path.read_text())
+    card["rate_points"][2]["static_rate_weight"] = value
+    path.write_text(json.dumps(card))
+    assert run_app(["models"]) == 4
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"rate_points[2].static_rate_weight: {words}" in err[0], err
+
+
 @pytest.mark.parametrize("text, words", [
     ("[" * 100_000 + "]" * 100_000, "nests deeper"),
     ('{"name": ' + "[" * 100 + "]" * 100 + "}", "nests deeper"),

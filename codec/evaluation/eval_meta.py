@@ -31,9 +31,10 @@ def layer_record(step: float | None) -> dict[str, float]:
 
 
 def rate_point_record(point: RatePoint, searched: dict[str, int]) -> dict[str, Any]:
-    """How a rate point is encoded: stages, λ, the encoder effort's
-    search settings and the DCT layer's."""
-    return {"stages": point.stages, "rate_weight": point.rate_weight, **searched, **layer_record(point.layer_step)}
+    """How a rate point is encoded: stages, λ (the static search's, after effort 3's
+    refinement), the encoder effort's search settings and the DCT layer's."""
+    weight = point.search_weight(rounds="refine_steps" not in searched)
+    return {"stages": point.stages, "rate_weight": weight, **searched, **layer_record(point.layer_step)}
 
 
 def _with_layer_names(record: Any) -> Any:

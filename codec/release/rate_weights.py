@@ -157,11 +157,12 @@ def choose(points: list[RatePoint], mean: dict[tuple[int, float], tuple[float, f
 
 
 def keep_psnr(loaded: LoadedModel, points: list[RatePoint], paths: list[Path]) -> dict[int, float]:
-    """Each point's scale of its λ at which the encoder's search (static tables, then the
-    index model's costs) gives the PSNR the static tables' search alone gave at the card's
-    λ, on these images: the same quality for fewer bits. Prints the table; points at λ = 0
-    (the nearest codewords) keep it."""
-    tuned = [p for p in points if p.rate_weight > 0]
+    """Each point's scale of its static λ (the static tables' search alone: the card's
+    static_rate_weight, else its rate_weight) at which the encoder's search (static tables,
+    then the index model's costs) gives the PSNR the static tables' search alone gave at
+    that λ, on these images: the same quality for fewer bits. Prints the table; points at
+    λ = 0 (the nearest codewords) keep it."""
+    tuned = [p for p in points if p.search_weight(rounds=False) > 0]
     totals = {(p.quality, scale): np.zeros(2) for p in tuned for scale in (None, *SCALES)}
     pixels = 0
     with torch.no_grad():
@@ -171,8 +172,8 @@ def keep_psnr(loaded: LoadedModel, points: list[RatePoint], paths: list[Path]) -
             for point in tuned:
                 for scale in (None, *SCALES):
                     # None: the static tables' search alone at the card's λ, the PSNR to keep
-                    rounds, weight = ((0, point.rate_weight) if scale is None
-                                      else (index_costs.ROUNDS, scale * point.rate_weight))
+                    static = point.search_weight(rounds=False)
+                    rounds, weight = (0, static) if scale is None else (index_costs.ROUNDS, scale * static)
                     indices = encoder_choice(loaded, vectors, grid, point.stages, weight, 1, rounds)
                     totals[(point.quality, scale)] += coded_bits_and_psnr(loaded, indices, grid, rgb)
     mean = {key: (bits / pixels, db / len(paths)) for key, (bits, db) in totals.items()}
@@ -197,6 +198,7 @@ def write_card(card_path: Path, points: list[RatePoint], chosen: dict[int, float
     for rp in card["rate_points"]:
         quality = base_of.get(int(rp["stages"])) if "layer_step" in rp else int(rp["quality"])
         rp["rate_weight"] = float(f"{chosen.get(quality, 0.0):.4g}")
+        rp.pop("static_rate_weight", None)  # chosen for the whole search: no separate static λ
     card["rate_weight_chosen_by"] = chosen_by
     card_path.write_text(json.dumps(card, indent=1, ensure_ascii=False) + "\n")
 
@@ -249,7 +251,9 @@ def scale_to_keep_psnr(args: argparse.Namespace, loaded: LoadedModel, points: li
         card = json.loads(args.card.read_text())
         listed = ", ".join(f"{k} stages ×{v:.3f}" for k, v in sorted(scales.items()))
         for rp in card["rate_points"]:
-            rp["rate_weight"] = float(f"{scales.get(int(rp['stages']), 1.0) * rp['rate_weight']:.4g}")
+            static = rp.get("static_rate_weight", rp.get("rate_weight", 0.0))
+            rp["static_rate_weight"] = static
+            rp["rate_weight"] = float(f"{scales.get(int(rp['stages']), 1.0) * static:.4g}")
         held_out = args.start % HOLDOUT_EVERY == 0 and args.every % HOLDOUT_EVERY == 0
         photos = f"{len(paths)} training photos" + (" held out from the index model" if held_out else "")
         card["rate_weight_chosen_by"] = (f"{PROG} {args.folder} --start {args.start} --every {args.every} --keep-psnr "
