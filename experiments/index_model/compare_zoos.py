@@ -2,9 +2,10 @@
 
     python experiments/index_model/compare_zoos.py <(git show 8d4b778:docs/kodak/diveq.json) docs/kodak/diveq.json
 
-For each quality both files hold: bpp before and after, the change in bits, and the PSNR
-difference (the same indices give the same PSNR); then the BD-rate of the whole curve
-after against before, and against WebP measured here when ``--webp`` names its JSON.
+For each quality both files hold (``--qualities`` when AFTER is an eval of some of them):
+bpp before and after, the change in bits, and the PSNR difference (the same indices give
+the same PSNR); then the BD-rate of the whole curve after against before, and against WebP
+measured here when ``--webp`` names its JSON.
 """
 
 from __future__ import annotations
@@ -25,11 +26,18 @@ def main() -> None:
     parser.add_argument("before", type=Path)
     parser.add_argument("after", type=Path)
     parser.add_argument("--webp", type=Path, default=None)
+    parser.add_argument("--qualities", default=None,
+                        help="the qualities AFTER holds, comma-separated, when it is not the whole zoo "
+                             "(an eval run with -q): BEFORE is cut to them")
     args = parser.parse_args()
     before, after = curve(args.before), curve(args.after)
+    if args.qualities is not None:
+        wanted = [int(q) - 1 for q in args.qualities.split(",")]
+        before = {key: [values[i] for i in wanted] for key, values in before.items() if isinstance(values, list)}
     print("| quality | bpp before | bpp after | bits | PSNR after − before (dB) |")
     print("| ---: | ---: | ---: | ---: | ---: |")
-    for q, (b0, b1, p0, p1) in enumerate(zip(before["bpp"], after["bpp"], before["psnr-rgb"], after["psnr-rgb"], strict=True), 1):
+    labels = range(1, len(before["bpp"]) + 1) if args.qualities is None else map(int, args.qualities.split(","))
+    for q, b0, b1, p0, p1 in zip(labels, before["bpp"], after["bpp"], before["psnr-rgb"], after["psnr-rgb"], strict=True):
         print(f"| {q} | {b0:.4f} | {b1:.4f} | {100 * (b1 / b0 - 1):+.1f} % | {p1 - p0:+.3f} |")
     print(f"\nBD-rate after against before: {bd_rate(before['bpp'], before['psnr-rgb'], after['bpp'], after['psnr-rgb']):+.2f} %")
     if args.webp is not None:
