@@ -150,3 +150,41 @@ def test_keep_psnr_scales_each_lambda_within_its_grid(tmp_path: Path) -> None:
                  if before["static_rate_weight"] > 0}
     assert len(by_stages) == 3  # the layer points' scale is their 3-stage base's
     assert "--keep-psnr" in written["rate_weight_chosen_by"] and "held out" not in written["rate_weight_chosen_by"]
+
+
+def _load_script(path: Path):
+    spec = importlib.util.spec_from_file_location(f"probe_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_base_detail_probe_runs_on_a_tiny_photo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    probe = _load_script(REPO / "experiments" / "dct_layer" / "base_detail_probe.py")
+    folder = _photos(tmp_path / "photos", 1, size=(64, 48))
+    monkeypatch.setattr("sys.argv", ["probe", str(folder), "--start", "0", "--every", "1", "--qualities", "5",
+                                     "--settings", "12000/4000,0/1"])
+    probe.main()
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 5 |")]
+    assert [row.split(" | ")[2] for row in rows] == ["none", "12000/4000", "0/1"]
+    assert "| +0.00 % | +0.000 dB |" in rows[0]
+
+
+def test_compare_zoos_cuts_the_zoo_to_the_qualities_an_eval_holds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    compare = _load_script(REPO / "experiments" / "index_model" / "compare_zoos.py")
+    zoo = REPO / "docs" / "kodak" / "diveq.json"
+    monkeypatch.setattr("sys.argv", ["compare", str(zoo), str(zoo)])
+    compare.main()
+    assert "BD-rate after against before: +0.00 %" in capsys.readouterr().out
+    subset = json.loads(zoo.read_text())
+    subset["results"] = {key: [values[i] for i in (0, 3, 6, 9)] for key, values in subset["results"].items()}
+    path = tmp_path / "subset.json"
+    path.write_text(json.dumps(subset))
+    monkeypatch.setattr("sys.argv", ["compare", str(zoo), str(path), "--qualities", "1,4,7,10"])
+    compare.main()
+    out = capsys.readouterr().out
+    assert [line.split(" | ")[0] for line in out.splitlines() if line.startswith("| ") and "0." in line] == \
+        ["| 1", "| 4", "| 7", "| 10"]
+    assert "| +0.0 % | +0.000 |" in out and "BD-rate after against before: +0.00 %" in out
