@@ -87,6 +87,12 @@ def load_card_data(path: Path) -> dict[str, Any]:
     return data
 
 
+def save_card_data(path: Path, data: dict[str, Any]) -> None:
+    """Write a card as every release tool does: one-space indents, text as it is (λ, ×), and
+    a final newline, so that a tool's rewrite changes only the fields it sets."""
+    path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+
+
 def check_card(path: Path, data: dict[str, Any]) -> None:
     """Every field the codec reads, checked; CardError on the first that is wrong."""
     for field in ("name", "model_id", "file", "sha256", "rate_points"):

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 import numpy as np
 from constriction import stream
 
-from diveq_codec.codec.dct_transform import COEFFICIENTS
+from diveq_codec.codec.dct_transform import COEFFICIENTS, block_grid
 from diveq_codec.codec.errors import CorruptBitstreamError
 
 # Quotients in [-MAX_DIRECT, MAX_DIRECT] are coded directly; larger ones as an escape symbol
@@ -179,15 +179,16 @@ def _with_neighbours(own: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     return total.reshape(own.shape)
 
 
-def base_detail(codebooks: np.ndarray, indices: np.ndarray, grid: tuple[int, int], stride: int,
-                blocks: tuple[int, int], offset: int = DETAIL_OFFSET, unit: int = DETAIL_UNIT) -> np.ndarray:
+def base_detail(codebooks: np.ndarray, indices: np.ndarray, height: int, width: int, stride: int,
+                offset: int = DETAIL_OFFSET, unit: int = DETAIL_UNIT) -> np.ndarray:
     """Each block's share of its activity from the base, (blocks,) int32, as DETAIL_OFFSET's
     comment says: ``codebooks`` (S, codes, D) the index model's integer codewords, ``indices``
-    (stages, h·w) the file's on the latent grid ``grid`` of a model of ``stride`` pixels,
-    ``blocks`` the block grid (the same grid at the shipped model's stride of 8; otherwise a
+    (stages, h·w) the file's, on the latent grid of a height × width image and a model of
+    ``stride`` pixels (the block grid itself at the shipped model's stride of 8; otherwise a
     block takes the latent at its top-left pixel). Integers only, so every machine gets the
     same groups. ``offset`` and ``unit`` are for the probe that chose them."""
-    rows, cols = grid
+    rows, cols = -(-height // stride), -(-width // stride)
+    blocks = block_grid(height, width)
     norms = np.zeros(rows * cols, dtype=np.int64)
     for start in range(0, rows * cols, DETAIL_PIECE):
         piece = slice(start, start + DETAIL_PIECE)
@@ -198,7 +199,7 @@ def base_detail(codebooks: np.ndarray, indices: np.ndarray, grid: tuple[int, int
     edged = np.pad(norms.reshape(rows, cols), 1, mode="edge")
     window = sum(edged[dy:dy + rows, dx:dx + cols] for dy in range(3) for dx in range(3))
     detail = np.maximum(window - offset, 0) // unit
-    if blocks != grid:
+    if blocks != (rows, cols):
         pixels = np.arange(max(blocks)) * 8 // stride
         detail = detail[pixels[:blocks[0], None], pixels[None, :blocks[1]]]
     return detail.astype(np.int32).ravel()

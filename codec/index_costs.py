@@ -79,7 +79,7 @@ def recoster(model: IndexModel | None, weight: float, rounds: int = ROUNDS) -> R
 
     def recost(indices: torch.Tensor, grid: tuple[int, int]) -> RateCosts | None:
         nonlocal done
-        if done == rounds or grid[0] * grid[1] > MAX_LATENTS:
+        if done == rounds or not rounds_apply(model, grid[0] * grid[1]):
             return None
         done += 1
         return model_rate(model, indices, grid, weight)

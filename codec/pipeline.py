@@ -20,7 +20,6 @@ from PIL import Image
 
 from diveq_codec.codec import container, dct_layer, index_coder, index_costs
 from diveq_codec.codec.dct_layer_coding import base_detail
-from diveq_codec.codec.dct_transform import block_grid
 from diveq_codec.codec.errors import CodecError, CorruptBitstreamError, InputError, WeightsError
 from diveq_codec.codec.image_io import (
     SourceImage,
@@ -192,12 +191,11 @@ def choose_indices(loaded: LoadedModel, point: RatePoint, effort: int | None,
     return model.encode_indices(x, point.stages, dtype=exact, recost=recost, **search)
 
 
-def layer_detail(loaded: LoadedModel, indices: np.ndarray, grid: tuple[int, int], height: int,
-                 width: int) -> np.ndarray:
+def layer_detail(loaded: LoadedModel, indices: np.ndarray, height: int, width: int) -> np.ndarray:
     """The base's detail per 8×8 block, which the DCT layer's contexts take (see
-    dct_layer_coding.base_detail), from the file's ``indices`` (stages, h·w) on ``grid``."""
-    return base_detail(loaded.require_index_model().codebooks, indices, grid, loaded.model.stride,
-                       block_grid(height, width))
+    dct_layer_coding.base_detail), from the file's ``indices`` (stages, h·w) of a height ×
+    width image."""
+    return base_detail(loaded.require_index_model().codebooks, indices, height, width, loaded.model.stride)
 
 
 def _encode(source: SourceImage, point: RatePoint, device: str, effort: int | None,
@@ -218,7 +216,8 @@ def _encode_with(loaded: LoadedModel, source: SourceImage, point: RatePoint, eff
     x = image_to_tensor(source.rgb, next(model.parameters()).device.type)
     indices, (grid_h, grid_w) = choose_indices(loaded, point, effort, x)
     del x  # 12 bytes a pixel, not needed by the synthesis and the layer that follow
-    payload = index_coder.encode_indices(indices.cpu().numpy(), index_model, grid_w,
+    index_array = indices.cpu().numpy()
+    payload = index_coder.encode_indices(index_array, index_model, grid_w,
                                          index_coder.min_payload_bytes(width * height))
     layer, rgb = b"", None
     if point.layer_step is not None or reconstruct:
@@ -227,7 +226,7 @@ def _encode_with(loaded: LoadedModel, source: SourceImage, point: RatePoint, eff
         rgb = tensor_to_pixels(model.decode_indices(indices, (grid_h, grid_w), height, width))
         _return_freed_memory(height * width)
     if point.layer_step is not None:
-        detail = layer_detail(loaded, indices.cpu().numpy(), (grid_h, grid_w), height, width)
+        detail = layer_detail(loaded, index_array, height, width)
         layer, planes = dct_layer.encode_with_planes(source_planes(source), decoded_planes(rgb, source.mode),
                                                      point.layer_step, detail, planes=reconstruct)
         if planes is not None:
@@ -299,7 +298,7 @@ def _decode_with(loaded: LoadedModel, parsed: container.Container) -> Decoded:
     del x_hat  # 12 bytes a pixel, not needed by the layer that follows
     _return_freed_memory(header.height * header.width)
     if parsed.layer:
-        detail = layer_detail(loaded, indices, (header.latent_h, header.latent_w), header.height, header.width)
+        detail = layer_detail(loaded, indices, header.height, header.width)
         rgb = _as_rgb(dct_layer.decode(parsed.layer, decoded_planes(rgb, mode), detail))
     return Decoded(restore_image(rgb, alpha, mode), indices, header)
 

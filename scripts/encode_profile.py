@@ -70,7 +70,7 @@ def main() -> None:
                 height, width = source.rgb.shape[:2]
                 base = model.decode_indices(indices, grid, height, width)
                 synthesised = time.perf_counter()
-                detail = layer_detail(loaded, indices.numpy(), grid, height, width)
+                detail = layer_detail(loaded, indices.numpy(), height, width)
                 layer = dct_layer.encode(source_planes(source), decoded_planes(tensor_to_pixels(base), source.mode),
                                          point.layer_step, detail)
                 times += [synthesised - coded, time.perf_counter() - synthesised]

@@ -32,8 +32,7 @@ def _photo_and_base(path: Path, quality: int = 4) -> tuple[np.ndarray, np.ndarra
     rgb = np.asarray(Image.open(path).convert("RGB"))
     decoded = decode_detailed(encode(Image.fromarray(rgb), quality=quality, device="cpu"), "cpu")
     head = decoded.header
-    detail = layer_detail(load_model(head.model_id, "cpu"), decoded.indices, (head.latent_h, head.latent_w),
-                          head.height, head.width)
+    detail = layer_detail(load_model(head.model_id, "cpu"), decoded.indices, head.height, head.width)
     return rgb, np.asarray(decoded.image), detail
 
 
@@ -206,7 +205,7 @@ def test_the_base_detail_is_the_later_codewords_l1_norm_around_each_block() -> N
     rng = np.random.default_rng(8)
     rows, cols = 5, 7
     indices = rng.integers(0, codebooks.shape[1], (3, rows * cols))
-    detail = dct_layer_coding.base_detail(codebooks, indices, (rows, cols), 8, (rows, cols), offset=900, unit=700)
+    detail = dct_layer_coding.base_detail(codebooks, indices, 8 * rows, 8 * cols, 8, offset=900, unit=700)
     norms = np.abs(codebooks[1][indices[1]] + codebooks[2][indices[2]]).sum(axis=1).reshape(rows, cols)
     for y in range(rows):
         for x in range(cols):
@@ -215,7 +214,8 @@ def test_the_base_detail_is_the_later_codewords_l1_norm_around_each_block() -> N
             assert detail[y * cols + x] == max(window - 900, 0) // 700
     assert detail.dtype == np.int32 and detail.max() > 0
     # A model of stride 16: each 8×8 block takes the latent at its top-left pixel.
-    coarse = dct_layer_coding.base_detail(codebooks, indices, (rows, cols), 16, (2 * rows - 1, 2 * cols), 900, 700)
+    # (a 72 × 112 image: 5 × 7 latents of 16 pixels, 9 × 14 blocks)
+    coarse = dct_layer_coding.base_detail(codebooks, indices, 8 * (2 * rows - 1), 16 * cols, 16, 900, 700)
     assert np.array_equal(coarse.reshape(2 * rows - 1, 2 * cols),
                           detail.reshape(rows, cols).repeat(2, axis=0).repeat(2, axis=1)[: 2 * rows - 1])
 
@@ -243,9 +243,7 @@ def test_the_detail_saves_layer_bits_at_the_coarse_steps(parrots_path: Path) -> 
     source = read_image(parrots_path.read_bytes(), str(parrots_path))
     decoded = decode_detailed(encode_at_point(source, replace(point, layer_step=None), "cpu"), "cpu")
     planes, base = np.asarray(Image.open(parrots_path).convert("RGB")), np.asarray(decoded.image.convert("RGB"))
-    head = decoded.header
-    detail = layer_detail(load_model(point.model_id, "cpu"), decoded.indices, (head.latent_h, head.latent_w),
-                          head.height, head.width)
+    detail = layer_detail(load_model(point.model_id, "cpu"), decoded.indices, *base.shape[:2])
     with_detail = len(dct_layer.encode(planes, base, point.layer_step, detail))
     without = len(dct_layer.encode(planes, base, point.layer_step, _no_detail(base)))
     assert with_detail < without

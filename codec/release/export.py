@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from diveq_codec.codec.card_schema import save_card_data
 from diveq_codec.codec.rate_tables import code_lengths, context_counts, smoothed_counts, table_entropy_bits
 from diveq_codec.codec.zoo import (
     ENTROPY_TENSOR,
@@ -260,7 +261,7 @@ def write_release(args: argparse.Namespace, model: VQAutoencoder, training: dict
         },
         "rate_points": rate_points,
     }
-    (args.out / f"{args.name}.json").write_text(json.dumps(card, indent=1, ensure_ascii=False) + "\n")
+    save_card_data(args.out / f"{args.name}.json", card)
     print(f"wrote {weights_path} ({weights_path.stat().st_size:,} bytes, sha256 {sha[:16]}…); "
           f"table bits/symbol {np.round(bits, 2).tolist()}", file=sys.stderr)
 

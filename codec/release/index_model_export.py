@@ -20,6 +20,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from diveq_codec.codec.card_schema import save_card_data
 from diveq_codec.codec.index_adaptation import log_table
 from diveq_codec.codec.index_model import TENSOR_PREFIX, from_tensors
 from diveq_codec.models.index_prior import ACTIVATION_CAP, IndexPrior, IndexPriorConfig
@@ -128,7 +129,7 @@ def add_to_release(card_path: Path, checkpoint: Path, name: str, model_id: int, 
         "adapt_weights_sixteenths": list(ADAPT_WEIGHTS[: prior.config.stages]),
     }
     card_out = out / f"{name}.json"
-    card_out.write_text(json.dumps(card, indent=1, ensure_ascii=False) + "\n")
+    save_card_data(card_out, card)
     return card_out
 
 

@@ -26,8 +26,8 @@ Two criteria:
 ``--effort 2`` probes the beam search's choices instead (against its own α = 0 curve); a
 card holds one λ per rate point, the default effort's, so it is printed only.
 
-``exact_vectors``, ``encoder_choice``, ``coded_bits_and_psnr``, ``gain_over`` and
-``exact_search_beam`` are shared with the probes under experiments/ and
+``exact_vectors``, ``encoder_choice``, ``coded_means``, ``coded_bits_and_psnr``,
+``gain_over`` and ``exact_search_beam`` are shared with the probes under experiments/ and
 scripts/encode_profile.py.
 """
 
@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Hashable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,7 @@ import torch
 from PIL import Image
 
 from diveq_codec.codec import index_coder, index_costs, rate_tables
+from diveq_codec.codec.card_schema import save_card_data
 from diveq_codec.codec.metrics import psnr
 from diveq_codec.codec.pipeline import effort_settings, image_to_tensor, tensor_to_pixels
 from diveq_codec.codec.zoo import LoadedModel, RatePoint, load_model, network_rate_points
@@ -100,6 +102,23 @@ def encoder_choice(loaded: LoadedModel, vectors: torch.Tensor, grid: tuple[int, 
     return loaded.model.vector_indices(vectors, grid, stages, loaded.rate_costs(weight), beam, recost)
 
 
+def coded_means(loaded: LoadedModel, photos: Iterable[tuple[np.ndarray, torch.Tensor, tuple[int, int]]],
+                runs: dict[Hashable, tuple[int, float, int]], beam: int = 1) -> dict[Hashable, tuple[float, float]]:
+    """Each run's mean bpp (over all pixels) and PSNR (over photos) on ``photos`` (each as
+    exact_vectors gives it), coded and decoded for real: ``runs`` maps a key to the stages, λ
+    and rounds of one encoder search (encoder_choice)."""
+    totals = {key: np.zeros(2) for key in runs}
+    pixels = count = 0
+    with torch.no_grad():
+        for rgb, vectors, grid in photos:
+            pixels += rgb.shape[0] * rgb.shape[1]
+            count += 1
+            for key, (stages, weight, rounds) in runs.items():
+                indices = encoder_choice(loaded, vectors, grid, stages, weight, beam, rounds)
+                totals[key] += coded_bits_and_psnr(loaded, indices, grid, rgb)
+    return {key: (bits / pixels, db / count) for key, (bits, db) in totals.items()}
+
+
 def gain_over(curve: np.ndarray, bpp: float, db: float) -> float:
     """PSNR above the (rate, PSNR) curve at the same rate, interpolated in log-rate."""
     log_rate = np.log(curve[:, 0])
@@ -127,16 +146,9 @@ def measure(loaded: LoadedModel, points: list[RatePoint], paths: list[Path],
     with torch.no_grad():
         slopes = stage_slopes(loaded.model.quantizer, [vectors for _, vectors, _ in photos],
                               rate_tables.table_entropy_bits(loaded.tables))
-        totals = {(p.quality, a): np.zeros(2) for p in points for a in ALPHAS}
-        for rgb, vectors, grid in photos:
-            for point in points:
-                for alpha in ALPHAS:
-                    weight = alpha * float(slopes[point.stages - 1])
-                    indices = encoder_choice(loaded, vectors, grid, point.stages, weight, beam)
-                    totals[(point.quality, alpha)] += coded_bits_and_psnr(loaded, indices, grid, rgb)
-    pixels = sum(rgb.shape[0] * rgb.shape[1] for rgb, _, _ in photos)
-    mean = {key: (bits / pixels, db / len(photos)) for key, (bits, db) in totals.items()}
-    return mean, slopes
+    runs = {(p.quality, a): (p.stages, a * float(slopes[p.stages - 1]), index_costs.ROUNDS)
+            for p in points for a in ALPHAS}
+    return coded_means(loaded, photos, runs, beam), slopes
 
 
 def choose(points: list[RatePoint], mean: dict[tuple[int, float], tuple[float, float]],
@@ -163,20 +175,13 @@ def keep_psnr(loaded: LoadedModel, points: list[RatePoint], paths: list[Path]) -
     that λ, on these images: the same quality for fewer bits. Prints the table; points at
     λ = 0 (the nearest codewords) keep it."""
     tuned = [p for p in points if p.search_weight(rounds=False) > 0]
-    totals = {(p.quality, scale): np.zeros(2) for p in tuned for scale in (None, *SCALES)}
-    pixels = 0
-    with torch.no_grad():
-        for path in paths:
-            rgb, vectors, grid = exact_vectors(loaded, path)
-            pixels += rgb.shape[0] * rgb.shape[1]
-            for point in tuned:
-                for scale in (None, *SCALES):
-                    # None: the static tables' search alone at the card's λ, the PSNR to keep
-                    static = point.search_weight(rounds=False)
-                    rounds, weight = (0, static) if scale is None else (index_costs.ROUNDS, scale * static)
-                    indices = encoder_choice(loaded, vectors, grid, point.stages, weight, 1, rounds)
-                    totals[(point.quality, scale)] += coded_bits_and_psnr(loaded, indices, grid, rgb)
-    mean = {key: (bits / pixels, db / len(paths)) for key, (bits, db) in totals.items()}
+    runs = {}
+    for point in tuned:
+        static = point.search_weight(rounds=False)
+        # None: the static tables' search alone at the static λ, the PSNR to keep
+        runs[(point.quality, None)] = (point.stages, static, 0)
+        runs.update({(point.quality, scale): (point.stages, scale * static, index_costs.ROUNDS) for scale in SCALES})
+    mean = coded_means(loaded, (exact_vectors(loaded, path) for path in paths), runs)
     chosen = {}
     print("quality  static tables (bpp, dB)  " + "  ".join(f"×{s:<4}" for s in SCALES) + "  chosen")
     for point in tuned:
@@ -200,7 +205,7 @@ def write_card(card_path: Path, points: list[RatePoint], chosen: dict[int, float
         rp["rate_weight"] = float(f"{chosen.get(quality, 0.0):.4g}")
         rp.pop("static_rate_weight", None)  # chosen for the whole search: no separate static λ
     card["rate_weight_chosen_by"] = chosen_by
-    card_path.write_text(json.dumps(card, indent=1, ensure_ascii=False) + "\n")
+    save_card_data(card_path, card)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -258,7 +263,7 @@ def scale_to_keep_psnr(args: argparse.Namespace, loaded: LoadedModel, points: li
         photos = f"{len(paths)} training photos" + (" held out from the index model" if held_out else "")
         card["rate_weight_chosen_by"] = (f"{PROG} {args.folder} --start {args.start} --every {args.every} --keep-psnr "
                                          f"--card {args.card} ({photos}; scales {listed})")
-        args.card.write_text(json.dumps(card, indent=1, ensure_ascii=False) + "\n")
+        save_card_data(args.card, card)
         print(f"wrote rate_weight into {args.card}")
     return 0
 

@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from diveq_codec.codec.card_schema import save_card_data
 from diveq_codec.codec.errors import OutputError
 from diveq_codec.codec.evaluation.eval_meta import META_NAME, layer_record, read_meta
 
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         card["kodak_eval"] = {"images": results["meta"].get("images"), "command": args.command,
                               "measure": "whole-file bpp; PSNR-RGB of the 8-bit decoded file, averaged per image"}
-        card_path.write_text(json.dumps(card, indent=1, ensure_ascii=False) + "\n")
+        save_card_data(card_path, card)
         total += updated
     print(f"recorded {total} rate points", file=sys.stderr)
     return 0 if total else 1

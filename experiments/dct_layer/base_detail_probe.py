@@ -52,13 +52,11 @@ def main() -> None:
             loaded = load_model(point.model_id, "cpu")
             decoded = pipeline.decode_detailed(pipeline.encode_at_point(source, replace(point, layer_step=None), "cpu"))
             base = pipeline.decoded_planes(np.asarray(decoded.image.convert("RGB")), source.mode)
-            head = decoded.header
-            details: dict[object, np.ndarray] = {"none": np.zeros(block_grid(height, width)[0] * block_grid(height, width)[1],
-                                                                  dtype=np.int32)}
+            rows, cols = block_grid(height, width)
+            details: dict[object, np.ndarray] = {"none": np.zeros(rows * cols, dtype=np.int32)}
             for offset, unit in settings:
                 details[(offset, unit)] = base_detail(loaded.require_index_model().codebooks, decoded.indices,
-                                                      (head.latent_h, head.latent_w), loaded.model.stride,
-                                                      block_grid(height, width), offset, unit)
+                                                      height, width, loaded.model.stride, offset, unit)
             for key, detail in details.items():
                 layer = dct_layer.encode(planes, base, point.layer_step, detail)
                 lifted = dct_layer.decode(layer, base, detail)

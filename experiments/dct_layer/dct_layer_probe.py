@@ -80,9 +80,7 @@ def measure(paths: list[Path], bases: dict[str, RatePoint], settings: list[Setti
             data = pipeline.encode_at_point(image, point, device="cpu")
             decoded = pipeline.decode_detailed(data, "cpu")
             base = np.asarray(decoded.image)
-            head = decoded.header
-            detail = pipeline.layer_detail(load_model(point.model_id, "cpu"), decoded.indices,
-                                           (head.latent_h, head.latent_w), height, width)
+            detail = pipeline.layer_detail(load_model(point.model_id, "cpu"), decoded.indices, height, width)
             alone.setdefault(label, []).append((bits_per_pixel(len(data), width, height), psnr(rgb, base)))
             for setting in settings:
                 for step in steps:

@@ -16,9 +16,8 @@ import argparse
 import json
 
 import numpy as np
-import torch
 
-from diveq_codec.codec.release.rate_weights import coded_bits_and_psnr, encoder_choice, exact_vectors, gain_over
+from diveq_codec.codec.release.rate_weights import coded_means, exact_vectors, gain_over
 from diveq_codec.codec.zoo import load_model, network_rate_points
 from diveq_codec.models.data import list_images
 
@@ -37,20 +36,11 @@ def main() -> None:
     loaded = load_model(points[0].model_id, "cpu")
     paths = list_images(args.folder)[8::args.every]
     runs = [(0, s) for s in STATIC_SCALES] + [(r, s) for r in rounds for s in SCALES]
-    totals = {(p.quality, run): np.zeros(2) for p in points for run in runs}
-    pixels = 0
-    with torch.no_grad():
-        for path in paths:
-            rgb, vectors, grid = exact_vectors(loaded, path)
-            pixels += rgb.shape[0] * rgb.shape[1]
-            for point in points:
-                for r, scale in runs:
-                    indices = encoder_choice(loaded, vectors, grid, point.stages, scale * point.rate_weight, 1, r)
-                    totals[(point.quality, (r, scale))] += coded_bits_and_psnr(loaded, indices, grid, rgb)
+    means = coded_means(loaded, (exact_vectors(loaded, path) for path in paths),
+                        {(p.quality, (r, s)): (p.stages, s * p.rate_weight, r) for p in points for r, s in runs})
     results = {}
     for point in points:
-        mean = {run: (totals[(point.quality, run)][0] / pixels, totals[(point.quality, run)][1] / len(paths))
-                for run in runs}
+        mean = {run: means[(point.quality, run)] for run in runs}
         curve = np.array(sorted((mean[(0, s)] for s in STATIC_SCALES), key=lambda v: v[0]))
         print(f"quality {point.quality} ({point.stages} stages, λ {point.rate_weight}), {len(paths)} photos")
         for run in runs:
