@@ -1,13 +1,15 @@
 """Train the index prior (models/index_prior.py) on the encoder's own index maps.
 
 ``python -m diveq_codec.models.train_index_prior MAPS.npz WEIGHTS.safetensors OUT_DIR
-[--time-budget S] [--hidden H]``
+[--time-budget S] [--hidden H] [--wide] [--init CHECKPOINT]``
 
 MAPS.npz comes from ``python -m diveq_codec.codec.release.index_maps`` (training photos
 only, never Kodak). One image in ``HOLDOUT_EVERY`` (by sorted name) is held out: the run
 reports bits per symbol on it, per stage, and never trains on it. Time-boxed and
 resumable: OUT_DIR/checkpoint.pt is written every ``--checkpoint-every`` seconds and a run
-started on the same OUT_DIR continues from it.
+started on the same OUT_DIR continues from it. ``--init`` starts from another run's
+checkpoint of the same width, possibly with fewer neighbours: the new ones start at zero,
+so the model starts as the one it came from.
 """
 
 from __future__ import annotations
@@ -84,6 +86,24 @@ def padded_codebooks(weights: Path, stages: int) -> torch.Tensor:
 
 
 @torch.no_grad()
+def warm_start(prior: IndexPrior, checkpoint: Path) -> None:
+    """Load a checkpoint whose neighbours are a subset of ``prior``'s; the others start at zero."""
+    state = torch.load(checkpoint, weights_only=False)
+    old = [tuple(o) for o in state["config"]["neighbours"]]
+    new = list(prior.config.neighbours)
+    if not set(old) <= set(new):
+        raise SystemExit(f"{checkpoint}: its neighbours {old} are not all among {new}")
+    model = dict(state["model"])
+    for m, stage in enumerate(prior.stages):
+        key = f"stages.{m}.neighbours"
+        embeddings = torch.zeros_like(stage.neighbours)
+        for j, offset in enumerate(old):
+            embeddings[new.index(offset)] = model[key][j]
+        model[key] = embeddings
+    prior.load_state_dict(model)
+
+
+@torch.no_grad()
 def holdout_bits(prior: IndexPrior, maps: list[tuple[str, np.ndarray]], books: torch.Tensor) -> dict[str, list[float]]:
     """Mean bits per symbol of each stage of each config on whole held-out maps."""
     totals: dict[str, list[list[float]]] = {}
@@ -111,6 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--window", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--wide", action="store_true", help="condition on 19 neighbours rather than 10")
+    parser.add_argument("--init", type=Path, default=None, help="start from this checkpoint (see above)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--eval-only", action="store_true")
     args = parser.parse_args(argv)
@@ -131,6 +152,9 @@ def main(argv: list[str] | None = None) -> None:
         optimizer.load_state_dict(state["optimizer"])
         step, elapsed_before = state["step"], state["elapsed_s"]
         print(f"resumed at step {step}", flush=True)
+    elif args.init is not None:
+        warm_start(prior, args.init)
+        print(f"started from {args.init}", flush=True)
     train_maps = [m for _, m in train]
     rng = np.random.default_rng(step)
     start = last_saved = time.monotonic()

@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: the cases are tiny)")
     parser.add_argument("--time-limit", type=float, default=fuzzing.TIME_LIMIT_S)
     parser.add_argument("--no-tracemalloc", action="store_true", help="RSS check only (faster)")
+    parser.add_argument("--every-quality", action="store_true",
+                        help="start from each small image at every rate point (90 files) rather than at three")
     parser.add_argument("--by-strategy", action="store_true", help="also print outcomes per strategy")
     args = parser.parse_args(argv)
 
@@ -47,12 +49,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"... {summary.cases} cases, {len(summary.failures)} failures, "
                   f"max {summary.max_time_s * 1000:.0f} ms", file=sys.stderr, flush=True)
 
-    bases = fuzzing.make_bases(args.device)
+    bases = fuzzing.make_bases(args.device, every_quality=args.every_quality)
 
     summary = fuzzing.fuzz(args.cases, args.seed, bases, device=args.device, trace_memory=not args.no_tracemalloc,
                            time_limit_s=args.time_limit, start=args.start, progress=progress)
     print(f"fuzz_bitstream: seed {args.seed}, cases {args.start}..{args.start + args.cases - 1}, "
-          f"bases {', '.join(f'{k} ({len(v)} B)' for k, v in bases.items())}")
+          + (f"bases {', '.join(f'{k} ({len(v)} B)' for k, v in bases.items())}" if len(bases) <= 8 else
+             f"{len(bases)} bases ({min(map(len, bases.values()))}-{max(map(len, bases.values()))} B)"))
     for line in summary.lines():
         print(line)
     if args.by_strategy:

@@ -70,13 +70,17 @@ def base_images() -> dict[str, tuple[Image.Image, int | None]]:
             "gray9x7": (gray, None), "la8x8": (la, "max")}
 
 
-def make_bases(device: str = "cpu") -> dict[str, bytes]:
+def make_bases(device: str = "cpu", every_quality: bool = False) -> dict[str, bytes]:
     """The valid .dvq files of :func:`base_images`, at the lowest rate point, the default and
-    the highest (the default and the highest add a DCT layer: format version 4)."""
+    the highest (the default and the highest add a DCT layer: format version 4); with
+    ``every_quality``, each image at every rate point instead (named ``image@qN``)."""
     from diveq_codec.codec.pipeline import encode
     from diveq_codec.codec.zoo import rate_points
 
     qualities = [p.quality for p in rate_points()]
+    if every_quality:
+        return {f"{name}@q{q}": encode(image, quality=q, device=device)
+                for name, (image, _) in base_images().items() for q in qualities}
     pick = {"min": qualities[0], "max": qualities[-1], None: None}
     return {name: encode(image, quality=pick[q], device=device) for name, (image, q) in base_images().items()}
 

@@ -188,3 +188,14 @@ def test_compare_zoos_cuts_the_zoo_to_the_qualities_an_eval_holds(tmp_path: Path
     assert [line.split(" | ")[0] for line in out.splitlines() if line.startswith("| ") and "0." in line] == \
         ["| 1", "| 4", "| 7", "| 10"]
     assert "| +0.0 % | +0.000 |" in out and "BD-rate after against before: +0.00 %" in out
+
+
+def test_quality1_search_probe_codes_each_lambda(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    probe = _load_script(REPO / "experiments" / "index_model" / "quality1_search.py")
+    folder = _photos(tmp_path / "photos", 2, size=(64, 48))
+    monkeypatch.setattr("sys.argv", ["probe", str(folder), "--start", "0", "--every", "1", "--weights", "0,0.01"])
+    probe.main()
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 0")]
+    assert rows[0].startswith("| 0 |") and rows[0].endswith("| +0.00 % | +0.000 dB |")
+    assert rows[1].startswith("| 0.01 |")

@@ -1,0 +1,64 @@
+"""The index model's training (models/train_index_prior.py): a few real steps on tiny maps,
+resume, the held-out report, and a warm start onto more neighbours."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from diveq_codec.codec.zoo import weights_dir
+from diveq_codec.models.index_prior import NEIGHBOURS, WIDE_NEIGHBOURS, IndexPrior, IndexPriorConfig, stage_inputs
+from diveq_codec.models.train_index_prior import main, warm_start
+
+
+def shipped_weights() -> Path:
+    return next(p for p in sorted(weights_dir().glob("*.safetensors")))
+
+
+def tiny_maps(path: Path) -> Path:
+    """Nine photos' maps at two searches: photo 0 is held out (one in eight, by sorted name)."""
+    rng = np.random.default_rng(5)
+    names = [f"photo{i}.png" for i in range(9)]
+    arrays = {"names": np.array(names)}
+    for name in names:
+        arrays[f"{name}|1|0.0"] = rng.integers(0, 128, (1, 10, 14), dtype=np.uint8)
+        arrays[f"{name}|2|0.01"] = rng.integers(0, 128, (2, 10, 14), dtype=np.uint8)
+    np.savez(path, **arrays)
+    return path
+
+
+def test_trains_resumes_and_reports_the_held_out_photos(tmp_path: Path) -> None:
+    maps, out = tiny_maps(tmp_path / "maps.npz"), tmp_path / "run"
+    args = [str(maps), str(shipped_weights()), str(out), "--hidden", "8", "--batch", "2", "--window", "8",
+            "--threads", "1", "--checkpoint-every", "0"]
+    main([*args, "--time-budget", "1"])
+    first = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert first["step"] > 0 and first["config"]["hidden"] == 8
+    report = json.loads((out / "holdout_bits.json").read_text())
+    # random indices: about log2(128) = 7 bits each, whatever a few steps learned
+    assert set(report) == {"1|0.0", "2|0.01"} and len(report["2|0.01"]) == 2
+    assert all(5.0 < bits < 9.0 for values in report.values() for bits in values), report
+    main([*args, "--time-budget", "2"])
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] > first["step"]  # resumed, went on
+
+
+def test_warm_start_onto_more_neighbours_keeps_the_model(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    narrow = IndexPrior(IndexPriorConfig(stages=2, codes=16, latent_dim=4, hidden=8))
+    for parameter in narrow.parameters():  # trained-looking: nothing at its initial value
+        parameter.data.normal_(0.0, 0.3)
+    checkpoint = tmp_path / "narrow.pt"
+    torch.save({"config": {**narrow.config.__dict__, "neighbours": [list(o) for o in NEIGHBOURS]},
+                "model": narrow.state_dict()}, checkpoint)
+    wide = IndexPrior(IndexPriorConfig(stages=2, codes=16, latent_dim=4, hidden=8, neighbours=WIDE_NEIGHBOURS))
+    warm_start(wide, checkpoint)
+    maps = torch.randint(0, 16, (3, 2, 9, 11))
+    books = torch.randn(2, 16, 4)
+    for stage in range(2):
+        narrow_logits = narrow.stages[stage](*stage_inputs(maps, stage, books, narrow.config))
+        wide_logits = wide.stages[stage](*stage_inputs(maps, stage, books, wide.config))
+        torch.testing.assert_close(wide_logits, narrow_logits)
+    assert float(wide.stages[0].neighbours.detach().abs().sum()) == float(narrow.stages[0].neighbours.detach().abs().sum())
