@@ -231,6 +231,25 @@ def test_torch_and_numpy_give_the_same_frequencies() -> None:
         assert np.array_equal(_torch_frequencies(model, stage, maps), _numpy_frequencies(model, stage, maps))
 
 
+def test_neighbour_terms_gathered_in_float32_only_where_exact() -> None:
+    """The first layer's neighbour terms are gathered in float32 when every sum of them is
+    below 2^24; larger weights take float64, and both agree with the torch computation."""
+    from index_models import random_tensors
+
+    from diveq_codec.codec.index_model import TENSOR_PREFIX, from_tensors
+
+    maps = np.random.default_rng(3).integers(0, CODES, size=(3, 9, 14))
+    assert all(net.neighbours32 is not None for net in MODEL.stages)
+    tensors = random_tensors(0)
+    for m in range(3):
+        tensors[f"{TENSOR_PREFIX}stage{m + 1}.neighbours"] = tensors[f"{TENSOR_PREFIX}stage{m + 1}.neighbours"] * 4096
+    large = from_tensors(tensors)
+    assert all(net.neighbours32 is None for net in large.stages)
+    for model in (MODEL, large):
+        for stage in range(3):
+            assert np.array_equal(_numpy_frequencies(model, stage, maps), _torch_frequencies(model, stage, maps))
+
+
 def test_thread_counts_and_row_order_do_not_change_the_frequencies() -> None:
     model, maps = _shipped()
     stage = len(model.stages) - 1
