@@ -49,7 +49,8 @@ class StageNetwork:
     context_w: np.ndarray | None = None  # (9·P, H): 3×3 window, row-major, then channels
     previous: np.ndarray | None = None  # (codes, H): stage m − 1's index at the position
     # ``neighbours`` in float32, where every sum of K of its entries is below 2^24 and so
-    # exact in any order (the shipped model's are below 2^23): half the bytes to gather.
+    # exact in any order (the shipped model's bound is 0.95 · 2^24 at stage 1, under half
+    # that at the others): half the bytes to gather.
     neighbours32: np.ndarray | None = None
 
 
