@@ -119,14 +119,11 @@ def output_steps(model: IndexModel, stage: int, first: np.ndarray, tokens: np.nd
     ``model.output_table``."""
     net = model.stages[stage]
     z = first + net.bias
-    if net.neighbours32 is not None:
-        terms = net.neighbours32[0][tokens[:, 0]]
-        for k in range(1, len(model.offsets)):
-            terms += net.neighbours32[k][tokens[:, k]]
-        z += terms
-    else:
-        for k in range(len(model.offsets)):
-            z += net.neighbours[k][tokens[:, k]]
+    table = net.neighbours if net.neighbours32 is None else net.neighbours32
+    terms = table[0][tokens[:, 0]]
+    for k in range(1, len(model.offsets)):
+        terms += table[k][tokens[:, k]]
+    z += terms
     a = _activate(z, net.first_shift, model.cap)
     z = a @ net.hidden_w
     z += net.hidden_b

@@ -37,14 +37,19 @@ def _photos(folder: Path, count: int, size: tuple[int, int] = (48, 40)) -> Path:
     return folder
 
 
+def _load_script(path: Path):
+    """A probe or script loaded as a module (its main not run)."""
+    spec = importlib.util.spec_from_file_location(f"probe_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.mark.parametrize("path", [p for p in EXPERIMENT_SCRIPTS if p.parent.name not in ("experiments", "quantizer_study")]
                          + [REPO / "scripts" / "encode_profile.py"], ids=lambda p: p.stem)
 def test_probe_imports_resolve(path: Path) -> None:
     """Each probe loads (every name it imports still exists); its main only runs as a script."""
-    spec = importlib.util.spec_from_file_location(f"probe_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert callable(module.main)
+    assert callable(_load_script(path).main)
 
 
 def test_gain_over_interpolates_in_log_rate_and_extends_past_the_ends() -> None:
@@ -150,13 +155,6 @@ def test_keep_psnr_scales_each_lambda_within_its_grid(tmp_path: Path) -> None:
                  if before["static_rate_weight"] > 0}
     assert len(by_stages) == 3  # the layer points' scale is their 3-stage base's
     assert "--keep-psnr" in written["rate_weight_chosen_by"] and "held out" not in written["rate_weight_chosen_by"]
-
-
-def _load_script(path: Path):
-    spec = importlib.util.spec_from_file_location(f"probe_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_base_detail_probe_runs_on_a_tiny_photo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

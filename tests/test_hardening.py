@@ -93,12 +93,7 @@ def test_bases_at_every_rate_point_for_the_long_runs() -> None:
     """scripts/fuzz_bitstream.py --every-quality starts from each small image at every rate point."""
     from diveq_codec.codec.zoo import rate_points
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        every = fuzzing.make_bases("cpu", every_quality=True)
-    finally:
-        torch.set_num_threads(before)
+    every = fuzzing.make_bases("cpu", every_quality=True)
     qualities = [p.quality for p in rate_points()]
     assert sorted(every) == sorted(f"{name}@q{q}" for name in fuzzing.base_images() for q in qualities)
     assert all(fuzzing.get_field(data, "quality") == int(name.rsplit("@q", 1)[1]) for name, data in every.items())
