@@ -85,24 +85,25 @@ class StagePrior(nn.Module):
         self.hidden = nn.Linear(h, h)
         self.out = nn.Linear(h, config.codes)
 
-    def first_sum(self, previous_sum: torch.Tensor | None, previous_index: torch.Tensor | None,
-                  tokens: torch.Tensor) -> torch.Tensor:
-        """The first layer's pre-activation (B, H, h, w). ``tokens`` (B, neighbours, h, w)."""
-        z = self.bias[None, :, None, None]
-        for k in range(self.neighbours.shape[0]):
-            z = z + self.neighbours[k][tokens[:, k]].permute(0, 3, 1, 2)
+    def forward(self, previous_sum: torch.Tensor | None, previous_index: torch.Tensor | None,
+                tokens: torch.Tensor, where: torch.Tensor | None = None) -> torch.Tensor:
+        """Base-2 logits (B, h, w, codes) for ``tokens`` (B, neighbours, h, w); with ``where``
+        (B, h, w, bool), only at its positions: (N, codes). The layers after the context
+        convolution act on each position alone, so training computes them only where it
+        scores."""
+        every = where is None
+        if every:
+            where = torch.ones(tokens.shape[0], *tokens.shape[2:], dtype=torch.bool, device=tokens.device)
+        count, vocabulary, width = self.neighbours.shape
+        # One table of every neighbour's embeddings: a position's first layer sums one row per neighbour.
+        rows = tokens.permute(0, 2, 3, 1)[where] + torch.arange(count, device=tokens.device) * vocabulary
+        z = F.embedding_bag(rows, self.neighbours.reshape(count * vocabulary, width), mode="sum") + self.bias
         if self.stage > 0:
             assert previous_sum is not None and previous_index is not None
-            z = z + self.context(activation(self.project(previous_sum)))
-            z = z + self.previous(previous_index).permute(0, 3, 1, 2)
-        return z
-
-    def forward(self, previous_sum: torch.Tensor | None, previous_index: torch.Tensor | None,
-                tokens: torch.Tensor) -> torch.Tensor:
-        """Base-2 logits (B, h, w, codes)."""
-        a = activation(self.first_sum(previous_sum, previous_index, tokens)).permute(0, 2, 3, 1)
-        return self.out(activation(self.hidden(a)))
-
+            z = z + self.context(activation(self.project(previous_sum))).permute(0, 2, 3, 1)[where]
+            z = z + self.previous(previous_index[where])
+        logits = self.out(activation(self.hidden(activation(z))))
+        return logits.reshape(*tokens.shape[:1], *tokens.shape[2:], -1) if every else logits
 
 class IndexPrior(nn.Module):
     def __init__(self, config: IndexPriorConfig) -> None:

@@ -1,11 +1,15 @@
 """Train the index prior (models/index_prior.py) on the encoder's own index maps.
 
-``python -m diveq_codec.models.train_index_prior MAPS.npz WEIGHTS.safetensors OUT_DIR
-[--time-budget S] [--hidden H] [--wide] [--init CHECKPOINT]``
+``python -m diveq_codec.models.train_index_prior MAPS.npz [MORE.npz ...] WEIGHTS.safetensors
+OUT_DIR [--time-budget S] [--hidden H] [--wide] [--init CHECKPOINT] [--keep-best]``
 
 MAPS.npz comes from ``python -m diveq_codec.codec.release.index_maps`` (training photos
-only, never Kodak). One image in ``HOLDOUT_EVERY`` (by sorted name) is held out: the run
-reports bits per symbol on it, per stage, and never trains on it. Time-boxed and
+only, never Kodak); several files (the trainpack's maps and the full-size photos') train
+together. One photo in ``HOLDOUT_EVERY`` (by sorted name, so the same photo in every file)
+is held out: the run reports bits per symbol on it, per stage, and never trains on it.
+``--keep-best`` also sets aside the photos ``VALIDATION_OFFSET`` places after them, scores
+them at each checkpoint, and keeps each stage's network at its best score there (the
+stages are separate networks; the later ones, with less data, overfit first). Time-boxed and
 resumable: OUT_DIR/checkpoint.pt is written every ``--checkpoint-every`` seconds and a run
 started on the same OUT_DIR continues from it. ``--init`` starts from another run's
 checkpoint of the same width, possibly with fewer neighbours: the new ones start at zero,
@@ -26,22 +30,34 @@ from diveq_codec.models.index_prior import WIDE_NEIGHBOURS, IndexPrior, IndexPri
 from diveq_codec.models.weights_file import read_tensors
 
 HOLDOUT_EVERY = 8  # images 0, 8, 16, … of the sorted names are held out
+VALIDATION_OFFSET = 4  # with --keep-best, images 4, 12, 20, … choose when each stage stops
 PAD = 4  # a window's margin: past the farthest neighbour, and even so that columns keep their parity
 OUTSIDE = 255  # a map cell off the image
 
 
-def load_maps(path: Path) -> tuple[list[tuple[str, np.ndarray]], list[tuple[str, np.ndarray]]]:
-    """(training, held-out) lists of (config key, map (S, h, w) uint8)."""
-    with np.load(path) as data:
-        names = sorted(str(n) for n in data["names"])
-        held = {n for i, n in enumerate(names) if i % HOLDOUT_EVERY == 0}
-        train, holdout = [], []
-        for key in data.files:
-            if key == "names":
-                continue
-            name, config = key.split("|", 1)
-            (holdout if name in held else train).append((config, data[key]))
-    return train, holdout
+def load_maps(paths: list[Path], validation: bool = False
+              ) -> tuple[list[tuple[str, np.ndarray]], list[tuple[str, np.ndarray]], list[tuple[str, np.ndarray]]]:
+    """(training, held-out, validation) lists of (config key, map (S, h, w) uint8); the
+    validation list is empty unless ``validation``."""
+    files = [np.load(path) for path in paths]
+    try:
+        names = sorted({str(n) for data in files for n in data["names"]})
+        position = {n: i for i, n in enumerate(names)}
+        train: list[tuple[str, np.ndarray]] = []
+        holdout: list[tuple[str, np.ndarray]] = []
+        validate: list[tuple[str, np.ndarray]] = []
+        for data in files:
+            for key in data.files:
+                if key == "names":
+                    continue
+                name, config = key.split("|", 1)
+                i = position[name] % HOLDOUT_EVERY
+                part = holdout if i == 0 else validate if validation and i == VALIDATION_OFFSET else train
+                part.append((config, data[key]))
+    finally:
+        for data in files:
+            data.close()
+    return train, holdout, validate
 
 
 def window_batch(maps: list[np.ndarray], stage: int, size: int, count: int,
@@ -69,13 +85,12 @@ def window_bits(prior: IndexPrior, windows: torch.Tensor, stage: int, books: tor
     previous_sum, previous_index, tokens = stage_inputs(maps, stage, books, config)
     if previous_index is not None:
         previous_index = previous_index.clamp(max=config.codes - 1)
-    logits = prior.stages[stage](previous_sum, previous_index, tokens)
-    target = maps[:, stage]
     inner = ~outside[:, stage]
     inner[:, :PAD] = False
     inner[:, :, :PAD] = False
     inner[:, :, -PAD:] = False
-    return bits(logits[inner], target[inner])
+    logits = prior.stages[stage](previous_sum, previous_index, tokens, where=inner)
+    return bits(logits, maps[:, stage][inner])
 
 
 def padded_codebooks(weights: Path, stages: int) -> torch.Tensor:
@@ -118,9 +133,23 @@ def holdout_bits(prior: IndexPrior, maps: list[tuple[str, np.ndarray]], books: t
     return {c: [s / max(n, 1) for s, n in v] for c, v in totals.items()}
 
 
+@torch.no_grad()
+def stage_bits(prior: IndexPrior, maps: list[tuple[str, np.ndarray]], books: torch.Tensor) -> list[float]:
+    """Mean bits per symbol of each stage over every configuration's maps together."""
+    totals = [[0.0, 0] for _ in prior.stages]
+    for config, m in maps:
+        padded = np.pad(m.astype(np.int64), ((0, 0), (PAD, PAD), (PAD, PAD)), constant_values=OUTSIDE)
+        windows = torch.from_numpy(padded)[None]
+        for stage in range(m.shape[0]):
+            b = window_bits(prior, windows[:, : stage + 1], stage, books)
+            totals[stage][0] += float(b.sum())
+            totals[stage][1] += b.numel()
+    return [s / max(n, 1) for s, n in totals]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("maps", type=Path)
+    parser.add_argument("maps", type=Path, nargs="+")
     parser.add_argument("weights", type=Path)
     parser.add_argument("out", type=Path)
     parser.add_argument("--time-budget", type=float, default=1800.0)
@@ -134,10 +163,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--init", type=Path, default=None, help="start from this checkpoint (see above)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--eval-only", action="store_true")
+    parser.add_argument("--keep-best", action="store_true",
+                        help="keep each stage at its best score on validation photos (see above)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    train, holdout = load_maps(args.maps)
+    train, holdout, validation = load_maps(args.maps, validation=args.keep_best)
     config = IndexPriorConfig(stages=max(m.shape[0] for _, m in train), hidden=args.hidden, projected=args.projected,
                               **({"neighbours": WIDE_NEIGHBOURS} if args.wide else {}))
     books = padded_codebooks(args.weights, config.stages)
@@ -146,11 +177,13 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     ckpt = args.out / "checkpoint.pt"
     step, elapsed_before = 0, 0.0
+    best: list[tuple[float, dict[str, torch.Tensor]] | None] = [None] * config.stages
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=False)
         prior.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, elapsed_before = state["step"], state["elapsed_s"]
+        best = state.get("best", best)
         print(f"resumed at step {step}", flush=True)
     elif args.init is not None:
         warm_start(prior, args.init)
@@ -159,9 +192,18 @@ def main(argv: list[str] | None = None) -> None:
     rng = np.random.default_rng(step)
     start = last_saved = time.monotonic()
 
+    config_record = {**config.__dict__, "neighbours": [list(o) for o in config.neighbours]}
+
     def save() -> None:
-        record = {"config": {**config.__dict__, "neighbours": [list(o) for o in config.neighbours]}, "model": prior.state_dict(), "optimizer": optimizer.state_dict(),
-                  "step": step, "elapsed_s": elapsed_before + time.monotonic() - start}
+        if validation:
+            scores = stage_bits(prior, validation, books)
+            for m, score in enumerate(scores):
+                if best[m] is None or score < best[m][0]:
+                    best[m] = (score, {k: v.clone() for k, v in prior.stages[m].state_dict().items()})
+            print(f"step {step} validation bits " + " ".join(f"{v:.4f}" for v in scores)
+                  + " best " + " ".join(f"{b[0]:.4f}" for b in best if b is not None), flush=True)
+        record = {"config": config_record, "model": prior.state_dict(), "optimizer": optimizer.state_dict(),
+                  "step": step, "elapsed_s": elapsed_before + time.monotonic() - start, "best": best}
         torch.save(record, ckpt.with_suffix(".tmp"))
         ckpt.with_suffix(".tmp").replace(ckpt)
 
@@ -186,6 +228,13 @@ def main(argv: list[str] | None = None) -> None:
             last_saved = time.monotonic()
     if not args.eval_only:
         save()
+    if validation:
+        # The model that ships: each stage's network as it was at its best validation score.
+        for m, kept in enumerate(best):
+            if kept is not None:
+                prior.stages[m].load_state_dict(kept[1])
+        torch.save({"config": config_record, "model": prior.state_dict(), "step": step,
+                    "best_bits": [b[0] if b else None for b in best]}, args.out / "best.pt")
     result = holdout_bits(prior, holdout, books)
     (args.out / "holdout_bits.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result), flush=True)

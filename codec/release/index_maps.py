@@ -2,9 +2,14 @@
 
 ``python -m diveq_codec.codec.release.index_maps IMAGE_DIR OUT.npz [--limit N]``
 
-Every image (RGB, as the trainpack stores it: long side ≤ 512 px) is encoded at every
-distinct (stages, λ) of the shipped rate points, exactly as ``encode`` chooses (effort 1),
-and the indices are saved with their grid. Never run it on the test set (Kodak).
+Every image (RGB: the trainpack's, long side ≤ 512 px, or the full-size photos) is encoded
+at every distinct (stages, λ) of the shipped rate points, exactly as ``encode`` chooses
+(effort 1), and the indices are saved with their grid. An image is named by its path under
+IMAGE_DIR with ``__`` for ``/``, the trainpack's flat names, so a photo has the same name at
+either size and the index model's training holds out the same photos of both. Never run it
+on the test set (Kodak). ``--offset N`` drops the top N rows and left N columns first: the
+same photos on a latent grid moved by a fraction of a latent, whose indices all differ
+(more training data for the index model, which overfits its later stages).
 The file is written every 20 images, so an interrupted run resumes where it stopped.
 """
 
@@ -38,7 +43,12 @@ def _load(out: Path) -> dict[str, np.ndarray]:
         return {key: data[key] for key in data.files}
 
 
-def extract(images: list[Path], out: Path, device: str = "cpu") -> None:
+def image_name(path: Path, root: Path) -> str:
+    """The trainpack's flat name of ``path`` (``bsds500/test/1.jpg`` → ``bsds500__test__1.jpg``)."""
+    return "__".join(path.relative_to(root).parts)
+
+
+def extract(images: list[Path], root: Path, out: Path, device: str = "cpu", offset: int = 0) -> None:
     points = distinct_searches(rate_points())
     loaded = load_model(points[0].model_id, device)
     arrays = _load(out)
@@ -47,16 +57,17 @@ def extract(images: list[Path], out: Path, device: str = "cpu") -> None:
     maps = {k: v for k, v in arrays.items() if k != "names"}
     started = time.monotonic()
     for n, path in enumerate(images):
-        if path.name in done:
+        name = image_name(path, root)
+        if name in done:
             continue
         with Image.open(path) as img:
-            rgb = np.asarray(img.convert("RGB"))
+            rgb = np.asarray(img.convert("RGB"))[offset:, offset:]
         x = image_to_tensor(rgb, device)
         for point in points:
             indices, (h, w) = choose_indices(loaded, point, 1, x)
-            key = f"{path.name}|{point.stages}|{point.rate_weight}"
+            key = f"{name}|{point.stages}|{point.rate_weight}"
             maps[key] = indices.cpu().numpy().astype(np.uint8).reshape(point.stages, h, w)
-        names.append(path.name)
+        names.append(name)
         if len(names) % 20 == 0 or n == len(images) - 1:
             np.savez(out.with_suffix(".tmp.npz"), names=np.array(names), **maps)
             out.with_suffix(".tmp.npz").replace(out)
@@ -69,10 +80,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--offset", type=int, default=0, help="drop this many top rows and left columns first")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    extract(list_images(args.images)[: args.limit], args.out)
+    extract(list_images(args.images)[: args.limit], args.images, args.out, offset=args.offset)
 
 
 if __name__ == "__main__":

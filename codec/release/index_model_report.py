@@ -34,7 +34,7 @@ from diveq_codec.models.train_index_prior import load_maps
 
 def selected_maps(path: Path, holdout: bool) -> list[tuple[str, np.ndarray]]:
     """(configuration, map) of every image, or of the images the training held out."""
-    train, held_out = load_maps(path)
+    train, held_out, _ = load_maps([path])
     return held_out if holdout else train + held_out
 
 
