@@ -234,6 +234,7 @@ def main(argv: list[str] | None = None) -> None:
             if kept is not None:
                 prior.stages[m].load_state_dict(kept[1])
         torch.save({"config": config_record, "model": prior.state_dict(), "step": step,
+                    "elapsed_s": elapsed_before + time.monotonic() - start,
                     "best_bits": [b[0] if b else None for b in best]}, args.out / "best.pt")
     result = holdout_bits(prior, holdout, books)
     (args.out / "holdout_bits.json").write_text(json.dumps(result, indent=1))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from diveq_codec.codec.release import rate_weights
@@ -197,3 +198,23 @@ def test_quality1_search_probe_codes_each_lambda(tmp_path: Path, monkeypatch: py
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 0")]
     assert rows[0].startswith("| 0 |") and rows[0].endswith("| +0.00 % | +0.000 dB |")
     assert rows[1].startswith("| 0.01 |")
+
+
+def test_overfitting_probe_scores_trained_and_held_out_photos(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from diveq_codec.models.index_prior import IndexPrior, IndexPriorConfig
+
+    probe = _load_script(REPO / "experiments" / "index_model" / "overfitting.py")
+    rng = np.random.default_rng(2)
+    names = [f"photo{i}.png" for i in range(9)]
+    arrays = {"names": np.array(names)} | {f"{n}|2|0.01": rng.integers(0, 128, (2, 6, 8), dtype=np.uint8) for n in names}
+    np.savez(tmp_path / "maps.npz", **arrays)
+    prior = IndexPrior(IndexPriorConfig(stages=4, hidden=8))
+    torch.save({"config": {**prior.config.__dict__, "neighbours": [list(o) for o in prior.config.neighbours]},
+                "model": prior.state_dict(), "step": 3}, tmp_path / "prior.pt")
+    monkeypatch.setattr("sys.argv", ["probe", str(tmp_path / "maps.npz"), str(tmp_path / "prior.pt"), "--every", "1"])
+    probe.main()
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if "2|0.01" in line]
+    assert len(rows) == 1 and rows[0][1] == "3"
+    # an untrained model: about log2(128) = 7 bits on either side
+    assert all(6.0 < float(v) < 8.0 for cell in rows[0][3:5] for v in cell.strip(" |").split(" / "))
