@@ -19,6 +19,7 @@ so the model starts as the one it came from.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from pathlib import Path
@@ -147,6 +148,16 @@ def stage_bits(prior: IndexPrior, maps: list[tuple[str, np.ndarray]], books: tor
     return [s / max(n, 1) for s, n in totals]
 
 
+def rescored(prior: IndexPrior, best: list, validation: list[tuple[str, np.ndarray]], books: torch.Tensor) -> list:
+    """``best`` (per stage: score, state) with each kept state scored again on ``validation``."""
+    kept = copy.deepcopy(prior)
+    for m, entry in enumerate(best):
+        if entry is not None:
+            kept.stages[m].load_state_dict(entry[1])
+    scores = stage_bits(kept, validation, books)
+    return [None if entry is None else (scores[m], entry[1]) for m, entry in enumerate(best)]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("maps", type=Path, nargs="+")
@@ -184,6 +195,8 @@ def main(argv: list[str] | None = None) -> None:
         optimizer.load_state_dict(state["optimizer"])
         step, elapsed_before = state["step"], state["elapsed_s"]
         best = state.get("best", best)
+        if validation and any(b is not None for b in best):
+            best = rescored(prior, best, validation, books)  # the validation photos' maps may have changed
         print(f"resumed at step {step}", flush=True)
     elif args.init is not None:
         warm_start(prior, args.init)

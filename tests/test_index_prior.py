@@ -13,7 +13,7 @@ import torch
 from diveq_codec.codec.zoo import weights_dir
 from diveq_codec.models.index_prior import NEIGHBOURS, WIDE_NEIGHBOURS, IndexPrior, IndexPriorConfig, stage_inputs
 from diveq_codec.codec.release.index_maps import image_name
-from diveq_codec.models.train_index_prior import load_maps, main, warm_start
+from diveq_codec.models.train_index_prior import load_maps, main, padded_codebooks, rescored, stage_bits, warm_start
 
 
 def shipped_weights() -> Path:
@@ -82,8 +82,11 @@ def test_several_map_files_hold_out_the_same_photos(tmp_path: Path) -> None:
 
 def test_keep_best_ships_each_stage_at_its_best_validation_score(tmp_path: Path) -> None:
     maps, out = tiny_maps(tmp_path / "maps.npz"), tmp_path / "run"
-    main([str(maps), str(shipped_weights()), str(out), "--hidden", "8", "--batch", "2", "--window", "8",
-          "--threads", "1", "--checkpoint-every", "0", "--time-budget", "1", "--keep-best"])
+    args = [str(shipped_weights()), str(out), "--hidden", "8", "--batch", "2", "--window", "8",
+            "--threads", "1", "--checkpoint-every", "0", "--keep-best"]
+    main([str(maps), *args, "--time-budget", "1"])
+    # resumed with more maps: the kept states are scored again on the new validation photos
+    main([str(maps), str(tiny_maps(tmp_path / "more.npz", seed=7)), *args, "--time-budget", "2"])
     state = torch.load(out / "checkpoint.pt", weights_only=False)
     best = torch.load(out / "best.pt", weights_only=False)
     assert [kept[0] for kept in state["best"]] == best["best_bits"]
@@ -103,3 +106,15 @@ def test_logits_at_chosen_positions_are_those_of_the_whole_map() -> None:
         whole = prior.stages[stage](*inputs)
         assert whole.shape == (2, 7, 9, 16)
         torch.testing.assert_close(prior.stages[stage](*inputs, where=where), whole[where])
+
+
+def test_kept_states_are_scored_again_on_new_validation_photos(tmp_path: Path) -> None:
+    torch.manual_seed(3)
+    prior = IndexPrior(IndexPriorConfig(stages=2, hidden=8))
+    other = IndexPrior(IndexPriorConfig(stages=2, hidden=8))
+    _, _, validation = load_maps([tiny_maps(tmp_path / "maps.npz")], validation=True)
+    books = padded_codebooks(shipped_weights(), 2)
+    best = [(-1.0, other.stages[0].state_dict()), None]  # a score from other photos
+    again = rescored(prior, best, validation, books)
+    assert again[1] is None and again[0][1] is best[0][1]
+    assert again[0][0] == stage_bits(other, validation, books)[0] != stage_bits(prior, validation, books)[0]
