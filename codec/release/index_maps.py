@@ -1,6 +1,6 @@
 """Extract the encoder's own index maps from training photos, the index model's training data.
 
-``python -m diveq_codec.codec.release.index_maps IMAGE_DIR OUT.npz [--limit N]``
+``python -m diveq_codec.codec.release.index_maps IMAGE_DIR OUT.npz [--limit N] [--offset N] [--folders A,B]``
 
 Every image (RGB: the trainpack's, long side ≤ 512 px, or the full-size photos) is encoded
 at every distinct (stages, λ) of the shipped rate points, exactly as ``encode`` chooses
@@ -81,10 +81,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--offset", type=int, default=0, help="drop this many top rows and left columns first")
+    parser.add_argument("--folders", default=None,
+                        help="only the images under these subfolders of IMAGE_DIR (comma-separated), "
+                             "e.g. the full-size photos larger than the trainpack's")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    extract(list_images(args.images)[: args.limit], args.images, args.out, offset=args.offset)
+    images = list_images(args.images)
+    if args.folders is not None:
+        wanted = set(args.folders.split(","))
+        images = [p for p in images if p.relative_to(args.images).parts[0] in wanted]
+    extract(images[: args.limit], args.images, args.out, offset=args.offset)
 
 
 if __name__ == "__main__":
