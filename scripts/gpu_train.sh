@@ -4,7 +4,7 @@
 # Usage: scripts/gpu_train.sh DATA_DIR OUT_DIR TIME_BUDGET_S [zoo|compare] [DEVICE]
 #   e.g. PYTHONUNBUFFERED=1 scripts/gpu_train.sh .data/trainpack "$OUT" 480 zoo
 #
-#   zoo      fine-tunes weights/diveq-rvq12-c128-rb2-ft1-ix.safetensors with its own loss
+#   zoo      fine-tunes weights/diveq-rvq12-c128-rb2-ft1-ix2.safetensors with its own loss
 #            (log-mse) at a low lr (7e-5: the model is already trained); alone, since one run
 #            fills an H100 (two side by side: 711 crops/s together; one alone: 670–712)
 #   compare  DiVeQ (one codebook of 256) and SF-DiVeQ (256 codewords), both from scratch,
@@ -22,7 +22,7 @@ scratch=(--channels 128 --latent-dim 64 --lr 5e-4 --batch 16 --threads 4)
 case $mode in
     zoo)
         runs=(zoo)
-        python -m diveq_codec.models.train "${common[@]}" --out "$work/zoo" --init weights/diveq-rvq12-c128-rb2-ft1-ix.safetensors \
+        python -m diveq_codec.models.train "${common[@]}" --out "$work/zoo" --init weights/diveq-rvq12-c128-rb2-ft1-ix2.safetensors \
             --loss log-mse --lr 7e-5 --batch 32 --threads 8 > "$work/zoo.log" 2>&1 &
         ;;
     compare)

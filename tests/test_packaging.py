@@ -33,8 +33,8 @@ def test_the_wheel_installs_only_the_diveq_codec_namespace(tmp_path: Path) -> No
     names = zipfile.ZipFile(wheel).namelist()
     top = {name.split("/")[0] for name in names}
     assert top == {"diveq_codec", next(t for t in top if t.endswith(".dist-info"))}
-    assert "diveq_codec/weights/diveq-rvq12-c128-rb2-ft1-ix.safetensors" in names
-    assert "diveq_codec/weights/diveq-rvq12-c128-rb2-ft1-ix.json" in names
+    assert "diveq_codec/weights/diveq-rvq12-c128-rb2-ft1-ix2.safetensors" in names
+    assert "diveq_codec/weights/diveq-rvq12-c128-rb2-ft1-ix2.json" in names
     assert not any(name.startswith(("diveq_codec/tests", "diveq_codec/experiments")) for name in names)
 
 
