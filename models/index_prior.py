@@ -105,6 +105,7 @@ class StagePrior(nn.Module):
         logits = self.out(activation(self.hidden(activation(z))))
         return logits.reshape(*tokens.shape[:1], *tokens.shape[2:], -1) if every else logits
 
+
 class IndexPrior(nn.Module):
     def __init__(self, config: IndexPriorConfig) -> None:
         super().__init__()

@@ -120,32 +120,33 @@ def warm_start(prior: IndexPrior, checkpoint: Path) -> None:
 
 
 @torch.no_grad()
+def bit_totals(prior: IndexPrior, maps: list[tuple[str, np.ndarray]], books: torch.Tensor
+               ) -> dict[str, list[tuple[float, int]]]:
+    """Per configuration, each stage's (total bits, symbols) on whole maps."""
+    totals: dict[str, list[tuple[float, int]]] = {}
+    for config, m in maps:
+        padded = np.pad(m.astype(np.int64), ((0, 0), (PAD, PAD), (PAD, PAD)), constant_values=OUTSIDE)
+        windows = torch.from_numpy(padded)[None]
+        entry = totals.setdefault(config, [(0.0, 0)] * m.shape[0])
+        for stage in range(m.shape[0]):
+            b = window_bits(prior, windows[:, : stage + 1], stage, books)
+            entry[stage] = (entry[stage][0] + float(b.sum()), entry[stage][1] + b.numel())
+    return totals
+
+
 def holdout_bits(prior: IndexPrior, maps: list[tuple[str, np.ndarray]], books: torch.Tensor) -> dict[str, list[float]]:
     """Mean bits per symbol of each stage of each config on whole held-out maps."""
-    totals: dict[str, list[list[float]]] = {}
-    for config, m in maps:
-        padded = np.pad(m.astype(np.int64), ((0, 0), (PAD, PAD), (PAD, PAD)), constant_values=OUTSIDE)
-        windows = torch.from_numpy(padded)[None]
-        entry = totals.setdefault(config, [[0.0, 0] for _ in range(m.shape[0])])
-        for stage in range(m.shape[0]):
-            b = window_bits(prior, windows[:, : stage + 1], stage, books)
-            entry[stage][0] += float(b.sum())
-            entry[stage][1] += b.numel()
-    return {c: [s / max(n, 1) for s, n in v] for c, v in totals.items()}
+    return {c: [s / max(n, 1) for s, n in v] for c, v in bit_totals(prior, maps, books).items()}
 
 
-@torch.no_grad()
 def stage_bits(prior: IndexPrior, maps: list[tuple[str, np.ndarray]], books: torch.Tensor) -> list[float]:
     """Mean bits per symbol of each stage over every configuration's maps together."""
-    totals = [[0.0, 0] for _ in prior.stages]
-    for config, m in maps:
-        padded = np.pad(m.astype(np.int64), ((0, 0), (PAD, PAD), (PAD, PAD)), constant_values=OUTSIDE)
-        windows = torch.from_numpy(padded)[None]
-        for stage in range(m.shape[0]):
-            b = window_bits(prior, windows[:, : stage + 1], stage, books)
-            totals[stage][0] += float(b.sum())
-            totals[stage][1] += b.numel()
-    return [s / max(n, 1) for s, n in totals]
+    pooled = [[0.0, 0] for _ in prior.stages]
+    for entry in bit_totals(prior, maps, books).values():
+        for stage, (s, n) in enumerate(entry):
+            pooled[stage][0] += s
+            pooled[stage][1] += n
+    return [s / max(n, 1) for s, n in pooled]
 
 
 def rescored(prior: IndexPrior, best: list, validation: list[tuple[str, np.ndarray]], books: torch.Tensor) -> list:
