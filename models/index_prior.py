@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -111,6 +112,15 @@ class IndexPrior(nn.Module):
         super().__init__()
         self.config = config
         self.stages = nn.ModuleList(StagePrior(config, m) for m in range(config.stages))
+
+
+def load_checkpoint(path: Path) -> tuple[IndexPrior, dict]:
+    """The trained prior of a checkpoint of models/train_index_prior.py (checkpoint.pt or
+    best.pt), and the checkpoint's record (step, elapsed_s, …)."""
+    state = torch.load(path, weights_only=False)
+    prior = IndexPrior(IndexPriorConfig(**state["config"]))
+    prior.load_state_dict(state["model"])
+    return prior, state
 
 
 def neighbour_tokens(indices: torch.Tensor, config: IndexPriorConfig) -> torch.Tensor:

@@ -139,7 +139,7 @@ def holdout_bits(prior: IndexPrior, maps: list[tuple[str, np.ndarray]], books: t
     return {c: [s / max(n, 1) for s, n in v] for c, v in bit_totals(prior, maps, books).items()}
 
 
-def stage_bits(prior: IndexPrior, maps: list[tuple[str, np.ndarray]], books: torch.Tensor) -> list[float]:
+def pooled_stage_bits(prior: IndexPrior, maps: list[tuple[str, np.ndarray]], books: torch.Tensor) -> list[float]:
     """Mean bits per symbol of each stage over every configuration's maps together."""
     pooled = [[0.0, 0] for _ in prior.stages]
     for entry in bit_totals(prior, maps, books).values():
@@ -155,7 +155,7 @@ def rescored(prior: IndexPrior, best: list, validation: list[tuple[str, np.ndarr
     for m, entry in enumerate(best):
         if entry is not None:
             kept.stages[m].load_state_dict(entry[1])
-    scores = stage_bits(kept, validation, books)
+    scores = pooled_stage_bits(kept, validation, books)
     return [None if entry is None else (scores[m], entry[1]) for m, entry in enumerate(best)]
 
 
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def save() -> None:
         if validation:
-            scores = stage_bits(prior, validation, books)
+            scores = pooled_stage_bits(prior, validation, books)
             for m, score in enumerate(scores):
                 if best[m] is None or score < best[m][0]:
                     best[m] = (score, {k: v.clone() for k, v in prior.stages[m].state_dict().items()})

@@ -13,7 +13,7 @@ import torch
 from diveq_codec.codec.zoo import weights_dir
 from diveq_codec.models.index_prior import NEIGHBOURS, WIDE_NEIGHBOURS, IndexPrior, IndexPriorConfig, stage_inputs
 from diveq_codec.codec.release.index_maps import image_name
-from diveq_codec.models.train_index_prior import load_maps, main, padded_codebooks, rescored, stage_bits, warm_start
+from diveq_codec.models.train_index_prior import load_maps, main, padded_codebooks, pooled_stage_bits, rescored, warm_start
 
 
 def shipped_weights() -> Path:
@@ -117,4 +117,4 @@ def test_kept_states_are_scored_again_on_new_validation_photos(tmp_path: Path) -
     best = [(-1.0, other.stages[0].state_dict()), None]  # a score from other photos
     again = rescored(prior, best, validation, books)
     assert again[1] is None and again[0][1] is best[0][1]
-    assert again[0][0] == stage_bits(other, validation, books)[0] != stage_bits(prior, validation, books)[0]
+    assert again[0][0] == pooled_stage_bits(other, validation, books)[0] != pooled_stage_bits(prior, validation, books)[0]

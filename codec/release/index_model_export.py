@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 from diveq_codec.codec.card_schema import save_card_data
 from diveq_codec.codec.index_adaptation import log_table
 from diveq_codec.codec.index_model import TENSOR_PREFIX, from_tensors
-from diveq_codec.models.index_prior import ACTIVATION_CAP, IndexPrior, IndexPriorConfig
+from diveq_codec.models.index_prior import ACTIVATION_CAP, IndexPrior, load_checkpoint
 from diveq_codec.models.weights_file import file_sha256, read_tensors
 
 WEIGHT_BITS = 12  # signed: |w| ≤ 2047
@@ -104,9 +104,7 @@ def add_to_release(card_path: Path, checkpoint: Path, name: str, model_id: int, 
     card = json.loads(card_path.read_text())
     _, tensors = read_tensors(card_path.parent / card["file"])
     tensors = {k: v for k, v in tensors.items() if not k.startswith(TENSOR_PREFIX)}
-    state = torch.load(checkpoint, weights_only=False)
-    prior = IndexPrior(IndexPriorConfig(**state["config"]))
-    prior.load_state_dict(state["model"])
+    prior, state = load_checkpoint(checkpoint)
     index_tensors = integer_tensors(prior, tensors["quantizer.codebooks"].float())
     from_tensors({k: v.numpy() for k, v in index_tensors.items()})  # refuses inexact sums
     out.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ from diveq_codec.codec import index_coder
 from diveq_codec.codec.index_model import IndexModel, from_tensors
 from diveq_codec.codec.release import index_model_export
 from diveq_codec.codec.zoo import load_model, network_rate_points
-from diveq_codec.models.index_prior import IndexPrior, IndexPriorConfig
+from diveq_codec.models.index_prior import load_checkpoint
 from diveq_codec.models.train_index_prior import load_maps
 
 
@@ -39,9 +39,7 @@ def selected_maps(path: Path, holdout: bool) -> list[tuple[str, np.ndarray]]:
 
 
 def candidate(checkpoint: Path, codebooks: torch.Tensor) -> IndexModel:
-    state = torch.load(checkpoint, weights_only=False)
-    prior = IndexPrior(IndexPriorConfig(**state["config"]))
-    prior.load_state_dict(state["model"])
+    prior, _ = load_checkpoint(checkpoint)
     tensors = index_model_export.integer_tensors(prior, codebooks)
     return from_tensors({k: v.numpy() for k, v in tensors.items()})
 

@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
-from diveq_codec.models.index_prior import IndexPrior, IndexPriorConfig
+from diveq_codec.models.index_prior import load_checkpoint
 from diveq_codec.models.train_index_prior import holdout_bits, load_maps, padded_codebooks
 
 
@@ -34,9 +32,7 @@ def main() -> None:
     books = padded_codebooks(args.weights, 4)
     print("| checkpoint | steps | configuration | trained-on photos | held-out photos |\n|---|---|---|---|---|")
     for path in args.checkpoints:
-        state = torch.load(path, weights_only=False)
-        prior = IndexPrior(IndexPriorConfig(**state["config"]))
-        prior.load_state_dict(state["model"])
+        prior, state = load_checkpoint(path)
         seen, unseen = holdout_bits(prior, train[:: args.every], books), holdout_bits(prior, held_out, books)
         for config in sorted(unseen):
             print(f"| {path} | {state['step']} | {config} | " + " / ".join(f"{v:.3f}" for v in seen[config])
