@@ -17,9 +17,11 @@ table's end): no exponential, whose last bit differs between maths libraries.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import numpy as np
+import torch
 
 from diveq_codec.codec.index_adaptation import WEIGHT_UNITS, log_table_size
 
@@ -48,10 +50,52 @@ class StageNetwork:
     project_shift: int = 0
     context_w: np.ndarray | None = None  # (9·P, H): 3×3 window, row-major, then channels
     previous: np.ndarray | None = None  # (codes, H): stage m − 1's index at the position
-    # ``neighbours`` in float32, where every sum of K of its entries is below 2^24 and so
-    # exact in any order (the shipped model's bound is 0.95 · 2^24 at stage 1, under half
-    # that at the others): half the bytes to gather.
-    neighbours32: np.ndarray | None = None
+    layers: StageLayers | None = None  # what computes: set by from_tensors
+
+
+EXACT_LIMIT32 = 2.0**24  # float32 holds every integer below this exactly
+
+
+@dataclass(frozen=True)
+class StageLayers:
+    """A stage's layers as torch tensors for computing (StageNetwork keeps the stored arrays).
+
+    A part runs in float32 where every partial sum it can form stays below 2^24, exact in any
+    order as float64's are below 2^53, and in float64 otherwise: ``inner`` for the first and
+    hidden layers (the earlier stages' projection and context included), ``outer`` for the
+    logits and what follows (float32 needs them and their differences below 2^24 too). The
+    shipped model computes every part in float32 but stage 1's logits; a Kodak stage took
+    12 ms in numpy's float64, 2.4 ms so (``python scripts/encode_profile.py``, docs/results.md).
+    The neighbours are one (K·tokens, H) table, row k·tokens + t for neighbour k's token t,
+    that embedding_bag sums a position's K rows of at once (13 times faster than K gathers).
+    """
+
+    inner: torch.dtype
+    outer: torch.dtype
+    neighbour_rows: torch.Tensor
+    token_offsets: torch.Tensor  # (K,): the k·tokens
+    bias: torch.Tensor
+    hidden_w: torch.Tensor
+    hidden_b: torch.Tensor
+    out_w: torch.Tensor
+    out_b: torch.Tensor
+    codebooks: torch.Tensor  # (S, codes, D), the later stages' inputs
+    project_w: torch.Tensor | None = None
+    project_b: torch.Tensor | None = None
+    context_w: torch.Tensor | None = None  # rows in unfold's order: channels, then window places
+    previous: torch.Tensor | None = None
+
+    def first_dtype(self) -> torch.dtype:
+        return _unless_reduced(self.inner)
+
+    def out_dtype(self) -> torch.dtype:
+        return _unless_reduced(self.outer)
+
+
+def _unless_reduced(dtype: torch.dtype) -> torch.dtype:
+    # A program that lets float32 products round to bfloat16 or TF32
+    # (torch.set_float32_matmul_precision) would lose exactness: float64 then.
+    return dtype if dtype == torch.float64 or torch.get_float32_matmul_precision() == "highest" else torch.float64
 
 
 @dataclass(frozen=True)
@@ -82,26 +126,26 @@ class IndexModel:
         return top / (top + (self.codes - 1) * floor)
 
 
-def _activate(z: np.ndarray, shift: int, cap: int) -> np.ndarray:
-    z = np.floor(np.multiply(z, 2.0**-shift, out=z), out=z)  # a power of two: exact
-    return np.minimum(np.maximum(z, 0.0, out=z), cap, out=z)
+def _activate(z: torch.Tensor, shift: int, cap: int) -> torch.Tensor:
+    return z.mul_(2.0**-shift).floor_().clamp_(0.0, cap)  # a power of two: exact
 
 
 def previous_context(model: IndexModel, stage: int, previous: np.ndarray) -> np.ndarray:
     """Stage ``stage``'s (> 0) first-layer terms from the stages before it, (h, w, H):
     ``previous`` (stage, h, w) their indices; zeros stand for the codewords beyond the edges."""
-    net = model.stages[stage]
-    total = model.codebooks[0][previous[0]]
-    for m in range(1, stage):
-        total = total + model.codebooks[m][previous[m]]
-    h, w, _ = total.shape
-    projected = _activate(total.reshape(h * w, -1) @ net.project_w + net.project_b, net.project_shift, model.cap)
-    padded = np.zeros((h + 2, w + 2, projected.shape[1]))
-    padded[1:-1, 1:-1] = projected.reshape(h, w, -1)
-    window = np.concatenate([padded[dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3)], axis=2)
-    out = window.reshape(h * w, -1) @ net.context_w
-    out += net.previous[previous[stage - 1].reshape(-1)]
-    return out.reshape(h, w, -1)
+    layers = model.stages[stage].layers
+    assert layers.project_w is not None and layers.context_w is not None and layers.previous is not None
+    dtype = layers.first_dtype()
+    _, h, w = previous.shape
+    chosen = torch.from_numpy(np.ascontiguousarray(previous, dtype=np.int64))
+    total = sum(layers.codebooks[m].to(dtype)[chosen[m]] for m in range(stage))  # (h, w, D)
+    projected = _activate(torch.addmm(layers.project_b.to(dtype), total.reshape(h * w, -1), layers.project_w.to(dtype)),
+                          model.stages[stage].project_shift, model.cap)
+    # the 3×3 window of every position, channels then window places, as ``context_w``'s rows
+    window = torch.nn.functional.unfold(projected.t().reshape(1, -1, h, w), 3, padding=1)[0].t()
+    out = torch.nn.functional.embedding(chosen[stage - 1].reshape(-1), layers.previous.to(dtype))
+    out.addmm_(window, layers.context_w.to(dtype))
+    return out.reshape(h, w, -1).numpy()
 
 
 def frequencies(model: IndexModel, stage: int, first: np.ndarray, tokens: np.ndarray,
@@ -109,33 +153,34 @@ def frequencies(model: IndexModel, stage: int, first: np.ndarray, tokens: np.nda
     """Integer frequencies (n, codes) as float32, for positions whose first-layer terms from
     earlier stages are ``first`` (n, H) (zeros for stage 1), whose neighbours are ``tokens``
     (n, K), and whose adaptation adds ``adaptive`` (n, codes) to the logits, in 1/64 bit."""
-    return model.output_table[output_steps(model, stage, first, tokens, adaptive).astype(np.intp)]
+    steps = _steps(model, stage, first, tokens, adaptive)
+    return model.output_table[steps.to(torch.int64).numpy()]
 
 
 def output_steps(model: IndexModel, stage: int, first: np.ndarray, tokens: np.ndarray,
                  adaptive: np.ndarray | None = None) -> np.ndarray:
     """How far each codeword's logit lies below the largest, in 1/16 bit and capped at the
-    output table's span (n, codes), as whole float64 numbers: the index of its frequency in
-    ``model.output_table``."""
+    output table's span (n, codes), as whole numbers (float32 or float64): the index of its
+    frequency in ``model.output_table``."""
+    return _steps(model, stage, first, tokens, adaptive).numpy()
+
+
+def _steps(model: IndexModel, stage: int, first: np.ndarray, tokens: np.ndarray,
+           adaptive: np.ndarray | None) -> torch.Tensor:
     net = model.stages[stage]
-    z = first + net.bias
-    table = net.neighbours if net.neighbours32 is None else net.neighbours32
-    terms = table[0][tokens[:, 0]]
-    for k in range(1, len(model.offsets)):
-        terms += table[k][tokens[:, k]]
-    z += terms
+    layers, inner, outer = net.layers, net.layers.first_dtype(), net.layers.out_dtype()
+    rows = torch.from_numpy(np.asarray(tokens, dtype=np.int64)) + layers.token_offsets
+    z = torch.nn.functional.embedding_bag(rows, layers.neighbour_rows.to(inner), mode="sum")
+    z += torch.from_numpy(first).to(inner)
+    z += layers.bias.to(inner)
     a = _activate(z, net.first_shift, model.cap)
-    z = a @ net.hidden_w
-    z += net.hidden_b
-    a = _activate(z, net.hidden_shift, model.cap)
-    logits = a @ net.out_w  # in place from here: these arrays are the largest (n, codes)
-    logits += net.out_b
-    logits = np.floor(np.multiply(logits, 2.0 ** (2 - net.logit_shift), out=logits), out=logits)  # in 1/64 bit
+    a = _activate(torch.addmm(layers.hidden_b.to(inner), a, layers.hidden_w.to(inner)), net.hidden_shift, model.cap)
+    logits = torch.addmm(layers.out_b.to(outer), a.to(outer), layers.out_w.to(outer))  # in place from here
+    logits.mul_(2.0 ** (2 - net.logit_shift)).floor_()  # in 1/64 bit
     if adaptive is not None:
-        logits += adaptive
-    below = np.subtract(logits.max(axis=1, keepdims=True), logits, out=logits)
-    below = np.floor(np.multiply(below, 0.25, out=below), out=below)  # in 1/16 bit
-    return np.minimum(below, model.output_table.size - 1, out=below)
+        logits += torch.from_numpy(adaptive).to(outer)
+    below = torch.sub(logits.amax(dim=1, keepdim=True), logits, out=logits)
+    return below.mul_(0.25).floor_().clamp_(max=model.output_table.size - 1)  # in 1/16 bit
 
 
 def margin(model: IndexModel) -> int:
@@ -241,13 +286,37 @@ def from_tensors(tensors: dict[str, np.ndarray]) -> IndexModel:
                        table, logs)
     _check_shapes(model)
     check_bounds(model)
-    return replace(model, stages=[replace(net, neighbours32=_exact_float32(net.neighbours, len(model.offsets)))
-                                  for net in model.stages])
+    return replace(model, stages=[replace(net, layers=_layers(model, m)) for m, net in enumerate(model.stages)])
 
 
-def _exact_float32(neighbours: np.ndarray, count: int) -> np.ndarray | None:
-    """``neighbours`` as float32 if any sum of ``count`` of its entries is exact in float32."""
-    return neighbours.astype(np.float32) if count * float(np.abs(neighbours).max()) < 2.0**24 else None
+def _layers(model: IndexModel, stage: int) -> StageLayers:
+    """Stage ``stage``'s StageLayers, each part in float32 where its sums are exact there."""
+    net, cap = model.stages[stage], float(model.cap)
+    count, tokens, hidden = net.neighbours.shape
+    first = np.abs(net.neighbours).max(axis=1).sum(axis=0) + np.abs(net.bias)  # per hidden unit
+    inner = [float(first.max()), float((np.abs(net.hidden_w).sum(axis=0) * cap + np.abs(net.hidden_b)).max())]
+    if stage:
+        inputs = np.abs(model.codebooks[:stage]).max(axis=1).sum(axis=0)
+        inner.append(float((inputs @ np.abs(net.project_w) + np.abs(net.project_b)).max()))
+        first += np.abs(net.context_w).sum(axis=0) * cap + np.abs(net.previous).max(axis=0)
+        inner.append(float(first.max()))
+    logits = float((np.abs(net.out_w).sum(axis=0) * cap + np.abs(net.out_b)).max())
+    steps = 2 * (logits * 2.0 ** (2 - net.logit_shift) + float(np.abs(model.log_table).max()) * net.adapt_weight)
+    inner_dtype = torch.float32 if max(inner) < EXACT_LIMIT32 else torch.float64
+    outer_dtype = torch.float32 if max(logits, steps) < EXACT_LIMIT32 else torch.float64
+
+    def t(array: np.ndarray | None, dtype: torch.dtype = inner_dtype) -> torch.Tensor | None:
+        return None if array is None else torch.from_numpy(np.ascontiguousarray(array)).to(dtype)
+
+    context = None
+    if stage:  # rows (window place, channel) → (channel, window place), unfold's order
+        assert net.context_w is not None
+        projected = net.context_w.shape[0] // 9
+        context = net.context_w.reshape(9, projected, hidden).transpose(1, 0, 2).reshape(9 * projected, hidden)
+    return StageLayers(inner_dtype, outer_dtype, t(net.neighbours.reshape(count * tokens, hidden)),
+                       torch.arange(count) * tokens, t(net.bias), t(net.hidden_w), t(net.hidden_b),
+                       t(net.out_w, outer_dtype), t(net.out_b, outer_dtype), t(model.codebooks),
+                       t(net.project_w), t(net.project_b), t(context), t(net.previous))
 
 
 def _check_shapes(model: IndexModel) -> None:

@@ -209,6 +209,34 @@ def _torch_frequencies(model: IndexModel, stage: int, maps: np.ndarray, device: 
 
 
 def _numpy_frequencies(model: IndexModel, stage: int, maps: np.ndarray) -> np.ndarray:
+    """The same, written again in numpy (float64), a neighbour and a window place at a time."""
+    def act(z: np.ndarray, shift: int) -> np.ndarray:
+        return np.clip(np.floor(z / 2.0**shift), 0, model.cap)
+
+    net = model.stages[stage]
+    _, h, w = maps.shape
+    rows, cols = np.divmod(np.arange(h * w), w)
+    z = np.tile(net.bias, (h * w, 1))
+    if stage:
+        total = sum(model.codebooks[m][maps[m]] for m in range(stage))
+        projected = act(total @ net.project_w + net.project_b, net.project_shift)
+        around = np.pad(projected, ((1, 1), (1, 1), (0, 0)))
+        places = projected.shape[2]
+        for place in range(9):
+            dy, dx = divmod(place, 3)
+            z += around[dy:dy + h, dx:dx + w].reshape(h * w, -1) @ net.context_w[place * places:(place + 1) * places]
+        z += net.previous[maps[stage - 1].reshape(-1)]
+    tokens = tokens_of(padded(maps[stage], model), rows, cols, model)
+    for k in range(tokens.shape[1]):
+        z += net.neighbours[k][tokens[:, k]]
+    a = act(act(z, net.first_shift) @ net.hidden_w + net.hidden_b, net.hidden_shift)
+    logits = np.floor((a @ net.out_w + net.out_b) / 2.0 ** (net.logit_shift - 2))
+    below = np.floor((logits.max(axis=1, keepdims=True) - logits) / 4)
+    return model.output_table[np.minimum(below, model.output_table.size - 1).astype(np.intp)]
+
+
+def _codec_frequencies(model: IndexModel, stage: int, maps: np.ndarray) -> np.ndarray:
+    """What the coder computes (codec/index_model.py: torch, float32 where exact)."""
     _, h, w = maps.shape
     rows, cols = np.divmod(np.arange(h * w), w)
     terms = previous_context(model, stage, maps[:stage]) if stage else np.zeros((h, w, model.stages[stage].bias.size))
@@ -228,26 +256,43 @@ def _shipped() -> tuple[IndexModel, np.ndarray]:
 def test_torch_and_numpy_give_the_same_frequencies() -> None:
     model, maps = _shipped()
     for stage in range(len(model.stages)):
-        assert np.array_equal(_torch_frequencies(model, stage, maps), _numpy_frequencies(model, stage, maps))
+        codec = _codec_frequencies(model, stage, maps)
+        assert np.array_equal(codec, _numpy_frequencies(model, stage, maps))
+        assert np.array_equal(codec, _torch_frequencies(model, stage, maps))
 
 
-def test_neighbour_terms_gathered_in_float32_only_where_exact() -> None:
-    """The first layer's neighbour terms are gathered in float32 when every sum of them is
-    below 2^24; larger weights take float64, and both agree with the torch computation."""
+def test_reduced_float32_products_fall_back_to_float64() -> None:
+    """A program that lets float32 products round (set_float32_matmul_precision) gets the
+    same frequencies: the coder computes in float64 then."""
+    model, maps = _shipped()
+    stage = len(model.stages) - 1
+    reference = _numpy_frequencies(model, stage, maps)
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")
+        assert model.stages[stage].layers.first_dtype() == torch.float64
+        assert np.array_equal(_codec_frequencies(model, stage, maps), reference)
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+def test_layers_computed_in_float32_only_where_exact() -> None:
+    """A stage's layers compute in float32 when every sum they form is below 2^24; larger
+    weights take float64, and both agree with the float64 computation layer by layer."""
     from index_models import random_tensors
 
     from diveq_codec.codec.index_model import TENSOR_PREFIX, from_tensors
 
     maps = np.random.default_rng(3).integers(0, CODES, size=(3, 9, 14))
-    assert all(net.neighbours32 is not None for net in MODEL.stages)
+    assert all(net.layers.inner == torch.float32 for net in MODEL.stages)
     tensors = random_tensors(0)
     for m in range(3):
         tensors[f"{TENSOR_PREFIX}stage{m + 1}.neighbours"] = tensors[f"{TENSOR_PREFIX}stage{m + 1}.neighbours"] * 4096
     large = from_tensors(tensors)
-    assert all(net.neighbours32 is None for net in large.stages)
+    assert all(net.layers.inner == torch.float64 for net in large.stages)
     for model in (MODEL, large):
         for stage in range(3):
-            assert np.array_equal(_numpy_frequencies(model, stage, maps), _torch_frequencies(model, stage, maps))
+            assert np.array_equal(_codec_frequencies(model, stage, maps), _numpy_frequencies(model, stage, maps))
 
 
 def test_thread_counts_and_row_order_do_not_change_the_frequencies() -> None:
@@ -258,7 +303,7 @@ def test_thread_counts_and_row_order_do_not_change_the_frequencies() -> None:
     try:
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            assert np.array_equal(_torch_frequencies(model, stage, maps), reference)
+            assert np.array_equal(_codec_frequencies(model, stage, maps), reference)
     finally:
         torch.set_num_threads(before)
     # The same positions in another order, and one at a time as a decoder might take them.
@@ -272,7 +317,7 @@ def test_thread_counts_and_row_order_do_not_change_the_frequencies() -> None:
 
 
 def test_blas_thread_counts_give_the_same_bytes() -> None:
-    """numpy's BLAS, run with 1 and with 2 threads in fresh processes, codes a map to the same bytes."""
+    """The BLAS libraries, run with 1 and with 2 threads in fresh processes, code a map to the same bytes."""
     script = ("import hashlib, sys, numpy as np; sys.path.insert(0, sys.argv[1]);"
               "from test_index_coder import _shipped; from diveq_codec.codec.index_coder import encode_indices;"
               "model, maps = _shipped(); s, h, w = maps.shape;"
@@ -294,7 +339,7 @@ def test_blas_thread_counts_give_the_same_bytes() -> None:
 def test_a_gpu_gives_the_same_frequencies() -> None:
     model, maps = _shipped()
     for stage in range(len(model.stages)):
-        assert np.array_equal(_torch_frequencies(model, stage, maps, "cuda"), _numpy_frequencies(model, stage, maps))
+        assert np.array_equal(_torch_frequencies(model, stage, maps, "cuda"), _codec_frequencies(model, stage, maps))
 
 
 def test_the_shipped_model_is_exact_and_bounded() -> None:
