@@ -23,6 +23,7 @@ import math
 from collections.abc import Iterator
 
 import numpy as np
+import torch
 from constriction import stream
 
 from diveq_codec.codec.dct_transform import COEFFICIENTS, block_grid
@@ -103,6 +104,11 @@ def level_code_lengths() -> np.ndarray:
     """Bits (NUM_LEVELS, ALPHABET) each level charges each symbol; only the encoder's choices use them."""
     probabilities, _ = level_tables()
     return -np.log2(probabilities.astype(np.float64))
+
+
+@functools.cache
+def _level_code_lengths_t() -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(level_code_lengths().T))
 
 
 class LevelPredictor:
@@ -264,7 +270,9 @@ def _cheapest_levels(groups: np.ndarray, symbols: np.ndarray) -> np.ndarray:
         piece = slice(start, start + HISTOGRAM_PIECE)
         histograms += np.bincount(groups[piece].astype(np.int32) * ALPHABET + symbols[piece],
                                   minlength=group_count * ALPHABET)
-    return np.argmin(histograms.reshape(group_count, ALPHABET) @ level_code_lengths().T, axis=1)
+    # torch's product: numpy's would wake OpenBLAS's threads (codec/dct_transform.py forward_blocks)
+    bits = torch.from_numpy(histograms.reshape(group_count, ALPHABET).astype(np.float64)) @ _level_code_lengths_t()
+    return bits.argmin(dim=1).numpy()
 
 
 def _to_symbols(quotients: np.ndarray) -> np.ndarray:

@@ -12,6 +12,7 @@ import math
 from collections.abc import Iterator
 
 import numpy as np
+import torch
 
 BLOCK = 8
 COEFFICIENTS = BLOCK * BLOCK
@@ -73,7 +74,11 @@ def forward_blocks(planes: np.ndarray) -> np.ndarray:
     padded = np.pad(pixels, ((0, -height % BLOCK), (0, -width % BLOCK), (0, 0)), mode="edge")
     rows, cols = padded.shape[0] // BLOCK, padded.shape[1] // BLOCK
     tiles = padded.reshape(rows, BLOCK, cols, BLOCK, count).transpose(0, 2, 4, 1, 3)
-    coefficients = tiles.reshape(rows * cols, count * COEFFICIENTS) @ _forward_matrix(count).T
+    # torch's product, not numpy's: OpenBLAS's threads, which numpy would wake, keep spinning
+    # after the call and slowed the network that runs next by a third (docs/results.md)
+    coefficients = torch.from_numpy(np.ascontiguousarray(tiles.reshape(rows * cols, count * COEFFICIENTS))) \
+        @ torch.from_numpy(_forward_matrix(count).T)
+    coefficients = coefficients.numpy()
     return coefficients.reshape(rows * cols, count, COEFFICIENTS).transpose(1, 0, 2)
 
 
