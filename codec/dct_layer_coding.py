@@ -291,6 +291,9 @@ def channel_tables(quotients: np.ndarray, channel: int, grid: tuple[int, int],
     return groups, symbols, _cheapest_levels(groups, symbols)
 
 
+_NONE_ESCAPED = np.zeros(0, dtype=np.int32)
+
+
 def _channel_groups(quotients: np.ndarray, channel: int, grid: tuple[int, int],
                     detail: np.ndarray) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
     """One channel's coded groups in the decoder's order (frequency, then bucket, then block):
@@ -305,14 +308,15 @@ def _channel_groups(quotients: np.ndarray, channel: int, grid: tuple[int, int],
         values = quotients[channel, :, frequency][order]
         symbols = all_symbols[:, frequency][order]
         ends = np.cumsum(np.bincount(column, minlength=BUCKETS))
-        escaped = np.abs(values) > MAX_DIRECT
-        excess = np.abs(values) - MAX_DIRECT - 1
+        magnitudes = np.abs(values)
+        escaped = magnitudes > MAX_DIRECT
+        excess = magnitudes - MAX_DIRECT - 1 if escaped.any() else None  # most frequencies have none
         start = 0
-        for bucket, end in enumerate(ends):
+        for bucket, end in enumerate(ends.tolist()):
             if end > start:
                 members = slice(start, end)
                 yield bucket, int(levels[frequency * BUCKETS + bucket]), symbols[members], \
-                    excess[members][escaped[members]]
+                    _NONE_ESCAPED if excess is None else excess[members][escaped[members]]
             start = end
 
 
@@ -323,7 +327,7 @@ def encode_channel(encoder: stream.queue.RangeEncoder, quotients: np.ndarray, ch
     _, models = level_tables()
     predictor, odds = LevelPredictor(), EmptyOdds()
     for bucket, level, symbols, escaped in _channel_groups(quotients, channel, grid, detail):
-        empty = not np.any(symbols != MAX_DIRECT)  # the symbol of a zero quotient
+        empty = not (symbols != MAX_DIRECT).any()  # the symbol of a zero quotient
         encoder.encode(np.array([empty], dtype=np.int32), odds.model(bucket))
         odds.saw(bucket, empty)
         if empty:
