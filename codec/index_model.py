@@ -4,11 +4,12 @@ It is the integer copy of models/index_prior.py (see that module for what it con
 on and in which order a decoder learns the indices), stored in the weights file as
 ``index_model.*`` int32 tensors. Every weight, input and activation is an integer; each
 layer is a sum of products of integers, rescaled by a power of two (a floor) and clipped.
-The products and sums are held in float64, where they are exact whatever the summation
-order while every partial sum stays below 2⁵³ (they stay below 2³¹; ``check_bounds``
-proves it from the weights when they are loaded). So the probabilities do not depend on
-the BLAS, the thread count, the batch shape or numpy against torch: the encoder computes a
-stage's at once and the decoder a half-row at a time, and they get the same integers.
+The products and sums are held in floating point, where they are exact whatever the
+summation order while every partial sum stays below 2⁵³ in float64 (``check_bounds``
+proves it from the weights when they are loaded) or 2²⁴ in float32 (which each part of a
+stage takes where its bounds allow: StageLayers). So the probabilities do not depend on the
+BLAS, the thread count or the batch shape: the encoder computes a stage's at once and the
+decoder a half-row at a time, and they get the same integers.
 
 The last layer's base-2 logits become frequencies by a table (``output_table``, 2^(−d/16)
 in integers for d sixteenths of a bit below the row's largest logit, clipped to the
@@ -17,7 +18,6 @@ table's end): no exponential, whose last bit differs between maths libraries.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -64,8 +64,7 @@ class StageLayers:
     order as float64's are below 2^53, and in float64 otherwise: ``inner`` for the first and
     hidden layers (the earlier stages' projection and context included), ``outer`` for the
     logits and what follows (float32 needs them and their differences below 2^24 too). The
-    shipped model computes every part in float32 but stage 1's logits; a Kodak stage took
-    12 ms in numpy's float64, 2.4 ms so (``python scripts/encode_profile.py``, docs/results.md).
+    shipped model computes every part in float32 but stage 1's logits (docs/entropy-coding.md).
     The neighbours are one (K·tokens, H) table, row k·tokens + t for neighbour k's token t,
     that embedding_bag sums a position's K rows of at once (13 times faster than K gathers).
     """

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from diveq_codec.codec import container, dct_layer
+from diveq_codec.codec import dct_layer
 from diveq_codec.codec.cards import RatePoint
 from diveq_codec.codec.errors import OutputError
 
