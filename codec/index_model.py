@@ -129,6 +129,7 @@ def _activate(z: torch.Tensor, shift: int, cap: int) -> torch.Tensor:
     return z.mul_(2.0**-shift).floor_().clamp_(0.0, cap)  # a power of two: exact
 
 
+@torch.inference_mode()
 def previous_context(model: IndexModel, stage: int, previous: np.ndarray) -> np.ndarray:
     """Stage ``stage``'s (> 0) first-layer terms from the stages before it, (h, w, H):
     ``previous`` (stage, h, w) their indices; zeros stand for the codewords beyond the edges."""
@@ -164,6 +165,7 @@ def output_steps(model: IndexModel, stage: int, first: np.ndarray, tokens: np.nd
     return _steps(model, stage, first, tokens, adaptive).numpy()
 
 
+@torch.inference_mode()  # no autograd bookkeeping: a decoder calls this per half-row
 def _steps(model: IndexModel, stage: int, first: np.ndarray, tokens: np.ndarray,
            adaptive: np.ndarray | None) -> torch.Tensor:
     net = model.stages[stage]
@@ -300,7 +302,8 @@ def _layers(model: IndexModel, stage: int) -> StageLayers:
         first += np.abs(net.context_w).sum(axis=0) * cap + np.abs(net.previous).max(axis=0)
         inner.append(float(first.max()))
     logits = float((np.abs(net.out_w).sum(axis=0) * cap + np.abs(net.out_b)).max())
-    steps = 2 * (logits * 2.0 ** (2 - net.logit_shift) + float(np.abs(model.log_table).max()) * net.adapt_weight)
+    adaptive = float(np.abs(model.log_table).max()) * net.adapt_weight / WEIGHT_UNITS  # codec/index_adaptation.py
+    steps = 2 * (logits * 2.0 ** (2 - net.logit_shift) + adaptive)  # the largest logit less another
     inner_dtype = torch.float32 if max(inner) < EXACT_LIMIT32 else torch.float64
     outer_dtype = torch.float32 if max(logits, steps) < EXACT_LIMIT32 else torch.float64
 
