@@ -64,7 +64,7 @@ class StageLayers:
     order as float64's are below 2^53, and in float64 otherwise: ``inner`` for the first and
     hidden layers (the earlier stages' projection and context included), ``outer`` for the
     logits and what follows (float32 needs them and their differences below 2^24 too). The
-    shipped model computes every part in float32 but stage 1's logits (docs/entropy-coding.md).
+    shipped model computes every part in float32 (docs/entropy-coding.md).
     The neighbours are one (K·tokens, H) table, row k·tokens + t for neighbour k's token t,
     that embedding_bag sums a position's K rows of at once (13 times faster than K gathers).
     """
@@ -295,13 +295,13 @@ def _layers(model: IndexModel, stage: int) -> StageLayers:
     net, cap = model.stages[stage], float(model.cap)
     count, tokens, hidden = net.neighbours.shape
     first = np.abs(net.neighbours).max(axis=1).sum(axis=0) + np.abs(net.bias)  # per hidden unit
-    inner = [float(first.max()), float((np.abs(net.hidden_w).sum(axis=0) * cap + np.abs(net.hidden_b)).max())]
+    inner = [float(first.max()), _bound_of_layer(net.hidden_w, net.hidden_b, cap)]
     if stage:
         inputs = np.abs(model.codebooks[:stage]).max(axis=1).sum(axis=0)
         inner.append(float((inputs @ np.abs(net.project_w) + np.abs(net.project_b)).max()))
         first += np.abs(net.context_w).sum(axis=0) * cap + np.abs(net.previous).max(axis=0)
         inner.append(float(first.max()))
-    logits = float((np.abs(net.out_w).sum(axis=0) * cap + np.abs(net.out_b)).max())
+    logits = _bound_of_layer(net.out_w, net.out_b, cap)
     adaptive = float(np.abs(model.log_table).max()) * net.adapt_weight / WEIGHT_UNITS  # codec/index_adaptation.py
     steps = 2 * (logits * 2.0 ** (2 - net.logit_shift) + adaptive)  # the largest logit less another
     inner_dtype = torch.float32 if max(inner) < EXACT_LIMIT32 else torch.float64
@@ -319,6 +319,15 @@ def _layers(model: IndexModel, stage: int) -> StageLayers:
                        torch.arange(count) * tokens, t(net.bias), t(net.hidden_w), t(net.hidden_b),
                        t(net.out_w, outer_dtype), t(net.out_b, outer_dtype), t(model.codebooks),
                        t(net.project_w), t(net.project_b), t(context), t(net.previous))
+
+
+def _bound_of_layer(weights: np.ndarray, bias: np.ndarray, cap: float) -> float:
+    """The largest magnitude any partial sum of a layer fed by activations in [0, cap] can
+    reach, bias included: with inputs ≥ 0, a sum of some of a unit's products lies between
+    cap times the sum of its negative weights and cap times the sum of its positive ones."""
+    positive = np.clip(weights, 0, None).sum(axis=0)
+    negative = -np.clip(weights, None, 0).sum(axis=0)
+    return float((np.maximum(positive, negative) * cap + np.abs(bias)).max())
 
 
 def _check_shapes(model: IndexModel) -> None:

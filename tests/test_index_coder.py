@@ -290,9 +290,21 @@ def test_layers_computed_in_float32_only_where_exact() -> None:
         tensors[f"{TENSOR_PREFIX}stage{m + 1}.neighbours"] = tensors[f"{TENSOR_PREFIX}stage{m + 1}.neighbours"] * 4096
     large = from_tensors(tensors)
     assert all(net.layers.inner == torch.float64 for net in large.stages)
-    for model in (MODEL, large):
+    # Logits whose sums could pass 2^24: the last layer and what follows in float64.
+    tensors = random_tensors(0)
+    for m in range(3):
+        tensors[f"{TENSOR_PREFIX}stage{m + 1}.out_w"] = tensors[f"{TENSOR_PREFIX}stage{m + 1}.out_w"] * 4096
+    wide = from_tensors(tensors)
+    assert all(net.layers.outer == torch.float64 for net in wide.stages)
+    for model in (MODEL, large, wide):
         for stage in range(3):
             assert np.array_equal(_codec_frequencies(model, stage, maps), _numpy_frequencies(model, stage, maps))
+
+
+def test_the_shipped_model_computes_in_float32() -> None:
+    """Its bounds allow float32 everywhere (the logits' with activations counted as ≥ 0)."""
+    model, _ = _shipped()
+    assert all(net.layers.inner == torch.float32 and net.layers.outer == torch.float32 for net in model.stages)
 
 
 def test_thread_counts_and_row_order_do_not_change_the_frequencies() -> None:
