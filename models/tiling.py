@@ -173,14 +173,15 @@ def tiled_analysis(analysis: nn.Module, x: torch.Tensor, stride: int, tile_size:
     height, width = x.shape[-2:]
     grid_h, grid_w = math.ceil(height / stride), math.ceil(width / stride)
     cells = _cells(tile_size, stride)
+    layers, suffix_reach = _cone_plan(analysis)
     out: torch.Tensor | None = None
     for (cy0, cy1, ty0, ty1), (cx0, cx1, tx0, tx1) in grid_tiles(grid_h, grid_w, cells, margin, "analysis"):
-        tile = _pixel_tile(x, stride, ty0, ty1, tx0, tx1).to(dtype)
-        latent = analysis(tile)
+        tile = _same_layout(_pixel_tile(x, stride, ty0, ty1, tx0, tx1).to(dtype))
+        core = _cone_forward(layers, suffix_reach, tile, (cy0 - ty0, cy1 - ty0), (cx0 - tx0, cx1 - tx0))
         if out is None:
-            out = latent.new_empty((1, latent.shape[1], grid_h, grid_w))
-        out[..., cy0:cy1, cx0:cx1] = latent[..., cy0 - ty0:cy1 - ty0, cx0 - tx0:cx1 - tx0]
-        del latent, tile
+            out = core.new_empty((1, core.shape[1], grid_h, grid_w))
+        out[..., cy0:cy1, cx0:cx1] = core
+        del core, tile
     assert out is not None
     return out
 
@@ -209,8 +210,7 @@ def analysis_at(analysis: nn.Module, x: torch.Tensor, stride: int, cells: torch.
         latent = tiled_analysis(analysis, x, stride, DEFAULT_TILE_SIZE, margin)
         ys, xs = zip(*listed)
         return latent[0][:, list(ys), list(xs)].t()
-    layers = _layers(analysis)
-    suffix_reach = [reach(nn.Sequential(*layers[k + 1:])) for k in range(len(layers) - 1)]
+    layers, suffix_reach = _cone_plan(analysis)
     vectors: dict[tuple[int, int], torch.Tensor] = {}
     for group in groups:
         (y0, y1), (x0, x1) = _bounds(group)
@@ -294,6 +294,28 @@ def _layers(stack: nn.Module) -> list[nn.Module]:
     return [stack]
 
 
+def _cone_plan(stack: nn.Module) -> tuple[list[nn.Module], list[tuple[float, float, float]]]:
+    """A stack's layers (_layers) and, after each but the last, the reach of the layers that
+    follow it: what _cone_forward needs."""
+    layers = _layers(stack)
+    return layers, [reach(nn.Sequential(*layers[k + 1:])) for k in range(len(layers) - 1)]
+
+
+def _same_layout(x: torch.Tensor) -> torch.Tensor:
+    """x contiguous in the memory layout it has (channels-last or not), so that a cut-out
+    view reaches the next convolution in the layout of the CPU's channels-last weights."""
+    channels_last = x.dim() == 4 and x.shape[1] > 1 and x.stride(1) == 1
+    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+# A cut copies what it keeps: one that keeps more than this share of a map costs more than
+# the layers after it save. On an interior 1024-pixel tile (10 runs each, fastest): the
+# synthesis took 0.535 s cutting where at most 97 % is kept (all but the cut before its last,
+# cheap convolution), 0.548 s cutting everywhere, 0.626 s without cuts; the analysis (cut
+# after its residual blocks only) 0.290 / 0.305 / 0.289 s.
+CUT_KEEPS_AT_MOST = 0.97
+
+
 def _cone_forward(layers: list[nn.Module], suffix_reach: list[tuple[float, float, float]], x: torch.Tensor,
                   rows: tuple[int, int], cols: tuple[int, int]) -> torch.Tensor:
     """Outputs [rows) × [cols) of the stack ``layers`` on x, as (B, D, h, w).
@@ -301,30 +323,39 @@ def _cone_forward(layers: list[nn.Module], suffix_reach: list[tuple[float, float
     A tile holds the whole receptive field of its outputs, but after each layer only part of
     the feature map still feeds them: the rest is cut away (``suffix_reach[k]`` is the reach
     of the layers after layer k). With model 6 this took a fifth off the float64
-    re-analysis of single cells (six Kodak images at 12 stages: 2.3 s instead of 2.9 s).
-    Each cut starts on a multiple of the remaining stride, so the output grid keeps its
-    phase; the cut edges' zero padding only touches outputs that the kept ones do not
-    depend on.
+    re-analysis of single cells (six Kodak images at 12 stages: 2.3 s instead of 2.9 s); in
+    a tiled synthesis the costliest layers, at 2 and 4 times the latent resolution, then
+    compute their tile's core and a few cells more instead of its whole 8-cell margins.
+    Each cut keeps the output grid's phase (_cone_window); the cut edges' zero padding only
+    touches outputs that the kept ones do not depend on. A cut that would keep nearly all
+    of a map is skipped (CUT_KEEPS_AT_MOST).
     """
     for k, layer in enumerate(layers):
         x = layer(x)
         if k == len(suffix_reach):
             break
         left, right, jump = suffix_reach[k]
-        (y0, y1), rows = _cone_window(rows, left, right, jump, x.shape[-2])
-        (x0, x1), cols = _cone_window(cols, left, right, jump, x.shape[-1])
-        x = x[..., y0:y1, x0:x1]
+        (y0, y1), cut_rows = _cone_window(rows, left, right, jump, x.shape[-2])
+        (x0, x1), cut_cols = _cone_window(cols, left, right, jump, x.shape[-1])
+        if (y1 - y0) * (x1 - x0) <= CUT_KEEPS_AT_MOST * x.shape[-2] * x.shape[-1]:
+            x, rows, cols = _same_layout(x[..., y0:y1, x0:x1]), cut_rows, cut_cols
     return x[:, :, rows[0]:rows[1], cols[0]:cols[1]]
 
 
 def _cone_window(outputs: tuple[int, int], left: float, right: float, jump: float,
                  length: int) -> tuple[tuple[int, int], tuple[int, int]]:
-    """([start, stop) of the inputs that outputs [o0, o1) read, their indices after the cut)."""
+    """([start, stop) of the inputs that outputs [o0, o1) read, their indices after the cut).
+
+    Cutting ``start`` inputs moves every output by start / jump steps, which must be whole:
+    where the layers after the cut shrink the grid (jump ≥ 1), the cut starts on a multiple
+    of jump; where they enlarge it by a whole factor (jump = 1/r), anywhere.
+    """
     o0, o1 = outputs
-    steps = max(0, math.floor((o0 * jump - left) / jump))
-    start = int(steps * jump)
+    unit = jump if jump >= 1 else 1.0
+    start = int(max(0, math.floor((o0 * jump - left) / unit)) * unit)
     stop = min(length, math.floor((o1 - 1) * jump + right) + 1)
-    return (start, stop), (o0 - steps, o1 - steps)
+    moved = round(start / jump)
+    return (start, stop), (o0 - moved, o1 - moved)
 
 
 def tiled_synthesis(synthesis: nn.Module, latent: torch.Tensor, stride: int, tile_size: int = DEFAULT_TILE_SIZE,
@@ -337,21 +368,21 @@ def tiled_synthesis(synthesis: nn.Module, latent: torch.Tensor, stride: int, til
     if latent.dim() != 4 or latent.shape[0] != 1:
         raise ValueError(f"expected one latent (1, D, h, w), got {tuple(latent.shape)}")
     margin = synthesis_margin(synthesis) if margin is None else margin
+    if reach(synthesis)[2] * stride != 1:
+        raise ValueError(f"synthesis transform enlarges by {1 / reach(synthesis)[2]}, the model's stride is {stride}")
     grid_h, grid_w = latent.shape[-2:]
     cells = _cells(tile_size, stride)
+    layers, suffix_reach = _cone_plan(synthesis)
     out: torch.Tensor | None = None
     for (cy0, cy1, ty0, ty1), (cx0, cx1, tx0, tx1) in grid_tiles(grid_h, grid_w, cells, margin, "synthesis"):
-        pixels = synthesis(latent[..., ty0:ty1, tx0:tx1])
-        if pixels.shape[-2:] != ((ty1 - ty0) * stride, (tx1 - tx0) * stride):
-            raise ValueError(f"synthesis of {ty1 - ty0}×{tx1 - tx0} latents gave {tuple(pixels.shape)}, "
-                             f"not ×{stride}")
+        core = _cone_forward(layers, suffix_reach, _same_layout(latent[..., ty0:ty1, tx0:tx1]),
+                             ((cy0 - ty0) * stride, (cy1 - ty0) * stride), ((cx0 - tx0) * stride, (cx1 - tx0) * stride))
         if out is None:
-            out = pixels.new_empty((1, pixels.shape[1], grid_h * stride, grid_w * stride))
-        core = pixels[..., (cy0 - ty0) * stride:(cy1 - ty0) * stride, (cx0 - tx0) * stride:(cx1 - tx0) * stride]
+            out = core.new_empty((1, core.shape[1], grid_h * stride, grid_w * stride))
         if clamp:
             core = core.clamp(0.0, 1.0)
         out[..., cy0 * stride:cy1 * stride, cx0 * stride:cx1 * stride] = core
-        del pixels, core
+        del core
     assert out is not None
     return out
 
