@@ -174,4 +174,4 @@ def decode(layer: bytes, base: np.ndarray, detail: np.ndarray) -> np.ndarray:
             decode_channel(decoder, by_frequency, channel, grid, detail, echo)
     if not decoder.maybe_exhausted() or echo.get_compressed().astype("<u4").tobytes() != layer[_LAYER_HEADER.size:]:
         raise CorruptBitstreamError("DCT layer is not the stream of its quotients (extra or altered words)")
-    return reconstruct(by_frequency.transpose(0, 2, 1), base, step)
+    return reconstruct(by_frequency, base, step)

@@ -168,20 +168,20 @@ def _bucket_of(activity: np.ndarray) -> np.ndarray:
 
 def _with_neighbours(own: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     """2 · own activity + the sum of the four neighbour blocks' (edge blocks repeat themselves
-    for a missing neighbour); ``own`` is (blocks,) or (blocks, frequencies) in raster order."""
+    for a missing neighbour); ``own`` is (blocks,) or (frequencies, blocks), blocks in raster order."""
     rows, cols = grid
-    tiles = own.reshape(rows, cols, -1)
+    tiles = own.reshape(-1, rows, cols)
     total = 2 * tiles
     # Each neighbour shifted in, the edge row or column standing in for the one beyond it
     # (in place: a padded copy of the whole map took twice as long).
-    total[1:] += tiles[:-1]
-    total[:1] += tiles[:1]
-    total[:-1] += tiles[1:]
-    total[-1:] += tiles[-1:]
     total[:, 1:] += tiles[:, :-1]
     total[:, :1] += tiles[:, :1]
     total[:, :-1] += tiles[:, 1:]
     total[:, -1:] += tiles[:, -1:]
+    total[:, :, 1:] += tiles[:, :, :-1]
+    total[:, :, :1] += tiles[:, :, :1]
+    total[:, :, :-1] += tiles[:, :, 1:]
+    total[:, :, -1:] += tiles[:, :, -1:]
     return total.reshape(own.shape)
 
 
@@ -230,30 +230,30 @@ BUCKET_PIECE = 8
 
 
 def _all_buckets(quotients: np.ndarray, channel: int, grid: tuple[int, int], detail: np.ndarray) -> np.ndarray:
-    """_activity_buckets for every frequency of a channel at once, (blocks, 64): the encoder
+    """_activity_buckets for every frequency of a channel at once, (64, blocks): the encoder
     knows every quotient in advance, the decoder learns them frequency by frequency."""
     buckets = np.empty(quotients.shape[1:], dtype=np.int16)
     for first in range(0, COEFFICIENTS, BUCKET_PIECE):
         low = max(0, first - ACTIVITY_SPAN)
-        magnitudes = np.abs(quotients[channel, :, low:first + BUCKET_PIECE])
-        activity = np.zeros((magnitudes.shape[0], BUCKET_PIECE), dtype=magnitudes.dtype)
+        magnitudes = np.abs(quotients[channel, low:first + BUCKET_PIECE])
+        activity = np.zeros((BUCKET_PIECE, magnitudes.shape[1]), dtype=magnitudes.dtype)
         for lag in range(1, ACTIVITY_SPAN + 1):  # shifted adds: no cumulative sum, no gathered copies
-            # activity[:, f] += magnitudes at frequency first + f − lag, where that is ≥ low
+            # activity[f] += magnitudes at frequency first + f − lag, where that is ≥ low
             skip = max(0, low - (first - lag))
-            activity[:, skip:] += magnitudes[:, first - lag - low + skip:first - lag - low + BUCKET_PIECE]
+            activity[skip:] += magnitudes[first - lag - low + skip:first - lag - low + BUCKET_PIECE]
         if channel:
-            activity += np.abs(quotients[0, :, first:first + BUCKET_PIECE])
+            activity += np.abs(quotients[0, first:first + BUCKET_PIECE])
         total = _with_neighbours(activity, grid)
-        total += detail[:, None]
-        buckets[:, first:first + BUCKET_PIECE] = _bucket_of(total)
+        total += detail
+        buckets[first:first + BUCKET_PIECE] = _bucket_of(total)
     return buckets
 
 
 def _group_ids(quotients: np.ndarray, channel: int, grid: tuple[int, int], detail: np.ndarray) -> np.ndarray:
-    """Each coefficient's group, frequency · BUCKETS + bucket, (blocks, 64) int16: small
+    """Each coefficient's group, frequency · BUCKETS + bucket, (64, blocks) int16: small
     integers, which numpy's stable argsort orders by radix sort, in linear time."""
     buckets = _all_buckets(quotients, channel, grid, detail)
-    buckets += np.arange(COEFFICIENTS, dtype=np.int16) * np.int16(BUCKETS)
+    buckets += (np.arange(COEFFICIENTS, dtype=np.int16) * np.int16(BUCKETS))[:, None]
     return buckets
 
 
@@ -284,8 +284,9 @@ def _to_symbols(quotients: np.ndarray) -> np.ndarray:
 
 def channel_tables(quotients: np.ndarray, channel: int, grid: tuple[int, int],
                    detail: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One channel's coefficients as the coder sees them, in raster order of blocks then
-    frequency: each one's group and symbol, and each group's cheapest level."""
+    """One channel's coefficients as the coder sees them, quotients[channel] (64, blocks)
+    raveled (frequency, then block in raster order): each one's group and symbol, and each
+    group's cheapest level."""
     groups = _group_ids(quotients, channel, grid, detail).ravel()
     symbols = _to_symbols(quotients[channel].ravel())
     return groups, symbols, _cheapest_levels(groups, symbols)
@@ -299,18 +300,18 @@ def _channel_groups(quotients: np.ndarray, channel: int, grid: tuple[int, int],
     """One channel's coded groups in the decoder's order (frequency, then bucket, then block):
     each group's bucket, cheapest level, symbols and escaped excesses (int32)."""
     groups, all_symbols, levels = channel_tables(quotients, channel, grid, detail)
-    groups, all_symbols = groups.reshape(-1, COEFFICIENTS), all_symbols.reshape(-1, COEFFICIENTS)
-    # A frequency at a time (its groups are consecutive): a stable sort of its column keeps
-    # the blocks of a group in raster order, with temporaries a column's size, not the channel's.
+    groups, all_symbols = groups.reshape(COEFFICIENTS, -1), all_symbols.reshape(COEFFICIENTS, -1)
+    # A frequency at a time (its groups are consecutive): a stable sort of its row keeps the
+    # blocks of a group in raster order, with temporaries a row's size, not the channel's.
     for frequency in range(COEFFICIENTS):
-        column = groups[:, frequency] - np.int16(frequency * BUCKETS)
-        order = np.argsort(column, kind="stable")
-        values = quotients[channel, :, frequency][order]
-        symbols = all_symbols[:, frequency][order]
-        ends = np.cumsum(np.bincount(column, minlength=BUCKETS))
-        magnitudes = np.abs(values)
-        escaped = magnitudes > MAX_DIRECT
-        excess = magnitudes - MAX_DIRECT - 1 if escaped.any() else None  # most frequencies have none
+        row = groups[frequency] - np.int16(frequency * BUCKETS)
+        order = np.argsort(row, kind="stable")
+        symbols = all_symbols[frequency][order]
+        ends = np.cumsum(np.bincount(row, minlength=BUCKETS))
+        escaped = symbols >= ESCAPE_POSITIVE
+        excess = None
+        if escaped.any():  # most frequencies have none
+            excess = np.abs(quotients[channel, frequency][order]) - MAX_DIRECT - 1
         start = 0
         for bucket, end in enumerate(ends.tolist()):
             if end > start:
@@ -322,7 +323,7 @@ def _channel_groups(quotients: np.ndarray, channel: int, grid: tuple[int, int],
 
 def encode_channel(encoder: stream.queue.RangeEncoder, quotients: np.ndarray, channel: int,
                    grid: tuple[int, int], detail: np.ndarray) -> None:
-    """Append one channel's quotients (quotients[channel], (blocks, 64)) to ``encoder``, with
+    """Append one channel's quotients (quotients[channel], (64, blocks)) to ``encoder``, with
     the base's ``detail`` (base_detail) in their activity."""
     _, models = level_tables()
     predictor, odds = LevelPredictor(), EmptyOdds()
@@ -343,9 +344,8 @@ def decode_channel(decoder: stream.queue.RangeDecoder, by_frequency: np.ndarray,
                    grid: tuple[int, int], detail: np.ndarray, echo: stream.queue.RangeEncoder) -> None:
     """Inverse of encode_channel: fill by_frequency[channel] (zeros on entry), frequency by
     frequency, from what the earlier frequencies and channels decoded to. The quotients are
-    held frequency-major, (C, 64, blocks), the transpose of the encoder's (C, blocks, 64):
-    each step reads and writes whole rows, where the block-major layout touched every cache
-    line of the channel per frequency. Every decoded symbol is coded again into ``echo``
+    held frequency-major, (C, 64, blocks), as the encoder's: each step reads and writes whole
+    rows. Every decoded symbol is coded again into ``echo``
     with the same model, so the caller can check that the layer is exactly that stream."""
     _, models = level_tables()
     predictor, odds = LevelPredictor(), EmptyOdds()
