@@ -10,6 +10,7 @@ import ctypes
 import functools
 import math
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -217,18 +218,26 @@ def _encode_with(loaded: LoadedModel, source: SourceImage, point: RatePoint, eff
     indices, (grid_h, grid_w) = choose_indices(loaded, point, effort, x)
     del x  # 12 bytes a pixel, not needed by the synthesis and the layer that follow
     index_array = indices.cpu().numpy()
-    payload = index_coder.encode_indices(index_array, index_model, grid_w,
-                                         index_coder.min_payload_bytes(width * height))
+    code_payload = functools.partial(index_coder.encode_indices, index_array, index_model, grid_w,
+                                     index_coder.min_payload_bytes(width * height))
     layer, rgb = b"", None
     if point.layer_step is not None or reconstruct:
         # The layer codes what the decoder's own base planes miss, so it is measured against
         # the base exactly as decode_detailed will rebuild it.
         rgb = tensor_to_pixels(model.decode_indices(indices, (grid_h, grid_w), height, width))
         _return_freed_memory(height * width)
-    if point.layer_step is not None:
-        detail = layer_detail(loaded, index_array, height, width)
-        layer, planes = dct_layer.encode_with_planes(source_planes(source), decoded_planes(rgb, source.mode),
-                                                     point.layer_step, detail, planes=reconstruct)
+    if point.layer_step is None:
+        payload = code_payload()
+    else:
+        # The payload is coded on a second thread while the layer is: both run mostly on one
+        # core (numpy, constriction), and the other would idle. Not beside the synthesis,
+        # whose convolutions use both cores (docs/results.md, "Large images").
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            coded = pool.submit(code_payload)
+            detail = layer_detail(loaded, index_array, height, width)
+            layer, planes = dct_layer.encode_with_planes(source_planes(source), decoded_planes(rgb, source.mode),
+                                                         point.layer_step, detail, planes=reconstruct)
+            payload = coded.result()
         if planes is not None:
             rgb = _as_rgb(planes)
     alpha = alpha_to_bytes(source.alpha) if source.alpha is not None else b""
