@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import struct
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from constriction import stream
@@ -70,8 +71,8 @@ def lower_where_cheaper(quotients: np.ndarray, lowering_costs: np.ndarray, grid:
     channels' groups depend on the first's quotients); the decoder only ever sees the result."""
     lengths = level_code_lengths()
     slope = weight * 2 * math.log(2) / 12  # in step² per bit
-    lowered = []
-    for channel in range(quotients.shape[0]):
+
+    def lowered(channel: int) -> np.ndarray:
         values = quotients[channel].ravel()
         groups, _, levels = channel_tables(quotients, channel, grid, detail)
         # Only nonzero quotients within the direct alphabet can move; at most steps they are few.
@@ -79,8 +80,13 @@ def lower_where_cheaper(quotients: np.ndarray, lowering_costs: np.ndarray, grid:
         magnitude = np.abs(values[candidates])
         level = levels[groups[candidates]]
         saved = lengths[level, MAX_DIRECT + magnitude] - lengths[level, MAX_DIRECT + magnitude - 1]
-        lowered.append(candidates[lowering_costs[channel].ravel()[candidates] < slope * saved])
-    for channel, positions in enumerate(lowered):
+        return candidates[lowering_costs[channel].ravel()[candidates] < slope * saved]
+
+    # The channels' tables are independent (each reads the quotients before any move): two at
+    # a time, on both cores (numpy's array steps let go of the interpreter's lock).
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        moves = list(pool.map(lowered, range(quotients.shape[0])))
+    for channel, positions in enumerate(moves):
         values = quotients[channel].reshape(-1)
         values[positions] -= np.sign(values[positions])
 
@@ -116,8 +122,15 @@ def encode_with_planes(source: np.ndarray, base: np.ndarray, step: float, detail
         lower_where_cheaper(quotients, lowering_costs, grid, detail, rd_weight)
     del lowering_costs  # 4 bytes a coefficient, not needed by the coding that follows
     encoder = stream.queue.RangeEncoder()
-    for channel in range(quotients.shape[0]):
-        encode_channel(encoder, quotients, channel, grid, detail)
+    # Each channel's tables are built on a second thread while the one before is coded.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        tables = pool.submit(channel_tables, quotients, 0, grid, detail)
+        for channel in range(quotients.shape[0]):
+            current = tables.result()
+            if channel + 1 < quotients.shape[0]:
+                tables = pool.submit(channel_tables, quotients, channel + 1, grid, detail)
+            encode_channel(encoder, quotients, channel, current)
+            del current
     words = encoder.get_compressed().astype("<u4").tobytes()
     layer = _LAYER_HEADER.pack(WRITTEN_TRANSFORM, int(step * 16)) + words
     return layer, reconstruct(quotients, base, step) if planes else None

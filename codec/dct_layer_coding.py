@@ -295,11 +295,12 @@ def channel_tables(quotients: np.ndarray, channel: int, grid: tuple[int, int],
 _NONE_ESCAPED = np.zeros(0, dtype=np.int32)
 
 
-def _channel_groups(quotients: np.ndarray, channel: int, grid: tuple[int, int],
-                    detail: np.ndarray) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
-    """One channel's coded groups in the decoder's order (frequency, then bucket, then block):
-    each group's bucket, cheapest level, symbols and escaped excesses (int32)."""
-    groups, all_symbols, levels = channel_tables(quotients, channel, grid, detail)
+def _channel_groups(quotients: np.ndarray, channel: int,
+                    tables: tuple[np.ndarray, np.ndarray, np.ndarray]) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+    """One channel's coded groups in the decoder's order (frequency, then bucket, then block),
+    from its channel_tables: each group's bucket, cheapest level, symbols and escaped
+    excesses (int32)."""
+    groups, all_symbols, levels = tables
     groups, all_symbols = groups.reshape(COEFFICIENTS, -1), all_symbols.reshape(COEFFICIENTS, -1)
     # A frequency at a time (its groups are consecutive): a stable sort of its row keeps the
     # blocks of a group in raster order, with temporaries a row's size, not the channel's.
@@ -322,12 +323,12 @@ def _channel_groups(quotients: np.ndarray, channel: int, grid: tuple[int, int],
 
 
 def encode_channel(encoder: stream.queue.RangeEncoder, quotients: np.ndarray, channel: int,
-                   grid: tuple[int, int], detail: np.ndarray) -> None:
-    """Append one channel's quotients (quotients[channel], (64, blocks)) to ``encoder``, with
-    the base's ``detail`` (base_detail) in their activity."""
+                   tables: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    """Append one channel's quotients (quotients[channel], (64, blocks)) to ``encoder``, given
+    its channel_tables (which take the base's detail)."""
     _, models = level_tables()
     predictor, odds = LevelPredictor(), EmptyOdds()
-    for bucket, level, symbols, escaped in _channel_groups(quotients, channel, grid, detail):
+    for bucket, level, symbols, escaped in _channel_groups(quotients, channel, tables):
         empty = not (symbols != MAX_DIRECT).any()  # the symbol of a zero quotient
         encoder.encode(np.array([empty], dtype=np.int32), odds.model(bucket))
         odds.saw(bucket, empty)

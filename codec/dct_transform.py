@@ -66,7 +66,7 @@ def _forward_matrix(channels: int) -> np.ndarray:
     return np.kron(rotation, np.kron(_DCT, _DCT)[_ZIGZAG])
 
 
-def forward_blocks(planes: np.ndarray) -> np.ndarray:
+def forward_blocks(planes: np.ndarray) -> torch.Tensor:
     """(h, W) or (h, W, 3) float planes → (C, 64, blocks) coefficients of the colour-rotated
     planes' DCT in zigzag order, frequency-major; edges padded by repetition."""
     pixels = planes.reshape(*planes.shape[:2], -1)
@@ -79,7 +79,7 @@ def forward_blocks(planes: np.ndarray) -> np.ndarray:
     coefficients = torch.from_numpy(np.ascontiguousarray(tiles.reshape(rows * cols, count * COEFFICIENTS))) \
         @ torch.from_numpy(_forward_matrix(count).T)
     # Transposed after the product, which stays the one that chose every file's quotients.
-    return coefficients.t().contiguous().numpy().reshape(count, COEFFICIENTS, rows * cols)
+    return coefficients.t().contiguous().view(count, COEFFICIENTS, rows * cols)
 
 
 @functools.cache
@@ -111,12 +111,14 @@ def quantise(source: np.ndarray, base: np.ndarray, step: float, rounding: float)
     channels = 1 if source.ndim == 2 else 3
     quotients = np.empty((channels, COEFFICIENTS, rows * cols), dtype=np.int32)
     lowering_costs = np.empty(quotients.shape, dtype=np.float32)
+    # In torch, whose elementwise steps use both cores; the same IEEE operations as numpy's.
+    quotients_t, costs_t = torch.from_numpy(quotients), torch.from_numpy(lowering_costs)
     for blocks, top, bottom in strips(*source.shape[:2]):
-        scaled = forward_blocks(source[top:bottom].astype(np.float64) - base[top:bottom]) / step
-        magnitude = np.abs(scaled)
-        whole = np.floor(magnitude + rounding)
-        quotients[:, :, blocks] = np.copysign(whole, scaled)
-        lowering_costs[:, :, blocks] = 2 * (magnitude - whole) + 1
+        scaled = forward_blocks(source[top:bottom].astype(np.float64) - base[top:bottom]).div_(step)
+        magnitude = scaled.abs()
+        whole = torch.floor(magnitude + rounding)
+        quotients_t[:, :, blocks] = torch.copysign(whole, scaled)
+        costs_t[:, :, blocks] = magnitude.sub_(whole).mul_(2).add_(1)
     return quotients, lowering_costs
 
 
