@@ -71,13 +71,14 @@ def forward_blocks(planes: np.ndarray) -> torch.Tensor:
     planes' DCT in zigzag order, frequency-major; edges padded by repetition."""
     pixels = planes.reshape(*planes.shape[:2], -1)
     height, width, count = pixels.shape
-    padded = np.pad(pixels, ((0, -height % BLOCK), (0, -width % BLOCK), (0, 0)), mode="edge")
-    rows, cols = padded.shape[0] // BLOCK, padded.shape[1] // BLOCK
-    tiles = padded.reshape(rows, BLOCK, cols, BLOCK, count).transpose(0, 2, 4, 1, 3)
-    # torch's product, not numpy's: OpenBLAS's threads, which numpy would wake, keep spinning
-    # after the call and slowed the network that runs next by a third (docs/results.md)
-    coefficients = torch.from_numpy(np.ascontiguousarray(tiles.reshape(rows * cols, count * COEFFICIENTS))) \
-        @ torch.from_numpy(_forward_matrix(count).T)
+    if height % BLOCK or width % BLOCK:
+        pixels = np.pad(pixels, ((0, -height % BLOCK), (0, -width % BLOCK), (0, 0)), mode="edge")
+    rows, cols = pixels.shape[0] // BLOCK, pixels.shape[1] // BLOCK
+    # Blocks as rows, reordered by torch (on both cores); torch's product, not numpy's:
+    # OpenBLAS's threads, which numpy would wake, keep spinning after the call and slowed the
+    # network that runs next by a third (docs/results.md)
+    tiles = torch.from_numpy(pixels).view(rows, BLOCK, cols, BLOCK, count).permute(0, 2, 4, 1, 3)
+    coefficients = tiles.reshape(rows * cols, count * COEFFICIENTS) @ torch.from_numpy(_forward_matrix(count).T)
     # Transposed after the product, which stays the one that chose every file's quotients.
     return coefficients.t().contiguous().view(count, COEFFICIENTS, rows * cols)
 
