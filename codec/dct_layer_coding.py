@@ -257,7 +257,8 @@ def _group_ids(quotients: np.ndarray, channel: int, grid: tuple[int, int], detai
     return buckets
 
 
-# Coefficients per piece of _cheapest_levels' histogram: its int32 keys stay a piece's size.
+# Coefficients per piece of _cheapest_levels' histogram and of _to_symbols: their int32
+# temporaries stay a piece's size.
 HISTOGRAM_PIECE = 1 << 20
 
 
@@ -276,9 +277,15 @@ def _cheapest_levels(groups: np.ndarray, symbols: np.ndarray) -> np.ndarray:
 
 
 def _to_symbols(quotients: np.ndarray) -> np.ndarray:
-    symbols = np.clip(quotients, -MAX_DIRECT, MAX_DIRECT) + MAX_DIRECT
-    symbols[quotients > MAX_DIRECT] = ESCAPE_POSITIVE
-    symbols[quotients < -MAX_DIRECT] = ESCAPE_NEGATIVE
+    """Each quotient's symbol, uint8 (the alphabet has ALPHABET = 129), a piece at a time: a
+    channel's symbols are a quarter of its int32 quotients' size, and no full-size temporaries."""
+    symbols = np.empty(quotients.shape, dtype=np.uint8)
+    for start in range(0, quotients.size, HISTOGRAM_PIECE):
+        piece = quotients[start:start + HISTOGRAM_PIECE]
+        direct = np.clip(piece, -MAX_DIRECT, MAX_DIRECT) + MAX_DIRECT
+        direct[piece > MAX_DIRECT] = ESCAPE_POSITIVE
+        direct[piece < -MAX_DIRECT] = ESCAPE_NEGATIVE
+        symbols[start:start + HISTOGRAM_PIECE] = direct
     return symbols
 
 
@@ -307,7 +314,7 @@ def _channel_groups(quotients: np.ndarray, channel: int,
     for frequency in range(COEFFICIENTS):
         row = groups[frequency] - np.int16(frequency * BUCKETS)
         order = np.argsort(row, kind="stable")
-        symbols = all_symbols[frequency][order]
+        symbols = all_symbols[frequency][order].astype(np.int32)  # constriction's symbol type
         ends = np.cumsum(np.bincount(row, minlength=BUCKETS))
         escaped = symbols >= ESCAPE_POSITIVE
         excess = None

@@ -16,11 +16,11 @@ import torch
 
 BLOCK = 8
 COEFFICIENTS = BLOCK * BLOCK
-# Block rows per strip of the transforms (128 pixel rows). The transforms hold about ten
-# float64 temporaries of a strip's size: 8000 pixels wide, strips of 64 block rows took
-# 0.6 GB. Every block is transformed on its own (the forward product's rows gave the same
-# values in strips of 16 and 64 rows), so the height changes no value.
-STRIP_BLOCK_ROWS = 16
+# Blocks per strip of the transforms, in whole block rows (at least one). The transforms hold
+# about ten float64 temporaries of a strip's size: 8000 pixels wide, strips of 64 block rows
+# took 0.6 GB. Every block is transformed on its own (the forward product's rows gave the
+# same values in strips of 16 and 64 rows), so the strips change no value.
+STRIP_BLOCKS = 8192
 
 
 def _orthonormal_dct(n: int) -> np.ndarray:
@@ -47,11 +47,12 @@ def block_grid(height: int, width: int) -> tuple[int, int]:
 
 
 def strips(height: int, width: int) -> Iterator[tuple[slice, int, int]]:
-    """The strips of STRIP_BLOCK_ROWS block rows the transforms work in, so that their float
+    """The strips of about STRIP_BLOCKS blocks the transforms work in, so that their float
     temporaries stay a strip's size on a large image: each strip's blocks (a slice of the
     raster order) and its pixel rows (top, bottom)."""
-    rows = STRIP_BLOCK_ROWS * BLOCK
-    per_strip = STRIP_BLOCK_ROWS * block_grid(height, width)[1]
+    cols = block_grid(height, width)[1]
+    block_rows = max(1, STRIP_BLOCKS // cols)
+    rows, per_strip = block_rows * BLOCK, block_rows * cols
     for index, top in enumerate(range(0, height, rows)):
         yield slice(index * per_strip, (index + 1) * per_strip), top, min(top + rows, height)
 

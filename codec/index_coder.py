@@ -37,9 +37,10 @@ _MODEL = stream.model.Categorical(perfect=False)  # probabilities given per symb
 # worst. Photos need far more (Kodak's smallest file, at quality 1, is 0.041 bpp: 5 times the
 # floor's 0.0078); a payload that would be shorter, a flat image's, is padded with zero words.
 PIXELS_PER_PAYLOAD_BYTE = 1024
-# Rows of latents whose previous-stage terms are computed at once: bounds the memory of a
-# large image's coding (a strip of a 7,071-pixel-wide image is 884 × 64 × 8 float64 bytes a row).
-STRIP_ROWS = 64
+# Latents in a strip, whose previous-stage terms (and in the encoder, the network's outputs)
+# are computed at once, in whole rows: bounds the memory of a large image's coding, which
+# runs beside the DCT layer's (64 rows of an 8000-pixel-wide image took about 0.3 GB more).
+STRIP_LATENTS = 32_768
 
 
 @contextmanager
@@ -79,9 +80,10 @@ class StageCoding:
         self.top = 0
 
     def strips(self) -> Iterator[tuple[int, int]]:
-        height = self.maps.shape[1]
-        for self.top in range(0, height, STRIP_ROWS):
-            bottom = min(height, self.top + STRIP_ROWS)
+        height, width = self.maps.shape[1:]
+        rows = max(1, STRIP_LATENTS // width)
+        for self.top in range(0, height, rows):
+            bottom = min(height, self.top + rows)
             self.terms = self._strip_terms(self.top, bottom)
             yield self.top, bottom
 

@@ -15,6 +15,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from diveq_codec.codec import index_coder
 from diveq_codec.codec.errors import CorruptBitstreamError
 from diveq_codec.codec.index_coder import (
     PIXELS_PER_PAYLOAD_BYTE,
@@ -43,11 +44,17 @@ def test_round_trip(stages: int, height: int, width: int, seed: int) -> None:
     assert (decode_indices(payload, MODEL, stages, height * width, width) == symbols).all()
 
 
-def test_round_trip_across_strips() -> None:
-    """Rows past index_coder.STRIP_ROWS: the previous stages' terms are computed a strip at a time."""
+def test_round_trip_across_strips(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past index_coder.STRIP_LATENTS: the previous stages' terms (and the encoder's network
+    outputs) are computed a strip of whole rows at a time, the same integers as at once."""
     rng = np.random.default_rng(3)
     symbols = rng.integers(0, CODES, size=(3, 150 * 5))
-    assert (decode_indices(encode_indices(symbols, MODEL, 5), MODEL, 3, 750, 5) == symbols).all()
+    whole = encode_indices(symbols, MODEL, 5)
+    monkeypatch.setattr(index_coder, "STRIP_LATENTS", 64)  # strips of 12 rows, the last of 6
+    assert encode_indices(symbols, MODEL, 5) == whole
+    assert (decode_indices(whole, MODEL, 3, 750, 5) == symbols).all()
+    monkeypatch.setattr(index_coder, "STRIP_LATENTS", 3)  # narrower than a row: one row a strip
+    assert encode_indices(symbols, MODEL, 5) == whole
 
 
 def test_fixed_bytes() -> None:
