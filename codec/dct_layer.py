@@ -36,6 +36,7 @@ from diveq_codec.codec.dct_layer_coding import (
 )
 from diveq_codec.codec.dct_transform import COEFFICIENTS, block_grid, quantise, reconstruct
 from diveq_codec.codec.errors import CorruptBitstreamError
+from diveq_codec.codec.freed_memory import return_freed_memory
 from diveq_codec.codec.index_coder import coder_errors
 from diveq_codec.codec.limits import MIN_LAYER_STEP_SIXTEENTHS, layer_step_is_valid
 
@@ -59,6 +60,9 @@ ROUNDING = 0.45
 RD_WEIGHT = 1.0
 
 _LAYER_HEADER = struct.Struct("<BH")
+# Coefficients per piece of lower_where_cheaper's candidates: its masks and per-candidate
+# arrays stay a piece's size, not a channel's (a 48 MP channel has 48 million coefficients).
+LOWERING_PIECE = 1 << 20
 
 
 def lower_where_cheaper(quotients: np.ndarray, lowering_costs: np.ndarray, grid: tuple[int, int],
@@ -73,14 +77,18 @@ def lower_where_cheaper(quotients: np.ndarray, lowering_costs: np.ndarray, grid:
     slope = weight * 2 * math.log(2) / 12  # in step² per bit
 
     def lowered(channel: int) -> np.ndarray:
-        values = quotients[channel].ravel()
+        values, costs = quotients[channel].ravel(), lowering_costs[channel].ravel()
         groups, _, levels = channel_tables(quotients, channel, grid, detail)
-        # Only nonzero quotients within the direct alphabet can move; at most steps they are few.
-        candidates = np.flatnonzero((values != 0) & (values >= -MAX_DIRECT) & (values <= MAX_DIRECT))
-        magnitude = np.abs(values[candidates])
-        level = levels[groups[candidates]]
-        saved = lengths[level, MAX_DIRECT + magnitude] - lengths[level, MAX_DIRECT + magnitude - 1]
-        return candidates[lowering_costs[channel].ravel()[candidates] < slope * saved]
+        moves = []
+        for start in range(0, values.size, LOWERING_PIECE):
+            piece = values[start:start + LOWERING_PIECE]
+            # Only nonzero quotients within the direct alphabet can move; at most steps they are few.
+            candidates = start + np.flatnonzero((piece != 0) & (piece >= -MAX_DIRECT) & (piece <= MAX_DIRECT))
+            magnitude = np.abs(values[candidates])
+            level = levels[groups[candidates]]
+            saved = lengths[level, MAX_DIRECT + magnitude] - lengths[level, MAX_DIRECT + magnitude - 1]
+            moves.append(candidates[costs[candidates] < slope * saved])
+        return np.concatenate(moves)
 
     # The channels' tables are independent (each reads the quotients before any move): two at
     # a time, on both cores (numpy's array steps let go of the interpreter's lock).
@@ -121,6 +129,8 @@ def encode_with_planes(source: np.ndarray, base: np.ndarray, step: float, detail
     if rd_weight:
         lower_where_cheaper(quotients, lowering_costs, grid, detail, rd_weight)
     del lowering_costs  # 4 bytes a coefficient, not needed by the coding that follows
+    pixels = source.shape[0] * source.shape[1]
+    return_freed_memory(pixels)  # the pass's tables, built on other threads (their own arenas)
     encoder = stream.queue.RangeEncoder()
     # Each channel's tables are built on a second thread while the one before is coded.
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -133,7 +143,10 @@ def encode_with_planes(source: np.ndarray, base: np.ndarray, step: float, detail
             del current
     words = encoder.get_compressed().astype("<u4").tobytes()
     layer = _LAYER_HEADER.pack(WRITTEN_TRANSFORM, int(step * 16)) + words
-    return layer, reconstruct(quotients, base, step) if planes else None
+    if not planes:
+        return layer, None
+    return_freed_memory(pixels)
+    return layer, reconstruct(quotients, base, step)
 
 
 def encode(source: np.ndarray, base: np.ndarray, step: float, detail: np.ndarray, rounding: float = ROUNDING,

@@ -39,8 +39,8 @@ _MODEL = stream.model.Categorical(perfect=False)  # probabilities given per symb
 PIXELS_PER_PAYLOAD_BYTE = 1024
 # Latents in a strip, whose previous-stage terms (and in the encoder, the network's outputs)
 # are computed at once, in whole rows: bounds the memory of a large image's coding, which
-# runs beside the DCT layer's (64 rows of an 8000-pixel-wide image took about 0.3 GB more).
-STRIP_LATENTS = 32_768
+# runs beside the DCT layer's. The encoder's tables for 32,768 latents took about 0.3 GB.
+STRIP_LATENTS = 16_384
 
 
 @contextmanager

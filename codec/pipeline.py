@@ -6,10 +6,9 @@
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from PIL import Image
 from diveq_codec.codec import container, dct_layer, index_coder, index_costs
 from diveq_codec.codec.dct_layer_coding import base_detail
 from diveq_codec.codec.errors import CodecError, CorruptBitstreamError, InputError, WeightsError
+from diveq_codec.codec.freed_memory import return_freed_memory
 from diveq_codec.codec.image_io import (
     SourceImage,
     alpha_from_bytes,
@@ -78,30 +78,6 @@ def resolve_device(device: str) -> str:
     if device not in ("cpu", "cuda"):
         raise ValueError(f"unknown device {device!r} (auto, cpu or cuda)")
     return device
-
-
-@functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's malloc_trim, or None where the C library has none."""
-    try:
-        return ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return None
-
-
-# Below this many pixels the trim is not worth it: the next image's feature maps would fault
-# their pages in anew (the command line keeps freed memory on purpose, codec/cli/allocator.py).
-TRIM_ABOVE_PIXELS = 8_000_000
-
-
-def _return_freed_memory(pixels: int) -> None:
-    """Hand the memory the network's tiles freed back to the system before the DCT layer
-    allocates its own. The allocator keeps freed chunks of its arenas: after the synthesis of
-    a 48 MP image the process held 2.9 GB of which about 0.5 GB was live, and the layer's
-    arrays came on top of that."""
-    trim = _malloc_trim()
-    if trim is not None and pixels > TRIM_ABOVE_PIXELS:
-        trim(0)
 
 
 def image_to_tensor(rgb: np.ndarray, device: str) -> torch.Tensor:
@@ -225,7 +201,7 @@ def _encode_with(loaded: LoadedModel, source: SourceImage, point: RatePoint, eff
         # The layer codes what the decoder's own base planes miss, so it is measured against
         # the base exactly as decode_detailed will rebuild it.
         rgb = tensor_to_pixels(model.decode_indices(indices, (grid_h, grid_w), height, width))
-        _return_freed_memory(height * width)
+        return_freed_memory(height * width)  # before the layer allocates its own
     if point.layer_step is None:
         payload = code_payload()
     else:
@@ -305,7 +281,7 @@ def _decode_with(loaded: LoadedModel, parsed: container.Container) -> Decoded:
     mode = container.CHANNELS_TO_MODE[header.channels]
     rgb = tensor_to_pixels(x_hat)
     del x_hat  # 12 bytes a pixel, not needed by the layer that follows
-    _return_freed_memory(header.height * header.width)
+    return_freed_memory(header.height * header.width)
     if parsed.layer:
         detail = layer_detail(loaded, indices, header.height, header.width)
         rgb = _as_rgb(dct_layer.decode(parsed.layer, decoded_planes(rgb, mode), detail))
