@@ -289,8 +289,11 @@ def _to_symbols(quotients: np.ndarray) -> np.ndarray:
     return symbols
 
 
-def channel_tables(quotients: np.ndarray, channel: int, grid: tuple[int, int],
-                   detail: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+# A channel's coefficients as the coder sees them: each one's group and symbol, each group's level.
+ChannelTables = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def channel_tables(quotients: np.ndarray, channel: int, grid: tuple[int, int], detail: np.ndarray) -> ChannelTables:
     """One channel's coefficients as the coder sees them, quotients[channel] (64, blocks)
     raveled (frequency, then block in raster order): each one's group and symbol, and each
     group's cheapest level."""
@@ -303,7 +306,7 @@ _NONE_ESCAPED = np.zeros(0, dtype=np.int32)
 
 
 def _channel_groups(quotients: np.ndarray, channel: int,
-                    tables: tuple[np.ndarray, np.ndarray, np.ndarray]) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+                    tables: ChannelTables) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
     """One channel's coded groups in the decoder's order (frequency, then bucket, then block),
     from its channel_tables: each group's bucket, cheapest level, symbols and escaped
     excesses (int32)."""
@@ -330,7 +333,7 @@ def _channel_groups(quotients: np.ndarray, channel: int,
 
 
 def encode_channel(encoder: stream.queue.RangeEncoder, quotients: np.ndarray, channel: int,
-                   tables: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+                   tables: ChannelTables) -> None:
     """Append one channel's quotients (quotients[channel], (64, blocks)) to ``encoder``, given
     its channel_tables (which take the base's detail)."""
     _, models = level_tables()

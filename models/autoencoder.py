@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diveq_codec.models import tiling
+from diveq_codec.models import chunked_search, tiling
 from diveq_codec.models.config import ModelConfig
 from diveq_codec.models.diveq import DiVeQ, DiVeQDetach
 from diveq_codec.models.quantizer import Quantizer, QuantizerOutput
@@ -286,7 +286,7 @@ class VQAutoencoder(nn.Module):
         latent = self.analyse(self.analysis, x.float())
         _, _, h, w = latent.shape
         vectors = self.to_vectors(latent)
-        if tiling.chunked_indices_and_gaps(self.quantizer, vectors[:1], num_stages) is None:
+        if chunked_search.chunked_indices_and_gaps(self.quantizer, vectors[:1], num_stages) is None:
             # a quantizer that cannot say how sure it is: all in float64
             return self.encode_indices(x, num_stages, torch.float64, rate, beam, recost)
         del latent
@@ -294,7 +294,7 @@ class VQAutoencoder(nn.Module):
         exact_rows: dict[int, torch.Tensor] = {}
 
         def search(**options: object) -> torch.Tensor:
-            decided = tiling.chunked_indices_and_gaps(self.quantizer, vectors, num_stages, **options)
+            decided = chunked_search.chunked_indices_and_gaps(self.quantizer, vectors, num_stages, **options)
             assert decided is not None
             indices, gaps = decided
             unsure = torch.nonzero(unsure_choices(vectors, gaps)).squeeze(1)
@@ -319,7 +319,7 @@ class VQAutoencoder(nn.Module):
         they are (float64 vectors: the exact choices), rounds included."""
 
         def search(**options: object) -> torch.Tensor:
-            return tiling.chunked_indices(self.quantizer, vectors, num_stages, **options)
+            return chunked_search.chunked_indices(self.quantizer, vectors, num_stages, **options)
 
         return searched_in_rounds(search, search_options(rate, beam), recost, grid)
 

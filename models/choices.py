@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from diveq_codec.models import tiling
+from diveq_codec.models import chunked_search
 from diveq_codec.models.autoencoder import VQAutoencoder
 from diveq_codec.models.residual import RateCosts
 
@@ -32,5 +32,5 @@ def choices_at_points(model: VQAutoencoder, x: torch.Tensor, points: Points,
     for stages, weight in points:
         rate = RateCosts.from_lengths(lengths, weight)
         search = {} if rate is None else {"rate": rate}
-        choices.append(tiling.chunked_indices(model.quantizer, vectors, stages, **search).reshape(stages, *grid))
+        choices.append(chunked_search.chunked_indices(model.quantizer, vectors, stages, **search).reshape(stages, *grid))
     return choices

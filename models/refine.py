@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from diveq_codec.models import progress, tiling
+from diveq_codec.models import chunked_search, progress, tiling
 from diveq_codec.models.autoencoder import VQAutoencoder
 
 STEPS = 10
@@ -37,7 +37,7 @@ def latent_indices(model: VQAutoencoder, latent: torch.Tensor, num_stages: int,
     """The encoder's search (``search``: its rate term and beam) on every cell of a latent
     (1, D, h, w): indices (S, h·w), from the latent as it is (no float64 re-decision)."""
     with torch.no_grad():
-        return tiling.chunked_indices(model.quantizer, model.to_vectors(latent), num_stages, **search)
+        return chunked_search.chunked_indices(model.quantizer, model.to_vectors(latent), num_stages, **search)
 
 
 def quantized(model: VQAutoencoder, latent: torch.Tensor, num_stages: int, search: dict[str, Any]) -> torch.Tensor:

@@ -19,8 +19,7 @@ included, is about 1/16 of one.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +34,6 @@ from diveq_codec.models import progress
 # 354 MB maps at once (1024: two of 170 MB), too much beside a 48 MP image's own arrays
 # within 3 GB. Any size gives the same numbers (tests/test_tiling.py).
 DEFAULT_TILE_SIZE = 1024
-QUANTIZE_CHUNK = 16_384  # latent vectors per quantizer call: bounds its (N, K) distance matrix
 
 # Layers that act on each position independently (no spatial extent), by class name, so that
 # this module needs no import of the model's own layer classes.
@@ -368,8 +366,9 @@ def tiled_synthesis(synthesis: nn.Module, latent: torch.Tensor, stride: int, til
     if latent.dim() != 4 or latent.shape[0] != 1:
         raise ValueError(f"expected one latent (1, D, h, w), got {tuple(latent.shape)}")
     margin = synthesis_margin(synthesis) if margin is None else margin
-    if reach(synthesis)[2] * stride != 1:
-        raise ValueError(f"synthesis transform enlarges by {1 / reach(synthesis)[2]}, the model's stride is {stride}")
+    jump = reach(synthesis)[2]
+    if jump * stride != 1:
+        raise ValueError(f"synthesis transform enlarges by {1 / jump}, the model's stride is {stride}")
     grid_h, grid_w = latent.shape[-2:]
     cells = _cells(tile_size, stride)
     layers, suffix_reach = _cone_plan(synthesis)
@@ -385,31 +384,3 @@ def tiled_synthesis(synthesis: nn.Module, latent: torch.Tensor, stride: int, til
         del core
     assert out is not None
     return out
-
-
-def _in_chunks(search: Callable[..., Any], vectors: torch.Tensor, chunk: int, options: dict[str, Any]) -> list[Any]:
-    """search(rows, **options) over chunks of rows; a rate term per latent is cut to the chunk."""
-    rate = options.get("rate")
-    parts = []
-    for i in range(0, max(vectors.shape[0], 1), chunk):
-        chunk_options = options if rate is None else {**options, "rate": rate.rows(slice(i, i + chunk))}
-        parts.append(search(vectors[i:i + chunk], **chunk_options))
-    return parts
-
-
-def chunked_indices(quantizer: nn.Module, vectors: torch.Tensor, num_stages: int | None,
-                    chunk: int = QUANTIZE_CHUNK, **search: Any) -> torch.Tensor:
-    """quantizer.indices over rows in chunks: same result (rows are independent), bounded memory.
-    ``search`` options (a rate term, a beam) go to the quantizer, a rate per latent cut to each chunk."""
-    parts = _in_chunks(lambda rows, **options: quantizer.indices(rows, num_stages, **options), vectors, chunk, search)
-    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-
-
-def chunked_indices_and_gaps(quantizer: nn.Module, vectors: torch.Tensor, num_stages: int | None,
-                             chunk: int = QUANTIZE_CHUNK, **search: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """quantizer.indices_and_gaps over rows in chunks (None where the quantizer has no gaps)."""
-    parts = _in_chunks(lambda rows, **options: quantizer.indices_and_gaps(rows, num_stages, **options),
-                       vectors, chunk, search)
-    if parts[0] is None:
-        return None
-    return torch.cat([i for i, _ in parts], dim=1), torch.cat([g for _, g in parts])

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from diveq_codec.models import autoencoder, residual, tiling
+from diveq_codec.models import autoencoder, chunked_search, residual, tiling
 from diveq_codec.models.autoencoder import VQAutoencoder, pad_to_multiple
 from diveq_codec.models.codebook import nearest_codeword, nearest_codeword_with_gap
 from diveq_codec.models.config import ModelConfig
@@ -248,8 +248,8 @@ def test_a_rate_per_latent_is_cut_with_the_chunks_and_the_re_decided_rows() -> N
     z = torch.randn(400, 8, generator=g, dtype=torch.float64)
     rate = _rate_costs("positions", 400, 0.5, g)
     whole = quantizer.indices(z, rate=rate)
-    assert torch.equal(tiling.chunked_indices(quantizer, z, None, chunk=37, rate=rate), whole)
-    chunked = tiling.chunked_indices_and_gaps(quantizer, z, None, chunk=37, rate=rate)
+    assert torch.equal(chunked_search.chunked_indices(quantizer, z, None, chunk=37, rate=rate), whole)
+    chunked = chunked_search.chunked_indices_and_gaps(quantizer, z, None, chunk=37, rate=rate)
     assert chunked is not None and torch.equal(chunked[0], whole)
     some = torch.tensor([3, 200, 399])
     assert torch.equal(quantizer.indices(z[some], rate=rate.rows(some)), whole[:, some])

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from diveq_codec.codec.metrics import psnr
-from diveq_codec.models import tiling
+from diveq_codec.models import chunked_search, tiling
 from diveq_codec.models.autoencoder import VQAutoencoder
 from diveq_codec.models.config import ModelConfig
 
@@ -206,7 +206,7 @@ def test_residual_blocks_widen_the_margins_and_still_tile_seamlessly() -> None:
 def test_chunked_quantization_is_exact(model: VQAutoencoder, parrots_4x4: Image.Image) -> None:
     vectors = model.to_vectors(model.analysis(_tensor(parrots_4x4.crop((0, 0, 512, 256)))))
     whole = model.quantizer.indices(vectors, None)
-    assert torch.equal(tiling.chunked_indices(model.quantizer, vectors, None, chunk=333), whole)
+    assert torch.equal(chunked_search.chunked_indices(model.quantizer, vectors, None, chunk=333), whole)
 
 
 def test_files_do_not_depend_on_the_tile_size(model: VQAutoencoder, untiled, parrots_4x4: Image.Image) -> None:

@@ -22,7 +22,7 @@ import torch
 
 from diveq_codec.codec.release.rate_weights import coded_bits_and_psnr, exact_vectors, gain_over
 from diveq_codec.codec.zoo import load_model, network_rate_points
-from diveq_codec.models import tiling
+from diveq_codec.models import chunked_search
 from diveq_codec.models.data import list_images
 
 
@@ -53,7 +53,7 @@ def main() -> None:
                 rate = loaded.rate_costs(point.rate_weight)
                 for width in widths:
                     started = time.perf_counter()
-                    indices = tiling.chunked_indices(model.quantizer, vectors, point.stages, rate=rate, beam=width)
+                    indices = chunked_search.chunked_indices(model.quantizer, vectors, point.stages, rate=rate, beam=width)
                     searched = time.perf_counter() - started
                     totals[(point.quality, width)] += (*coded_bits_and_psnr(loaded, indices, (h, w), rgb), searched)
     mean = {key: (bits / pixels, db / len(paths), seconds / len(paths)) for key, (bits, db, seconds) in totals.items()}

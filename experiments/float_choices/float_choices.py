@@ -24,7 +24,7 @@ from PIL import Image
 from diveq_codec.codec.pipeline import image_to_tensor
 from diveq_codec.codec.release.rate_weights import exact_search_beam
 from diveq_codec.codec.zoo import load_model, resolve_quality
-from diveq_codec.models import autoencoder, tiling
+from diveq_codec.models import autoencoder, chunked_search
 from diveq_codec.models.data import list_images
 
 
@@ -46,7 +46,7 @@ def main() -> None:
     for path in list_images(args.folder)[::args.every]:
         x = image_to_tensor(np.asarray(Image.open(path).convert("RGB")), "cpu")
         exact_vectors = model.to_vectors(model.analyse(model.float64_analysis(), x.double()))
-        exact = tiling.chunked_indices(model.quantizer, exact_vectors, None, **search)  # the float64 path's
+        exact = chunked_search.chunked_indices(model.quantizer, exact_vectors, None, **search)  # the float64 path's
         coded, _ = model.encode_indices(x, rate=rate, beam=beam)
         lengths = torch.linalg.vector_norm(exact_vectors, dim=1)
         for name, analyse in KERNELS.items():
