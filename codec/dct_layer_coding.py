@@ -356,8 +356,8 @@ def decode_channel(decoder: stream.queue.RangeDecoder, by_frequency: np.ndarray,
     """Inverse of encode_channel: fill by_frequency[channel] (zeros on entry), frequency by
     frequency, from what the earlier frequencies and channels decoded to. The quotients are
     held frequency-major, (C, 64, blocks), as the encoder's: each step reads and writes whole
-    rows. Every decoded symbol is coded again into ``echo``
-    with the same model, so the caller can check that the layer is exactly that stream."""
+    rows. Every decoded symbol is coded again into ``echo`` with the same model, so the
+    caller can check that the layer is exactly that stream."""
     _, models = level_tables()
     predictor, odds = LevelPredictor(), EmptyOdds()
     for frequency in range(COEFFICIENTS):

