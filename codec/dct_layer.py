@@ -132,8 +132,10 @@ def encode_with_planes(source: np.ndarray, base: np.ndarray, step: float, detail
     pixels = source.shape[0] * source.shape[1]
     return_freed_memory(pixels)  # the pass's tables, built on other threads (their own arenas)
     encoder = stream.queue.RangeEncoder()
-    # Each channel's tables are built on a second thread while the one before is coded.
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    # Each channel's tables are built on a second thread while the one before is coded, and
+    # the planes are reconstructed beside the coding (both only read the final quotients).
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        reconstructed = pool.submit(reconstruct, quotients, base, step) if planes else None
         tables = pool.submit(channel_tables, quotients, 0, grid, detail)
         for channel in range(quotients.shape[0]):
             current = tables.result()
@@ -141,12 +143,9 @@ def encode_with_planes(source: np.ndarray, base: np.ndarray, step: float, detail
                 tables = pool.submit(channel_tables, quotients, channel + 1, grid, detail)
             encode_channel(encoder, quotients, channel, current)
             del current
-    words = encoder.get_compressed().astype("<u4").tobytes()
-    layer = _LAYER_HEADER.pack(WRITTEN_TRANSFORM, int(step * 16)) + words
-    if not planes:
-        return layer, None
-    return_freed_memory(pixels)
-    return layer, reconstruct(quotients, base, step)
+        words = encoder.get_compressed().astype("<u4").tobytes()
+        layer = _LAYER_HEADER.pack(WRITTEN_TRANSFORM, int(step * 16)) + words
+        return layer, None if reconstructed is None else reconstructed.result()
 
 
 def encode(source: np.ndarray, base: np.ndarray, step: float, detail: np.ndarray, rounding: float = ROUNDING,
