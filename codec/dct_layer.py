@@ -28,6 +28,7 @@ from constriction import stream
 
 from diveq_codec.codec.container import development_build_error
 from diveq_codec.codec.dct_layer_coding import (
+    COEFFICIENT_PIECE,
     MAX_DIRECT,
     channel_tables,
     decode_channel,
@@ -60,9 +61,6 @@ ROUNDING = 0.45
 RD_WEIGHT = 1.0
 
 _LAYER_HEADER = struct.Struct("<BH")
-# Coefficients per piece of lower_where_cheaper's candidates: its masks and per-candidate
-# arrays stay a piece's size, not a channel's (a 48 MP channel has 48 million coefficients).
-LOWERING_PIECE = 1 << 20
 
 
 def lower_where_cheaper(quotients: np.ndarray, lowering_costs: np.ndarray, grid: tuple[int, int],
@@ -80,8 +78,8 @@ def lower_where_cheaper(quotients: np.ndarray, lowering_costs: np.ndarray, grid:
         values, costs = quotients[channel].ravel(), lowering_costs[channel].ravel()
         groups, _, levels = channel_tables(quotients, channel, grid, detail)
         moves = []
-        for start in range(0, values.size, LOWERING_PIECE):
-            piece = values[start:start + LOWERING_PIECE]
+        for start in range(0, values.size, COEFFICIENT_PIECE):
+            piece = values[start:start + COEFFICIENT_PIECE]
             # Only nonzero quotients within the direct alphabet can move; at most steps they are few.
             candidates = start + np.flatnonzero((piece != 0) & (piece >= -MAX_DIRECT) & (piece <= MAX_DIRECT))
             magnitude = np.abs(values[candidates])

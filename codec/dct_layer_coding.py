@@ -257,9 +257,10 @@ def _group_ids(quotients: np.ndarray, channel: int, grid: tuple[int, int], detai
     return buckets
 
 
-# Coefficients per piece of _cheapest_levels' histogram and of _to_symbols: their int32
-# temporaries stay a piece's size.
-HISTOGRAM_PIECE = 1 << 20
+# Coefficients per piece of the passes over a whole channel (_cheapest_levels' histogram,
+# _to_symbols, dct_layer.lower_where_cheaper): their temporaries stay a piece's size, not a
+# channel's (a 48 MP channel has 48 million coefficients).
+COEFFICIENT_PIECE = 1 << 20
 
 
 def _cheapest_levels(groups: np.ndarray, symbols: np.ndarray) -> np.ndarray:
@@ -267,8 +268,8 @@ def _cheapest_levels(groups: np.ndarray, symbols: np.ndarray) -> np.ndarray:
     group_count = COEFFICIENTS * BUCKETS
     histograms = np.zeros(group_count * ALPHABET, dtype=np.int64)
     groups, symbols = groups.ravel(), symbols.ravel()
-    for start in range(0, groups.size, HISTOGRAM_PIECE):
-        piece = slice(start, start + HISTOGRAM_PIECE)
+    for start in range(0, groups.size, COEFFICIENT_PIECE):
+        piece = slice(start, start + COEFFICIENT_PIECE)
         histograms += np.bincount(groups[piece].astype(np.int32) * ALPHABET + symbols[piece],
                                   minlength=group_count * ALPHABET)
     # torch's product: numpy's would wake OpenBLAS's threads (codec/dct_transform.py forward_blocks)
@@ -280,12 +281,12 @@ def _to_symbols(quotients: np.ndarray) -> np.ndarray:
     """Each quotient's symbol, uint8 (the alphabet has ALPHABET = 129), a piece at a time: a
     channel's symbols are a quarter of its int32 quotients' size, and no full-size temporaries."""
     symbols = np.empty(quotients.shape, dtype=np.uint8)
-    for start in range(0, quotients.size, HISTOGRAM_PIECE):
-        piece = quotients[start:start + HISTOGRAM_PIECE]
+    for start in range(0, quotients.size, COEFFICIENT_PIECE):
+        piece = quotients[start:start + COEFFICIENT_PIECE]
         direct = np.clip(piece, -MAX_DIRECT, MAX_DIRECT) + MAX_DIRECT
         direct[piece > MAX_DIRECT] = ESCAPE_POSITIVE
         direct[piece < -MAX_DIRECT] = ESCAPE_NEGATIVE
-        symbols[start:start + HISTOGRAM_PIECE] = direct
+        symbols[start:start + COEFFICIENT_PIECE] = direct
     return symbols
 
 
