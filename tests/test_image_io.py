@@ -393,6 +393,13 @@ def test_jpeg_quality_is_the_users() -> None:
     assert len(small) < len(large)
 
 
+def test_png_is_written_at_the_chosen_zlib_level() -> None:
+    data = encode_image_file(Image.fromarray(_noise(40, 40, 3)), format_for("a.png"))
+    idat = data.index(b"IDAT") + 4
+    # zlib's FLEVEL bits (RFC 1950): 1 is "fast" (levels 2-5); Pillow's default 6 writes 2.
+    assert data[idat + 1] >> 6 == 1
+
+
 @pytest.mark.parametrize("name", ["out.xyz", "out", "out.gif", "out.ppm"])
 def test_unknown_extensions_are_usage_errors_naming_the_supported_ones(name: str) -> None:
     with pytest.raises(UsageError) as caught:
