@@ -3,8 +3,9 @@
     python scripts/bench_large.py                       # 4000×3000, tiled (the default tile size)
     python scripts/bench_large.py --tile-size 0         # untiled, for comparison
     python scripts/bench_large.py --width 1024 --height 768 --max-rss-gb 3
+    python scripts/bench_large.py --method mosaic --source <training-dir>   # photo content
 
-The image is built by tiling (or upscaling) a sample. Each phase runs the real command line
+The image is built by tiling (or upscaling) a sample, or from crops of many photos. Each phase runs the real command line
 (``diveq-codec encode`` and ``diveq-codec decode``) in a child process; its peak RSS is the child's own ru_maxrss, read with os.wait4.
 ``--tile-size`` overrides diveq_codec.models.tiling.DEFAULT_TILE_SIZE (a public constant) in
 the child before the model loads (0: no tiling).
@@ -45,12 +46,29 @@ main()
 
 
 def build_image(width: int, height: int, source: Path, method: str) -> Image.Image:
+    if method == "mosaic":
+        return mosaic(width, height, source)
     sample = Image.open(source).convert("RGB")
     if method == "upscale":
         return sample.resize((width, height), Image.Resampling.BICUBIC)
     tile = np.asarray(sample)
     reps = (-(-height // tile.shape[0]), -(-width // tile.shape[1]), 1)
     return Image.fromarray(np.ascontiguousarray(np.tile(tile, reps)[:height, :width]))
+
+
+def mosaic(width: int, height: int, folder: Path, cell: tuple[int, int] = (480, 320)) -> Image.Image:
+    """Crops of the photos under ``folder`` (sorted by path, each used once while they last) side
+    by side: content as varied as a photo's, which the tiled sample is not (its PNG
+    compresses about 8 times better, so reading and writing it cost less)."""
+    cell_w, cell_h = cell
+    photos = [np.asarray(Image.open(path).convert("RGB"))[:cell_h, :cell_w] for path in sorted(folder.rglob("*"))
+              if path.suffix.lower() in (".png", ".jpg", ".jpeg")]
+    photos = [photo for photo in photos if photo.shape[:2] == (cell_h, cell_w)]
+    if not photos:
+        raise SystemExit(f"{folder}: no photo of at least {cell_w}×{cell_h}")
+    rows, cols = -(-height // cell_h), -(-width // cell_w)
+    grid = [np.concatenate([photos[(r * cols + c) % len(photos)] for c in range(cols)], axis=1) for r in range(rows)]
+    return Image.fromarray(np.ascontiguousarray(np.concatenate(grid, axis=0)[:height, :width]))
 
 
 def run_child(args: list[str], env: dict[str, str]) -> tuple[int, float, int, str, str]:
@@ -107,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=4000)
     parser.add_argument("--height", type=int, default=3000)
     parser.add_argument("--source", type=Path, default=REPO / "samples" / "parrots.png")
-    parser.add_argument("--method", choices=["tile", "upscale"], default="tile")
+    parser.add_argument("--method", choices=["tile", "upscale", "mosaic"], default="tile",
+                        help="tile or upscale the --source image, or a mosaic of the photos in the --source folder")
     parser.add_argument("--tile-size", type=int, default=-1,
                         help="pixels per tile core in the child; 0 = untiled; default: the codec's own")
     parser.add_argument("--quality", type=int, default=None)
