@@ -58,8 +58,8 @@ def build_image(width: int, height: int, source: Path, method: str) -> Image.Ima
 
 def mosaic(width: int, height: int, folder: Path, cell: tuple[int, int] = (480, 320)) -> Image.Image:
     """Crops of the photos under ``folder`` (sorted by path, each used once while they last) side
-    by side: content as varied as a photo's, which the tiled sample is not (its PNG
-    compresses about 8 times better, so reading and writing it cost less)."""
+    by side: content as varied as a photo's, which the tiled sample is not (its PNG is 12
+    times smaller at 12 MP, so reading and writing it cost less)."""
     cell_w, cell_h = cell
     photos = [np.asarray(Image.open(path).convert("RGB"))[:cell_h, :cell_w] for path in sorted(folder.rglob("*"))
               if path.suffix.lower() in (".png", ".jpg", ".jpeg")]
