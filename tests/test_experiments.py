@@ -218,3 +218,24 @@ def test_overfitting_probe_scores_trained_and_held_out_photos(tmp_path: Path, mo
     assert len(rows) == 1 and rows[0][1] == "3"
     # an untrained model: about log2(128) = 7 bits on either side
     assert all(6.0 < float(v) < 8.0 for cell in rows[0][3:5] for v in cell.strip(" |").split(" / "))
+
+
+def test_speed_floor_counts_the_shipped_layers_and_compares_bf16(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    probe = _load_script(REPO / "experiments" / "speed_floor" / "speed_floor.py")
+    model = load_model(network_rate_points()[-1].model_id, "cpu").model
+    n, d = model.config.channels, model.config.latent_dim
+    rows: list[tuple[str, float, int]] = []
+    with torch.no_grad():
+        probe.timed_layers(model.synthesis, torch.zeros(1, d, 2, 2), 1, "S", rows)
+    pixels = 16 * 16  # a 2×2 latent is 16×16 pixels
+    # (cells the layer writes at its input's resolution, multiply-adds per cell), layer by layer
+    layers = [(4, d * n * 9), (4, n * n)] + [(4, n * n * 9)] * (2 * model.config.residual_blocks) + [
+        (4, 4 * n * n * 9), (16, n * n), (16, 4 * n * n * 9), (64, n * n), (64, 12 * n * 9)]
+    expected = sum(cells * per_cell for cells, per_cell in layers)
+    assert sum(macs for _, _, macs in rows) / pixels == pytest.approx(expected / pixels)
+    folder = _photos(tmp_path / "photos", 2, size=(64, 48))
+    monkeypatch.setattr("sys.argv", ["probe", "--bf16-photos", str(folder), "--every", "1"])
+    probe.main()
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and all("levels RMS" in line and "% of values differ" in line for line in lines)
