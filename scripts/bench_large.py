@@ -5,8 +5,9 @@
     python scripts/bench_large.py --width 1024 --height 768 --max-rss-gb 3
     python scripts/bench_large.py --method mosaic --source <training-dir>   # photo content
 
-The image is built by tiling (or upscaling) a sample, or from crops of many photos. Each phase runs the real command line
-(``diveq-codec encode`` and ``diveq-codec decode``) in a child process; its peak RSS is the child's own ru_maxrss, read with os.wait4.
+The image is built by tiling (or upscaling) a sample, or from crops of many photos. Each
+phase runs the real command line (``diveq-codec encode`` and ``diveq-codec decode``) in a
+child process; its peak RSS is the child's own ru_maxrss, read with os.wait4.
 ``--tile-size`` overrides diveq_codec.models.tiling.DEFAULT_TILE_SIZE (a public constant) in
 the child before the model loads (0: no tiling).
 Exit status 1 when a phase fails or exceeds --max-rss-gb.
@@ -57,17 +58,20 @@ def build_image(width: int, height: int, source: Path, method: str) -> Image.Ima
 
 
 def mosaic(width: int, height: int, folder: Path, cell: tuple[int, int] = (480, 320)) -> Image.Image:
-    """Crops of the photos under ``folder`` (sorted by path, each used once while they last) side
+    """Crops of the photos under ``folder`` (sorted by path, repeated when they run out) side
     by side: content as varied as a photo's, which the tiled sample is not (its PNG is 12
     times smaller at 12 MP, so reading and writing it cost less)."""
     cell_w, cell_h = cell
-    photos = [np.asarray(Image.open(path).convert("RGB"))[:cell_h, :cell_w] for path in sorted(folder.rglob("*"))
-              if path.suffix.lower() in (".png", ".jpg", ".jpeg")]
-    photos = [photo for photo in photos if photo.shape[:2] == (cell_h, cell_w)]
-    if not photos:
-        raise SystemExit(f"{folder}: no photo of at least {cell_w}×{cell_h}")
     rows, cols = -(-height // cell_h), -(-width // cell_w)
-    grid = [np.concatenate([photos[(r * cols + c) % len(photos)] for c in range(cols)], axis=1) for r in range(rows)]
+    crops = []
+    for path in sorted(folder.rglob("*")):
+        if path.suffix.lower() in (".png", ".jpg", ".jpeg") and len(crops) < rows * cols:
+            with Image.open(path) as photo:
+                if photo.width >= cell_w and photo.height >= cell_h:
+                    crops.append(np.asarray(photo.convert("RGB").crop((0, 0, cell_w, cell_h))))
+    if not crops:
+        raise SystemExit(f"{folder}: no photo of at least {cell_w}×{cell_h}")
+    grid = [np.concatenate([crops[(r * cols + c) % len(crops)] for c in range(cols)], axis=1) for r in range(rows)]
     return Image.fromarray(np.ascontiguousarray(np.concatenate(grid, axis=0)[:height, :width]))
 
 

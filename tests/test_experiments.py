@@ -239,3 +239,16 @@ def test_speed_floor_counts_the_shipped_layers_and_compares_bf16(tmp_path: Path,
     probe.main()
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2 and all("levels RMS" in line and "% of values differ" in line for line in lines)
+
+
+def test_bench_large_mosaic_takes_a_crop_of_each_photo_in_turn(tmp_path: Path) -> None:
+    bench = _load_script(REPO / "scripts" / "bench_large.py")
+    folder = _photos(tmp_path / "photos", 3, size=(64, 48))
+    Image.new("RGB", (10, 10)).save(folder / "small.png")  # smaller than a cell: skipped
+    image = np.asarray(bench.mosaic(100, 70, folder, cell=(40, 30)))
+    assert image.shape == (70, 100, 3)
+    crops = [np.asarray(Image.open(folder / f"photo{i}.png"))[:30, :40] for i in range(3)]
+    # 3 × 3 cells in raster order, the photos repeated: cell (r, c) is photo (3r + c) mod 3
+    for r, c in [(0, 0), (0, 1), (1, 0), (1, 1), (2, 2)]:
+        cell = image[30 * r:30 * r + 30, 40 * c:40 * c + 40]
+        np.testing.assert_array_equal(cell, crops[(3 * r + c) % 3][:cell.shape[0], :cell.shape[1]])
