@@ -10,6 +10,8 @@ and prints each layer's multiply-adds per image pixel, its time per megapixel (f
 else an encode or decode does (the search, the index coder, the DCT layer, reading and
 writing the image, start-up) comes on top.
 
+``--channels N`` times an untrained model of the shipped configuration with N channels
+instead (what a smaller network, trained on a GPU, would cost).
 ``--bf16`` also times the largest layer in bfloat16, in child processes with oneDNN's
 instruction set capped (ONEDNN_MAX_CPU_ISA): ALL (this CPU's bfloat16 instructions, if any)
 and AVX512_CORE (an AVX-512 CPU without them), to show what a bfloat16 decoder would give.
@@ -25,6 +27,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -36,6 +39,7 @@ from diveq_codec.codec.image_io import read_image
 from diveq_codec.codec.metrics import psnr
 from diveq_codec.codec.pipeline import choose_indices, image_to_tensor, tensor_to_pixels
 from diveq_codec.codec.zoo import load_model, resolve_quality
+from diveq_codec.models.autoencoder import VQAutoencoder
 from diveq_codec.models.data import list_images
 
 TILE = 1040
@@ -143,6 +147,8 @@ def main() -> None:
     parser.add_argument("--megapixels", default="12,48")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--channels", type=int, default=None,
+                        help="time an untrained model of the shipped config with this many channels instead")
     parser.add_argument("--bf16-photos", type=Path, default=None, metavar="DIR")
     parser.add_argument("--count", type=int, default=10, help="photos for --bf16-photos")
     parser.add_argument("--every", type=int, default=60, help="every Nth photo for --bf16-photos")
@@ -152,12 +158,19 @@ def main() -> None:
         compare_bf16(args.bf16_photos, args.quality, args.count, args.every)
         return
     model = load_model(resolve_quality(args.quality).model_id, "cpu").model
+    if args.channels is not None:  # a candidate's speed: its values do not matter, only its shapes
+        model = VQAutoencoder(replace(model.config, channels=args.channels)).eval()
+        for transform in (model.analysis, model.synthesis):  # as load_model lays out a CPU model
+            transform.to(memory_format=torch.channels_last)
     torch.manual_seed(0)
     pixels = TILE * TILE
     parts: dict[str, list[tuple[str, float, int]]] = {"analysis": [], "synthesis": []}
     with torch.no_grad():
-        latent = timed_layers(model.analysis, torch.rand(1, 3, TILE, TILE), args.runs, "A", parts["analysis"])
-        timed_layers(model.synthesis, latent.contiguous(), args.runs, "S", parts["synthesis"])
+        # channels-last, as the coding path's image (a view of the pixels) and latent arrive
+        image = torch.rand(1, TILE, TILE, 3).permute(0, 3, 1, 2)
+        latent = timed_layers(model.analysis, image, args.runs, "A", parts["analysis"])
+        timed_layers(model.synthesis, latent.contiguous(memory_format=torch.channels_last), args.runs, "S",
+                     parts["synthesis"])
     rows = parts["analysis"] + parts["synthesis"]
     fastest = max(2 * macs / seconds for _, seconds, macs in rows if macs)
     print(f"{TILE}×{TILE} tile, {torch.get_num_threads()} threads; fastest layer {fastest / 1e9:.0f} GFLOP/s")
