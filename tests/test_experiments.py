@@ -252,3 +252,14 @@ def test_bench_large_mosaic_takes_a_crop_of_each_photo_in_turn(tmp_path: Path) -
     for r, c in [(0, 0), (0, 1), (1, 0), (1, 1), (2, 2)]:
         cell = image[30 * r:30 * r + 30, 40 * c:40 * c + 40]
         np.testing.assert_array_equal(cell, crops[(3 * r + c) % 3][:cell.shape[0], :cell.shape[1]])
+
+
+def test_png_level_probe_writes_each_level(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    probe = _load_script(REPO / "experiments" / "png_level" / "png_level.py")
+    folder = _photos(tmp_path / "photos", 7, size=(64, 48))
+    monkeypatch.setattr("sys.argv", ["probe", str(folder), "-q", "4", "--levels", "1", "--every", "1", "--count", "2"])
+    probe.main()
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "quality 4, 2 images:" and out[1].startswith("  level 1:")
+    assert out[2].startswith("  level 6:") and out[2].endswith("(+0.0 %)")
